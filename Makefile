@@ -1,0 +1,115 @@
+# discovery-agent: one Makefile for the daemon, agentctl, libdiscovery and tests.
+#
+#   make          build everything into build/
+#   make test     install missing packages, build, run every test
+#   make run      install missing packages, build, run a demo etcd + agent
+#   make asan     the tests under AddressSanitizer and UBSan (build-asan/)
+#   make install  DESTDIR=... PREFIX=/usr/local
+
+CC       ?= cc
+BUILD    ?= build
+PREFIX   ?= /usr/local
+SAN      ?=
+
+PKGS      := libuv libcurl jansson yaml-0.1
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
+
+CFLAGS   ?= -O2 -g
+# snprintf is our bounded copy: truncating into a fixed buffer is intended
+# wherever it is used, so GCC's guess that it might truncate is not an error.
+CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-format-truncation \
+	-MMD -MP -fPIC $(SAN)
+CPPFLAGS += -Iagent -Ilib/include $(PKG_CFLAGS)
+LDFLAGS  += $(SAN)
+
+# The daemon's modules go into one archive that the daemon, agentctl and
+# the tests link; main.c and agentctl.c hold the two programs' main().
+AGENT_MAINS := agent/main.c agent/agentctl.c
+AGENT_SRC   := $(filter-out $(AGENT_MAINS),$(wildcard agent/*.c))
+AGENT_OBJ   := $(AGENT_SRC:%.c=$(BUILD)/%.o)
+
+HARNESS_SRC := $(wildcard test/harness/*.c)
+HARNESS_OBJ := $(HARNESS_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC    := $(wildcard test/test_*.c)
+TEST_BIN    := $(TEST_SRC:test/%.c=$(BUILD)/test/%)
+
+PROGRAMS :=
+ifneq ($(wildcard agent/main.c),)
+PROGRAMS += $(BUILD)/discovery-agent
+endif
+ifneq ($(wildcard agent/agentctl.c),)
+PROGRAMS += $(BUILD)/agentctl
+endif
+
+all: $(PROGRAMS) $(TEST_BIN)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/test/%.o: CPPFLAGS += -Itest/harness $(CHECK_CFLAGS) -DTEST_DATA_DIR='"$(CURDIR)/test/data"' -DBUILD_DIR='"$(CURDIR)/$(BUILD)"'
+$(BUILD)/test/harness/%.o: CPPFLAGS += -Itest/harness $(CHECK_CFLAGS)
+
+$(BUILD)/libagent.a: $(AGENT_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/discovery-agent: $(BUILD)/agent/main.o $(BUILD)/libagent.a
+	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) -o $@
+
+$(BUILD)/agentctl: $(BUILD)/agent/agentctl.o $(BUILD)/libagent.a
+	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) -o $@
+
+$(BUILD)/test/%: $(BUILD)/test/%.o $(HARNESS_OBJ) $(BUILD)/libagent.a
+	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(CHECK_LIBS) -pthread -o $@
+
+# Debian packages the build, the tests and the demo need. `make deps` asks
+# dpkg first, so it does nothing (and needs no network) when all are there.
+DEB_PKGS := build-essential pkg-config libuv1-dev libcurl4-openssl-dev \
+	libjansson-dev libyaml-dev libgrpc-dev check etcd-server etcd-client \
+	openssl curl
+
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "make deps: installing" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root to install:" $$missing >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+# Each test binary is a Check runner; the script runs them in order and
+# prints one summary line at the end.
+test: deps
+	$(MAKE) all
+	BUILD=$(BUILD) test/run-tests $(TEST_BIN)
+
+asan: deps
+	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" test-only
+
+test-only: all
+	BUILD=$(BUILD) test/run-tests $(TEST_BIN)
+
+run: deps
+	$(MAKE) all
+	test/demo-run $(BUILD)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/discovery-agent/conf.d \
+		$(DESTDIR)/lib/systemd/system
+	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
+	test -e $(DESTDIR)/etc/discovery-agent/agent.yaml || \
+		install -m 644 conf/agent.yaml $(DESTDIR)/etc/discovery-agent/agent.yaml
+	install -m 644 systemd/discovery-agent.service $(DESTDIR)/lib/systemd/system/
+
+clean:
+	rm -rf build build-asan
+
+.PHONY: all deps test asan test-only run install clean
+.DELETE_ON_ERROR:
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,638 @@
+#include "cache.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache_disk.h"
+#include "error.h"
+#include "etcd_parse.h"
+#include "log.h"
+
+/* One key under the service's prefix, as etcd holds it. */
+struct entry {
+    char *suffix; /* the key after "<prefix>/<name>/" */
+    size_t slen;
+    char *value;
+    size_t vlen;
+    int64_t lease;
+    bool valid; /* value parsed into inst */
+    struct instance inst;
+};
+
+struct cache_sub {
+    service *svc;
+    cache_cb cb;
+    void *arg;
+    bool dead; /* unsubscribed while its service was notifying */
+    struct cache_sub *next;
+};
+
+struct service {
+    cache *c;
+    char *name;
+    char *key; /* "<prefix>/<name>/" */
+    size_t klen;
+    struct entry *entries; /* sorted by suffix */
+    size_t n, cap;
+    const struct instance **sorted; /* valid instances by address */
+    size_t n_sorted;
+    size_t skipped;
+    int64_t revision;
+    bool ready, stale, dirty;
+    etcd_watch *watch;
+    uint64_t last_used;
+    struct cache_sub *subs;
+    size_t n_subs;
+    int notifying;
+    struct service *hnext; /* hash chain */
+};
+
+struct cache {
+    uv_loop_t *loop;
+    etcd_client *etcd;
+    char *prefix;
+    char *dir;
+    uint64_t idle_ms, save_delay_ms;
+    struct service **buckets;
+    size_t n_buckets, n_services;
+    uv_timer_t save_timer; /* coalesced disk writes */
+    uv_timer_t idle_timer; /* drops idle services */
+    int closing;
+};
+
+/* ---- entries ------------------------------------------------------------ */
+
+static void entry_clear(struct entry *e)
+{
+    free(e->suffix);
+    free(e->value);
+    instance_clear(&e->inst);
+    memset(e, 0, sizeof *e);
+}
+
+static int cmp_suffix(const char *a, size_t alen, const char *b, size_t blen)
+{
+    int r = memcmp(a, b, alen < blen ? alen : blen);
+    return r ? r : (alen > blen) - (alen < blen);
+}
+
+/* Binary search: the index of suffix, or where it would go (*found false). */
+static size_t entry_find(const service *s, const char *suffix, size_t slen, bool *found)
+{
+    size_t lo = 0, hi = s->n;
+
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int r = cmp_suffix(s->entries[mid].suffix, s->entries[mid].slen, suffix, slen);
+        if (r == 0) {
+            *found = true;
+            return mid;
+        }
+        if (r < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = false;
+    return lo;
+}
+
+static int entry_fill(struct entry *e, const char *value, size_t vlen, int64_t lease)
+{
+    char *v = malloc(vlen + 1);
+
+    if (!v)
+        return DA_ENOMEM;
+    memcpy(v, value, vlen);
+    v[vlen] = '\0';
+    free(e->value);
+    instance_clear(&e->inst);
+    e->value = v;
+    e->vlen = vlen;
+    e->lease = lease;
+    e->valid = instance_from_value(v, vlen, &e->inst) == 0;
+    return 0;
+}
+
+static int entry_put(service *s, const char *suffix, size_t slen, const char *value, size_t vlen,
+                     int64_t lease)
+{
+    bool found;
+    size_t i = entry_find(s, suffix, slen, &found);
+
+    if (!found) {
+        if (s->n == s->cap) {
+            size_t cap = s->cap ? s->cap * 2 : 8;
+            struct entry *e = realloc(s->entries, cap * sizeof *e);
+            if (!e)
+                return DA_ENOMEM;
+            s->entries = e;
+            s->cap = cap;
+        }
+        memmove(&s->entries[i + 1], &s->entries[i], (s->n - i) * sizeof *s->entries);
+        memset(&s->entries[i], 0, sizeof s->entries[i]);
+        s->n++;
+        s->entries[i].suffix = malloc(slen + 1);
+        if (!s->entries[i].suffix) {
+            memmove(&s->entries[i], &s->entries[i + 1], (s->n - i - 1) * sizeof *s->entries);
+            s->n--;
+            return DA_ENOMEM;
+        }
+        memcpy(s->entries[i].suffix, suffix, slen);
+        s->entries[i].suffix[slen] = '\0';
+        s->entries[i].slen = slen;
+    }
+    return entry_fill(&s->entries[i], value, vlen, lease);
+}
+
+static void entry_delete(service *s, const char *suffix, size_t slen)
+{
+    bool found;
+    size_t i = entry_find(s, suffix, slen, &found);
+
+    if (!found)
+        return;
+    entry_clear(&s->entries[i]);
+    memmove(&s->entries[i], &s->entries[i + 1], (s->n - i - 1) * sizeof *s->entries);
+    s->n--;
+}
+
+static void entries_clear(service *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        entry_clear(&s->entries[i]);
+    s->n = 0;
+}
+
+static int by_address(const void *a, const void *b)
+{
+    const struct instance *x = *(const struct instance *const *)a;
+    const struct instance *y = *(const struct instance *const *)b;
+    return strcmp(x->address, y->address);
+}
+
+/* Rebuilds the sorted view and the skipped count after a change. */
+static void rebuild(service *s)
+{
+    const struct instance **v = realloc(s->sorted, (s->n ? s->n : 1) * sizeof *v);
+    size_t k = 0, bad = 0;
+
+    if (!v)
+        return; /* keep the old view; the next change tries again */
+    s->sorted = v;
+    for (size_t i = 0; i < s->n; i++) {
+        if (s->entries[i].valid)
+            v[k++] = &s->entries[i].inst;
+        else
+            bad++;
+    }
+    qsort(v, k, sizeof *v, by_address);
+    s->n_sorted = k;
+    if (bad != s->skipped && bad > s->skipped)
+        log_warn("cache: %s: %zu value(s) under %.*s are not service instances; skipped", s->name,
+                 bad, (int)s->klen, s->key);
+    s->skipped = bad;
+}
+
+/* ---- notifications ------------------------------------------------------ */
+
+static void notify(service *s)
+{
+    struct cache_sub **pp;
+
+    s->notifying++;
+    for (struct cache_sub *sub = s->subs; sub; sub = sub->next)
+        if (!sub->dead)
+            sub->cb(s, sub->arg);
+    s->notifying--;
+    if (s->notifying)
+        return;
+    /* Unsubscriptions made during the callbacks are finished now. */
+    for (pp = &s->subs; *pp;) {
+        if ((*pp)->dead) {
+            struct cache_sub *d = *pp;
+            *pp = d->next;
+            free(d);
+        } else {
+            pp = &(*pp)->next;
+        }
+    }
+}
+
+static void save_service(service *s)
+{
+    struct etcd_kv *kvs;
+    int rc;
+
+    s->dirty = false;
+    kvs = calloc(s->n ? s->n : 1, sizeof *kvs);
+    if (!kvs)
+        return;
+    for (size_t i = 0; i < s->n; i++) {
+        kvs[i].key = s->entries[i].suffix;
+        kvs[i].key_len = s->entries[i].slen;
+        kvs[i].value = s->entries[i].value;
+        kvs[i].value_len = s->entries[i].vlen;
+        kvs[i].lease = s->entries[i].lease;
+    }
+    rc = cache_disk_save(s->c->dir, s->name, s->revision, kvs, s->n);
+    if (rc < 0)
+        log_warn("cache: cannot save %s in %s: %s", s->name, s->c->dir, da_strerror(rc));
+    free(kvs);
+}
+
+static void save_due(uv_timer_t *t)
+{
+    cache *c = t->data;
+
+    for (size_t b = 0; b < c->n_buckets; b++)
+        for (service *s = c->buckets[b]; s; s = s->hnext)
+            if (s->dirty)
+                save_service(s);
+}
+
+static void changed(service *s)
+{
+    cache *c = s->c;
+
+    rebuild(s);
+    if (c->dir) {
+        s->dirty = true;
+        if (!uv_is_active((uv_handle_t *)&c->save_timer))
+            uv_timer_start(&c->save_timer, save_due, c->save_delay_ms, 0);
+    }
+    notify(s);
+}
+
+/* ---- the watch ---------------------------------------------------------- */
+
+static void watch_cb(etcd_watch *w, const struct etcd_watch_update *u, void *arg)
+{
+    service *s = arg;
+    size_t i;
+
+    (void)w;
+    switch (u->kind) {
+    case ETCD_WATCH_SNAPSHOT:
+        entries_clear(s);
+        for (i = 0; i < u->n_kvs; i++) {
+            const struct etcd_kv *kv = &u->kvs[i];
+            if (kv->key_len <= s->klen)
+                continue;
+            entry_put(s, kv->key + s->klen, kv->key_len - s->klen, kv->value, kv->value_len,
+                      kv->lease);
+        }
+        s->revision = u->revision;
+        s->ready = true;
+        s->stale = false;
+        changed(s);
+        break;
+    case ETCD_WATCH_EVENTS:
+        for (i = 0; i < u->n_events; i++) {
+            const struct etcd_kv *kv = &u->events[i].kv;
+            if (kv->key_len <= s->klen)
+                continue;
+            if (u->events[i].type == ETCD_EVENT_PUT)
+                entry_put(s, kv->key + s->klen, kv->key_len - s->klen, kv->value, kv->value_len,
+                          kv->lease);
+            else
+                entry_delete(s, kv->key + s->klen, kv->key_len - s->klen);
+        }
+        s->revision = u->revision;
+        s->stale = false;
+        changed(s);
+        break;
+    case ETCD_WATCH_DOWN:
+        if (!s->stale) {
+            s->stale = true;
+            log_debug("cache: %s is stale: %s", s->name, da_strerror(u->err));
+            notify(s);
+        }
+        break;
+    case ETCD_WATCH_UP:
+        if (s->stale && s->ready) {
+            s->stale = false;
+            notify(s);
+        }
+        break;
+    }
+}
+
+/* ---- services ----------------------------------------------------------- */
+
+static uint64_t hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+
+    while (*s)
+        h = (h ^ (unsigned char)*s++) * 1099511628211ull;
+    return h;
+}
+
+static service *lookup(cache *c, const char *name)
+{
+    for (service *s = c->buckets[hash(name) & (c->n_buckets - 1)]; s; s = s->hnext)
+        if (!strcmp(s->name, name))
+            return s;
+    return NULL;
+}
+
+static void grow(cache *c)
+{
+    size_t n = c->n_buckets * 2;
+    struct service **b = calloc(n, sizeof *b);
+
+    if (!b)
+        return; /* longer chains, still correct */
+    for (size_t i = 0; i < c->n_buckets; i++) {
+        for (service *s = c->buckets[i], *next; s; s = next) {
+            next = s->hnext;
+            s->hnext = b[hash(s->name) & (n - 1)];
+            b[hash(s->name) & (n - 1)] = s;
+        }
+    }
+    free(c->buckets);
+    c->buckets = b;
+    c->n_buckets = n;
+}
+
+static void load_from_disk(service *s)
+{
+    struct etcd_kv *kvs;
+    size_t n;
+    int64_t rev;
+    int rc;
+
+    if (!s->c->dir)
+        return;
+    rc = cache_disk_load(s->c->dir, s->name, &rev, &kvs, &n);
+    if (rc == -ENOENT)
+        return;
+    if (rc < 0) {
+        log_warn("cache: ignoring the saved list of %s: %s", s->name, da_strerror(rc));
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        entry_put(s, kvs[i].key, kvs[i].key_len, kvs[i].value, kvs[i].value_len, kvs[i].lease);
+        etcd_kv_clear(&kvs[i]);
+    }
+    free(kvs);
+    s->revision = rev;
+    s->ready = true;
+    s->stale = true;
+    rebuild(s);
+    log_info("cache: %s: serving %zu saved instance(s) at revision %lld until etcd answers",
+             s->name, s->n_sorted, (long long)rev);
+}
+
+static void service_free(service *s)
+{
+    etcd_watch_stop(s->watch);
+    entries_clear(s);
+    free(s->entries);
+    free(s->sorted);
+    while (s->subs) {
+        struct cache_sub *d = s->subs;
+        s->subs = d->next;
+        free(d);
+    }
+    free(s->name);
+    free(s->key);
+    free(s);
+}
+
+service *cache_get(cache *c, const char *name, int *err)
+{
+    service *s;
+    char end[1024];
+    size_t elen;
+    int rc;
+
+    *err = 0;
+    if (!instance_valid_name(name)) {
+        *err = DA_EINVAL;
+        return NULL;
+    }
+    s = lookup(c, name);
+    if (s) {
+        s->last_used = uv_now(c->loop);
+        return s;
+    }
+    s = calloc(1, sizeof *s);
+    if (!s)
+        goto nomem;
+    s->c = c;
+    s->name = strdup(name);
+    s->klen = strlen(c->prefix) + strlen(name) + 2;
+    s->key = malloc(s->klen + 1);
+    if (!s->name || !s->key || s->klen >= sizeof end)
+        goto nomem;
+    snprintf(s->key, s->klen + 1, "%s/%s/", c->prefix, name);
+    s->stale = true;
+    s->last_used = uv_now(c->loop);
+    load_from_disk(s);
+    elen = etcd_prefix_end(s->key, s->klen, end);
+    rc = etcd_watch_start(c->etcd, s->key, s->klen, end, elen, 0, watch_cb, s, &s->watch);
+    if (rc < 0) {
+        *err = rc;
+        service_free(s);
+        return NULL;
+    }
+    if (c->n_services + 1 > c->n_buckets * 2)
+        grow(c);
+    size_t b = hash(name) & (c->n_buckets - 1);
+    s->hnext = c->buckets[b];
+    c->buckets[b] = s;
+    c->n_services++;
+    return s;
+nomem:
+    if (s) {
+        free(s->name);
+        free(s->key);
+        free(s);
+    }
+    *err = DA_ENOMEM;
+    return NULL;
+}
+
+cache_sub *cache_subscribe(service *svc, cache_cb cb, void *arg)
+{
+    cache_sub *sub = calloc(1, sizeof *sub);
+
+    if (!sub)
+        return NULL;
+    sub->svc = svc;
+    sub->cb = cb;
+    sub->arg = arg;
+    sub->next = svc->subs;
+    svc->subs = sub;
+    svc->n_subs++;
+    svc->last_used = uv_now(svc->c->loop);
+    return sub;
+}
+
+void cache_unsubscribe(cache_sub *sub)
+{
+    service *s;
+    struct cache_sub **pp;
+
+    if (!sub || sub->dead)
+        return;
+    s = sub->svc;
+    s->n_subs--;
+    s->last_used = uv_now(s->c->loop);
+    if (s->notifying) {
+        sub->dead = true;
+        return;
+    }
+    for (pp = &s->subs; *pp && *pp != sub; pp = &(*pp)->next)
+        ;
+    if (*pp)
+        *pp = sub->next;
+    free(sub);
+}
+
+/* Drops services that nobody subscribes to and nobody asked about for
+ * idle_ms; their files go too, so a restart does not serve them. */
+static void idle_check(uv_timer_t *t)
+{
+    cache *c = t->data;
+    uint64_t now = uv_now(c->loop);
+
+    for (size_t b = 0; b < c->n_buckets; b++) {
+        for (service **pp = &c->buckets[b]; *pp;) {
+            service *s = *pp;
+            if (s->n_subs == 0 && !s->notifying && now - s->last_used >= c->idle_ms) {
+                log_info("cache: dropping %s: unused for %llu s", s->name,
+                         (unsigned long long)(now - s->last_used) / 1000);
+                *pp = s->hnext;
+                c->n_services--;
+                if (c->dir)
+                    cache_disk_remove(c->dir, s->name);
+                service_free(s);
+            } else {
+                pp = &s->hnext;
+            }
+        }
+    }
+}
+
+/* ---- accessors ---------------------------------------------------------- */
+
+const char *service_name(const service *s) { return s->name; }
+int64_t service_revision(const service *s) { return s->revision; }
+bool service_ready(const service *s) { return s->ready; }
+bool service_stale(const service *s) { return s->stale; }
+size_t service_skipped(const service *s) { return s->skipped; }
+size_t service_subscribers(const service *s) { return s->n_subs; }
+
+const struct instance *const *service_instances(const service *s, size_t *n)
+{
+    *n = s->n_sorted;
+    return s->sorted;
+}
+
+bool service_entry(const service *s, const char *address, const char **value, size_t *vlen,
+                   int64_t *lease)
+{
+    bool found;
+    size_t i = entry_find(s, address, strlen(address), &found);
+
+    if (!found)
+        return false;
+    *value = s->entries[i].value;
+    *vlen = s->entries[i].vlen;
+    *lease = s->entries[i].lease;
+    return true;
+}
+
+void cache_foreach(cache *c, void (*fn)(service *svc, void *arg), void *arg)
+{
+    for (size_t b = 0; b < c->n_buckets; b++)
+        for (service *s = c->buckets[b], *next; s; s = next) {
+            next = s->hnext;
+            fn(s, arg);
+        }
+}
+
+size_t cache_size(const cache *c) { return c->n_services; }
+
+size_t cache_skipped_total(const cache *c)
+{
+    size_t n = 0;
+
+    for (size_t b = 0; b < c->n_buckets; b++)
+        for (service *s = c->buckets[b]; s; s = s->hnext)
+            n += s->skipped;
+    return n;
+}
+
+/* ---- lifetime ----------------------------------------------------------- */
+
+int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cache_options *o)
+{
+    cache *c = calloc(1, sizeof *c);
+    uint64_t every;
+
+    if (!c)
+        return DA_ENOMEM;
+    c->loop = loop;
+    c->etcd = etcd;
+    c->idle_ms = o->idle_ms ? o->idle_ms : 600000;
+    c->save_delay_ms = o->save_delay_ms ? o->save_delay_ms : 200;
+    c->n_buckets = 64;
+    c->buckets = calloc(c->n_buckets, sizeof *c->buckets);
+    c->prefix = strdup(o->prefix ? o->prefix : "/micro");
+    c->dir = o->dir ? strdup(o->dir) : NULL;
+    if (!c->buckets || !c->prefix || (o->dir && !c->dir)) {
+        free(c->buckets);
+        free(c->prefix);
+        free(c->dir);
+        free(c);
+        return DA_ENOMEM;
+    }
+    if (c->dir) {
+        int rc = cache_disk_prepare(c->dir);
+        if (rc < 0)
+            log_warn("cache: cannot create %s: %s; lists will not survive a restart", c->dir,
+                     da_strerror(rc));
+    }
+    uv_timer_init(loop, &c->save_timer);
+    uv_timer_init(loop, &c->idle_timer);
+    c->save_timer.data = c;
+    c->idle_timer.data = c;
+    every = c->idle_ms / 4 > 1000 ? c->idle_ms / 4 : 1000;
+    uv_timer_start(&c->idle_timer, idle_check, every, every);
+    /* The idle check alone must not keep the loop alive. */
+    uv_unref((uv_handle_t *)&c->idle_timer);
+    *out = c;
+    return 0;
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+    cache *c = h->data;
+
+    if (++c->closing == 2)
+        free(c);
+}
+
+cache *cache_free(cache *c)
+{
+    if (!c)
+        return NULL;
+    /* Pending writes go to disk now: they are the lists a restart serves. */
+    if (c->dir)
+        save_due(&c->save_timer);
+    for (size_t b = 0; b < c->n_buckets; b++)
+        for (service *s = c->buckets[b], *next; s; s = next) {
+            next = s->hnext;
+            service_free(s);
+        }
+    free(c->buckets);
+    free(c->prefix);
+    free(c->dir);
+    uv_close((uv_handle_t *)&c->save_timer, timer_closed);
+    uv_close((uv_handle_t *)&c->idle_timer, timer_closed);
+    return NULL;
+}

@@ -1,0 +1,52 @@
+/* What etcd.c (requests, endpoints, auth) and etcd_watch.c (streams) share.
+ * Nothing outside those two files includes this. */
+#ifndef DA_ETCD_INTERNAL_H
+#define DA_ETCD_INTERNAL_H
+
+#include "etcd.h"
+
+struct etcd_client {
+    uv_loop_t *loop;
+    http_client *http;
+    char **endpoints;
+    size_t n_endpoints;
+    size_t cur; /* endpoint in use */
+    long timeout_ms;
+    size_t max_reply;
+    char *username, *password, *token;
+    char *ca_file, *cert_file, *key_file;
+    struct http_tls tls;
+    int ka_idle, ka_intvl, ka_cnt;
+
+    bool connected;
+    char last_error[256];
+    size_t requests;
+    etcd_state_cb state_cb;
+    void *state_arg;
+
+    struct etcd_call *calls;    /* every call in flight or waiting */
+    struct etcd_watch *watches; /* every watch not stopped */
+    struct etcd_call *auth;     /* the authenticate call in flight, if any */
+};
+
+/* Fills hdrs (room for 4 and a NULL) with the headers every request
+ * carries; authbuf holds the Authorization line. */
+void etcd__headers(etcd_client *c, const char **hdrs, char *authbuf, size_t len);
+
+/* The endpoint at idx failed (transport, timeout, no leader): if it is
+ * still the one in use, move to the next and tell the watches. */
+void etcd__endpoint_failed(etcd_client *c, size_t idx, int err, const char *why);
+void etcd__endpoint_ok(etcd_client *c);
+
+/* Returns true when auth is configured and no token is held yet; starts
+ * authenticating if nobody has. The watches are told when a token comes
+ * (etcd__watches_token). */
+bool etcd__need_token(etcd_client *c);
+void etcd__token_invalid(etcd_client *c);
+
+/* Implemented in etcd_watch.c. */
+void etcd__watches_moved(etcd_client *c);
+void etcd__watches_token(etcd_client *c, int err);
+void etcd__watches_free(etcd_client *c);
+
+#endif

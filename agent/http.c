@@ -1,0 +1,538 @@
+/* libcurl's multi interface driven by a libuv loop.
+ *
+ * curl tells us which sockets to watch (socket_cb) and when to call it back
+ * (timer_cb); libuv tells us when a socket is ready (poll_cb) or the timer
+ * fired (timeout_cb); both then run curl_multi_socket_action() and
+ * dispatch(), which hands collected data and finished transfers to their
+ * owners. Owners' callbacks therefore never run inside a libcurl callback. */
+#include "http.h"
+
+#include <curl/curl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "error.h"
+
+struct http_sock {
+    uv_poll_t poll; /* poll.data points back to this struct */
+    curl_socket_t fd;
+    http_client *c;
+    struct http_sock *prev, *next;
+};
+
+struct http_req {
+    http_client *c;
+    CURL *easy;
+    struct curl_slist *headers;
+    http_done_cb done;
+    http_chunk_cb on_chunk;
+    void *arg;
+
+    char *data; /* buffered body, or the chunk not yet handed over */
+    size_t len, cap, max;
+    bool overflow;  /* the body passed max: the transfer is aborted */
+    bool cancelled; /* http_cancel ran while a callback of ours was busy */
+    bool queued;    /* on the client's pending-chunk queue */
+    int busy;       /* a callback of this request is running */
+    int keepalive_cnt;
+    char errbuf[CURL_ERROR_SIZE];
+
+    struct http_req *prev, *next;   /* every active request */
+    struct http_req *pending_next;  /* requests with chunk data to hand over */
+};
+
+struct http_client {
+    uv_loop_t *loop;
+    CURLM *multi;
+    uv_timer_t timer;
+    struct http_req *reqs;
+    struct http_req *pending_head, *pending_tail;
+    struct http_sock *socks;
+    size_t active;
+    bool closing;
+};
+
+static void dispatch(http_client *c);
+
+/* ---- buffers ---------------------------------------------------------- */
+
+static int buf_append(struct http_req *r, const char *p, size_t n)
+{
+    if (n > r->max - r->len) {
+        r->overflow = true;
+        return -1;
+    }
+    if (r->len + n + 1 > r->cap) {
+        size_t cap = r->cap ? r->cap : 4096;
+        while (cap < r->len + n + 1)
+            cap *= 2;
+        char *d = realloc(r->data, cap);
+        if (!d)
+            return -1;
+        r->data = d;
+        r->cap = cap;
+    }
+    memcpy(r->data + r->len, p, n);
+    r->len += n;
+    r->data[r->len] = '\0';
+    return 0;
+}
+
+static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    struct http_req *r = userdata;
+    size_t n = size * nmemb;
+
+    /* Returning less than n makes curl fail the transfer with
+     * CURLE_WRITE_ERROR; done() then reports the reason. */
+    if (buf_append(r, ptr, n) < 0)
+        return 0;
+    if (r->on_chunk && !r->queued && r->len > 0) {
+        http_client *c = r->c;
+        r->queued = true;
+        r->pending_next = NULL;
+        if (c->pending_tail)
+            c->pending_tail->pending_next = r;
+        else
+            c->pending_head = r;
+        c->pending_tail = r;
+    }
+    return n;
+}
+
+static int sockopt_cb(void *clientp, curl_socket_t fd, curlsocktype purpose)
+{
+    struct http_req *r = clientp;
+
+    if (purpose == CURLSOCKTYPE_IPCXN && r->keepalive_cnt > 0) {
+        int cnt = r->keepalive_cnt;
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    }
+    return CURL_SOCKOPT_OK;
+}
+
+/* ---- request lifetime ------------------------------------------------- */
+
+static void unqueue(http_client *c, struct http_req *r)
+{
+    struct http_req **pp = &c->pending_head, *prev = NULL;
+
+    if (!r->queued)
+        return;
+    while (*pp && *pp != r) {
+        prev = *pp;
+        pp = &(*pp)->pending_next;
+    }
+    if (*pp)
+        *pp = r->pending_next;
+    if (c->pending_tail == r)
+        c->pending_tail = prev;
+    r->queued = false;
+}
+
+/* Takes the request out of curl and our lists and frees it. */
+static void req_free(struct http_req *r)
+{
+    http_client *c = r->c;
+
+    unqueue(c, r);
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        c->reqs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    if (r->easy) {
+        curl_multi_remove_handle(c->multi, r->easy);
+        curl_easy_cleanup(r->easy);
+    }
+    curl_slist_free_all(r->headers);
+    free(r->data);
+    c->active--;
+    free(r);
+}
+
+static int curl_to_err(struct http_req *r, CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_OK:
+        return 0;
+    case CURLE_OPERATION_TIMEDOUT:
+        return DA_ETIMEDOUT;
+    case CURLE_WRITE_ERROR:
+        return r->overflow ? DA_EMSGSIZE : DA_ENOMEM;
+    case CURLE_OUT_OF_MEMORY:
+        return DA_ENOMEM;
+    case CURLE_FILESIZE_EXCEEDED:
+        return DA_EMSGSIZE;
+    default:
+        return DA_ETRANSPORT;
+    }
+}
+
+static void finish(struct http_req *r, int err)
+{
+    long status = 0;
+
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_multi_remove_handle(r->c->multi, r->easy);
+    r->busy++;
+    if (r->done) {
+        if (r->on_chunk)
+            r->done(r, err, status, NULL, 0, r->arg);
+        else
+            r->done(r, err, status, err ? NULL : (r->data ? r->data : ""),
+                    err ? 0 : r->len, r->arg);
+    }
+    r->busy--;
+    req_free(r);
+}
+
+/* Hands pending chunks to their owners, then finished transfers. Every
+ * callback may start or cancel requests, so each step re-reads the queues
+ * rather than holding pointers across a callback. */
+static void dispatch(http_client *c)
+{
+    CURLMsg *msg;
+    int left;
+
+    while (c->pending_head) {
+        struct http_req *r = c->pending_head;
+        c->pending_head = r->pending_next;
+        if (!c->pending_head)
+            c->pending_tail = NULL;
+        r->queued = false;
+
+        r->busy++;
+        int stop = r->on_chunk(r, r->data, r->len, r->arg);
+        r->busy--;
+        r->len = 0;
+        if (r->cancelled) {
+            req_free(r);
+        } else if (stop) {
+            r->on_chunk = NULL; /* no chunks after the owner said stop */
+            finish(r, DA_ECANCELED);
+        }
+    }
+
+    while ((msg = curl_multi_info_read(c->multi, &left))) {
+        struct http_req *r = NULL;
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        CURLcode rc = msg->data.result;
+        /* A chunk that arrived with the end of the transfer goes first. */
+        if (r->on_chunk && r->len > 0 && rc == CURLE_OK) {
+            unqueue(c, r);
+            r->busy++;
+            int stop = r->on_chunk(r, r->data, r->len, r->arg);
+            r->busy--;
+            r->len = 0;
+            if (r->cancelled) {
+                req_free(r);
+                continue;
+            }
+            if (stop)
+                rc = CURLE_WRITE_ERROR;
+        }
+        finish(r, rc == CURLE_WRITE_ERROR && !r->overflow && r->on_chunk
+                      ? DA_ECANCELED
+                      : curl_to_err(r, rc));
+    }
+}
+
+/* ---- libuv side ------------------------------------------------------- */
+
+static void sock_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void sock_close(struct http_sock *s)
+{
+    http_client *c = s->c;
+
+    if (uv_is_closing((uv_handle_t *)&s->poll))
+        return;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        c->socks = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+    uv_close((uv_handle_t *)&s->poll, sock_closed);
+}
+
+static void poll_cb(uv_poll_t *p, int status, int events)
+{
+    struct http_sock *s = p->data;
+    http_client *c = s->c;
+    int flags = 0, running;
+
+    /* A poll error (the peer reset, say) is reported to curl as an error
+     * on the socket, so the transfer fails now instead of timing out. */
+    if (status < 0) {
+        flags = CURL_CSELECT_ERR;
+    } else {
+        if (events & UV_READABLE)
+            flags |= CURL_CSELECT_IN;
+        if (events & UV_WRITABLE)
+            flags |= CURL_CSELECT_OUT;
+    }
+    curl_multi_socket_action(c->multi, s->fd, flags, &running);
+    dispatch(c);
+}
+
+static void timeout_cb(uv_timer_t *t)
+{
+    http_client *c = t->data;
+    int running;
+
+    curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    dispatch(c);
+}
+
+/* ---- libcurl side ----------------------------------------------------- */
+
+static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    http_client *c = userp;
+    struct http_sock *s = socketp;
+    int events = 0;
+
+    (void)easy;
+    if (what == CURL_POLL_REMOVE) {
+        if (s) {
+            curl_multi_assign(c->multi, fd, NULL);
+            uv_poll_stop(&s->poll);
+            sock_close(s);
+        }
+        return 0;
+    }
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s)
+            return -1;
+        s->fd = fd;
+        s->c = c;
+        if (uv_poll_init_socket(c->loop, &s->poll, fd) < 0) {
+            free(s);
+            return -1;
+        }
+        s->poll.data = s;
+        s->next = c->socks;
+        if (c->socks)
+            c->socks->prev = s;
+        c->socks = s;
+        curl_multi_assign(c->multi, fd, s);
+    }
+    /* CURL_POLL_INOUT is IN | OUT, so both bits are tested. */
+    if (what & CURL_POLL_IN)
+        events |= UV_READABLE;
+    if (what & CURL_POLL_OUT)
+        events |= UV_WRITABLE;
+    uv_poll_start(&s->poll, events, poll_cb);
+    return 0;
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    http_client *c = userp;
+
+    (void)multi;
+    if (c->closing)
+        return 0;
+    /* curl must not be re-entered from here; a zero timeout is honoured on
+     * the next loop iteration by the timer. */
+    if (timeout_ms < 0)
+        uv_timer_stop(&c->timer);
+    else
+        uv_timer_start(&c->timer, timeout_cb, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+/* ---- public ----------------------------------------------------------- */
+
+static void global_init(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int http_client_new(http_client **out, uv_loop_t *loop)
+{
+    static uv_once_t once = UV_ONCE_INIT;
+    http_client *c;
+
+    /* curl_global_init is not thread-safe: it runs once per process. */
+    uv_once(&once, global_init);
+    c = calloc(1, sizeof *c);
+    if (!c)
+        return DA_ENOMEM;
+    c->loop = loop;
+    c->multi = curl_multi_init();
+    if (!c->multi) {
+        free(c);
+        return DA_ENOMEM;
+    }
+    uv_timer_init(loop, &c->timer);
+    c->timer.data = c;
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+    *out = c;
+    return 0;
+}
+
+int http_request(http_client *c, const struct http_req_opts *o, http_done_cb done,
+                 void *arg, http_req **out)
+{
+    struct http_req *r;
+    CURL *e;
+
+    if (c->closing || !o->url || !o->max_body)
+        return DA_EINVAL;
+    r = calloc(1, sizeof *r);
+    if (!r)
+        return DA_ENOMEM;
+    e = r->easy = curl_easy_init();
+    if (!e)
+        goto nomem;
+    r->c = c;
+    r->done = done;
+    r->on_chunk = o->on_chunk;
+    r->arg = arg;
+    r->max = o->max_body;
+    r->keepalive_cnt = o->keepalive_cnt;
+
+    /* curl would send "Expect: 100-continue" for larger bodies and wait for
+     * an answer etcd never sends; an empty Expect header turns that off. */
+    r->headers = curl_slist_append(NULL, "Expect:");
+    if (!r->headers)
+        goto nomem;
+    for (const char *const *h = o->headers; h && *h; h++) {
+        struct curl_slist *l = curl_slist_append(r->headers, *h);
+        if (!l)
+            goto nomem;
+        r->headers = l;
+    }
+
+    curl_easy_setopt(e, CURLOPT_URL, o->url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (o->body) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)o->body_len);
+        if (curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->body) != CURLE_OK)
+            goto nomem;
+    }
+    if (!o->on_chunk)
+        /* A Content-Length over the cap fails at once, before any body. */
+        curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body);
+    if (o->timeout_ms > 0)
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
+    if (o->connect_timeout_ms > 0)
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
+    if (o->keepalive_idle_s > 0) {
+        curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, (long)o->keepalive_idle_s);
+        curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL,
+                         (long)(o->keepalive_intvl_s > 0 ? o->keepalive_intvl_s : 1));
+        curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, sockopt_cb);
+        curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, r);
+        /* A keep-alive connection is only reused by requests with the same
+         * options; a watch opens its own so that its probes stay its own. */
+        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    }
+    if (o->tls) {
+        if (o->tls->ca_file)
+            curl_easy_setopt(e, CURLOPT_CAINFO, o->tls->ca_file);
+        if (o->tls->cert_file)
+            curl_easy_setopt(e, CURLOPT_SSLCERT, o->tls->cert_file);
+        if (o->tls->key_file)
+            curl_easy_setopt(e, CURLOPT_SSLKEY, o->tls->key_file);
+    }
+
+    r->next = c->reqs;
+    if (c->reqs)
+        c->reqs->prev = r;
+    c->reqs = r;
+    c->active++;
+    if (curl_multi_add_handle(c->multi, e) != CURLM_OK) {
+        r->easy = NULL;
+        curl_easy_cleanup(e);
+        req_free(r);
+        return DA_ENOMEM;
+    }
+    if (out)
+        *out = r;
+    return 0;
+
+nomem:
+    if (r->easy)
+        curl_easy_cleanup(r->easy);
+    curl_slist_free_all(r->headers);
+    free(r);
+    return DA_ENOMEM;
+}
+
+void http_cancel(http_req *r)
+{
+    if (!r || r->cancelled)
+        return;
+    r->done = NULL;
+    if (r->busy) {
+        /* The callback running now belongs to this request: it is freed
+         * when that callback returns. */
+        r->cancelled = true;
+        return;
+    }
+    req_free(r);
+}
+
+const char *http_req_errtext(const http_req *r)
+{
+    return r->errbuf;
+}
+
+size_t http_active(const http_client *c)
+{
+    return c->active;
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+void http_client_close(http_client *c)
+{
+    if (!c || c->closing)
+        return;
+    c->closing = true;
+    /* Order matters: transfers first, then the multi handle (which closes
+     * its cached connections), then whatever sockets curl did not hand
+     * back, then the timer, whose close callback frees the client. */
+    while (c->reqs) {
+        c->reqs->done = NULL;
+        c->reqs->busy = 0;
+        req_free(c->reqs);
+    }
+    curl_multi_cleanup(c->multi);
+    c->multi = NULL;
+    while (c->socks)
+        sock_close(c->socks);
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->timer, timer_closed);
+}
