@@ -704,7 +704,7 @@ static int check_port(const char *p, size_t len, const char **why)
         }
     }
     if (len == 0) {
-        *why = "the port is missing";
+        *why = "the port after ':' is missing";
         return HP_BAD;
     }
     if (len > 1 && p[0] == '0') {
@@ -763,7 +763,7 @@ static int check_hostport(const char *s, size_t len, int port_optional,
         }
     }
     if (colon == NULL && !port_optional) {
-        *why = "the port is missing";
+        *why = "the port is missing: write host:port, e.g. 10.0.0.5:8082";
         return HP_BAD;
     }
     host_len = colon != NULL ? (size_t)(colon - s) : len;
@@ -1317,11 +1317,13 @@ static int load_metadata(struct loader *ld, struct config_service *s,
     for (size_t i = 0; i < n; i++) {
         const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
 
-        if (k->kind != NODE_SCALAR || is_null(k) || k->text[0] == '\0')
+        if (k->kind != NODE_SCALAR)
             return fail_node(ld, k, "metadata keys of service %s must be "
-                             "non-empty text, not %s", show(&a, s->name),
-                             k->text && !is_null(k) ? "empty text"
-                                                    : kind_name(k));
+                             "text, not %s", show(&a, s->name),
+                             kind_name(k));
+        if (is_null(k) || k->text[0] == '\0')
+            return fail_node(ld, k, "a metadata key of service %s is empty: "
+                             "give it a name", show(&a, s->name));
         if (v->kind != NODE_SCALAR)
             return fail_node(ld, v, "metadata '%s' of service %s must be a "
                              "single value (text or a number), not %s",
@@ -1466,8 +1468,7 @@ static int load_service(struct loader *ld, const struct node *entry)
                          show(&a, text + port_at), show(&b, s->name));
     if (r != HP_OK)
         return fail_node(ld, vals[SVC_ADDRESS], "bad address '%s' for "
-                         "service %s: %s; write host:port, e.g. "
-                         "10.0.0.5:8082", show(&a, text), show(&b, s->name),
+                         "service %s: %s", show(&a, text), show(&b, s->name),
                          why);
     if ((s->address = dup_str(ld, text)) == NULL)
         return -ENOMEM;
@@ -1575,27 +1576,32 @@ static int load_root(struct loader *ld, const struct node *root, int is_main)
 
 /* ---- Files ------------------------------------------------------------ */
 
+/* Reads one file into ld->cfg. ld->file names it while it is read, and
+ * names the main file again afterwards, because a conf.d file's name is
+ * freed once that file is done. */
 static int load_file(struct loader *ld, const char *file, int is_main)
 {
     struct tree t = { NULL, NULL };
-    char *buf;
+    char *buf = NULL;
     size_t len;
     int r;
 
     ld->file = file;
     r = read_all(file, CONFIG_FILE_MAX, 0, &buf, &len);
     if (r == -EFBIG)
-        return fail_at(ld, file, 0, 0, r, "file too large: a configuration "
-                       "file may hold at most 1 MiB");
-    if (r == -ENOMEM)
-        return fail_oom(ld);
-    if (r < 0)
-        return fail_at(ld, file, 0, 0, r, "%s", strerror(-r));
-    r = build_tree(ld, buf, len, &t);
+        r = fail_at(ld, file, 0, 0, r, "file too large: a configuration "
+                    "file may hold at most 1 MiB");
+    else if (r == -ENOMEM)
+        r = fail_oom(ld);
+    else if (r < 0)
+        r = fail_at(ld, file, 0, 0, r, "%s", strerror(-r));
+    if (r == 0)
+        r = build_tree(ld, buf, len, &t);
     if (r == 0)
         r = load_root(ld, t.root, is_main);
     tree_free(&t);
     free(buf);
+    ld->file = ld->cfg->path;
     return r;
 }
 

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "duration.h"
+#include "../agent/duration.h"
 
 static const struct {
     const char *text;

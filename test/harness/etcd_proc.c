@@ -42,7 +42,7 @@
 extern char **environ;
 
 struct member {
-    char name[8];
+    char name[16];
     int client_port;
     int peer_port;
     char client_url[URL_MAX];
@@ -710,7 +710,7 @@ static void stop_janitor(struct etcd_cluster *c)
 static int init_layout(struct etcd_cluster *c)
 {
     const char *tmp = getenv("TMPDIR");
-    size_t used = 0;
+    size_t used = 0, used_ic = 0;
     int ports[2 * ETCD_MAX_MEMBERS];
     int i, err;
 
@@ -734,7 +734,7 @@ static int init_layout(struct etcd_cluster *c)
     for (i = 0; i < c->n; i++) {
         struct member *m = &c->m[i];
         const char *scheme = c->opts.tls ? "https" : "http";
-        char file[16];
+        char file[32];
         int n;
 
         snprintf(m->name, sizeof(m->name), "m%d", i);
@@ -749,13 +749,13 @@ static int init_layout(struct etcd_cluster *c)
         snprintf(file, sizeof(file), "%s.log", m->name);
         if ((err = path_join(m->log, sizeof(m->log), c->dir, file)) < 0)
             return err;
+        /* Both lists are sized for ETCD_MAX_MEMBERS entries of URL_MAX. */
         n = snprintf(c->urls + used, sizeof(c->urls) - used, "%s%s",
                      i ? "," : "", m->client_url);
         used += (size_t)n;
-        n = snprintf(c->initial_cluster + strlen(c->initial_cluster),
-                     sizeof(c->initial_cluster) - strlen(c->initial_cluster),
+        n = snprintf(c->initial_cluster + used_ic, sizeof(c->initial_cluster) - used_ic,
                      "%s%s=%s", i ? "," : "", m->name, m->peer_url);
-        (void)n;
+        used_ic += (size_t)n;
     }
     return 0;
 }

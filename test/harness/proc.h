@@ -23,6 +23,10 @@ struct proc;
  * is created if needed; a NULL log_path means /dev/null.  stdin is /dev/null.
  * Returns a new object the caller frees with proc_free(), or NULL with errno
  * set.  The strings are borrowed only during the call.
+ *
+ * The child gets SIGKILL when the calling *thread* ends (that is how
+ * PR_SET_PDEATHSIG works), so spawn long-lived children from the test's main
+ * thread.
  */
 struct proc *proc_spawn(const char *const argv[], const char *const env_add[],
                         const char *log_path);

@@ -1,0 +1,336 @@
+/* Starting, reloading and stopping the daemon's parts in the right order.
+ *
+ * Start: etcd client, cache, session, registry, socket; READY=1 once the
+ * socket listens and every configured instance is written (or, if etcd does
+ * not answer, after twice the request timeout, so that a host whose etcd is
+ * down still gets its cached lists served).
+ * Stop: delete our keys, revoke the lease (both bounded by the timeout),
+ * then close the socket and free the rest. */
+#include "agent.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "log.h"
+#include "notify.h"
+
+static int meta_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct instance_meta *)a)->key, ((const struct instance_meta *)b)->key);
+}
+
+/* A configured service as an instance (borrowing the strings). */
+static int instance_of(const struct config_service *s, struct instance *out,
+                       struct instance_meta *meta)
+{
+    memset(out, 0, sizeof *out);
+    out->name = s->name;
+    out->address = s->address;
+    out->weight = s->weight;
+    out->group = s->group ? s->group : (char *)"";
+    for (size_t k = 0; k < s->n_meta; k++) {
+        meta[k].key = s->meta[k].key;
+        meta[k].value = s->meta[k].value;
+    }
+    qsort(meta, s->n_meta, sizeof *meta, meta_cmp);
+    out->meta = meta;
+    out->n_meta = s->n_meta;
+    return 0;
+}
+
+static void add_configured(struct agent *a, const struct config_service *s)
+{
+    struct instance inst;
+    struct instance_meta *meta = calloc(s->n_meta ? s->n_meta : 1, sizeof *meta);
+    char err[256];
+    int rc;
+
+    if (!meta) {
+        log_error("agent: out of memory registering %s %s", s->name, s->address);
+        return;
+    }
+    instance_of(s, &inst, meta);
+    rc = registry_add(a->registry, &inst, REG_OWNER_CONFIG, NULL, NULL, err, sizeof err);
+    if (rc)
+        log_error("agent: cannot register %s %s: %s", s->name, s->address, err);
+    free(meta);
+}
+
+/* ---- readiness and watchdog --------------------------------------------- */
+
+static void ready_check(uv_timer_t *t)
+{
+    struct agent *a = t->data;
+    bool settled = registry_settled(a->registry);
+    uint64_t waited = uv_now(a->loop) - a->started;
+
+    if (a->ready || a->stopping) {
+        uv_timer_stop(t);
+        return;
+    }
+    if (!settled && waited < 2 * a->cfg->timeout_ms)
+        return;
+    a->ready = true;
+    uv_timer_stop(t);
+    if (settled) {
+        notify_send("READY=1\nSTATUS=registered; serving on the socket");
+        log_info("agent: ready: %zu instance(s) registered, socket %s",
+                 registry_count(a->registry), a->cfg->socket_path);
+    } else {
+        notify_send("READY=1\nSTATUS=etcd not answering; serving cached lists");
+        log_warn("agent: etcd has not answered for %llu ms; serving cached lists and retrying",
+                 (unsigned long long)waited);
+    }
+}
+
+static void watchdog_beat(uv_timer_t *t)
+{
+    (void)t;
+    notify_send("WATCHDOG=1");
+}
+
+/* ---- lease -------------------------------------------------------------- */
+
+static void on_lease(session *s, int64_t lease, void *arg)
+{
+    struct agent *a = arg;
+
+    (void)s;
+    registry_set_lease(a->registry, lease);
+}
+
+/* ---- signals ------------------------------------------------------------ */
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct agent *a = h->data;
+
+    if (signum == SIGHUP) {
+        agent_reload(a);
+        return;
+    }
+    log_info("agent: %s received; deregistering and stopping", strsignal(signum));
+    agent_stop(a);
+}
+
+/* ---- start -------------------------------------------------------------- */
+
+int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err, size_t errlen)
+{
+    struct etcd_options eo = {0};
+    struct cache_options co = {0};
+    struct server_options so = {0};
+    struct server_callbacks cb = {proto_on_line, proto_on_close};
+    int rc;
+
+    memset(a, 0, sizeof *a);
+    a->loop = loop;
+    a->cfg = cfg;
+    a->started = uv_now(loop);
+    log_level = cfg->log_level;
+
+    if ((rc = http_client_new(&a->http, loop)) < 0)
+        goto fail;
+    eo.endpoints = (const char *const *)cfg->endpoints;
+    eo.n_endpoints = cfg->n_endpoints;
+    eo.timeout_ms = (long)cfg->timeout_ms;
+    eo.username = cfg->username;
+    eo.password = cfg->password;
+    eo.tls.ca_file = cfg->tls_ca_file;
+    eo.tls.cert_file = cfg->tls_cert_file;
+    eo.tls.key_file = cfg->tls_key_file;
+    if ((rc = etcd_client_new(&a->etcd, loop, a->http, &eo)) < 0)
+        goto fail;
+    co.prefix = cfg->prefix;
+    co.dir = cfg->cache_dir && *cfg->cache_dir ? cfg->cache_dir : NULL;
+    co.idle_ms = cfg->cache_idle_ms;
+    if ((rc = cache_new(&a->cache, loop, a->etcd, &co)) < 0)
+        goto fail;
+    if ((rc = session_new(&a->session, loop, a->etcd, (int64_t)(cfg->session_ttl_ms / 1000),
+                          on_lease, a)) < 0)
+        goto fail;
+    if ((rc = registry_new(&a->registry, loop, a->etcd, a->cache, a->session, cfg->prefix)) < 0)
+        goto fail;
+
+    so.path = cfg->socket_path;
+    so.mode = cfg->socket_mode;
+    so.too_long_reply = proto_too_long_reply;
+    rc = server_start(&a->server, loop, &so, &cb, a, err, errlen);
+    if (rc < 0) {
+        a->server = NULL;
+        a->stopping = true;
+        agent_stop(a);
+        return rc;
+    }
+
+    for (size_t i = 0; i < cfg->n_services; i++)
+        add_configured(a, &cfg->services[i]);
+
+    uv_signal_init(loop, &a->sig_term);
+    uv_signal_init(loop, &a->sig_int);
+    uv_signal_init(loop, &a->sig_hup);
+    a->sig_term.data = a->sig_int.data = a->sig_hup.data = a;
+    uv_signal_start(&a->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&a->sig_int, on_signal, SIGINT);
+    uv_signal_start(&a->sig_hup, on_signal, SIGHUP);
+
+    uv_timer_init(loop, &a->ready_timer);
+    uv_timer_init(loop, &a->watchdog);
+    uv_timer_init(loop, &a->stop_timer);
+    a->ready_timer.data = a->watchdog.data = a->stop_timer.data = a;
+    uv_timer_start(&a->ready_timer, ready_check, 20, 20);
+    uint64_t wd = notify_watchdog_ms();
+    if (wd)
+        uv_timer_start(&a->watchdog, watchdog_beat, wd / 2, wd / 2);
+
+    log_info("agent: discovery-agent %s: etcd %s (prefix %s), socket %s, lease ttl %llu s",
+             AGENT_VERSION, cfg->endpoints[0], cfg->prefix, cfg->socket_path,
+             (unsigned long long)(cfg->session_ttl_ms / 1000));
+    session_start(a->session);
+    return 0;
+
+fail:
+    snprintf(err, errlen, "cannot start: %s", da_strerror(rc));
+    a->stopping = true;
+    agent_stop(a);
+    return rc;
+}
+
+/* ---- stop --------------------------------------------------------------- */
+
+static void close_handle(uv_handle_t *h)
+{
+    if (h->loop && !uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* Frees every part; the loop ends once their handles have closed. */
+static void finish(struct agent *a)
+{
+    server_close(a->server);
+    a->server = NULL;
+    a->registry = registry_free(a->registry);
+    a->cache = cache_free(a->cache);
+    a->session = session_free(a->session);
+    a->etcd = etcd_client_free(a->etcd);
+    if (a->http)
+        http_client_close(a->http);
+    a->http = NULL;
+    close_handle((uv_handle_t *)&a->sig_term);
+    close_handle((uv_handle_t *)&a->sig_int);
+    close_handle((uv_handle_t *)&a->sig_hup);
+    close_handle((uv_handle_t *)&a->ready_timer);
+    close_handle((uv_handle_t *)&a->watchdog);
+    close_handle((uv_handle_t *)&a->stop_timer);
+}
+
+static void revoked(void *arg)
+{
+    struct agent *a = arg;
+
+    uv_timer_stop(&a->stop_timer);
+    log_info("agent: stopped");
+    finish(a);
+}
+
+static void deregistered(void *arg)
+{
+    struct agent *a = arg;
+
+    session_stop(a->session, revoked, a);
+}
+
+static void stop_overdue(uv_timer_t *t)
+{
+    struct agent *a = t->data;
+
+    log_warn("agent: etcd did not answer while stopping; the lease will expire by itself");
+    finish(a);
+}
+
+void agent_stop(struct agent *a)
+{
+    if (a->stopping && a->server) {
+        /* A second signal while stopping: give up waiting for etcd. */
+        if (uv_is_active((uv_handle_t *)&a->stop_timer)) {
+            uv_timer_stop(&a->stop_timer);
+            finish(a);
+        }
+        return;
+    }
+    if (!a->server || !a->registry || !a->session) {
+        finish(a); /* start failed half way */
+        return;
+    }
+    a->stopping = true;
+    notify_send("STOPPING=1");
+    /* The deletes and the revoke are each one request, retried over the
+     * endpoints; twice the timeout per step bounds the whole stop. */
+    uv_timer_start(&a->stop_timer, stop_overdue, 4 * a->cfg->timeout_ms + 1000, 0);
+    registry_shutdown(a->registry, deregistered, a);
+}
+
+/* ---- reload ------------------------------------------------------------- */
+
+static bool same(const char *x, const char *y)
+{
+    return (!x && !y) || (x && y && !strcmp(x, y));
+}
+
+static void warn_unapplied(const struct config *old, const struct config *new)
+{
+    bool eps = old->n_endpoints != new->n_endpoints;
+
+    for (size_t i = 0; !eps && i < old->n_endpoints; i++)
+        eps = strcmp(old->endpoints[i], new->endpoints[i]) != 0;
+    if (eps || !same(old->prefix, new->prefix) || old->timeout_ms != new->timeout_ms ||
+        !same(old->username, new->username) || !same(old->password, new->password) ||
+        !same(old->tls_ca_file, new->tls_ca_file) || !same(old->tls_cert_file, new->tls_cert_file) ||
+        !same(old->tls_key_file, new->tls_key_file) || old->session_ttl_ms != new->session_ttl_ms ||
+        !same(old->socket_path, new->socket_path) || old->socket_mode != new->socket_mode ||
+        !same(old->cache_dir, new->cache_dir) || old->cache_idle_ms != new->cache_idle_ms)
+        log_warn("agent: reload applies services and log.level only; restart the agent to "
+                 "apply the other changes");
+}
+
+int agent_reload(struct agent *a)
+{
+    struct config *nc;
+    char err[1024];
+    int rc;
+
+    if (a->stopping)
+        return DA_ECANCELED;
+    rc = config_load(a->cfg->path, &nc, err, sizeof err);
+    if (rc) {
+        log_error("agent: reload refused, keeping the running configuration: %s", err);
+        return rc;
+    }
+    warn_unapplied(a->cfg, nc);
+    /* Gone from the files: deregister. */
+    for (size_t i = 0; i < a->cfg->n_services; i++) {
+        const struct config_service *s = &a->cfg->services[i];
+        if (!config_find_service(nc, s->name, s->address))
+            registry_remove(a->registry, s->name, s->address, REG_OWNER_CONFIG, NULL, NULL);
+    }
+    /* New or changed: (re)register; unchanged ones are left as they are. */
+    for (size_t i = 0; i < nc->n_services; i++)
+        add_configured(a, &nc->services[i]);
+
+    /* Keep the running values of everything else: swap in the services. */
+    struct config_service *sv = a->cfg->services;
+    size_t n = a->cfg->n_services;
+    a->cfg->services = nc->services;
+    a->cfg->n_services = nc->n_services;
+    nc->services = sv;
+    nc->n_services = n;
+    a->cfg->log_level = nc->log_level;
+    log_level = nc->log_level;
+    config_free(nc);
+    a->reloads++;
+    log_info("agent: configuration reloaded: %zu configured instance(s)", a->cfg->n_services);
+    return 0;
+}

@@ -1,0 +1,58 @@
+/* The daemon as a whole: one of each part, wired together on one loop.
+ * main.c parses the command line and hands over; agent.c starts, reloads and
+ * stops the parts in order; protocol.c answers the socket. */
+#ifndef DA_AGENT_H
+#define DA_AGENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "cache.h"
+#include "config.h"
+#include "etcd.h"
+#include "http.h"
+#include "registry.h"
+#include "server.h"
+#include "session.h"
+
+#define AGENT_VERSION "0.1.0"
+
+struct agent {
+    uv_loop_t *loop;
+    struct config *cfg;
+    http_client *http;
+    etcd_client *etcd;
+    session *session;
+    cache *cache;
+    registry *registry;
+    server *server;
+
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t ready_timer; /* READY=1 even if etcd does not answer */
+    uv_timer_t watchdog;
+    uv_timer_t stop_timer;  /* bounds the graceful stop */
+    bool ready;
+    bool stopping;
+    uint64_t started; /* uv_now at start */
+    uint64_t reloads;
+    int exit_code;
+};
+
+/* Starts every part from cfg (stolen). Returns 0, or an error with a
+ * reason in err; on error the caller runs the loop once more and exits. */
+int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err, size_t errlen);
+
+/* Deregisters, revokes the lease, closes everything; the loop then ends. */
+void agent_stop(struct agent *a);
+
+/* Re-reads the configuration; on error keeps the running one. Returns 0 or
+ * an error (the reason is logged). */
+int agent_reload(struct agent *a);
+
+/* protocol.c: the socket's callbacks. */
+void proto_on_line(server *s, server_conn *c, char *line, size_t len, void *arg);
+void proto_on_close(server *s, server_conn *c, void *arg);
+extern const char proto_too_long_reply[];
+
+#endif

@@ -1,0 +1,805 @@
+/* The socket protocol: one JSON request per line, one reply per request
+ * (echoing its "id"), and update lines for watches. proto/agent-protocol.md
+ * is its specification; keep the two in step.
+ *
+ * Each connection has a conn_state holding its watches and the requests
+ * still waiting for something (a first list, an etcd answer, a write). When
+ * the connection goes, all of that is cancelled at once, so no callback can
+ * reach a connection that is gone. */
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "error.h"
+#include "log.h"
+
+const char proto_too_long_reply[] =
+    "{\"ok\":false,\"error\":{\"code\":\"line_too_long\",\"message\":\"request line over 65536 "
+    "bytes; the connection is closed\"}}\n";
+
+struct conn_state;
+
+enum pending_kind { P_RESOLVE, P_WATCH, P_REGISTER, P_DEREGISTER, P_SERVICES, P_STATUS };
+
+/* A request waiting for something. */
+struct pending {
+    struct conn_state *cs;
+    enum pending_kind kind;
+    json_t *id;
+    service *svc;
+    char *group;
+    cache_sub *sub;
+    etcd_call *call;
+    uint64_t watch; /* P_WATCH: the watch id to create */
+    uv_timer_t timer;
+    bool timer_on;
+    struct pending *next;
+};
+
+struct cwatch {
+    struct conn_state *cs;
+    uint64_t id;
+    service *svc;
+    char *group;
+    cache_sub *sub;
+    struct cwatch *next;
+};
+
+struct conn_state {
+    struct agent *a;
+    server_conn *c;
+    uint64_t id;
+    bool dead; /* a send failed: on_close is coming */
+    uint64_t next_watch;
+    struct cwatch *watches;
+    struct pending *pending;
+};
+
+/* ---- output ------------------------------------------------------------- */
+
+static void send_json(struct conn_state *cs, json_t *o)
+{
+    char *text;
+    size_t len;
+
+    if (!o)
+        return;
+    if (cs->dead) {
+        json_decref(o);
+        return;
+    }
+    text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    if (!text)
+        return;
+    len = strlen(text);
+    text[len] = '\n'; /* replaces the NUL; sent with its length */
+    if (server_send(cs->c, text, len + 1) != 0)
+        cs->dead = true;
+    free(text);
+}
+
+static json_t *reply_new(json_t *id, bool ok)
+{
+    json_t *o = json_object();
+
+    if (!o)
+        return NULL;
+    if (id)
+        json_object_set(o, "id", id);
+    json_object_set_new(o, "ok", json_boolean(ok));
+    return o;
+}
+
+static void send_error(struct conn_state *cs, json_t *id, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void send_error(struct conn_state *cs, json_t *id, const char *code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    json_t *o = reply_new(id, false);
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (o)
+        json_object_set_new(o, "error", json_pack("{s:s, s:s}", "code", code, "message", msg));
+    send_json(cs, o);
+}
+
+/* {"service","revision","stale","instances":[...]} filtered by group,
+ * added to o. Instances are sorted by address (the cache keeps them so). */
+static void add_list(json_t *o, service *svc, const char *group)
+{
+    size_t n;
+    const struct instance *const *v = service_instances(svc, &n);
+    json_t *arr = json_array();
+
+    json_object_set_new(o, "service", json_string(service_name(svc)));
+    json_object_set_new(o, "revision", json_integer(service_revision(svc)));
+    json_object_set_new(o, "stale", json_boolean(service_stale(svc)));
+    for (size_t i = 0; arr && i < n; i++)
+        if (!group || !strcmp(v[i]->group, group))
+            json_array_append_new(arr, instance_to_api(v[i]));
+    json_object_set_new(o, "instances", arr);
+}
+
+/* ---- pending requests --------------------------------------------------- */
+
+static void pending_closed(uv_handle_t *h)
+{
+    struct pending *p = h->data;
+
+    json_decref(p->id);
+    free(p->group);
+    free(p);
+}
+
+/* Takes p off its connection and cancels whatever it waits for. */
+static void pending_end(struct pending *p)
+{
+    struct conn_state *cs = p->cs;
+
+    for (struct pending **pp = &cs->pending; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    cache_unsubscribe(p->sub);
+    p->sub = NULL;
+    etcd_call_cancel(p->call);
+    p->call = NULL;
+    if (p->kind == P_REGISTER || p->kind == P_DEREGISTER)
+        registry_forget(cs->a->registry, p);
+    uv_close((uv_handle_t *)&p->timer, pending_closed);
+}
+
+static void pending_timeout(uv_timer_t *t);
+
+static struct pending *pending_new(struct conn_state *cs, enum pending_kind kind, json_t *id,
+                                   uint64_t timeout_ms)
+{
+    struct pending *p = calloc(1, sizeof *p);
+
+    if (!p)
+        return NULL;
+    p->cs = cs;
+    p->kind = kind;
+    p->id = id ? json_incref(id) : NULL;
+    uv_timer_init(cs->a->loop, &p->timer);
+    p->timer.data = p;
+    if (timeout_ms)
+        uv_timer_start(&p->timer, pending_timeout, timeout_ms, 0);
+    p->next = cs->pending;
+    cs->pending = p;
+    return p;
+}
+
+/* ---- watches ------------------------------------------------------------ */
+
+static void watch_update(service *svc, void *arg)
+{
+    struct cwatch *w = arg;
+    json_t *o = json_object();
+
+    if (!o)
+        return;
+    json_object_set_new(o, "event", json_string("update"));
+    json_object_set_new(o, "watch", json_integer((json_int_t)w->id));
+    add_list(o, svc, w->group);
+    send_json(w->cs, o);
+}
+
+static void cwatch_free(struct cwatch *w)
+{
+    cache_unsubscribe(w->sub);
+    free(w->group);
+    free(w);
+}
+
+/* Replies to a watch request and starts sending updates. */
+static void watch_begin(struct pending *p)
+{
+    struct conn_state *cs = p->cs;
+    struct cwatch *w = calloc(1, sizeof *w);
+    json_t *o;
+
+    if (!w || (p->group && !(w->group = strdup(p->group)))) {
+        free(w);
+        send_error(cs, p->id, "internal", "out of memory");
+        return;
+    }
+    w->cs = cs;
+    w->id = p->watch;
+    w->svc = p->svc;
+    w->sub = cache_subscribe(p->svc, watch_update, w);
+    if (!w->sub) {
+        cwatch_free(w);
+        send_error(cs, p->id, "internal", "out of memory");
+        return;
+    }
+    w->next = cs->watches;
+    cs->watches = w;
+    o = reply_new(p->id, true);
+    if (o) {
+        json_object_set_new(o, "watch", json_integer((json_int_t)w->id));
+        add_list(o, p->svc, p->group);
+    }
+    send_json(cs, o);
+}
+
+/* ---- resolve and watch -------------------------------------------------- */
+
+static void list_ready(struct pending *p)
+{
+    if (p->kind == P_WATCH) {
+        watch_begin(p);
+    } else {
+        json_t *o = reply_new(p->id, true);
+        if (o)
+            add_list(o, p->svc, p->group);
+        send_json(p->cs, o);
+    }
+    pending_end(p);
+}
+
+static void first_list(service *svc, void *arg)
+{
+    struct pending *p = arg;
+
+    if (service_ready(svc))
+        list_ready(p);
+}
+
+static void pending_timeout(uv_timer_t *t)
+{
+    struct pending *p = t->data;
+    struct conn_state *cs = p->cs;
+    const char *why = etcd_client_last_error(cs->a->etcd);
+
+    switch (p->kind) {
+    case P_WATCH:
+        /* The watch stays: its list comes as an update when etcd answers. */
+        list_ready(p);
+        return;
+    case P_RESOLVE:
+        send_error(cs, p->id, "unavailable", "no list for %s yet: etcd did not answer (%s)",
+                   service_name(p->svc), *why ? why : "no reply");
+        break;
+    case P_REGISTER: {
+        json_t *o = reply_new(p->id, true);
+        if (o) {
+            json_object_set_new(o, "registered", json_false());
+            json_object_set_new(
+                o, "message",
+                json_pack("s+", "accepted; not yet written to etcd, which did not answer: ",
+                          *why ? why : "no reply"));
+        }
+        send_json(cs, o);
+        break;
+    }
+    default:
+        send_error(cs, p->id, "unavailable", "etcd did not answer in time (%s)",
+                   *why ? why : "no reply");
+        break;
+    }
+    pending_end(p);
+}
+
+static const char *opt_string(json_t *req, const char *name, bool *bad)
+{
+    json_t *v = json_object_get(req, name);
+
+    if (!v || json_is_null(v))
+        return NULL;
+    if (!json_is_string(v)) {
+        *bad = true;
+        return NULL;
+    }
+    return json_string_value(v);
+}
+
+static void op_list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
+{
+    struct agent *a = cs->a;
+    bool bad = false;
+    const char *name = opt_string(req, "service", &bad);
+    const char *group = opt_string(req, "group", &bad);
+    service *svc;
+    struct pending *p;
+    int err;
+
+    if (bad || !name) {
+        send_error(cs, id, "bad_request", "'service' (a string) is required; 'group' is a string");
+        return;
+    }
+    svc = cache_get(a->cache, name, &err);
+    if (!svc) {
+        if (err == DA_EINVAL)
+            send_error(cs, id, "bad_name", "bad service name '%s'", name);
+        else
+            send_error(cs, id, "internal", "%s", da_strerror(err));
+        return;
+    }
+    p = pending_new(cs, watch ? P_WATCH : P_RESOLVE, id,
+                    service_ready(svc) ? 0 : a->cfg->timeout_ms);
+    if (!p || (group && !(p->group = strdup(group)))) {
+        if (p)
+            pending_end(p);
+        send_error(cs, id, "internal", "out of memory");
+        return;
+    }
+    p->svc = svc;
+    if (watch)
+        p->watch = ++cs->next_watch;
+    if (service_ready(svc)) {
+        list_ready(p);
+        return;
+    }
+    p->sub = cache_subscribe(svc, first_list, p);
+}
+
+static void op_unwatch(struct conn_state *cs, json_t *req, json_t *id)
+{
+    json_t *v = json_object_get(req, "watch");
+    bool bad = false;
+    const char *name = opt_string(req, "service", &bad);
+    size_t n = 0;
+
+    if (bad || (!json_is_integer(v) && !name)) {
+        send_error(cs, id, "bad_request", "give 'watch' (the id from the watch reply) or 'service'");
+        return;
+    }
+    for (struct cwatch **pp = &cs->watches; *pp;) {
+        struct cwatch *w = *pp;
+        if ((json_is_integer(v) && (json_int_t)w->id == json_integer_value(v)) ||
+            (!json_is_integer(v) && !strcmp(service_name(w->svc), name))) {
+            *pp = w->next;
+            cwatch_free(w);
+            n++;
+        } else {
+            pp = &w->next;
+        }
+    }
+    if (!n) {
+        send_error(cs, id, "not_found", "no such watch on this connection");
+        return;
+    }
+    json_t *o = reply_new(id, true);
+    if (o)
+        json_object_set_new(o, "removed", json_integer((json_int_t)n));
+    send_json(cs, o);
+}
+
+/* ---- register and deregister -------------------------------------------- */
+
+static void reg_done(int err, void *arg)
+{
+    struct pending *p = arg;
+    json_t *o = reply_new(p->id, true);
+
+    if (o) {
+        json_object_set_new(o, "registered", json_boolean(err == 0));
+        if (err)
+            json_object_set_new(o, "message",
+                                json_pack("s+", "accepted; the write failed and is retried: ",
+                                          etcd_client_last_error(p->cs->a->etcd)));
+    }
+    send_json(p->cs, o);
+    p->kind = P_SERVICES; /* registry_forget is not needed any more */
+    pending_end(p);
+}
+
+static void op_register(struct conn_state *cs, json_t *req, json_t *id)
+{
+    struct agent *a = cs->a;
+    struct instance inst;
+    char err[256];
+    json_t *persist = json_object_get(req, "persist");
+    struct pending *p;
+    int rc;
+
+    if (persist && !json_is_boolean(persist)) {
+        send_error(cs, id, "bad_request", "'persist' must be true or false");
+        return;
+    }
+    rc = instance_from_api(req, &inst, err, sizeof err);
+    if (rc) {
+        send_error(cs, id, rc == DA_ENOMEM ? "internal" : "bad_request", "%s", err);
+        return;
+    }
+    p = pending_new(cs, P_REGISTER, id, a->cfg->timeout_ms);
+    if (!p) {
+        instance_clear(&inst);
+        send_error(cs, id, "internal", "out of memory");
+        return;
+    }
+    rc = registry_add(a->registry, &inst, json_is_true(persist) ? REG_OWNER_RUNTIME : cs->id,
+                      reg_done, p, err, sizeof err);
+    instance_clear(&inst);
+    if (rc) {
+        pending_end(p);
+        send_error(cs, id, rc == DA_EACCES ? "conflict" : "unavailable", "%s",
+                   *err ? err : da_strerror(rc));
+    }
+}
+
+static void dereg_done(int err, void *arg)
+{
+    struct pending *p = arg;
+
+    if (err) {
+        send_error(p->cs, p->id, "unavailable", "delete failed: %s (%s)", da_strerror(err),
+                   etcd_client_last_error(p->cs->a->etcd));
+    } else {
+        send_json(p->cs, reply_new(p->id, true));
+    }
+    p->kind = P_SERVICES;
+    pending_end(p);
+}
+
+static void op_deregister(struct conn_state *cs, json_t *req, json_t *id)
+{
+    bool bad = false;
+    const char *name = opt_string(req, "name", &bad);
+    const char *address = opt_string(req, "address", &bad);
+    struct pending *p;
+    int rc;
+
+    if (bad || !name || !address) {
+        send_error(cs, id, "bad_request", "'name' and 'address' (strings) are required");
+        return;
+    }
+    p = pending_new(cs, P_DEREGISTER, id, cs->a->cfg->timeout_ms);
+    if (!p) {
+        send_error(cs, id, "internal", "out of memory");
+        return;
+    }
+    rc = registry_remove(cs->a->registry, name, address, cs->id, dereg_done, p);
+    if (rc) {
+        pending_end(p);
+        if (rc == DA_ENOENT)
+            send_error(cs, id, "not_found", "%s %s is not registered by this agent", name,
+                       address);
+        else if (rc == DA_EACCES)
+            send_error(cs, id, "forbidden",
+                       "%s %s belongs to the configuration or another connection", name,
+                       address);
+        else
+            send_error(cs, id, "internal", "%s", da_strerror(rc));
+    }
+}
+
+/* ---- services ----------------------------------------------------------- */
+
+struct svc_count {
+    char *name;
+    size_t n;
+};
+
+static int by_name(const void *x, const void *y)
+{
+    return strcmp(((const struct svc_count *)x)->name, ((const struct svc_count *)y)->name);
+}
+
+static void note_reg(const struct reg_info *ri, void *arg)
+{
+    json_object_set_new(arg, ri->inst->name, json_true());
+}
+
+static void mark_watched(service *svc, void *arg)
+{
+    size_t k;
+    json_t *e;
+
+    json_array_foreach((json_t *)arg, k, e) {
+        if (!strcmp(json_string_value(json_object_get(e, "name")), service_name(svc)))
+            json_object_set_new(e, "watched", json_true());
+    }
+}
+
+static void services_done(int err, const struct etcd_result *r, void *arg)
+{
+    struct pending *p = arg;
+    struct agent *a = p->cs->a;
+    size_t plen = strlen(a->cfg->prefix) + 1, n = 0;
+    struct svc_count *v = NULL;
+    json_t *o, *arr, *regs;
+
+    p->call = NULL;
+    if (err) {
+        send_error(p->cs, p->id, "unavailable", "cannot list services: %s (%s)",
+                   da_strerror(err), etcd_client_last_error(a->etcd));
+        pending_end(p);
+        return;
+    }
+    v = calloc(r->n_kvs ? r->n_kvs : 1, sizeof *v);
+    for (size_t i = 0; v && i < r->n_kvs; i++) {
+        const char *k = r->kvs[i].key + plen;
+        const char *slash = memchr(k, '/', r->kvs[i].key_len - plen);
+        if (r->kvs[i].key_len <= plen || !slash || slash == k)
+            continue;
+        size_t len = (size_t)(slash - k);
+        if (n && strlen(v[n - 1].name) == len && !memcmp(v[n - 1].name, k, len)) {
+            v[n - 1].n++; /* keys come sorted, so a name's keys are together */
+            continue;
+        }
+        if (!(v[n].name = strndup(k, len)))
+            break;
+        v[n++].n = 1;
+    }
+    qsort(v, n, sizeof *v, by_name);
+    regs = json_object();
+    registry_foreach(a->registry, note_reg, regs);
+    o = reply_new(p->id, true);
+    arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_array_append_new(
+            arr, json_pack("{s:s, s:I, s:b, s:b}", "name", v[i].name, "instances",
+                           (json_int_t)v[i].n, "watched", 0, "registered",
+                           json_object_get(regs, v[i].name) != NULL));
+        free(v[i].name);
+    }
+    free(v);
+    json_decref(regs);
+    /* "watched": this agent follows the service in its cache. */
+    cache_foreach(a->cache, mark_watched, arr);
+    if (o) {
+        json_object_set_new(o, "revision", json_integer(r->revision));
+        json_object_set_new(o, "services", arr);
+    } else {
+        json_decref(arr);
+    }
+    send_json(p->cs, o);
+    pending_end(p);
+}
+
+static void op_services(struct conn_state *cs, json_t *id)
+{
+    struct agent *a = cs->a;
+    char key[1024], end[1024];
+    size_t klen = (size_t)snprintf(key, sizeof key, "%s/", a->cfg->prefix), elen;
+    struct pending *p = pending_new(cs, P_SERVICES, id, 0);
+    int rc;
+
+    if (!p) {
+        send_error(cs, id, "internal", "out of memory");
+        return;
+    }
+    elen = etcd_prefix_end(key, klen, end);
+    rc = etcd_range(a->etcd, key, klen, end, elen, ETCD_RANGE_KEYS_ONLY, 0, services_done, p,
+                    &p->call);
+    if (rc) {
+        pending_end(p);
+        send_error(cs, id, "internal", "%s", da_strerror(rc));
+    }
+}
+
+/* ---- status ------------------------------------------------------------- */
+
+static void status_reg(const struct reg_info *ri, void *arg)
+{
+    static const char *const states[] = {"pending", "registered", "failing"};
+    json_t *o = instance_to_api(ri->inst);
+
+    if (!o)
+        return;
+    json_object_set_new(o, "owner",
+                        json_string(ri->owner == REG_OWNER_CONFIG    ? "config"
+                                    : ri->owner == REG_OWNER_RUNTIME ? "runtime"
+                                                                     : "connection"));
+    json_object_set_new(o, "state", json_string(states[ri->state]));
+    if (ri->error && *ri->error)
+        json_object_set_new(o, "error", json_string(ri->error));
+    json_array_append_new(arg, o);
+}
+
+static void status_svc(service *svc, void *arg)
+{
+    size_t n;
+
+    service_instances(svc, &n);
+    json_array_append_new(
+        arg, json_pack("{s:s, s:I, s:b, s:b, s:I, s:I, s:I}", "service", service_name(svc),
+                       "revision", (json_int_t)service_revision(svc), "stale", service_stale(svc),
+                       "ready", service_ready(svc), "instances", (json_int_t)n, "skipped",
+                       (json_int_t)service_skipped(svc), "watchers",
+                       (json_int_t)service_subscribers(svc)));
+}
+
+static void hex(char *buf, size_t len, uint64_t v)
+{
+    snprintf(buf, len, "%016" PRIx64, v);
+}
+
+static void status_done(int err, const struct etcd_result *r, void *arg)
+{
+    struct pending *p = arg;
+    struct agent *a = p->cs->a;
+    json_t *o = reply_new(p->id, true), *etcd, *lease, *regs, *svcs, *eps;
+    char buf[32];
+    bool any_stale = false;
+
+    p->call = NULL;
+    if (!o) {
+        pending_end(p);
+        return;
+    }
+    json_object_set_new(o, "version", json_string(AGENT_VERSION));
+    json_object_set_new(o, "pid", json_integer(getpid()));
+    json_object_set_new(o, "uptime_ms", json_integer((json_int_t)(uv_now(a->loop) - a->started)));
+    json_object_set_new(o, "config", json_string(a->cfg->path));
+    json_object_set_new(o, "prefix", json_string(a->cfg->prefix));
+
+    etcd = json_object();
+    eps = json_array();
+    for (size_t i = 0; i < a->cfg->n_endpoints; i++)
+        json_array_append_new(eps, json_string(a->cfg->endpoints[i]));
+    json_object_set_new(etcd, "endpoint", json_string(etcd_client_endpoint(a->etcd)));
+    json_object_set_new(etcd, "endpoints", eps);
+    json_object_set_new(etcd, "connected", json_boolean(!err && etcd_client_connected(a->etcd)));
+    if (!err && r->leader) {
+        hex(buf, sizeof buf, r->leader);
+        json_object_set_new(etcd, "leader", json_string(buf));
+        hex(buf, sizeof buf, r->member_id);
+        json_object_set_new(etcd, "member", json_string(buf));
+        json_object_set_new(etcd, "version", json_string(r->version));
+        json_object_set_new(etcd, "revision", json_integer(r->revision));
+    } else {
+        json_object_set_new(etcd, "leader", json_null());
+    }
+    json_object_set_new(etcd, "last_error", json_string(etcd_client_last_error(a->etcd)));
+    json_object_set_new(etcd, "requests", json_integer((json_int_t)etcd_client_requests(a->etcd)));
+    json_object_set_new(o, "etcd", etcd);
+
+    lease = json_object();
+    if (session_lease(a->session)) {
+        hex(buf, sizeof buf, (uint64_t)session_lease(a->session));
+        json_object_set_new(lease, "id", json_string(buf));
+    } else {
+        json_object_set_new(lease, "id", json_null());
+    }
+    json_object_set_new(lease, "ttl_s", json_integer(session_ttl(a->session)));
+    json_object_set_new(lease, "remaining_ms", json_integer(session_remaining_ms(a->session)));
+    json_object_set_new(lease, "since_keepalive_ms",
+                        json_integer(session_since_keepalive(a->session)));
+    json_object_set_new(lease, "grants", json_integer((json_int_t)session_grants(a->session)));
+    json_object_set_new(o, "lease", lease);
+
+    regs = json_array();
+    registry_foreach(a->registry, status_reg, regs);
+    json_object_set_new(o, "registrations", regs);
+    svcs = json_array();
+    cache_foreach(a->cache, status_svc, svcs);
+    size_t k;
+    json_t *e;
+    json_array_foreach(svcs, k, e) {
+        if (json_is_true(json_object_get(e, "stale")))
+            any_stale = true;
+    }
+    json_object_set_new(o, "services", svcs);
+    json_object_set_new(o, "clients", json_integer((json_int_t)server_clients(a->server)));
+    json_object_set_new(o, "skipped", json_integer((json_int_t)cache_skipped_total(a->cache)));
+    json_object_set_new(o, "stale", json_boolean(any_stale));
+    send_json(p->cs, o);
+    pending_end(p);
+}
+
+static void op_status(struct conn_state *cs, json_t *id)
+{
+    struct pending *p = pending_new(cs, P_STATUS, id, 0);
+    int rc;
+
+    if (!p) {
+        send_error(cs, id, "internal", "out of memory");
+        return;
+    }
+    rc = etcd_member_status(cs->a->etcd, status_done, p, &p->call);
+    if (rc)
+        status_done(rc, NULL, p);
+}
+
+/* ---- dispatch ----------------------------------------------------------- */
+
+static struct conn_state *state_of(struct agent *a, server_conn *c)
+{
+    struct conn_state *cs = server_conn_data(c);
+
+    if (cs)
+        return cs;
+    cs = calloc(1, sizeof *cs);
+    if (!cs)
+        return NULL;
+    cs->a = a;
+    cs->c = c;
+    cs->id = server_conn_id(c);
+    server_conn_set_data(c, cs);
+    return cs;
+}
+
+void proto_on_line(server *s, server_conn *c, char *line, size_t len, void *arg)
+{
+    struct agent *a = arg;
+    struct conn_state *cs = state_of(a, c);
+    json_error_t jerr;
+    json_t *req, *id, *op;
+    const char *name;
+
+    (void)s;
+    if (!cs) {
+        server_conn_close(c);
+        return;
+    }
+    if (cs->dead)
+        return;
+    /* Depth is bounded by jansson itself (2048 levels); duplicates are
+     * refused so that a request means one thing. */
+    req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!req) {
+        send_error(cs, NULL, "bad_json", "not JSON: %s at column %d", jerr.text, jerr.column);
+        return;
+    }
+    if (!json_is_object(req)) {
+        send_error(cs, NULL, "bad_request", "a request is a JSON object with an \"op\"");
+        json_decref(req);
+        return;
+    }
+    id = json_object_get(req, "id");
+    if (id && !json_is_string(id) && !json_is_integer(id)) {
+        send_error(cs, NULL, "bad_request", "'id' must be a string or an integer");
+        json_decref(req);
+        return;
+    }
+    op = json_object_get(req, "op");
+    name = json_is_string(op) ? json_string_value(op) : NULL;
+    if (!name)
+        send_error(cs, id, "bad_request", "'op' (a string) is required");
+    else if (!strcmp(name, "resolve"))
+        op_list(cs, req, id, false);
+    else if (!strcmp(name, "watch"))
+        op_list(cs, req, id, true);
+    else if (!strcmp(name, "unwatch"))
+        op_unwatch(cs, req, id);
+    else if (!strcmp(name, "register"))
+        op_register(cs, req, id);
+    else if (!strcmp(name, "deregister"))
+        op_deregister(cs, req, id);
+    else if (!strcmp(name, "status"))
+        op_status(cs, id);
+    else if (!strcmp(name, "services"))
+        op_services(cs, id);
+    else if (!strcmp(name, "ping"))
+        send_json(cs, reply_new(id, true));
+    else
+        send_error(cs, id, "unknown_op",
+                   "unknown op '%.64s': use resolve, watch, unwatch, register, deregister, "
+                   "status, services",
+                   name);
+    json_decref(req);
+}
+
+void proto_on_close(server *s, server_conn *c, void *arg)
+{
+    struct agent *a = arg;
+    struct conn_state *cs = server_conn_data(c);
+
+    (void)s;
+    if (!cs)
+        return;
+    while (cs->pending)
+        pending_end(cs->pending);
+    while (cs->watches) {
+        struct cwatch *w = cs->watches;
+        cs->watches = w->next;
+        cwatch_free(w);
+    }
+    /* Registrations made by this connection leave with it. */
+    registry_remove_owner(a->registry, cs->id);
+    free(cs);
+}

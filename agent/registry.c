@@ -1,0 +1,548 @@
+#include "registry.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "log.h"
+
+#define RETRY_MIN_MS 500
+#define RETRY_MAX_MS 10000
+#define FIGHT_WINDOW_MS 60000
+#define FIGHT_FREE_HEALS 3
+
+struct waiter {
+    void (*done)(int err, void *arg);
+    void *arg;
+    struct waiter *next;
+};
+
+struct reg {
+    registry *r;
+    struct instance inst;
+    char *key;
+    size_t klen;
+    char *value;
+    size_t vlen;
+    uint64_t owner;
+    uint64_t gen;           /* bumped on every change of value */
+    uint64_t sent_gen;      /* gen of the write in flight or last done */
+    int64_t lease_written;  /* lease of our last successful write */
+    int64_t rev_written;    /* its revision */
+    etcd_call *call;
+    enum reg_state state;
+    char error[160];
+    unsigned backoff_ms;
+    uint64_t not_before; /* uv_now before which no write is sent */
+    unsigned heals;
+    uint64_t heal_window;
+    service *svc;
+    cache_sub *sub;
+    struct waiter *waiters;
+    struct reg *next;
+};
+
+struct del;
+
+struct registry {
+    struct del *dels; /* deletes in flight */
+    uv_loop_t *loop;
+    etcd_client *etcd;
+    cache *cache;
+    session *session;
+    char *prefix;
+    struct reg *regs;
+    size_t n;
+    int64_t lease;
+    uv_timer_t timer; /* retries and backoff */
+    bool shutting_down;
+    size_t deleting;
+    void (*shutdown_done)(void *);
+    void *shutdown_arg;
+};
+
+static void kick(struct reg *g);
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static struct reg *find(const registry *r, const char *name, const char *address)
+{
+    for (struct reg *g = r->regs; g; g = g->next)
+        if (!strcmp(g->inst.name, name) && !strcmp(g->inst.address, address))
+            return g;
+    return NULL;
+}
+
+static void wake_waiters(struct reg *g, int err)
+{
+    struct waiter *w = g->waiters;
+
+    g->waiters = NULL;
+    while (w) {
+        struct waiter *next = w->next;
+        w->done(err, w->arg);
+        free(w);
+        w = next;
+    }
+}
+
+static void reg_free(struct reg *g)
+{
+    wake_waiters(g, DA_ECANCELED);
+    etcd_call_cancel(g->call);
+    cache_unsubscribe(g->sub);
+    instance_clear(&g->inst);
+    free(g->key);
+    free(g->value);
+    free(g);
+}
+
+static void unlink_reg(registry *r, struct reg *g)
+{
+    for (struct reg **pp = &r->regs; *pp; pp = &(*pp)->next)
+        if (*pp == g) {
+            *pp = g->next;
+            r->n--;
+            return;
+        }
+}
+
+/* Arms the shared timer for the earliest pending retry. */
+static void timer_fired(uv_timer_t *t);
+
+static void arm(registry *r)
+{
+    uint64_t now = uv_now(r->loop), next = UINT64_MAX;
+
+    for (struct reg *g = r->regs; g; g = g->next)
+        if (!g->call && g->not_before > now && g->not_before < next)
+            next = g->not_before;
+    if (next != UINT64_MAX)
+        uv_timer_start(&r->timer, timer_fired, next - now, 0);
+}
+
+static void timer_fired(uv_timer_t *t)
+{
+    registry *r = t->data;
+    uint64_t now = uv_now(r->loop);
+
+    for (struct reg *g = r->regs; g; g = g->next)
+        if (g->not_before && g->not_before <= now) {
+            g->not_before = 0;
+            kick(g);
+        }
+    arm(r);
+}
+
+static void retry_later(struct reg *g)
+{
+    g->backoff_ms = g->backoff_ms ? g->backoff_ms * 2 : RETRY_MIN_MS;
+    if (g->backoff_ms > RETRY_MAX_MS)
+        g->backoff_ms = RETRY_MAX_MS;
+    g->not_before = uv_now(g->r->loop) + g->backoff_ms / 2 + (unsigned)rand() % (g->backoff_ms / 2 + 1);
+    arm(g->r);
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static void written(int err, const struct etcd_result *res, void *arg)
+{
+    struct reg *g = arg;
+    registry *r = g->r;
+    int64_t lease = g->lease_written; /* stashed by kick() */
+
+    g->call = NULL;
+    if (err) {
+        snprintf(g->error, sizeof g->error, "%s (%s)", da_strerror(err),
+                 etcd_client_last_error(r->etcd));
+        g->lease_written = 0;
+        if (g->state != REG_FAILING)
+            log_warn("registry: cannot write %s: %s; retrying", g->key, g->error);
+        g->state = REG_FAILING;
+        wake_waiters(g, err);
+        /* A put under a lease etcd no longer has: make the session look. */
+        if (err == DA_ELEASE)
+            session_check(r->session);
+        retry_later(g);
+        return;
+    }
+    g->rev_written = res->revision;
+    g->backoff_ms = 0;
+    g->error[0] = '\0';
+    if (g->state != REG_REGISTERED)
+        log_info("registry: registered %s/%s (lease %llx)", g->inst.name, g->inst.address,
+                 (unsigned long long)lease);
+    g->state = REG_REGISTERED;
+    wake_waiters(g, 0);
+    /* Changed while the write was in flight, or the lease moved on. */
+    if (g->sent_gen != g->gen || g->lease_written != r->lease)
+        kick(g);
+}
+
+static void kick(struct reg *g)
+{
+    registry *r = g->r;
+    int rc;
+
+    if (!r->lease || g->call || r->shutting_down)
+        return;
+    if (g->lease_written == r->lease && g->sent_gen == g->gen)
+        return; /* up to date */
+    if (g->not_before > uv_now(r->loop)) {
+        arm(r);
+        return;
+    }
+    g->sent_gen = g->gen;
+    /* The lease the write goes under; written() reads it back. */
+    g->lease_written = r->lease;
+    rc = etcd_put(r->etcd, g->key, g->klen, g->value, g->vlen, r->lease, written, g, &g->call);
+    if (rc < 0) {
+        g->lease_written = 0;
+        snprintf(g->error, sizeof g->error, "%s", da_strerror(rc));
+        g->state = REG_FAILING;
+        retry_later(g);
+    }
+}
+
+/* ---- healing ------------------------------------------------------------ */
+
+/* Our service changed in etcd: is our key still there, ours, and current? */
+static void service_changed(service *svc, void *arg)
+{
+    struct reg *g = arg;
+    registry *r = g->r;
+    const char *value;
+    size_t vlen;
+    int64_t lease;
+    uint64_t now;
+
+    if (service_stale(svc) || !r->lease || g->call || g->lease_written != r->lease ||
+        service_revision(svc) < g->rev_written || r->shutting_down)
+        return;
+    bool present = service_entry(svc, g->inst.address, &value, &vlen, &lease);
+    if (present && lease == r->lease && vlen == g->vlen && !memcmp(value, g->value, vlen))
+        return;
+
+    now = uv_now(r->loop);
+    if (now - g->heal_window > FIGHT_WINDOW_MS) {
+        g->heal_window = now;
+        g->heals = 0;
+    }
+    g->heals++;
+    log_warn("registry: %s was %s by someone else; writing it again", g->key,
+             present ? "overwritten" : "deleted");
+    g->lease_written = 0;
+    if (g->heals > FIGHT_FREE_HEALS) {
+        /* Another writer keeps changing it: back off instead of fighting. */
+        unsigned shift = g->heals - FIGHT_FREE_HEALS;
+        uint64_t ms = shift > 6 ? 60000 : 1000ull << shift;
+        log_warn("registry: %s changed %u times in a minute; next write in %llu ms", g->key,
+                 g->heals, (unsigned long long)ms);
+        g->not_before = now + ms;
+        arm(r);
+        return;
+    }
+    if (!present)
+        session_check(r->session); /* the key may have gone with the lease */
+    kick(g);
+}
+
+/* ---- public ------------------------------------------------------------- */
+
+int registry_new(registry **out, uv_loop_t *loop, etcd_client *etcd, cache *cache,
+                 session *session, const char *prefix)
+{
+    registry *r = calloc(1, sizeof *r);
+
+    if (!r || !(r->prefix = strdup(prefix))) {
+        free(r);
+        return DA_ENOMEM;
+    }
+    r->loop = loop;
+    r->etcd = etcd;
+    r->cache = cache;
+    r->session = session;
+    uv_timer_init(loop, &r->timer);
+    r->timer.data = r;
+    *out = r;
+    return 0;
+}
+
+static int set_value(struct reg *g, const struct instance *inst)
+{
+    char *v = instance_to_value(inst);
+    struct instance copy;
+
+    if (!v || instance_copy(&copy, inst)) {
+        free(v);
+        return DA_ENOMEM;
+    }
+    instance_clear(&g->inst);
+    free(g->value);
+    g->inst = copy;
+    g->value = v;
+    g->vlen = strlen(v);
+    g->gen++;
+    return 0;
+}
+
+int registry_add(registry *r, const struct instance *inst, uint64_t owner,
+                 void (*done)(int err, void *arg), void *arg, char *err, size_t errlen)
+{
+    struct reg *g = find(r, inst->name, inst->address);
+    int rc;
+
+    if (r->shutting_down) {
+        snprintf(err, errlen, "the agent is shutting down");
+        return DA_ECANCELED;
+    }
+    if (g && g->owner == REG_OWNER_CONFIG && owner != REG_OWNER_CONFIG) {
+        snprintf(err, errlen, "%s %s is registered by the configuration; change it there",
+                 inst->name, inst->address);
+        return DA_EACCES;
+    }
+    if (!g) {
+        int cerr;
+        g = calloc(1, sizeof *g);
+        if (!g)
+            return DA_ENOMEM;
+        g->r = r;
+        g->klen = strlen(r->prefix) + strlen(inst->name) + strlen(inst->address) + 2;
+        g->key = malloc(g->klen + 1);
+        if (!g->key || set_value(g, inst)) {
+            reg_free(g);
+            return DA_ENOMEM;
+        }
+        snprintf(g->key, g->klen + 1, "%s/%s/%s", r->prefix, inst->name, inst->address);
+        g->svc = cache_get(r->cache, inst->name, &cerr);
+        if (g->svc)
+            g->sub = cache_subscribe(g->svc, service_changed, g);
+        g->next = r->regs;
+        r->regs = g;
+        r->n++;
+    } else if (!instance_equal(&g->inst, inst) && (rc = set_value(g, inst))) {
+        return rc;
+    }
+    g->owner = owner;
+    if (done) {
+        struct waiter *w = calloc(1, sizeof *w);
+        if (w) {
+            w->done = done;
+            w->arg = arg;
+            w->next = g->waiters;
+            g->waiters = w;
+        }
+    }
+    if (g->lease_written == r->lease && g->sent_gen == g->gen && r->lease && !g->call)
+        wake_waiters(g, 0); /* nothing to write: already there */
+    else
+        kick(g);
+    return 0;
+}
+
+struct del {
+    registry *r;
+    char *key;
+    bool counted; /* one of the shutdown's deletes */
+    etcd_call *call;
+    struct del *next;
+    void (*done)(int err, void *arg);
+    void *arg;
+};
+
+static void deleted(int err, const struct etcd_result *res, void *arg)
+{
+    struct del *d = arg;
+    registry *r = d->r;
+
+    (void)res;
+    for (struct del **pp = &r->dels; *pp; pp = &(*pp)->next)
+        if (*pp == d) {
+            *pp = d->next;
+            break;
+        }
+    if (err)
+        log_warn("registry: cannot delete %s: %s; it goes when the lease ends", d->key,
+                 da_strerror(err));
+    else
+        log_info("registry: deregistered %s", d->key);
+    if (d->done)
+        d->done(err, d->arg);
+    bool counted = d->counted;
+    free(d->key);
+    free(d);
+    if (counted && --r->deleting == 0 && r->shutdown_done) {
+        void (*fn)(void *) = r->shutdown_done;
+        r->shutdown_done = NULL;
+        fn(r->shutdown_arg);
+    }
+}
+
+/* Deletes g's key if it still carries the lease we wrote it with, so that
+ * someone else's key at the same place is left alone; frees g. */
+static int delete_reg(registry *r, struct reg *g, void (*done)(int, void *), void *arg)
+{
+    struct del *d;
+    int64_t lease = g->lease_written;
+    int rc;
+
+    unlink_reg(r, g);
+    if (!lease) {
+        reg_free(g);
+        return 1; /* nothing in etcd */
+    }
+    d = calloc(1, sizeof *d);
+    if (!d) {
+        reg_free(g);
+        return DA_ENOMEM;
+    }
+    d->r = r;
+    d->counted = r->shutting_down;
+    d->key = g->key;
+    d->done = done;
+    d->arg = arg;
+    g->key = NULL;
+    struct etcd_cmp cmp = {.key = d->key, .klen = g->klen, .target = ETCD_CMP_LEASE,
+                           .op = ETCD_CMP_EQUAL, .number = lease};
+    struct etcd_op del = {.type = ETCD_OP_DELETE, .key = d->key, .klen = g->klen};
+    rc = etcd_txn(r->etcd, &cmp, 1, &del, 1, NULL, 0, deleted, d, &d->call);
+    reg_free(g);
+    if (rc < 0) {
+        free(d->key);
+        free(d);
+        return rc;
+    }
+    d->next = r->dels;
+    r->dels = d;
+    return 0;
+}
+
+int registry_remove(registry *r, const char *name, const char *address, uint64_t owner_check,
+                    void (*done)(int err, void *arg), void *arg)
+{
+    struct reg *g = find(r, name, address);
+    int rc;
+
+    if (!g)
+        return DA_ENOENT;
+    if (owner_check != REG_OWNER_CONFIG && g->owner != owner_check &&
+        g->owner != REG_OWNER_RUNTIME)
+        return DA_EACCES;
+    if (owner_check != REG_OWNER_CONFIG && g->owner == REG_OWNER_CONFIG)
+        return DA_EACCES;
+    rc = delete_reg(r, g, done, arg);
+    if (rc == 1 && done)
+        done(0, arg);
+    return rc == 1 ? 0 : rc;
+}
+
+void registry_remove_owner(registry *r, uint64_t owner)
+{
+    struct reg *g = r->regs, *next;
+
+    for (; g; g = next) {
+        next = g->next;
+        if (g->owner == owner && owner != REG_OWNER_CONFIG)
+            delete_reg(r, g, NULL, NULL);
+    }
+}
+
+void registry_forget(registry *r, void *arg)
+{
+    for (struct reg *g = r->regs; g; g = g->next)
+        for (struct waiter **pp = &g->waiters; *pp;) {
+            if ((*pp)->arg == arg) {
+                struct waiter *w = *pp;
+                *pp = w->next;
+                free(w);
+            } else {
+                pp = &(*pp)->next;
+            }
+        }
+    for (struct del *d = r->dels; d; d = d->next)
+        if (d->arg == arg)
+            d->done = NULL;
+}
+
+void registry_set_lease(registry *r, int64_t lease)
+{
+    r->lease = lease;
+    for (struct reg *g = r->regs; g; g = g->next) {
+        if (!lease && g->state == REG_REGISTERED)
+            g->state = REG_PENDING;
+        g->not_before = 0;
+        g->backoff_ms = 0;
+        kick(g);
+    }
+}
+
+bool registry_settled(const registry *r)
+{
+    if (!r->lease)
+        return r->n == 0;
+    for (struct reg *g = r->regs; g; g = g->next)
+        if (g->lease_written != r->lease || g->call || g->state != REG_REGISTERED)
+            return false;
+    return true;
+}
+
+size_t registry_count(const registry *r)
+{
+    return r->n;
+}
+
+void registry_foreach(const registry *r, void (*fn)(const struct reg_info *ri, void *arg),
+                      void *arg)
+{
+    for (struct reg *g = r->regs; g; g = g->next) {
+        struct reg_info ri = {&g->inst, g->owner, g->state, g->error, g->rev_written};
+        fn(&ri, arg);
+    }
+}
+
+void registry_shutdown(registry *r, void (*done)(void *arg), void *arg)
+{
+    r->shutting_down = true;
+    r->shutdown_done = done;
+    r->shutdown_arg = arg;
+    uv_timer_stop(&r->timer);
+    r->deleting = 1; /* held until every delete is sent */
+    while (r->regs) {
+        struct reg *g = r->regs;
+        if (delete_reg(r, g, NULL, NULL) == 0)
+            r->deleting++;
+    }
+    if (--r->deleting == 0 && r->shutdown_done) {
+        r->shutdown_done = NULL;
+        done(arg);
+    }
+}
+
+static void closed(uv_handle_t *h)
+{
+    registry *r = h->data;
+
+    free(r->prefix);
+    free(r);
+}
+
+registry *registry_free(registry *r)
+{
+    if (!r)
+        return NULL;
+    while (r->regs) {
+        struct reg *g = r->regs;
+        r->regs = g->next;
+        reg_free(g);
+    }
+    while (r->dels) {
+        struct del *d = r->dels;
+        r->dels = d->next;
+        etcd_call_cancel(d->call);
+        free(d->key);
+        free(d);
+    }
+    uv_close((uv_handle_t *)&r->timer, closed);
+    return NULL;
+}

@@ -1,0 +1,78 @@
+/* The instances this host registers: those of the configuration and those
+ * registered over the socket. Each is written as
+ * <prefix>/<name>/<address> = instance_to_value() under the session lease.
+ *
+ * The registry heals itself: it follows its own services through the watch
+ * cache, and a key of ours that is deleted or overwritten by someone else
+ * is written again (with backoff, so that two writers fighting over a key
+ * do not spin). A new lease (after the old one was lost) makes it write
+ * every key again. */
+#ifndef DA_REGISTRY_H
+#define DA_REGISTRY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "cache.h"
+#include "etcd.h"
+#include "instance.h"
+#include "session.h"
+
+typedef struct registry registry;
+
+/* Who a registration belongs to: the configuration, a socket connection
+ * (removed when it closes), or nobody in particular (made over the socket
+ * with "persist": it lasts until deregistered or the agent stops). */
+#define REG_OWNER_CONFIG 0
+#define REG_OWNER_RUNTIME UINT64_MAX
+
+enum reg_state { REG_PENDING, REG_REGISTERED, REG_FAILING };
+
+struct reg_info {
+    const struct instance *inst;
+    uint64_t owner;
+    enum reg_state state;
+    const char *error; /* last failure, "" if none */
+    int64_t revision;  /* of our last write */
+};
+
+int registry_new(registry **out, uv_loop_t *loop, etcd_client *etcd, cache *cache,
+                 session *session, const char *prefix);
+
+/* Adds or updates a registration. An instance registered by the
+ * configuration cannot be taken over by a connection (DA_EACCES, with a
+ * reason in err); one owned by a connection passes to the new owner (a
+ * client that reconnected). done, if set, is called once the key is written
+ * (err 0) or the first write failed (err < 0; the registry keeps trying). */
+int registry_add(registry *r, const struct instance *inst, uint64_t owner,
+                 void (*done)(int err, void *arg), void *arg, char *err, size_t errlen);
+
+/* Removes a registration and deletes its key (only if it still holds our
+ * lease). owner_check: only if owned by that owner or by REG_OWNER_RUNTIME;
+ * pass REG_OWNER_CONFIG to remove a configured one (reload). Returns 0,
+ * DA_ENOENT, or DA_EACCES. done as above, once the delete is answered. */
+int registry_remove(registry *r, const char *name, const char *address, uint64_t owner_check,
+                    void (*done)(int err, void *arg), void *arg);
+
+/* Drops every done callback registered with arg (its caller is gone). */
+void registry_forget(registry *r, void *arg);
+
+/* Removes every registration of a connection. */
+void registry_remove_owner(registry *r, uint64_t owner);
+
+/* The session's lease changed (0: lost). */
+void registry_set_lease(registry *r, int64_t lease);
+
+/* True when every registration is written under the current lease. */
+bool registry_settled(const registry *r);
+size_t registry_count(const registry *r);
+void registry_foreach(const registry *r, void (*fn)(const struct reg_info *ri, void *arg),
+                      void *arg);
+
+/* Deletes every key of ours (keys not ours are left alone), then calls
+ * done. Registrations made after this are refused. */
+void registry_shutdown(registry *r, void (*done)(void *arg), void *arg);
+registry *registry_free(registry *r); /* loop must run once more; NULL-safe */
+
+#endif

@@ -1,0 +1,722 @@
+/* The local socket server: a uv_pipe_t listener, a uv_pipe_t per
+ * connection, line framing and bounded output.
+ *
+ * Lifetimes. The server and every connection are freed only in uv close
+ * callbacks. A connection is "listed" (on s->conns) from accept until its
+ * on_close has run; "finishing" once it takes no more input or output (it
+ * closes when its last write completes); "closing" once uv_close() has been
+ * called on it. Its memory stays valid until its close callback, which libuv
+ * runs after the callbacks of every write still pending on it, so a
+ * callback of ours that closes a connection never frees what a caller up
+ * the stack still uses. The server counts its open handles (listener,
+ * retry timer, connections) and frees itself when the last one closes
+ * after server_close().
+ *
+ * Input is read straight into the connection's line buffer, which grows
+ * up to max_line + IN_SLACK: enough for any acceptable line and its '\n'
+ * plus room for a useful read, so a full buffer without '\n' is always an
+ * over-long line and never needs more memory. */
+#include "server.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "log.h"
+
+#define DEFAULT_MAX_LINE ((size_t)64 * 1024)
+#define DEFAULT_MAX_OUTPUT ((size_t)8 * 1024 * 1024)
+#define DEFAULT_MAX_CLIENTS ((size_t)16384)
+#define DEFAULT_MODE 0660u
+
+#define IN_INITIAL ((size_t)4096) /* first size of a line buffer */
+#define IN_MIN_FREE ((size_t)1024) /* grow before reading into less than this */
+#define IN_SLACK ((size_t)4096)   /* room past max_line: '\n' and a read's worth */
+
+/* The kernel caps this at net.core.somaxconn. A burst of clients connecting
+ * at once (every process on the host after an agent restart) should wait in
+ * the backlog rather than be refused. */
+#define LISTEN_BACKLOG 4096
+
+#define ACCEPT_RETRY_MS 100
+#define ACCEPT_WARN_INTERVAL_MS 10000
+
+/* When a connection is closed on purpose, the unread input still queued on
+ * it is read and thrown away first, up to this much: Linux gives the peer of
+ * a unix socket closed with unread data ECONNRESET instead of EOF, which
+ * would hide the reply just sent (the too_long_reply above all). */
+#define DRAIN_MAX ((size_t)256 * 1024)
+
+struct server_conn {
+    uv_pipe_t pipe; /* pipe.data points back here */
+    server *s;
+    struct server_conn *prev, *next; /* on s->conns while listed */
+    uint64_t id;
+    void *data;
+
+    char *in; /* line buffer: a partial line, then the bytes just read */
+    size_t in_len, in_cap;
+    size_t scanned; /* bytes at the start of in known to hold no '\n' */
+
+    size_t nwrites; /* uv_write requests not yet called back */
+
+    pid_t pid;
+    uid_t uid;
+    gid_t gid;
+    bool have_cred;
+    bool listed;
+    bool finishing;
+    bool closing;
+};
+
+/* One queued write and its copy of the bytes. */
+struct wreq {
+    uv_write_t req; /* req.data points back here */
+    server_conn *c;
+    char data[];
+};
+
+struct server {
+    uv_loop_t *loop;
+    uv_pipe_t listener;  /* listener.data points back here */
+    uv_timer_t retry;    /* retries an accept that failed for lack of memory */
+    struct server_callbacks cb;
+    void *arg;
+
+    char *path;
+    dev_t dev; /* the socket file we made, so that we unlink only ours */
+    ino_t ino;
+    char *too_long;
+    size_t too_long_len;
+    size_t max_line, max_output, max_clients;
+
+    server_conn *conns; /* listed connections */
+    size_t nclients;    /* listed and not closing */
+    size_t handles;     /* open uv handles, connections included */
+    uint64_t next_id;
+    uint64_t last_accept_warn;
+    bool accept_waiting; /* a connection waits in the listener to be accepted */
+    bool closing;
+};
+
+/* ---- lifetimes -------------------------------------------------------- */
+
+static void server_unref(server *s)
+{
+    if (--s->handles == 0 && s->closing) {
+        free(s->path);
+        free(s->too_long);
+        free(s);
+    }
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    server_unref(h->data);
+}
+
+static void unlist(server_conn *c)
+{
+    server *s = c->s;
+
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    c->listed = false;
+}
+
+static void conn_closed(uv_handle_t *h)
+{
+    server_conn *c = h->data;
+    server *s = c->s;
+
+    if (c->listed) {
+        unlist(c);
+        if (s->cb.on_close)
+            s->cb.on_close(s, c, s->arg);
+    }
+    free(c->in);
+    free(c);
+    server_unref(s);
+}
+
+static void drain_input(server_conn *c)
+{
+    uv_os_fd_t fd;
+    char scratch[16384];
+    size_t total = 0;
+    ssize_t n;
+
+    if (uv_fileno((uv_handle_t *)&c->pipe, &fd) != 0)
+        return;
+    while (total < DRAIN_MAX && (n = recv(fd, scratch, sizeof scratch, MSG_DONTWAIT)) > 0)
+        total += (size_t)n;
+}
+
+/* Starts closing c; on_close (if c is listed) follows from its close
+ * callback. drain: the close is ours, not the peer's or the socket's
+ * failure, so unread input is discarded first (see DRAIN_MAX). */
+static void conn_close(server_conn *c, bool drain)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    c->finishing = true;
+    if (c->listed)
+        c->s->nclients--;
+    if (drain)
+        drain_input(c);
+    uv_close((uv_handle_t *)&c->pipe, conn_closed);
+}
+
+/* Takes no more input or output and closes once pending writes are done. */
+static void conn_finish(server_conn *c)
+{
+    if (c->closing)
+        return;
+    c->finishing = true;
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    if (c->nwrites == 0)
+        conn_close(c, true);
+}
+
+/* ---- output ----------------------------------------------------------- */
+
+static void write_cb(uv_write_t *req, int status)
+{
+    struct wreq *w = req->data;
+    server_conn *c = w->c;
+
+    free(w);
+    c->nwrites--;
+    if (status < 0 && status != UV_ECANCELED)
+        conn_close(c, false);
+    else if (c->finishing && c->nwrites == 0)
+        conn_close(c, true);
+}
+
+/* Writes what the socket takes now and queues a copy of the rest. On
+ * failure c is closed and the code returned. */
+static int conn_write(server_conn *c, const char *data, size_t len)
+{
+    uv_stream_t *st = (uv_stream_t *)&c->pipe;
+    size_t max = c->s->max_output;
+    size_t off = 0, queued;
+    struct wreq *w;
+    uv_buf_t b;
+    int r;
+
+    if (len == 0)
+        return 0;
+    /* A single message past the bound could never be queued; also keeps
+     * len within uv_buf_t's unsigned int. */
+    if (len > max) {
+        conn_close(c, true);
+        return DA_EMSGSIZE;
+    }
+    /* uv_try_write refuses (UV_EAGAIN) while older bytes are queued, which
+     * keeps the order; when the queue is empty it saves the copy. */
+    b = uv_buf_init((char *)data, (unsigned int)len);
+    r = uv_try_write(st, &b, 1);
+    if (r >= 0) {
+        off = (size_t)r;
+    } else if (r != UV_EAGAIN) {
+        conn_close(c, false);
+        return r;
+    }
+    if (off == len)
+        return 0;
+
+    queued = uv_stream_get_write_queue_size(st);
+    if (len - off > max - (queued < max ? queued : max)) {
+        conn_close(c, true);
+        return DA_EMSGSIZE;
+    }
+    w = malloc(sizeof *w + (len - off));
+    if (!w) {
+        conn_close(c, true);
+        return DA_ENOMEM;
+    }
+    memcpy(w->data, data + off, len - off);
+    w->c = c;
+    w->req.data = w;
+    b = uv_buf_init(w->data, (unsigned int)(len - off));
+    r = uv_write(&w->req, st, &b, 1, write_cb);
+    if (r < 0) {
+        free(w);
+        conn_close(c, false);
+        return r;
+    }
+    c->nwrites++;
+    return 0;
+}
+
+int server_send(server_conn *c, const char *data, size_t len)
+{
+    if (c->finishing)
+        return 0;
+    return conn_write(c, data, len);
+}
+
+/* ---- input ------------------------------------------------------------ */
+
+static void too_long(server_conn *c)
+{
+    server *s = c->s;
+
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    free(c->in);
+    c->in = NULL;
+    c->in_len = c->in_cap = c->scanned = 0;
+    c->finishing = true;
+    if (s->too_long_len && conn_write(c, s->too_long, s->too_long_len) != 0)
+        return;
+    conn_finish(c);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    server_conn *c = h->data;
+    size_t limit = c->s->max_line + IN_SLACK;
+
+    (void)suggested;
+    if (c->in_cap - c->in_len < IN_MIN_FREE && c->in_cap < limit) {
+        size_t cap = c->in_cap ? c->in_cap * 2 : IN_INITIAL;
+        char *p;
+
+        if (cap > limit)
+            cap = limit;
+        p = realloc(c->in, cap);
+        if (!p) {
+            *buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
+            return;
+        }
+        c->in = p;
+        c->in_cap = cap;
+    }
+    /* Never empty: the partial line left is at most max_line. */
+    *buf = uv_buf_init(c->in + c->in_len, (unsigned int)(c->in_cap - c->in_len));
+}
+
+/* Hands every complete line to on_line, keeps the partial one. */
+static void split_lines(server_conn *c)
+{
+    server *s = c->s;
+    size_t start = 0, rest;
+    char *nl;
+
+    while ((nl = memchr(c->in + c->scanned, '\n', c->in_len - c->scanned)) != NULL) {
+        size_t end = (size_t)(nl - c->in);
+        size_t len = end - start;
+        char *line = c->in + start;
+
+        c->scanned = end + 1;
+        start = end + 1;
+        if (len > s->max_line) {
+            too_long(c);
+            return;
+        }
+        if (len == 0)
+            continue;
+        line[len] = '\0';
+        s->cb.on_line(s, c, line, len, s->arg);
+        /* Closed, dropped, or the server closed: c's memory is still
+         * valid (freed from the loop), but its input is no longer read. */
+        if (c->finishing)
+            return;
+    }
+    rest = c->in_len - start;
+    if (rest > s->max_line) {
+        too_long(c);
+        return;
+    }
+    if (rest == 0) {
+        /* Most clients send a request and then sit watching for hours:
+         * an idle connection keeps no buffer. */
+        free(c->in);
+        c->in = NULL;
+        c->in_cap = 0;
+    } else if (start > 0) {
+        memmove(c->in, c->in + start, rest);
+    }
+    c->in_len = c->scanned = rest;
+}
+
+static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    server_conn *c = st->data;
+
+    (void)buf;
+    if (nread == 0 || c->finishing)
+        return;
+    if (nread == UV_EOF) {
+        /* The peer will send no more, but may still read (a half-close):
+         * what is already queued for it is flushed before closing. */
+        conn_finish(c);
+        return;
+    }
+    if (nread < 0) {
+        conn_close(c, false);
+        return;
+    }
+    c->in_len += (size_t)nread;
+    split_lines(c);
+}
+
+/* ---- accepting -------------------------------------------------------- */
+
+static void read_cred(server_conn *c)
+{
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    uv_os_fd_t fd;
+
+    if (uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0 &&
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && len == sizeof cred) {
+        c->pid = cred.pid;
+        c->uid = cred.uid;
+        c->gid = cred.gid;
+        c->have_cred = true;
+    }
+}
+
+static void retry_cb(uv_timer_t *t);
+
+/* Accepts the connection waiting in the listener. Until it is accepted
+ * libuv stops polling the listener, so when memory is short the retry timer
+ * comes back for it. */
+static void accept_conn(server *s)
+{
+    server_conn *c = calloc(1, sizeof *c);
+
+    if (!c) {
+        if (!uv_is_active((uv_handle_t *)&s->retry))
+            uv_timer_start(&s->retry, retry_cb, ACCEPT_RETRY_MS, 0);
+        return;
+    }
+    s->accept_waiting = false;
+    c->s = s;
+    uv_pipe_init(s->loop, &c->pipe, 0);
+    c->pipe.data = c;
+    s->handles++;
+    if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->pipe) != 0 ||
+        s->nclients >= s->max_clients) {
+        /* Unlisted: closed without a callback. */
+        conn_close(c, true);
+        return;
+    }
+    read_cred(c);
+    c->id = ++s->next_id;
+    c->listed = true;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nclients++;
+    if (uv_read_start((uv_stream_t *)&c->pipe, alloc_cb, read_cb) != 0)
+        conn_close(c, false);
+}
+
+static void retry_cb(uv_timer_t *t)
+{
+    server *s = t->data;
+
+    if (s->accept_waiting && !s->closing)
+        accept_conn(s);
+}
+
+static void on_connection(uv_stream_t *l, int status)
+{
+    server *s = l->data;
+
+    if (status < 0) {
+        /* Mostly EMFILE/ENFILE: libuv has then accepted and closed the
+         * waiting connections to keep the listener usable. Not the
+         * clients' doing, so worth the operator's attention, but at most
+         * once per interval. */
+        uint64_t now = uv_now(s->loop);
+        if (s->last_accept_warn == 0 || now - s->last_accept_warn >= ACCEPT_WARN_INTERVAL_MS) {
+            s->last_accept_warn = now ? now : 1;
+            log_warn("socket %s: accept failed: %s", s->path, uv_strerror(status));
+        }
+        return;
+    }
+    s->accept_waiting = true;
+    accept_conn(s);
+}
+
+/* ---- start and close -------------------------------------------------- */
+
+static int set_err(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int set_err(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err && errlen > 0) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+/* mkdir -p of path's folder, mode 0755 (less the umask). */
+static int make_parents(const char *path, char *err, size_t errlen)
+{
+    char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    size_t len = strlen(path);
+    char *slash;
+
+    memcpy(dir, path, len + 1); /* the caller checked len < sizeof dir */
+    slash = strrchr(dir, '/');
+    if (!slash || slash == dir)
+        return 0;
+    *slash = '\0';
+    for (char *p = dir + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char saved = *p;
+        *p = '\0';
+        if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+            return set_err(err, errlen, -errno, "cannot create folder %s: %s", dir,
+                        strerror(errno));
+        *p = saved;
+        if (saved == '\0')
+            return 0;
+    }
+}
+
+/* Leaves path free to bind, or says why it is not. */
+static int clear_stale(const char *path, const struct sockaddr_un *sa, char *err,
+                       size_t errlen)
+{
+    struct stat st;
+    int fd, r, e;
+
+    if (lstat(path, &st) != 0) {
+        if (errno == ENOENT)
+            return 0;
+        return set_err(err, errlen, -errno, "cannot stat %s: %s", path, strerror(errno));
+    }
+    /* A misspelt socket path must not cost a regular file. */
+    if (!S_ISSOCK(st.st_mode))
+        return set_err(err, errlen, -EEXIST, "%s exists and is not a socket", path);
+
+    /* Non-blocking, so a live agent whose backlog is full (EAGAIN) does not
+     * hang us; it counts as live. */
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return set_err(err, errlen, -errno, "socket: %s", strerror(errno));
+    r = connect(fd, (const struct sockaddr *)sa, sizeof *sa);
+    e = errno;
+    close(fd);
+    if (r == 0 || e == EAGAIN || e == EINPROGRESS)
+        return set_err(err, errlen, -EADDRINUSE, "another agent is listening on %s", path);
+    if (e == ENOENT)
+        return 0;
+    if (e != ECONNREFUSED)
+        return set_err(err, errlen, -e, "cannot probe %s: %s", path, strerror(e));
+    if (unlink(path) != 0 && errno != ENOENT)
+        return set_err(err, errlen, -errno, "cannot remove stale socket %s: %s", path,
+                    strerror(errno));
+    return 0;
+}
+
+/* Binds and chmods, but does not listen yet. */
+static int bind_socket(const char *path, const struct sockaddr_un *sa, unsigned mode,
+                       int *fd_out, struct stat *st, char *err, size_t errlen)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int r;
+
+    if (fd < 0)
+        return set_err(err, errlen, -errno, "socket: %s", strerror(errno));
+    if (bind(fd, (const struct sockaddr *)sa, sizeof *sa) != 0) {
+        r = set_err(err, errlen, -errno, "cannot bind %s: %s", path, strerror(errno));
+        close(fd);
+        return r;
+    }
+    /* fchmod() on a socket does not reach the file bind() made. */
+    if (chmod(path, mode) != 0 || stat(path, st) != 0) {
+        r = set_err(err, errlen, -errno, "cannot set mode of %s: %s", path, strerror(errno));
+        unlink(path);
+        close(fd);
+        return r;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+static void unlink_ours(server *s)
+{
+    struct stat st;
+
+    if (s->path && stat(s->path, &st) == 0 && st.st_dev == s->dev && st.st_ino == s->ino)
+        unlink(s->path);
+}
+
+int server_start(server **out, uv_loop_t *loop, const struct server_options *o,
+                 const struct server_callbacks *cb, void *arg, char *err, size_t errlen)
+{
+    struct sockaddr_un sa;
+    struct stat st;
+    server *s;
+    size_t len;
+    int fd = -1, r;
+
+    if (err && errlen > 0)
+        err[0] = '\0';
+    if (!out || !loop || !o || !cb || !cb->on_line || !o->path || !o->path[0])
+        return set_err(err, errlen, DA_EINVAL, "server_start: missing argument");
+    *out = NULL;
+    len = strlen(o->path);
+    if (len >= sizeof sa.sun_path)
+        return set_err(err, errlen, -ENAMETOOLONG,
+                    "socket path %s is longer than %zu bytes", o->path,
+                    sizeof sa.sun_path - 1);
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, o->path, len + 1);
+
+    if ((r = make_parents(o->path, err, errlen)) != 0 ||
+        (r = clear_stale(o->path, &sa, err, errlen)) != 0)
+        return r;
+
+    s = calloc(1, sizeof *s);
+    if (!s)
+        return set_err(err, errlen, DA_ENOMEM, "out of memory");
+    s->loop = loop;
+    s->cb = *cb;
+    s->arg = arg;
+    s->max_line = o->max_line ? o->max_line : DEFAULT_MAX_LINE;
+    s->max_output = o->max_output ? o->max_output : DEFAULT_MAX_OUTPUT;
+    if (s->max_output > UINT_MAX) /* one write's length is an unsigned int */
+        s->max_output = UINT_MAX;
+    s->max_clients = o->max_clients ? o->max_clients : DEFAULT_MAX_CLIENTS;
+    s->path = strdup(o->path);
+    if (o->too_long_reply) {
+        s->too_long_len = strlen(o->too_long_reply);
+        s->too_long = strdup(o->too_long_reply);
+    }
+    if (!s->path || (o->too_long_reply && !s->too_long)) {
+        free(s->path);
+        free(s->too_long);
+        free(s);
+        return set_err(err, errlen, DA_ENOMEM, "out of memory");
+    }
+
+    r = bind_socket(o->path, &sa, o->mode ? o->mode : DEFAULT_MODE, &fd, &st, err, errlen);
+    if (r != 0) {
+        free(s->path);
+        free(s->too_long);
+        free(s);
+        return r;
+    }
+    s->dev = st.st_dev;
+    s->ino = st.st_ino;
+
+    /* From here the handles exist: a failure closes them, and the loop
+     * frees s. */
+    uv_pipe_init(loop, &s->listener, 0);
+    uv_timer_init(loop, &s->retry);
+    s->listener.data = s;
+    s->retry.data = s;
+    s->handles = 2;
+    r = uv_pipe_open(&s->listener, fd);
+    if (r == 0)
+        fd = -1; /* the listener owns it */
+    else
+        set_err(err, errlen, r, "cannot use socket %s: %s", o->path, uv_strerror(r));
+    if (r == 0 && (r = uv_listen((uv_stream_t *)&s->listener, LISTEN_BACKLOG, on_connection)) != 0)
+        set_err(err, errlen, r, "cannot listen on %s: %s", o->path, uv_strerror(r));
+    if (r != 0) {
+        if (fd >= 0)
+            close(fd);
+        server_close(s);
+        return r;
+    }
+    *out = s;
+    return 0;
+}
+
+void server_close(server *s)
+{
+    if (!s || s->closing)
+        return;
+    s->closing = true;
+    /* Unlink before the descriptor closes, so as never to remove a socket
+     * that another agent binds in between. */
+    unlink_ours(s);
+    uv_close((uv_handle_t *)&s->listener, handle_closed);
+    uv_close((uv_handle_t *)&s->retry, handle_closed);
+    /* Each turn takes the head, so on_close may close anything, this server
+     * included. */
+    while (s->conns) {
+        server_conn *c = s->conns;
+
+        conn_close(c, true);
+        unlist(c);
+        if (s->cb.on_close)
+            s->cb.on_close(s, c, s->arg);
+    }
+}
+
+/* ---- small accessors -------------------------------------------------- */
+
+void server_conn_close(server_conn *c)
+{
+    conn_close(c, true);
+}
+
+void server_conn_set_data(server_conn *c, void *data)
+{
+    c->data = data;
+}
+
+void *server_conn_data(const server_conn *c)
+{
+    return c->data;
+}
+
+uint64_t server_conn_id(const server_conn *c)
+{
+    return c->id;
+}
+
+int server_conn_peer(const server_conn *c, pid_t *pid, uid_t *uid, gid_t *gid)
+{
+    if (!c->have_cred)
+        return DA_ENOENT;
+    if (pid)
+        *pid = c->pid;
+    if (uid)
+        *uid = c->uid;
+    if (gid)
+        *gid = c->gid;
+    return 0;
+}
+
+size_t server_conn_queued(const server_conn *c)
+{
+    return c->closing ? 0 : uv_stream_get_write_queue_size((const uv_stream_t *)&c->pipe);
+}
+
+size_t server_clients(const server *s)
+{
+    return s->nclients;
+}
