@@ -31,6 +31,15 @@ AGENT_MAINS := agent/main.c agent/agentctl.c
 AGENT_SRC   := $(filter-out $(AGENT_MAINS),$(wildcard agent/*.c))
 AGENT_OBJ   := $(AGENT_SRC:%.c=$(BUILD)/%.o)
 
+# libdiscovery: the socket client library applications link (lib/*.c).
+LIB_SRC     := $(wildcard lib/*.c)
+LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_SONAME  := libdiscovery.so.0
+LIBS_OUT    :=
+ifneq ($(LIB_SRC),)
+LIBS_OUT    += $(BUILD)/libdiscovery.a $(BUILD)/libdiscovery.so $(BUILD)/libdiscovery.pc
+endif
+
 HARNESS_SRC := $(wildcard test/harness/*.c)
 HARNESS_OBJ := $(HARNESS_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC    := $(wildcard test/test_*.c)
@@ -44,7 +53,7 @@ ifneq ($(wildcard agent/agentctl.c),)
 PROGRAMS += $(BUILD)/agentctl
 endif
 
-all: $(PROGRAMS) $(TEST_BIN)
+all: $(LIBS_OUT) $(PROGRAMS) $(TEST_BIN)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -57,13 +66,23 @@ $(BUILD)/libagent.a: $(AGENT_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+$(BUILD)/libdiscovery.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libdiscovery.so: $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(LIB_SONAME) $^ $(PKG_LIBS) -o $@
+
+$(BUILD)/libdiscovery.pc: lib/libdiscovery.pc.in
+	sed -e 's#@PREFIX@#$(PREFIX)#g' -e 's#@VERSION@#0.1.0#g' $< > $@
+
 $(BUILD)/discovery-agent: $(BUILD)/agent/main.o $(BUILD)/libagent.a
 	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) -o $@
 
-$(BUILD)/agentctl: $(BUILD)/agent/agentctl.o $(BUILD)/libagent.a
+$(BUILD)/agentctl: $(BUILD)/agent/agentctl.o $(BUILD)/libdiscovery.a $(BUILD)/libagent.a
 	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) -o $@
 
-$(BUILD)/test/%: $(BUILD)/test/%.o $(HARNESS_OBJ) $(BUILD)/libagent.a
+$(BUILD)/test/%: $(BUILD)/test/%.o $(HARNESS_OBJ) $(BUILD)/libagent.a $(filter %.a,$(LIBS_OUT))
 	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(CHECK_LIBS) -pthread -o $@
 
 # Debian packages the build, the tests and the demo need. `make deps` asks

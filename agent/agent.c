@@ -227,13 +227,19 @@ static void finish(struct agent *a)
     close_handle((uv_handle_t *)&a->stop_timer);
 }
 
+static void finish_later(uv_timer_t *t)
+{
+    finish(t->data);
+}
+
 static void revoked(void *arg)
 {
     struct agent *a = arg;
 
-    uv_timer_stop(&a->stop_timer);
     log_info("agent: stopped");
-    finish(a);
+    /* Called from inside an etcd callback: tear down from a fresh loop
+     * turn, with no callback of the parts on the stack. */
+    uv_timer_start(&a->stop_timer, finish_later, 0, 0);
 }
 
 static void deregistered(void *arg)

@@ -61,15 +61,17 @@
 
 enum node_kind { NODE_SCALAR, NODE_SEQ, NODE_MAP };
 
+/* Every node of a tree is also on the tree's next_alloc list, so that
+ * freeing a tree needs no recursion. */
 struct node {
     enum node_kind kind;
     int line, column;          /* 1-based, where the node starts */
     int plain;                 /* a scalar written without quotes */
     char *text;                /* a scalar's value, NUL-terminated */
-    struct node **items;       /* a sequence's items; a mapping's keys and */
-    size_t n_items, cap_items; /* values, alternately */
-    struct node *next_alloc;   /* every node of a tree, so that freeing */
-};                             /* needs no recursion */
+    struct node **items;       /* a sequence's items, or a mapping's keys */
+    size_t n_items, cap_items; /* and values alternately */
+    struct node *next_alloc;
+};
 
 struct tree {
     struct node *root;         /* NULL for a file without a document */
@@ -572,6 +574,22 @@ static size_t edit_distance(const char *a, const char *b)
     return d[la][lb];
 }
 
+/* Writes "a, b, c" into buf, cut short if it does not fit. */
+static void join_keys(char *buf, size_t size, const char *const *keys,
+                      size_t n_keys)
+{
+    size_t off = 0;
+
+    buf[0] = '\0';
+    for (size_t k = 0; k < n_keys && off < size; k++) {
+        int w = snprintf(buf + off, size - off, "%s%s", k ? ", " : "",
+                         keys[k]);
+        if (w < 0)
+            break;
+        off += (size_t)w;
+    }
+}
+
 /* Checks the i-th key of map against the section's known keys. Returns the
  * key's index, or an error for a key that is not a plain name, is unknown,
  * or was given before in this mapping (seen[] holds the earlier key nodes).
@@ -583,6 +601,7 @@ static int section_key(struct loader *ld, const struct node *map, size_t i,
     const struct node *key = map->items[2 * i];
     struct shown a;
     size_t best = SIZE_MAX, best_d = SIZE_MAX;
+    char list[256];
 
     if (key->kind != NODE_SCALAR)
         return fail_node(ld, key, "keys must be plain names, not %s",
@@ -607,22 +626,11 @@ static int section_key(struct loader *ld, const struct node *map, size_t i,
     if (best_d <= 2 && best_d < strlen(keys[best]))
         return fail_node(ld, key, "unknown key '%s' %s (did you mean '%s'?)",
                          show(&a, key->text), where, keys[best]);
-    {
-        /* Listing the known keys tells the reader what may go here. */
-        char list[256];
-        size_t off = 0;
-
-        list[0] = '\0';
-        for (size_t k = 0; k < n_keys && off < sizeof(list); k++) {
-            int w = snprintf(list + off, sizeof(list) - off, "%s%s",
-                             k ? ", " : "", keys[k]);
-            if (w < 0)
-                break;
-            off += (size_t)w;
-        }
-        return fail_node(ld, key, "unknown key '%s' %s (known keys: %s)",
-                         show(&a, key->text), where, list);
-    }
+    /* Without a close match, listing the known keys tells the reader what
+     * may go here. */
+    join_keys(list, sizeof(list), keys, n_keys);
+    return fail_node(ld, key, "unknown key '%s' %s (known keys: %s)",
+                     show(&a, key->text), where, list);
 }
 
 /* ---- Checking values -------------------------------------------------- */
@@ -1256,6 +1264,7 @@ static int load_cache(struct loader *ld, const struct node *val)
 }
 
 static const char *const log_keys[] = { "level" };
+/* In the order of their numbers in struct config's log_level. */
 static const char *const log_levels[] = { "debug", "info", "warn", "error" };
 
 static int load_log(struct loader *ld, const struct node *val)
@@ -1312,7 +1321,7 @@ static int load_metadata(struct loader *ld, struct config_service *s,
     size_t n = val->n_items / 2;
     int r = want_map(ld, "metadata", val);
 
-    if (r != 0)
+    if (r != 0 || n == 0)
         return r < 0 ? r : 0;
     for (size_t i = 0; i < n; i++) {
         const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
@@ -1337,7 +1346,7 @@ static int load_metadata(struct loader *ld, struct config_service *s,
     /* Metadata may be long, so duplicates are found by sorting rather
      * than by comparing every pair; the one reported is the earliest
      * repeat in the file. */
-    keys = malloc(n * sizeof(*keys) + 1);
+    keys = malloc(n * sizeof(*keys));
     if (keys == NULL)
         return fail_oom(ld);
     for (size_t i = 0; i < n; i++)
@@ -1358,7 +1367,7 @@ static int load_metadata(struct loader *ld, struct config_service *s,
                          "%s (first at %d:%d): keep only one",
                          show(&a, dup->text), show(&b, s->name), first->line,
                          first->column);
-    s->meta = calloc(n + 1, sizeof(*s->meta));
+    s->meta = calloc(n, sizeof(*s->meta));
     if (s->meta == NULL)
         return fail_oom(ld);
     s->n_meta = n;
@@ -1743,7 +1752,7 @@ static int set_defaults(struct loader *ld, const char *path)
     c->session_ttl_ms = DEFAULT_TTL_MS;
     c->socket_mode = DEFAULT_SOCKET_MODE;
     c->cache_idle_ms = DEFAULT_CACHE_IDLE_MS;
-    c->log_level = CONFIG_LOG_INFO;
+    c->log_level = 1;  /* info: the index in log_levels[] */
     if ((c->path = dup_str(ld, path)) == NULL ||
         (c->prefix = dup_str(ld, DEFAULT_PREFIX)) == NULL ||
         (c->socket_path = dup_str(ld, DEFAULT_SOCKET_PATH)) == NULL ||

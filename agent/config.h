@@ -13,12 +13,6 @@
 /* Recommended size of the err buffer given to config_load(). */
 #define CONFIG_ERR_MAX 1024
 
-/* log_level values; the daemon's logger uses the same numbers. */
-#define CONFIG_LOG_DEBUG 0
-#define CONFIG_LOG_INFO 1
-#define CONFIG_LOG_WARN 2
-#define CONFIG_LOG_ERROR 3
-
 /* One metadata entry of a service; both strings owned by the config. */
 struct config_meta {
     char *key;
@@ -46,7 +40,7 @@ struct config {
     char *path;                 /* the main file as given to config_load() */
     char **endpoints;           /* etcd.endpoints, at least one; http:// or */
     size_t n_endpoints;         /* https://, no trailing '/' */
-    char *prefix;               /* etcd.prefix: starts with '/', none at the end */
+    char *prefix;               /* etcd.prefix: a '/' first, none last */
     uint64_t timeout_ms;        /* etcd.timeout, per request; 1ms..1h */
     char *username;             /* etcd.username, NULL if unset */
     char *password_file;        /* etcd.password_file, NULL if unset */
@@ -61,7 +55,8 @@ struct config {
     char *cache_dir;            /* cache.dir */
     uint64_t cache_idle_ms;     /* cache.idle: drop an unwatched service's
                                  * cache entry after this long; > 0 */
-    int log_level;              /* log.level: CONFIG_LOG_* */
+    int log_level;              /* log.level: 0 debug, 1 info, 2 warn,
+                                 * 3 error; the logger owns the names */
     struct config_service *services;  /* main file's, then conf.d's */
     size_t n_services;
 };

@@ -22,9 +22,10 @@ int duration_parse(const char *s, uint64_t *ms);
 /* Writes ms into buf as a string that duration_parse() turns back into the
  * same value: the shortest of the forms that use each unit at most once,
  * largest first, with every term as large as it can be once the set of units
- * is chosen ("90s" rather than "1m30s", "1h1s" rather than "3601s"); on a tie
- * in length the form with fewer terms wins. Zero is "0s". Returns 0, -EINVAL for a NULL buf, or -ENOSPC when len is too
- * small (buf then holds an empty string if len > 0). */
+ * is chosen ("90s" rather than "1m30s", "1h1s" rather than "3601s"); on a
+ * tie in length the form with fewer terms wins. Zero is "0s". Returns 0,
+ * -EINVAL for a NULL buf, or -ENOSPC when len is too small (buf then holds
+ * an empty string if len > 0). */
 int duration_format(uint64_t ms, char *buf, size_t len);
 
 #endif

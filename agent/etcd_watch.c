@@ -164,6 +164,17 @@ static int handle_line(etcd_watch *w, const char *line, size_t len)
         etcd_watch_msg_clear(&m);
         return 1;
     }
+    if (m.created && m.revision > 0 && m.revision < w->next_rev - 1) {
+        /* etcd is behind what we delivered: its data was wiped or restored
+         * from an old backup. Only a fresh read tells the truth now. */
+        log_warn("etcd: watch on %.*s: etcd is at revision %" PRId64 " but we saw %" PRId64
+                 " (data wiped?); reading the range again",
+                 (int)w->klen, w->key, m.revision, w->next_rev - 1);
+        w->need_snapshot = true;
+        w->restart_now = true;
+        etcd_watch_msg_clear(&m);
+        return 1;
+    }
     if (m.created) {
         w->live = true;
         etcd__endpoint_ok(w->c);

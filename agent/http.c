@@ -53,8 +53,12 @@ struct http_client {
     struct http_req *pending_head, *pending_tail;
     struct http_sock *socks;
     size_t active;
+    int dispatching;    /* dispatch() depth */
+    bool close_pending; /* http_client_close() ran inside dispatch() */
     bool closing;
 };
+
+static void do_close(http_client *c);
 
 static void dispatch(http_client *c);
 
@@ -195,12 +199,24 @@ static void finish(struct http_req *r, int err)
 /* Hands pending chunks to their owners, then finished transfers. Every
  * callback may start or cancel requests, so each step re-reads the queues
  * rather than holding pointers across a callback. */
+static void dispatch_once(http_client *c);
+
 static void dispatch(http_client *c)
+{
+    c->dispatching++;
+    dispatch_once(c);
+    /* A callback closed the client: finish that now that no request of
+     * ours is on the stack. */
+    if (--c->dispatching == 0 && c->close_pending)
+        do_close(c);
+}
+
+static void dispatch_once(http_client *c)
 {
     CURLMsg *msg;
     int left;
 
-    while (c->pending_head) {
+    while (c->pending_head && !c->close_pending) {
         struct http_req *r = c->pending_head;
         c->pending_head = r->pending_next;
         if (!c->pending_head)
@@ -219,7 +235,7 @@ static void dispatch(http_client *c)
         }
     }
 
-    while ((msg = curl_multi_info_read(c->multi, &left))) {
+    while (!c->close_pending && (msg = curl_multi_info_read(c->multi, &left))) {
         struct http_req *r = NULL;
         if (msg->msg != CURLMSG_DONE)
             continue;
@@ -518,8 +534,18 @@ static void timer_closed(uv_handle_t *h)
 
 void http_client_close(http_client *c)
 {
-    if (!c || c->closing)
+    if (!c || c->closing || c->close_pending)
         return;
+    if (c->dispatching) {
+        c->close_pending = true;
+        return;
+    }
+    do_close(c);
+}
+
+static void do_close(http_client *c)
+{
+    c->close_pending = false;
     c->closing = true;
     /* Order matters: transfers first, then the multi handle (which closes
      * its cached connections), then whatever sockets curl did not hand

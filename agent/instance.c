@@ -151,8 +151,9 @@ json_t *instance_to_api(const struct instance *inst)
 
     if (!m)
         return NULL;
-    return json_pack("{s:s, s:s, s:i, s:s, s:o}", "name", inst->name, "address", inst->address,
-                     "weight", (json_int_t)inst->weight, "group", inst->group ? inst->group : "",
+    /* The effective weight, so that every client reads the same number. */
+    return json_pack("{s:s, s:s, s:I, s:s, s:o}", "name", inst->name, "address", inst->address,
+                     "weight", (json_int_t)instance_weight(inst), "group", inst->group ? inst->group : "",
                      "metadata", m);
 }
 

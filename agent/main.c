@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <uv.h>
 
 #include "agent.h"
@@ -81,6 +82,13 @@ int main(int argc, char **argv)
         return 0;
     }
 
+    /* Every client is a file descriptor: allow as many as the hard limit
+     * lets us, rather than the soft default of 1024. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     /* A client that goes away mid-write must be an EPIPE, not a signal. */
     signal(SIGPIPE, SIG_IGN);
     if (uv_loop_init(&loop) < 0) {

@@ -50,13 +50,20 @@ static void *chaos_realloc(void *p, size_t n)
     return chaos_fail() ? NULL : realloc(p, n);
 }
 
+static char *chaos_strdup(const char *str)
+{
+    return chaos_fail() ? NULL : strdup(str);
+}
+
 #define malloc chaos_malloc
 #define calloc chaos_calloc
 #define realloc chaos_realloc
+#define strdup chaos_strdup
 #include "server.c"
 #undef malloc
 #undef calloc
 #undef realloc
+#undef strdup
 
 #define SUN_PATH_SIZE sizeof(((struct sockaddr_un *)0)->sun_path)
 #define TOO_LONG_REPLY "{\"ok\":false,\"error\":{\"code\":\"too_long\",\"message\":\"line too long\"}}\n"
@@ -983,7 +990,8 @@ START_TEST(test_oom_start)
 
     /* Fail each allocation of server_start in turn: every failure is
      * clean (ASan and loop_finish see no leak), then it succeeds. */
-    for (long n = 0; n < 20 && r != 0; n++) {
+    long n;
+    for (n = 0; n < 20 && r != 0; n++) {
         server *s = NULL;
         chaos_failed = 0;
         chaos_allow = n;
@@ -999,6 +1007,7 @@ START_TEST(test_oom_start)
         }
     }
     ck_assert_int_eq(r, 0);
+    ck_assert_int_eq(n, 4); /* the server, the path, the reply, then success */
 }
 END_TEST
 

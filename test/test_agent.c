@@ -1,0 +1,603 @@
+/* Integration tests of the daemon: a real etcd, a real discovery-agent
+ * process, its socket, and etcdctl as the other writer and the judge. */
+#include <check.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agentproc.h"
+#include "etcd_proc.h"
+#include "proc.h"
+
+struct fx {
+    struct etcd_cluster *cluster;
+    struct agentp agent;
+    char dir[512];
+};
+
+static const char user_server_yaml[] = "services:\n"
+                                       "  - name: user-server\n"
+                                       "    address: 10.0.0.5:8082\n"
+                                       "    weight: 10\n"
+                                       "    group: A\n"
+                                       "    metadata: { version: \"1.4.2\" }\n";
+
+static void fx_config(struct fx *f, int ttl_s, const char *yaml)
+{
+    snprintf(f->dir, sizeof f->dir, "%s/agent", etcd_cluster_dir(f->cluster));
+    mkdir(f->dir, 0755);
+    ck_assert_int_eq(agentp_config(&f->agent, f->dir, etcd_cluster_urls(f->cluster), ttl_s, 1000,
+                                   yaml),
+                     0);
+}
+
+static void fx_up(struct fx *f, int ttl_s, const char *yaml)
+{
+    struct etcd_cluster_opts co = {.members = 1};
+
+    memset(f, 0, sizeof *f);
+    f->cluster = etcd_cluster_start(&co);
+    ck_assert_ptr_nonnull(f->cluster);
+    fx_config(f, ttl_s, yaml);
+    ck_assert_int_eq(agentp_start(&f->agent), 0);
+}
+
+static void fx_down(struct fx *f)
+{
+    agentp_free(&f->agent);
+    etcd_cluster_stop(f->cluster);
+}
+
+/* The value at key, "" if none. */
+static const char *get(struct fx *f, const char *key, char *out, size_t len)
+{
+    const char *args[] = {"get", key, "--print-value-only", NULL};
+    size_t n;
+
+    ck_assert_int_eq(etcdctl(f->cluster, out, len, args), 0);
+    n = strlen(out);
+    while (n && out[n - 1] == '\n')
+        out[--n] = '\0';
+    return out;
+}
+
+static void put(struct fx *f, const char *key, const char *value)
+{
+    char out[256];
+    const char *args[] = {"put", key, value, NULL};
+    ck_assert_int_eq(etcdctl(f->cluster, out, sizeof out, args), 0);
+}
+
+static void del(struct fx *f, const char *key)
+{
+    char out[256];
+    const char *args[] = {"del", key, NULL};
+    ck_assert_int_eq(etcdctl(f->cluster, out, sizeof out, args), 0);
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Polls until key is present (want non-NULL: with that value) or absent;
+ * returns how long it took, or -1. */
+static long long wait_key(struct fx *f, const char *key, const char *want, int timeout_ms)
+{
+    long long start = now_ms();
+    char out[4096];
+
+    while (now_ms() - start < timeout_ms) {
+        get(f, key, out, sizeof out);
+        if (want ? !strcmp(out, want) : !*out)
+            return now_ms() - start;
+        usleep(100000);
+    }
+    return -1;
+}
+
+static json_t *call(struct fx *f, const char *req)
+{
+    json_t *r = agent_call(f->agent.sock, req, 5000);
+    ck_assert_msg(r != NULL, "no reply to %s", req);
+    return r;
+}
+
+static const char user_key[] = "/micro/user-server/10.0.0.5:8082";
+static const char user_value[] = "{\"Name\":\"user-server\",\"Address\":\"10.0.0.5:8082\","
+                                 "\"Weight\":10,\"Group\":\"A\",\"Metadata\":{\"version\":"
+                                 "\"1.4.2\"}}";
+
+/* ---- registration -------------------------------------------------------- */
+
+START_TEST(test_register_exact_then_sigterm)
+{
+    struct fx f;
+    char out[4096];
+    int status;
+
+    fx_up(&f, 10, user_server_yaml);
+    ck_assert_int_ge(wait_key(&f, user_key, user_value, 5000), 0);
+    /* Under a lease, whose TTL is the session's. */
+    const char *args[] = {"get", user_key, "-w", "json", NULL};
+    ck_assert_int_eq(etcdctl(f.cluster, out, sizeof out, args), 0);
+    ck_assert_ptr_null(strstr(out, "\"lease\":0"));
+    ck_assert_ptr_nonnull(strstr(out, "\"lease\":"));
+
+    /* SIGTERM: the key is gone when the agent has exited, not after the TTL. */
+    status = agentp_stop(&f.agent, 10000);
+    ck_assert(WIFEXITED(status));
+    ck_assert_int_eq(WEXITSTATUS(status), 0);
+    ck_assert_str_eq(get(&f, user_key, out, sizeof out), "");
+    ck_assert(agentp_log_has(&f.agent, "revoked"));
+    fx_down(&f);
+}
+END_TEST
+
+START_TEST(test_kill9_expires_within_ttl)
+{
+    struct fx f;
+    long long t;
+
+    fx_up(&f, 2, user_server_yaml);
+    ck_assert_int_ge(wait_key(&f, user_key, user_value, 5000), 0);
+    proc_signal(f.agent.p, SIGKILL);
+    proc_wait(f.agent.p, 5000, NULL);
+    t = wait_key(&f, user_key, NULL, 5000);
+    ck_assert_int_ge(t, 0);
+    ck_assert_int_le(t, 3000); /* TTL 2 s, plus etcd's expiry tick */
+    fx_down(&f);
+}
+END_TEST
+
+START_TEST(test_heals_deleted_and_overwritten_key)
+{
+    struct fx f;
+
+    fx_up(&f, 10, user_server_yaml);
+    ck_assert_int_ge(wait_key(&f, user_key, user_value, 5000), 0);
+    del(&f, user_key);
+    ck_assert_int_ge(wait_key(&f, user_key, user_value, 5000), 0);
+    put(&f, user_key, "{\"Name\":\"user-server\",\"Address\":\"10.0.0.5:8082\",\"Weight\":1}");
+    ck_assert_int_ge(wait_key(&f, user_key, user_value, 5000), 0);
+    ck_assert(agentp_log_has(&f.agent, "was deleted by someone else"));
+    ck_assert(agentp_log_has(&f.agent, "was overwritten by someone else"));
+    fx_down(&f);
+}
+END_TEST
+
+START_TEST(test_reregisters_after_etcd_wipe)
+{
+    struct fx f;
+
+    fx_up(&f, 3, user_server_yaml);
+    ck_assert_int_ge(wait_key(&f, user_key, user_value, 5000), 0);
+    ck_assert_int_eq(etcd_member_wipe(f.cluster, 0), 0);
+    ck_assert_str_eq(get(&f, user_key, (char[64]){0}, 64), "");
+    /* The keep-alive finds the lease gone; a new one, and the key again. */
+    ck_assert_int_ge(wait_key(&f, user_key, user_value, 15000), 0);
+    ck_assert(agentp_log_has(&f.agent, "is gone"));
+    fx_down(&f);
+}
+END_TEST
+
+START_TEST(test_sighup_adds_removes_and_keeps_on_error)
+{
+    struct fx f;
+    FILE *cf;
+
+    fx_up(&f, 10, user_server_yaml);
+    ck_assert_int_ge(wait_key(&f, user_key, user_value, 5000), 0);
+    fx_config(&f, 10,
+              "services:\n  - name: user-server\n    address: 10.0.0.6:8082\n"
+              "    weight: 2\n");
+    proc_signal(f.agent.p, SIGHUP);
+    ck_assert_int_ge(wait_key(&f, "/micro/user-server/10.0.0.6:8082",
+                              "{\"Name\":\"user-server\",\"Address\":\"10.0.0.6:8082\","
+                              "\"Weight\":2,\"Group\":\"\"}",
+                              5000),
+                     0);
+    ck_assert_int_ge(wait_key(&f, user_key, NULL, 5000), 0);
+
+    /* A broken file is refused with its position; the agent keeps going. */
+    cf = fopen(f.agent.conf, "a");
+    ck_assert_ptr_nonnull(cf);
+    fputs("  - name: x\n    adress: 1.2.3.4:5\n", cf);
+    fclose(cf);
+    proc_signal(f.agent.p, SIGHUP);
+    usleep(500000);
+    ck_assert(agentp_log_has(&f.agent, "reload refused"));
+    ck_assert(agentp_log_has(&f.agent, "agent.yaml:"));
+    ck_assert(proc_alive(f.agent.p));
+    char out[512];
+    ck_assert_str_ne(get(&f, "/micro/user-server/10.0.0.6:8082", out, sizeof out), "");
+    json_t *r = call(&f, "{\"op\":\"ping\"}");
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
+    fx_down(&f);
+}
+END_TEST
+
+/* ---- resolve and watch --------------------------------------------------- */
+
+START_TEST(test_resolve_watch_other_writer)
+{
+    struct fx f;
+    char buf[512];
+    json_t *r;
+    int fd;
+    json_int_t last_rev = 0;
+
+    fx_up(&f, 10, "");
+    put(&f, "/micro/user/10.0.0.1:80", "{\"Name\":\"user\",\"Address\":\"10.0.0.1:80\",\"Weight\":2}");
+    put(&f, "/micro/user-server/10.0.0.9:80",
+        "{\"Name\":\"user-server\",\"Address\":\"10.0.0.9:80\",\"Weight\":1}");
+
+    r = call(&f, "{\"op\":\"resolve\",\"service\":\"user\",\"id\":\"r1\"}");
+    ck_assert_str_eq(json_string_value(json_object_get(r, "id")), "r1");
+    ck_assert_str_eq(list_addresses(r, buf, sizeof buf), "10.0.0.1:80");
+    ck_assert(json_is_false(json_object_get(r, "stale")));
+    json_decref(r);
+
+    fd = sock_open(f.agent.sock);
+    ck_assert_int_ge(fd, 0);
+    r = sock_call(fd, "{\"op\":\"watch\",\"service\":\"user\",\"id\":7}", 5000);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_int_eq(json_integer_value(json_object_get(r, "id")), 7);
+    ck_assert_str_eq(list_addresses(r, buf, sizeof buf), "10.0.0.1:80");
+    last_rev = json_integer_value(json_object_get(r, "revision"));
+    json_decref(r);
+
+    /* Writes in order; user-server's never reach the user watcher. */
+    put(&f, "/micro/user/10.0.0.3:80", "{\"Name\":\"user\",\"Address\":\"10.0.0.3:80\"}");
+    put(&f, "/micro/user-server/10.0.0.8:80",
+        "{\"Name\":\"user-server\",\"Address\":\"10.0.0.8:80\"}");
+    put(&f, "/micro/user/10.0.0.2:80", "{\"Name\":\"user\",\"Address\":\"10.0.0.2:80\"}");
+    del(&f, "/micro/user/10.0.0.1:80");
+    static const char *const want[] = {"10.0.0.1:80,10.0.0.3:80",
+                                       "10.0.0.1:80,10.0.0.2:80,10.0.0.3:80",
+                                       "10.0.0.2:80,10.0.0.3:80"};
+    for (int i = 0; i < 3; i++) {
+        r = sock_recv(fd, 5000);
+        ck_assert_ptr_nonnull(r);
+        ck_assert_str_eq(json_string_value(json_object_get(r, "event")), "update");
+        ck_assert_str_eq(list_addresses(r, buf, sizeof buf), want[i]);
+        json_int_t rev = json_integer_value(json_object_get(r, "revision"));
+        ck_assert_int_gt(rev, last_rev);
+        last_rev = rev;
+        json_decref(r);
+    }
+    /* Nothing more: user-server's put was not an update of user. */
+    ck_assert_ptr_null(sock_recv(fd, 300));
+
+    /* Weight 0 or missing counts as 1; group filters. */
+    r = call(&f, "{\"op\":\"resolve\",\"service\":\"user\",\"group\":\"none\"}");
+    ck_assert_str_eq(list_addresses(r, buf, sizeof buf), "");
+    json_decref(r);
+    r = call(&f, "{\"op\":\"resolve\",\"service\":\"user\"}");
+    ck_assert_int_eq(
+        json_integer_value(json_object_get(json_array_get(json_object_get(r, "instances"), 0),
+                                           "weight")),
+        1);
+    json_decref(r);
+    close(fd);
+    fx_down(&f);
+}
+END_TEST
+
+START_TEST(test_malformed_values_skipped)
+{
+    struct fx f;
+    char buf[512];
+    json_t *r;
+
+    fx_up(&f, 10, "");
+    put(&f, "/micro/user/bad", "not json");
+    put(&f, "/micro/user/wrong", "{\"Name\":1,\"Address\":\"x:1\"}");
+    put(&f, "/micro/user/weight", "{\"Name\":\"user\",\"Address\":\"1.1.1.1:1\",\"Weight\":\"9\"}");
+    put(&f, "/micro/user/10.0.0.1:80",
+        "{\"Name\":\"user\",\"Address\":\"10.0.0.1:80\",\"Weight\":3,\"Group\":\"B\","
+        "\"Unknown\":[1,2]}");
+    r = call(&f, "{\"op\":\"resolve\",\"service\":\"user\"}");
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    ck_assert_str_eq(list_addresses(r, buf, sizeof buf), "10.0.0.1:80");
+    json_decref(r);
+    r = call(&f, "{\"op\":\"status\"}");
+    ck_assert_int_eq(json_integer_value(json_object_get(r, "skipped")), 3);
+    json_decref(r);
+    fx_down(&f);
+}
+END_TEST
+
+/* ---- etcd away ----------------------------------------------------------- */
+
+START_TEST(test_stale_while_down_and_after_restart)
+{
+    struct fx f;
+    char buf[512];
+    json_t *r;
+    long long t0;
+
+    fx_up(&f, 10, "");
+    put(&f, "/micro/user/10.0.0.1:80", "{\"Name\":\"user\",\"Address\":\"10.0.0.1:80\"}");
+    r = call(&f, "{\"op\":\"resolve\",\"service\":\"user\"}");
+    ck_assert(json_is_false(json_object_get(r, "stale")));
+    json_decref(r);
+
+    ck_assert_int_eq(etcd_member_kill(f.cluster, 0), 0);
+    /* The list stays, marked stale once the watch has noticed. */
+    t0 = now_ms();
+    for (;;) {
+        r = call(&f, "{\"op\":\"resolve\",\"service\":\"user\"}");
+        ck_assert_str_eq(list_addresses(r, buf, sizeof buf), "10.0.0.1:80");
+        bool stale = json_is_true(json_object_get(r, "stale"));
+        json_decref(r);
+        if (stale)
+            break;
+        ck_assert_int_lt(now_ms() - t0, 10000);
+        usleep(100000);
+    }
+
+    /* Restarted while etcd is down: the saved list, stale, at once. */
+    ck_assert(WIFEXITED(agentp_stop(&f.agent, 15000)));
+    agentp_free(&f.agent);
+    ck_assert_int_eq(agentp_start(&f.agent), 0);
+    r = call(&f, "{\"op\":\"resolve\",\"service\":\"user\"}");
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    ck_assert(json_is_true(json_object_get(r, "stale")));
+    ck_assert_str_eq(list_addresses(r, buf, sizeof buf), "10.0.0.1:80");
+    json_decref(r);
+
+    /* etcd back: live again, and following changes. */
+    ck_assert_int_eq(etcd_member_start(f.cluster, 0), 0);
+    put(&f, "/micro/user/10.0.0.2:80", "{\"Name\":\"user\",\"Address\":\"10.0.0.2:80\"}");
+    t0 = now_ms();
+    for (;;) {
+        r = call(&f, "{\"op\":\"resolve\",\"service\":\"user\"}");
+        bool done = json_is_false(json_object_get(r, "stale")) &&
+                    !strcmp(list_addresses(r, buf, sizeof buf), "10.0.0.1:80,10.0.0.2:80");
+        json_decref(r);
+        if (done)
+            break;
+        ck_assert_msg(now_ms() - t0 < 15000, "never live again: %s", buf);
+        usleep(200000);
+    }
+    fx_down(&f);
+}
+END_TEST
+
+/* ---- socket input ------------------------------------------------------- */
+
+static void expect_error(int fd, const char *req, const char *code)
+{
+    json_t *r = sock_call(fd, req, 5000);
+
+    ck_assert_msg(r != NULL, "no reply to %s", req);
+    ck_assert_msg(json_is_false(json_object_get(r, "ok")), "%s was accepted", req);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(r, "error"), "code")),
+                     code);
+    json_decref(r);
+}
+
+START_TEST(test_bad_requests_keep_connection)
+{
+    struct fx f;
+    int fd;
+    json_t *r;
+
+    fx_up(&f, 10, "");
+    fd = sock_open(f.agent.sock);
+    ck_assert_int_ge(fd, 0);
+    expect_error(fd, "{nope", "bad_json");
+    expect_error(fd, "[1,2]", "bad_request");
+    expect_error(fd, "{\"op\":\"fly\"}", "unknown_op");
+    expect_error(fd, "{\"op\":7}", "bad_request");
+    expect_error(fd, "{\"op\":\"resolve\"}", "bad_request");
+    expect_error(fd, "{\"op\":\"resolve\",\"service\":5}", "bad_request");
+    expect_error(fd, "{\"op\":\"resolve\",\"service\":\"a/b\"}", "bad_name");
+    expect_error(fd, "{\"op\":\"resolve\",\"service\":\"x\",\"id\":{}}", "bad_request");
+    expect_error(fd, "{\"op\":\"resolve\",\"op\":\"watch\",\"service\":\"x\"}", "bad_json");
+    expect_error(fd, "{\"op\":\"register\",\"name\":\"s\",\"address\":\"nohost\"}",
+                 "bad_request");
+    expect_error(fd, "{\"op\":\"register\",\"name\":\"s\",\"address\":\"1.2.3.4:99999\"}",
+                 "bad_request");
+    expect_error(fd, "{\"op\":\"register\",\"name\":\"s\",\"address\":\"1.2.3.4:80\",\"weight\":1e99}",
+                 "bad_request");
+    expect_error(fd, "{\"op\":\"deregister\",\"name\":\"s\",\"address\":\"1.2.3.4:80\"}",
+                 "not_found");
+    expect_error(fd, "{\"op\":\"unwatch\",\"watch\":99}", "not_found");
+    r = sock_call(fd, "{\"op\":\"ping\",\"id\":1}", 5000);
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
+    close(fd);
+    fx_down(&f);
+}
+END_TEST
+
+START_TEST(test_register_owned_by_connection)
+{
+    struct fx f;
+    int fd;
+    json_t *r;
+    const char *key = "/micro/svc/127.0.0.1:9000";
+
+    fx_up(&f, 10, user_server_yaml);
+    fd = sock_open(f.agent.sock);
+    r = sock_call(fd,
+                  "{\"op\":\"register\",\"name\":\"svc\",\"address\":\"127.0.0.1:9000\","
+                  "\"weight\":3,\"group\":\"G\",\"metadata\":{\"k\":\"v\"}}",
+                  5000);
+    ck_assert(json_is_true(json_object_get(r, "registered")));
+    json_decref(r);
+    char out[512];
+    ck_assert_str_eq(get(&f, key, out, sizeof out),
+                     "{\"Name\":\"svc\",\"Address\":\"127.0.0.1:9000\",\"Weight\":3,"
+                     "\"Group\":\"G\",\"Metadata\":{\"k\":\"v\"}}");
+    /* A configured instance cannot be taken over or removed from here. */
+    expect_error(fd, "{\"op\":\"register\",\"name\":\"user-server\",\"address\":\"10.0.0.5:8082\"}",
+                 "conflict");
+    expect_error(fd, "{\"op\":\"deregister\",\"name\":\"user-server\",\"address\":\"10.0.0.5:8082\"}",
+                 "forbidden");
+    close(fd);
+    ck_assert_int_ge(wait_key(&f, key, NULL, 5000), 0);
+
+    /* persist: it outlives the connection until deregistered. */
+    r = call(&f, "{\"op\":\"register\",\"name\":\"svc\",\"address\":\"127.0.0.1:9000\",\"persist\":true}");
+    json_decref(r);
+    usleep(300000);
+    ck_assert_str_ne(get(&f, key, out, sizeof out), "");
+    r = call(&f, "{\"op\":\"deregister\",\"name\":\"svc\",\"address\":\"127.0.0.1:9000\"}");
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
+    ck_assert_str_eq(get(&f, key, out, sizeof out), "");
+    fx_down(&f);
+}
+END_TEST
+
+START_TEST(test_thousand_clients)
+{
+    struct fx f;
+    enum { N = 1000 };
+    static int fds[N];
+    struct rlimit rl;
+    char buf[256];
+
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    fx_up(&f, 10, "");
+    put(&f, "/micro/many/10.0.0.1:80", "{\"Name\":\"many\",\"Address\":\"10.0.0.1:80\"}");
+    for (int i = 0; i < N; i++) {
+        fds[i] = sock_open(f.agent.sock);
+        ck_assert_msg(fds[i] >= 0, "connection %d refused", i);
+    }
+    for (int i = 0; i < N; i++)
+        ck_assert_int_eq(sock_send(fds[i], "{\"op\":\"watch\",\"service\":\"many\"}"), 0);
+    for (int i = 0; i < N; i++) {
+        json_t *r = sock_recv(fds[i], 10000);
+        ck_assert_msg(r != NULL, "client %d got no reply", i);
+        ck_assert_str_eq(list_addresses(r, buf, sizeof buf), "10.0.0.1:80");
+        json_decref(r);
+    }
+    /* One change reaches all thousand watchers. */
+    put(&f, "/micro/many/10.0.0.2:80", "{\"Name\":\"many\",\"Address\":\"10.0.0.2:80\"}");
+    for (int i = 0; i < N; i++) {
+        json_t *r = sock_recv(fds[i], 10000);
+        ck_assert_msg(r != NULL, "client %d got no update", i);
+        ck_assert_str_eq(list_addresses(r, buf, sizeof buf), "10.0.0.1:80,10.0.0.2:80");
+        json_decref(r);
+        close(fds[i]);
+    }
+    fx_down(&f);
+}
+END_TEST
+
+/* ---- configuration and socket at start ----------------------------------- */
+
+START_TEST(test_bad_config_and_check)
+{
+    char dir[] = "/tmp/da-cfg-XXXXXX", path[256], out[2048];
+    FILE *cf;
+
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/bad.yaml", dir);
+    cf = fopen(path, "w");
+    fputs("etcd:\n  endpoints: [http://127.0.0.1:1]\nsession:\n  ttl: 10x\n", cf);
+    fclose(cf);
+    const char *check[] = {BUILD_DIR "/discovery-agent", "-c", path, "--check", NULL};
+    const char *run[] = {BUILD_DIR "/discovery-agent", "-c", path, NULL};
+    char errpath[300];
+    snprintf(errpath, sizeof errpath, "%s/err", dir);
+    ck_assert_int_eq(proc_run_full(out, sizeof out, 5000, check, NULL, errpath), 1);
+    ck_assert_int_eq(proc_run_full(out, sizeof out, 5000, run, NULL, errpath), 1);
+    FILE *ef = fopen(errpath, "r");
+    size_t n = fread(out, 1, sizeof out - 1, ef);
+    out[n] = '\0';
+    fclose(ef);
+    ck_assert_msg(strstr(out, "bad.yaml:4:8:") != NULL, "no position in: %s", out);
+
+    cf = fopen(path, "w");
+    fputs("etcd:\n  endpoints: [http://127.0.0.1:1]\n", cf);
+    fclose(cf);
+    ck_assert_int_eq(proc_run(out, sizeof out, 5000, check), 0);
+    ck_assert_ptr_nonnull(strstr(out, "ok"));
+    const char *bad_flag[] = {BUILD_DIR "/discovery-agent", "--nope", NULL};
+    ck_assert_int_eq(proc_run_full(out, sizeof out, 5000, bad_flag, NULL, errpath), 2);
+    unlink(path);
+    unlink(errpath);
+    rmdir(dir);
+}
+END_TEST
+
+START_TEST(test_socket_held_by_live_agent)
+{
+    struct fx f;
+    struct agentp second;
+    int status;
+
+    fx_up(&f, 10, "");
+    second = f.agent;
+    second.p = NULL;
+    snprintf(second.log, sizeof second.log, "%s/second.log", f.dir);
+    ck_assert_int_eq(agentp_spawn(&second), 0);
+    ck_assert_int_eq(proc_wait(second.p, 10000, &status), 0);
+    ck_assert(WIFEXITED(status));
+    ck_assert_int_eq(WEXITSTATUS(status), 1);
+    ck_assert(agentp_log_has(&second, "another agent is listening"));
+    /* The first one still serves. */
+    json_t *r = call(&f, "{\"op\":\"ping\"}");
+    json_decref(r);
+    agentp_free(&second);
+    fx_down(&f);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("agent");
+    TCase *reg = tcase_create("registration");
+    TCase *list = tcase_create("lists");
+    TCase *sock = tcase_create("socket");
+
+    tcase_set_timeout(reg, 90);
+    tcase_add_test(reg, test_register_exact_then_sigterm);
+    tcase_add_test(reg, test_kill9_expires_within_ttl);
+    tcase_add_test(reg, test_heals_deleted_and_overwritten_key);
+    tcase_add_test(reg, test_reregisters_after_etcd_wipe);
+    tcase_add_test(reg, test_sighup_adds_removes_and_keeps_on_error);
+    tcase_add_test(reg, test_register_owned_by_connection);
+    tcase_set_timeout(list, 90);
+    tcase_add_test(list, test_resolve_watch_other_writer);
+    tcase_add_test(list, test_malformed_values_skipped);
+    tcase_add_test(list, test_stale_while_down_and_after_restart);
+    tcase_set_timeout(sock, 90);
+    tcase_add_test(sock, test_bad_requests_keep_connection);
+    tcase_add_test(sock, test_thousand_clients);
+    tcase_add_test(sock, test_bad_config_and_check);
+    tcase_add_test(sock, test_socket_held_by_live_agent);
+    suite_add_tcase(s, reg);
+    suite_add_tcase(s, list);
+    suite_add_tcase(s, sock);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
