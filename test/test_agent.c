@@ -52,7 +52,7 @@ static void fx_up(struct fx *f, int ttl_s, const char *yaml)
 
 static void fx_down(struct fx *f)
 {
-    agentp_free(&f->agent);
+    ck_assert_int_eq(agentp_free(&f->agent), 0);
     etcd_cluster_stop(f->cluster);
 }
 
@@ -557,7 +557,7 @@ START_TEST(test_socket_held_by_live_agent)
     /* The first one still serves. */
     json_t *r = call(&f, "{\"op\":\"ping\"}");
     json_decref(r);
-    agentp_free(&second);
+    ck_assert_int_eq(agentp_free(&second), 0);
     fx_down(&f);
 }
 END_TEST

@@ -587,6 +587,48 @@ START_TEST(test_auth)
 }
 END_TEST
 
+/* TLS with a client certificate, through libcurl's options; without the
+ * CA the server's certificate is refused. */
+START_TEST(test_tls)
+{
+    struct fx f;
+    struct etcd_cluster_opts co = {.members = 1, .tls = 1};
+    struct etcd_options o = {0};
+    struct res s = {0};
+    const char *ep;
+
+    memset(&f, 0, sizeof f);
+    f.cluster = etcd_cluster_start(&co);
+    ck_assert_ptr_nonnull(f.cluster);
+    ep = etcd_member_url(f.cluster, 0);
+    ck_assert_int_eq(strncmp(ep, "https://", 8), 0);
+    ck_assert_int_eq(uv_loop_init(&f.loop), 0);
+    ck_assert_int_eq(http_client_new(&f.http, &f.loop), 0);
+    o.endpoints = &ep;
+    o.n_endpoints = 1;
+    o.timeout_ms = 3000;
+    o.tls.ca_file = etcd_cluster_ca_file(f.cluster);
+    o.tls.cert_file = etcd_cluster_client_cert(f.cluster);
+    o.tls.key_file = etcd_cluster_client_key(f.cluster);
+    ck_assert_int_eq(etcd_client_new(&f.etcd, &f.loop, f.http, &o), 0);
+    ck_assert_int_eq(put_sync(&f, "/tls/k", "v", 0), 0);
+    ck_assert_int_eq(etcd_range(f.etcd, "/tls/k", 6, NULL, 0, 0, 0, res_cb, &s, NULL), 0);
+    wait_res(&f, &s, 5000);
+    ck_assert_int_eq(s.err, 0);
+    ck_assert_mem_eq(s.value, "v", 1);
+    f.etcd = etcd_client_free(f.etcd);
+
+    /* The system's CAs do not know the test CA. */
+    o.tls.ca_file = NULL;
+    ck_assert_int_eq(etcd_client_new(&f.etcd, &f.loop, f.http, &o), 0);
+    memset(&s, 0, sizeof s);
+    ck_assert_int_eq(etcd_range(f.etcd, "/tls/k", 6, NULL, 0, 0, 0, res_cb, &s, NULL), 0);
+    wait_res(&f, &s, 5000);
+    ck_assert_int_eq(s.err, DA_ETRANSPORT);
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- replies etcd cannot be made to send -------------------------------- */
 
 static int request_with(const char *reply, long timeout_ms, size_t max_reply)
@@ -703,6 +745,7 @@ static Suite *suite(void)
     tcase_add_test(cluster, test_watch_compaction_resync);
     tcase_add_test(cluster, test_failover_second_endpoint);
     tcase_add_test(cluster, test_auth);
+    tcase_add_test(cluster, test_tls);
     tcase_set_timeout(bad, 60);
     tcase_add_test(bad, test_bad_replies);
     tcase_add_test(bad, test_watch_bad_stream);

@@ -103,9 +103,21 @@ int agentp_stop(struct agentp *a, int timeout_ms)
     return status;
 }
 
-void agentp_free(struct agentp *a)
+int agentp_free(struct agentp *a)
 {
+    static const char *const reports[] = {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                                          "runtime error:", NULL};
+    int found = 0;
+
     a->p = proc_free(a->p);
+    /* The agent's own sanitizer reports go to its log, not to the test. */
+    for (int i = 0; reports[i]; i++)
+        if (agentp_log_has(a, reports[i])) {
+            fprintf(stderr, "sanitizer report in %s:\n", a->log);
+            tail_log(a);
+            found++;
+        }
+    return found;
 }
 
 int agentp_log_has(const struct agentp *a, const char *text)

@@ -31,7 +31,9 @@ int agentp_start(struct agentp *a);
 int agentp_spawn(struct agentp *a);
 /* SIGTERM and wait up to timeout_ms; returns the raw wait status or -errno. */
 int agentp_stop(struct agentp *a, int timeout_ms);
-void agentp_free(struct agentp *a); /* SIGKILL if alive */
+/* SIGKILL if alive; returns how many kinds of sanitizer report (ASan,
+ * LSan, UBSan) the agent's log holds, so that tests can assert 0. */
+int agentp_free(struct agentp *a);
 /* 1 if the log contains text. */
 int agentp_log_has(const struct agentp *a, const char *text);
 
