@@ -14,6 +14,8 @@ SAN      ?=
 PKGS      := libuv libcurl jansson yaml-0.1
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+GRPC_CFLAGS := $(shell pkg-config --cflags grpc 2>/dev/null)
+GRPC_LIBS   := $(shell pkg-config --libs grpc 2>/dev/null)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
@@ -40,6 +42,11 @@ ifneq ($(LIB_SRC),)
 LIBS_OUT    += $(BUILD)/libdiscovery.a $(BUILD)/libdiscovery.so $(BUILD)/libdiscovery.pc
 endif
 
+# Example programs (examples/NAME.c -> build/NAME), linked with
+# libdiscovery and gRPC C-core.
+EXAMPLE_SRC := $(wildcard examples/*.c)
+EXAMPLES    := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/%)
+
 HARNESS_SRC := $(wildcard test/harness/*.c)
 HARNESS_OBJ := $(HARNESS_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC    := $(wildcard test/test_*.c)
@@ -53,7 +60,7 @@ ifneq ($(wildcard agent/agentctl.c),)
 PROGRAMS += $(BUILD)/agentctl
 endif
 
-all: $(LIBS_OUT) $(PROGRAMS) $(TEST_BIN)
+all: $(LIBS_OUT) $(PROGRAMS) $(EXAMPLES) $(TEST_BIN)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -61,6 +68,8 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/test/%.o: CPPFLAGS += -Itest/harness $(CHECK_CFLAGS) -DTEST_DATA_DIR='"$(CURDIR)/test/data"' -DBUILD_DIR='"$(CURDIR)/$(BUILD)"'
 $(BUILD)/test/harness/%.o: CPPFLAGS += -Itest/harness $(CHECK_CFLAGS)
+$(BUILD)/lib/%.o: CPPFLAGS += $(GRPC_CFLAGS)
+$(BUILD)/examples/%.o: CPPFLAGS += $(GRPC_CFLAGS)
 
 $(BUILD)/libagent.a: $(AGENT_OBJ)
 	@rm -f $@
@@ -71,7 +80,10 @@ $(BUILD)/libdiscovery.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/libdiscovery.so: $(LIB_OBJ)
-	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(LIB_SONAME) $^ $(PKG_LIBS) -o $@
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(LIB_SONAME) $^ $(PKG_LIBS) $(GRPC_LIBS) -pthread -o $@
+
+$(BUILD)/%: $(BUILD)/examples/%.o $(BUILD)/libdiscovery.a
+	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(GRPC_LIBS) -pthread -o $@
 
 $(BUILD)/libdiscovery.pc: lib/libdiscovery.pc.in
 	sed -e 's#@PREFIX@#$(PREFIX)#g' -e 's#@VERSION@#0.1.0#g' $< > $@
@@ -83,7 +95,7 @@ $(BUILD)/agentctl: $(BUILD)/agent/agentctl.o $(BUILD)/libdiscovery.a $(BUILD)/li
 	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) -o $@
 
 $(BUILD)/test/%: $(BUILD)/test/%.o $(HARNESS_OBJ) $(BUILD)/libagent.a $(filter %.a,$(LIBS_OUT))
-	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(CHECK_LIBS) -pthread -o $@
+	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(GRPC_LIBS) $(CHECK_LIBS) -pthread -o $@
 
 # Debian packages the build, the tests and the demo need. `make deps` asks
 # dpkg first, so it does nothing (and needs no network) when all are there.
@@ -117,13 +129,26 @@ run: deps
 	$(MAKE) all
 	test/demo-run $(BUILD)
 
+# Binaries, library, headers and pkg-config file under PREFIX; the example
+# configuration (never over an existing one) and the unit at their fixed
+# places. DESTDIR stages everything for a package.
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/discovery-agent/conf.d \
-		$(DESTDIR)/lib/systemd/system
-	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+		$(DESTDIR)$(PREFIX)/include/discovery \
+		$(DESTDIR)/etc/discovery-agent/conf.d $(DESTDIR)/lib/systemd/system
+	install -m 755 $(PROGRAMS) $(EXAMPLES) $(DESTDIR)$(PREFIX)/bin/
+	if [ -n "$(LIBS_OUT)" ]; then \
+		install -m 644 $(BUILD)/libdiscovery.a $(DESTDIR)$(PREFIX)/lib/ && \
+		install -m 755 $(BUILD)/libdiscovery.so $(DESTDIR)$(PREFIX)/lib/$(LIB_SONAME) && \
+		ln -sf $(LIB_SONAME) $(DESTDIR)$(PREFIX)/lib/libdiscovery.so && \
+		install -m 644 lib/include/discovery/*.h $(DESTDIR)$(PREFIX)/include/discovery/ && \
+		install -m 644 $(BUILD)/libdiscovery.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/; \
+	fi
 	test -e $(DESTDIR)/etc/discovery-agent/agent.yaml || \
 		install -m 644 conf/agent.yaml $(DESTDIR)/etc/discovery-agent/agent.yaml
-	install -m 644 systemd/discovery-agent.service $(DESTDIR)/lib/systemd/system/
+	sed 's#/usr/local#$(PREFIX)#g' systemd/discovery-agent.service > \
+		$(DESTDIR)/lib/systemd/system/discovery-agent.service
+	chmod 644 $(DESTDIR)/lib/systemd/system/discovery-agent.service
 
 clean:
 	rm -rf build build-asan

@@ -7,7 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -419,6 +422,13 @@ START_TEST(test_bad_requests_keep_connection)
     r = sock_call(fd, "{\"op\":\"ping\",\"id\":1}", 5000);
     ck_assert(json_is_true(json_object_get(r, "ok")));
     json_decref(r);
+    /* A line over 64 KiB: line_too_long, then the connection closes. */
+    char *huge = malloc(70000);
+    memset(huge, 'x', 69999);
+    huge[69999] = '\0';
+    expect_error(fd, huge, "line_too_long");
+    free(huge);
+    ck_assert_ptr_null(sock_recv(fd, 2000));
     close(fd);
     fx_down(&f);
 }
@@ -562,6 +572,92 @@ START_TEST(test_socket_held_by_live_agent)
 }
 END_TEST
 
+/* systemd's notify protocol: READY=1 once registered, WATCHDOG=1 at half
+ * of WatchdogSec, STOPPING=1 on SIGTERM. */
+START_TEST(test_systemd_notify)
+{
+    struct fx f;
+    struct etcd_cluster_opts co = {.members = 1};
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    char env_sock[700], buf[512], seen[4096] = "";
+    int fd;
+
+    memset(&f, 0, sizeof f);
+    f.cluster = etcd_cluster_start(&co);
+    ck_assert_ptr_nonnull(f.cluster);
+    fx_config(&f, 10, user_server_yaml);
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s/notify.sock", f.dir);
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    snprintf(env_sock, sizeof env_sock, "NOTIFY_SOCKET=%s", sa.sun_path);
+    const char *env[] = {env_sock, "WATCHDOG_USEC=400000", NULL};
+    ck_assert_int_eq(agentp_spawn_env(&f.agent, env), 0);
+
+    long long start = now_ms();
+    while (!strstr(seen, "STOPPING=1") && now_ms() - start < 15000) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 200) == 1) {
+            ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+            buf[n > 0 ? n : 0] = '\0';
+            strncat(seen, buf, sizeof seen - strlen(seen) - 2);
+            strcat(seen, "|");
+            if (strstr(buf, "READY=1")) {
+                /* Registered before READY. */
+                char out[512];
+                ck_assert_str_eq(get(&f, user_key, out, sizeof out), user_value);
+            }
+        }
+        if (strstr(seen, "READY=1") && strstr(seen, "WATCHDOG=1") && proc_alive(f.agent.p) &&
+            !strstr(seen, "TERM"))
+        {
+            proc_signal(f.agent.p, SIGTERM);
+            strcat(seen, "TERM|");
+        }
+    }
+    ck_assert_msg(strstr(seen, "READY=1") != NULL, "seen: %s", seen);
+    ck_assert_msg(strstr(seen, "WATCHDOG=1") != NULL, "seen: %s", seen);
+    ck_assert_msg(strstr(seen, "STOPPING=1") != NULL, "seen: %s", seen);
+    ck_assert(strstr(seen, "READY=1") < strstr(seen, "STOPPING=1"));
+    close(fd);
+    fx_down(&f);
+}
+END_TEST
+
+/* A service nobody watches and nobody asked about for cache.idle goes. */
+START_TEST(test_idle_service_dropped)
+{
+    struct fx f;
+    struct etcd_cluster_opts co = {.members = 1};
+    json_t *r;
+    int fd;
+
+    memset(&f, 0, sizeof f);
+    f.cluster = etcd_cluster_start(&co);
+    ck_assert_ptr_nonnull(f.cluster);
+    snprintf(f.dir, sizeof f.dir, "%s/agent", etcd_cluster_dir(f.cluster));
+    mkdir(f.dir, 0755);
+    ck_assert_int_eq(agentp_config_idle(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 1000,
+                                        "1s", ""),
+                     0);
+    ck_assert_int_eq(agentp_start(&f.agent), 0);
+    json_decref(call(&f, "{\"op\":\"resolve\",\"service\":\"once\"}"));
+    fd = sock_open(f.agent.sock);
+    json_decref(sock_call(fd, "{\"op\":\"watch\",\"service\":\"kept\"}", 5000));
+    r = call(&f, "{\"op\":\"status\"}");
+    ck_assert_uint_eq(json_array_size(json_object_get(r, "services")), 2);
+    json_decref(r);
+    usleep(3500000);
+    r = call(&f, "{\"op\":\"status\"}");
+    json_t *svcs = json_object_get(r, "services");
+    ck_assert_uint_eq(json_array_size(svcs), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(svcs, 0), "service")),
+                     "kept");
+    json_decref(r);
+    close(fd);
+    fx_down(&f);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("agent");
@@ -585,6 +681,8 @@ static Suite *suite(void)
     tcase_add_test(sock, test_thousand_clients);
     tcase_add_test(sock, test_bad_config_and_check);
     tcase_add_test(sock, test_socket_held_by_live_agent);
+    tcase_add_test(sock, test_systemd_notify);
+    tcase_add_test(sock, test_idle_service_dropped);
     suite_add_tcase(s, reg);
     suite_add_tcase(s, list);
     suite_add_tcase(s, sock);

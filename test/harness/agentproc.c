@@ -18,6 +18,12 @@
 int agentp_config(struct agentp *a, const char *dir, const char *endpoints, int ttl_s,
                   int timeout_ms, const char *extra_yaml)
 {
+    return agentp_config_idle(a, dir, endpoints, ttl_s, timeout_ms, "10m", extra_yaml);
+}
+
+int agentp_config_idle(struct agentp *a, const char *dir, const char *endpoints, int ttl_s,
+                       int timeout_ms, const char *idle, const char *extra_yaml)
+{
     FILE *f;
     char eps[2048];
     size_t o = 0;
@@ -48,18 +54,23 @@ int agentp_config(struct agentp *a, const char *dir, const char *endpoints, int 
             "etcd:\n  endpoints: [%s]\n  timeout: %dms\n"
             "session:\n  ttl: %ds\n"
             "socket:\n  path: %s\n"
-            "cache:\n  dir: %s\n"
+            "cache:\n  dir: %s\n  idle: %s\n"
             "log:\n  level: debug\n%s",
-            eps, timeout_ms, ttl_s, a->sock, a->cache, extra_yaml ? extra_yaml : "");
+            eps, timeout_ms, ttl_s, a->sock, a->cache, idle, extra_yaml ? extra_yaml : "");
     fclose(f);
     return 0;
 }
 
 int agentp_spawn(struct agentp *a)
 {
+    return agentp_spawn_env(a, NULL);
+}
+
+int agentp_spawn_env(struct agentp *a, const char *const env[])
+{
     const char *argv[] = {BUILD_DIR "/discovery-agent", "-c", a->conf, NULL};
 
-    a->p = proc_spawn(argv, NULL, a->log);
+    a->p = proc_spawn(argv, env, a->log);
     return a->p ? 0 : -1;
 }
 

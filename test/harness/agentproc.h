@@ -24,11 +24,17 @@ struct agentp {
 int agentp_config(struct agentp *a, const char *dir, const char *endpoints, int ttl_s,
                   int timeout_ms, const char *extra_yaml);
 
+/* The same with cache.idle set (a duration such as "1s"). */
+int agentp_config_idle(struct agentp *a, const char *dir, const char *endpoints, int ttl_s,
+                       int timeout_ms, const char *idle, const char *extra_yaml);
+
 /* Starts build/discovery-agent on a->conf and waits (up to 10 s) until its
  * socket answers a ping. 0, or -1 with the log's tail on stderr. */
 int agentp_start(struct agentp *a);
 /* Starts without waiting for the socket (for agents expected to fail). */
 int agentp_spawn(struct agentp *a);
+/* With environment additions ("NAME=value", NULL-terminated). */
+int agentp_spawn_env(struct agentp *a, const char *const env[]);
 /* SIGTERM and wait up to timeout_ms; returns the raw wait status or -errno. */
 int agentp_stop(struct agentp *a, int timeout_ms);
 /* SIGKILL if alive; returns how many kinds of sanitizer report (ASan,
