@@ -24,7 +24,9 @@ CFLAGS   ?= -O2 -g
 # wherever it is used, so GCC's guess that it might truncate is not an error.
 CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-format-truncation \
 	-MMD -MP -fPIC $(SAN)
-CPPFLAGS += -Iagent -Ilib/include $(PKG_CFLAGS)
+# -iquote: agent headers are included with quotes, so none of them (check.h,
+# say) can shadow a system header of the same name such as Check's <check.h>.
+CPPFLAGS += -iquote agent -Ilib/include $(PKG_CFLAGS)
 LDFLAGS  += $(SAN)
 
 # The daemon's modules go into one archive that the daemon, agentctl and
@@ -101,7 +103,8 @@ $(BUILD)/test/%: $(BUILD)/test/%.o $(HARNESS_OBJ) $(BUILD)/libagent.a $(filter %
 # dpkg first, so it does nothing (and needs no network) when all are there.
 DEB_PKGS := build-essential pkg-config libuv1-dev libcurl4-openssl-dev \
 	libjansson-dev libyaml-dev libgrpc-dev check etcd-server etcd-client \
-	openssl curl
+	openssl curl protobuf-c-compiler libprotobuf-c-dev python3-grpcio \
+	clang libclang-rt-14-dev
 
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do \

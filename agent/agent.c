@@ -123,7 +123,7 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     struct etcd_options eo = {0};
     struct cache_options co = {0};
     struct server_options so = {0};
-    struct server_callbacks cb = {proto_on_line, proto_on_close};
+    struct server_callbacks cb = {proto_on_line, proto_on_close, proto_on_eof};
     int rc;
 
     memset(a, 0, sizeof *a);

@@ -53,6 +53,7 @@ int agent_reload(struct agent *a);
 /* protocol.c: the socket's callbacks. */
 void proto_on_line(server *s, server_conn *c, char *line, size_t len, void *arg);
 void proto_on_close(server *s, server_conn *c, void *arg);
+void proto_on_eof(server *s, server_conn *c, void *arg);
 extern const char proto_too_long_reply[];
 
 #endif

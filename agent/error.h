@@ -23,7 +23,8 @@
     XX(AUTH, -4006, "etcd authentication failed")                            \
     XX(COMPACTED, -4007, "revision has been compacted")                      \
     XX(LEASE, -4008, "lease not found")                                      \
-    XX(UNAVAIL, -4009, "no etcd endpoint reachable")
+    XX(UNAVAIL, -4009, "no etcd endpoint reachable")                         \
+    XX(WITHHELD, -4010, "kept out of etcd: unhealthy, drained or in maintenance")
 
 enum {
 #define XX(name, code, text) DA_E##name = (code),

@@ -170,6 +170,10 @@ int instance_from_api(const json_t *o, struct instance *out, char *err, size_t e
         return rc;
     if (rc)
         return DA_EINVAL;
+    /* Like a configured instance: no weight means 1, written as 1, so
+     * that Go readers see the same value either way. */
+    if (!json_object_get(o, "weight"))
+        out->weight = 1;
     if (!instance_valid_name(out->name)) {
         snprintf(err, errlen, "bad service name '%s'", out->name);
         rc = DA_EINVAL;

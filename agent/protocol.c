@@ -24,6 +24,8 @@ const char proto_too_long_reply[] =
 
 struct conn_state;
 
+static void maybe_end(struct conn_state *cs);
+
 enum pending_kind { P_RESOLVE, P_WATCH, P_REGISTER, P_DEREGISTER, P_SERVICES, P_STATUS };
 
 /* A request waiting for something. */
@@ -55,6 +57,7 @@ struct conn_state {
     server_conn *c;
     uint64_t id;
     bool dead; /* a send failed: on_close is coming */
+    bool eof;  /* the peer half-closed: end once everything is answered */
     uint64_t next_watch;
     struct cwatch *watches;
     struct pending *pending;
@@ -158,9 +161,17 @@ static void pending_end(struct pending *p)
     if (p->kind == P_REGISTER || p->kind == P_DEREGISTER)
         registry_forget(cs->a->registry, p);
     uv_close((uv_handle_t *)&p->timer, pending_closed);
+    maybe_end(cs);
 }
 
 static void pending_timeout(uv_timer_t *t);
+
+/* A half-closed connection ends once nothing is owed to it any more. */
+static void maybe_end(struct conn_state *cs)
+{
+    if (cs->eof && !cs->pending && !cs->watches)
+        server_conn_end(cs->c);
+}
 
 static struct pending *pending_new(struct conn_state *cs, enum pending_kind kind, json_t *id,
                                    uint64_t timeout_ms)
@@ -371,6 +382,7 @@ static void op_unwatch(struct conn_state *cs, json_t *req, json_t *id)
         send_error(cs, id, "not_found", "no such watch on this connection");
         return;
     }
+    maybe_end(cs);
     json_t *o = reply_new(id, true);
     if (o)
         json_object_set_new(o, "removed", json_integer((json_int_t)n));
@@ -386,7 +398,15 @@ static void reg_done(int err, void *arg)
 
     if (o) {
         json_object_set_new(o, "registered", json_boolean(err == 0));
-        if (err)
+        if (err == DA_ECANCELED)
+            json_object_set_new(o, "message",
+                                json_string("removed before it was written (deregistered, or "
+                                            "the agent is stopping)"));
+        else if (err == DA_EWITHHELD)
+            json_object_set_new(o, "message",
+                                json_string("accepted; kept out of etcd until its health check "
+                                            "passes (or while drained or in maintenance)"));
+        else if (err)
             json_object_set_new(o, "message",
                                 json_pack("s+", "accepted; the write failed and is retried: ",
                                           etcd_client_last_error(p->cs->a->etcd)));
@@ -785,9 +805,23 @@ void proto_on_line(server *s, server_conn *c, char *line, size_t len, void *arg)
     else
         send_error(cs, id, "unknown_op",
                    "unknown op '%.64s': use resolve, watch, unwatch, register, deregister, "
-                   "status, services",
+                   "status, services, ping",
                    name);
     json_decref(req);
+}
+
+void proto_on_eof(server *s, server_conn *c, void *arg)
+{
+    struct conn_state *cs = server_conn_data(c);
+
+    (void)s;
+    (void)arg;
+    if (!cs) {
+        server_conn_end(c);
+        return;
+    }
+    cs->eof = true;
+    maybe_end(cs);
 }
 
 void proto_on_close(server *s, server_conn *c, void *arg)
@@ -798,6 +832,7 @@ void proto_on_close(server *s, server_conn *c, void *arg)
     (void)s;
     if (!cs)
         return;
+    cs->eof = false;
     while (cs->pending)
         pending_end(cs->pending);
     while (cs->watches) {
@@ -806,6 +841,7 @@ void proto_on_close(server *s, server_conn *c, void *arg)
         cwatch_free(w);
     }
     /* Registrations made by this connection leave with it. */
+    cs->eof = false; /* nothing to end any more */
     registry_remove_owner(a->registry, cs->id);
     free(cs);
 }

@@ -40,13 +40,17 @@ struct reg {
     service *svc;
     cache_sub *sub;
     struct waiter *waiters;
+    bool removing; /* deregistered while its write was in flight */
+    void (*del_done)(int err, void *arg);
+    void *del_arg;
     struct reg *next;
 };
 
 struct del;
 
 struct registry {
-    struct del *dels; /* deletes in flight */
+    struct del *dels;   /* deletes in flight or waiting to be retried */
+    struct reg *dying;  /* removed while a write was in flight */
     uv_loop_t *loop;
     etcd_client *etcd;
     cache *cache;
@@ -63,6 +67,27 @@ struct registry {
 };
 
 static void kick(struct reg *g);
+
+/* A delete of one of our keys. It is retried with backoff until etcd
+ * answers: a key left behind would stay under our live lease for as long
+ * as the agent runs. */
+struct del {
+    registry *r;
+    char *key;
+    size_t klen;
+    int64_t lease;   /* deleted only if the key still carries it */
+    bool counted;    /* one of the shutdown's deletes */
+    unsigned backoff_ms;
+    uint64_t retry_at; /* 0: in flight */
+    etcd_call *call;
+    struct del *next;
+    void (*done)(int err, void *arg);
+    void *arg;
+};
+
+static void send_del(struct del *d);
+static int start_del(registry *r, char *key, size_t klen, int64_t lease,
+                     void (*done)(int, void *), void *arg);
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -118,6 +143,9 @@ static void arm(registry *r)
     for (struct reg *g = r->regs; g; g = g->next)
         if (!g->call && g->not_before > now && g->not_before < next)
             next = g->not_before;
+    for (struct del *d = r->dels; d; d = d->next)
+        if (d->retry_at && d->retry_at < next)
+            next = d->retry_at > now ? d->retry_at : now;
     if (next != UINT64_MAX)
         uv_timer_start(&r->timer, timer_fired, next - now, 0);
 }
@@ -132,6 +160,9 @@ static void timer_fired(uv_timer_t *t)
             g->not_before = 0;
             kick(g);
         }
+    for (struct del *d = r->dels; d; d = d->next)
+        if (d->retry_at && d->retry_at <= now && !d->call)
+            send_del(d);
     arm(r);
 }
 
@@ -153,6 +184,26 @@ static void written(int err, const struct etcd_result *res, void *arg)
     int64_t lease = g->lease_written; /* stashed by kick() */
 
     g->call = NULL;
+    if (g->removing) {
+        /* Deregistered meanwhile: now that the write is answered (or
+         * failed, yet may have landed), delete under the lease it used. */
+        char *key = g->key;
+        size_t klen = g->klen;
+        bool counted = r->shutting_down;
+        for (struct reg **pp = &r->dying; *pp; pp = &(*pp)->next)
+            if (*pp == g) {
+                *pp = g->next;
+                break;
+            }
+        void (*done)(int, void *) = g->del_done;
+        void *darg = g->del_arg;
+        g->key = NULL;
+        reg_free(g);
+        if (counted)
+            r->deleting--; /* start_del counts it again */
+        start_del(r, key, klen, lease, done, darg);
+        return;
+    }
     if (err) {
         snprintf(g->error, sizeof g->error, "%s (%s)", da_strerror(err),
                  etcd_client_last_error(r->etcd));
@@ -236,7 +287,7 @@ static void service_changed(service *svc, void *arg)
     if (g->heals > FIGHT_FREE_HEALS) {
         /* Another writer keeps changing it: back off instead of fighting. */
         unsigned shift = g->heals - FIGHT_FREE_HEALS;
-        uint64_t ms = shift > 6 ? 60000 : 1000ull << shift;
+        uint64_t ms = shift >= 6 ? 60000 : 1000ull << shift;
         log_warn("registry: %s changed %u times in a minute; next write in %llu ms", g->key,
                  g->heals, (unsigned long long)ms);
         g->not_before = now + ms;
@@ -341,37 +392,49 @@ int registry_add(registry *r, const struct instance *inst, uint64_t owner,
     return 0;
 }
 
-struct del {
-    registry *r;
-    char *key;
-    bool counted; /* one of the shutdown's deletes */
-    etcd_call *call;
-    struct del *next;
-    void (*done)(int err, void *arg);
-    void *arg;
-};
 
-static void deleted(int err, const struct etcd_result *res, void *arg)
+static void del_free(registry *r, struct del *d)
 {
-    struct del *d = arg;
-    registry *r = d->r;
-
-    (void)res;
     for (struct del **pp = &r->dels; *pp; pp = &(*pp)->next)
         if (*pp == d) {
             *pp = d->next;
             break;
         }
+    etcd_call_cancel(d->call);
+    free(d->key);
+    free(d);
+}
+
+static void deleted(int err, const struct etcd_result *res, void *arg)
+{
+    struct del *d = arg;
+    registry *r = d->r;
+    bool counted = d->counted;
+
+    (void)res;
+    d->call = NULL;
+    if (d->done) {
+        void (*done)(int, void *) = d->done;
+        d->done = NULL; /* the caller hears once; retries are ours */
+        done(err, d->arg);
+    }
+    if (err && !r->shutting_down) {
+        d->backoff_ms = d->backoff_ms ? d->backoff_ms * 2 : RETRY_MIN_MS;
+        if (d->backoff_ms > RETRY_MAX_MS)
+            d->backoff_ms = RETRY_MAX_MS;
+        if (d->backoff_ms == RETRY_MIN_MS)
+            log_warn("registry: cannot delete %s: %s (%s); retrying", d->key, da_strerror(err),
+                     etcd_client_last_error(r->etcd));
+        d->retry_at = uv_now(r->loop) + d->backoff_ms;
+        arm(r);
+        return;
+    }
     if (err)
         log_warn("registry: cannot delete %s: %s; it goes when the lease ends", d->key,
                  da_strerror(err));
     else
         log_info("registry: deregistered %s", d->key);
-    if (d->done)
-        d->done(err, d->arg);
-    bool counted = d->counted;
-    free(d->key);
-    free(d);
+    del_free(r, d);
     if (counted && --r->deleting == 0 && r->shutdown_done) {
         void (*fn)(void *) = r->shutdown_done;
         r->shutdown_done = NULL;
@@ -379,43 +442,73 @@ static void deleted(int err, const struct etcd_result *res, void *arg)
     }
 }
 
-/* Deletes g's key if it still carries the lease we wrote it with, so that
- * someone else's key at the same place is left alone; frees g. */
-static int delete_reg(registry *r, struct reg *g, void (*done)(int, void *), void *arg)
+static void send_del(struct del *d)
 {
-    struct del *d;
-    int64_t lease = g->lease_written;
+    registry *r = d->r;
+    struct etcd_cmp cmp = {.key = d->key, .klen = d->klen, .target = ETCD_CMP_LEASE,
+                           .op = ETCD_CMP_EQUAL, .number = d->lease};
+    struct etcd_op op = {.type = ETCD_OP_DELETE, .key = d->key, .klen = d->klen};
     int rc;
 
-    unlink_reg(r, g);
-    if (!lease) {
-        reg_free(g);
-        return 1; /* nothing in etcd */
-    }
-    d = calloc(1, sizeof *d);
+    d->retry_at = 0;
+    rc = etcd_txn(r->etcd, &cmp, 1, &op, 1, NULL, 0, deleted, d, &d->call);
+    if (rc < 0)
+        deleted(rc, NULL, d);
+}
+
+/* Starts deleting key (taken) if it still carries lease. Returns 0, or
+ * DA_ENOMEM (key freed). */
+static int start_del(registry *r, char *key, size_t klen, int64_t lease,
+                     void (*done)(int, void *), void *arg)
+{
+    struct del *d = calloc(1, sizeof *d);
+
     if (!d) {
-        reg_free(g);
+        free(key);
         return DA_ENOMEM;
     }
     d->r = r;
+    d->key = key;
+    d->klen = klen;
+    d->lease = lease;
     d->counted = r->shutting_down;
-    d->key = g->key;
     d->done = done;
     d->arg = arg;
-    g->key = NULL;
-    struct etcd_cmp cmp = {.key = d->key, .klen = g->klen, .target = ETCD_CMP_LEASE,
-                           .op = ETCD_CMP_EQUAL, .number = lease};
-    struct etcd_op del = {.type = ETCD_OP_DELETE, .key = d->key, .klen = g->klen};
-    rc = etcd_txn(r->etcd, &cmp, 1, &del, 1, NULL, 0, deleted, d, &d->call);
-    reg_free(g);
-    if (rc < 0) {
-        free(d->key);
-        free(d);
-        return rc;
-    }
     d->next = r->dels;
     r->dels = d;
+    if (d->counted)
+        r->deleting++;
+    send_del(d);
     return 0;
+}
+
+/* Takes g out of the registry and deletes its key from etcd if it may be
+ * there. A write still in flight is let finish first (in written()), so
+ * that it cannot land after the delete. Returns 0 (a delete follows), 1
+ * (nothing was in etcd; g is gone), or DA_ENOMEM. */
+static int delete_reg(registry *r, struct reg *g, void (*done)(int, void *), void *arg)
+{
+    int64_t lease = g->lease_written;
+    char *key = g->key;
+
+    unlink_reg(r, g);
+    if (g->call) {
+        g->removing = true;
+        g->del_done = done;
+        g->del_arg = arg;
+        g->next = r->dying;
+        r->dying = g;
+        if (r->shutting_down)
+            r->deleting++;
+        return 0;
+    }
+    if (!lease) {
+        reg_free(g);
+        return 1;
+    }
+    g->key = NULL;
+    reg_free(g);
+    return start_del(r, key, strlen(key), lease, done, arg);
 }
 
 int registry_remove(registry *r, const char *name, const char *address, uint64_t owner_check,
@@ -463,6 +556,9 @@ void registry_forget(registry *r, void *arg)
     for (struct del *d = r->dels; d; d = d->next)
         if (d->arg == arg)
             d->done = NULL;
+    for (struct reg *g = r->dying; g; g = g->next)
+        if (g->del_arg == arg)
+            g->del_done = NULL;
 }
 
 void registry_set_lease(registry *r, int64_t lease)
@@ -507,12 +603,17 @@ void registry_shutdown(registry *r, void (*done)(void *arg), void *arg)
     r->shutdown_done = done;
     r->shutdown_arg = arg;
     uv_timer_stop(&r->timer);
-    r->deleting = 1; /* held until every delete is sent */
-    while (r->regs) {
-        struct reg *g = r->regs;
-        if (delete_reg(r, g, NULL, NULL) == 0)
+    r->deleting++; /* held until every delete is started */
+    /* Deletes still retrying from before now count too. */
+    for (struct del *d = r->dels; d; d = d->next)
+        if (!d->counted) {
+            d->counted = true;
             r->deleting++;
-    }
+            if (d->retry_at)
+                send_del(d);
+        }
+    while (r->regs)
+        delete_reg(r, r->regs, NULL, NULL);
     if (--r->deleting == 0 && r->shutdown_done) {
         r->shutdown_done = NULL;
         done(arg);
@@ -536,12 +637,12 @@ registry *registry_free(registry *r)
         r->regs = g->next;
         reg_free(g);
     }
-    while (r->dels) {
-        struct del *d = r->dels;
-        r->dels = d->next;
-        etcd_call_cancel(d->call);
-        free(d->key);
-        free(d);
+    while (r->dels)
+        del_free(r, r->dels);
+    while (r->dying) {
+        struct reg *g = r->dying;
+        r->dying = g->next;
+        reg_free(g);
     }
     uv_close((uv_handle_t *)&r->timer, closed);
     return NULL;

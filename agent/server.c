@@ -363,9 +363,15 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || c->finishing)
         return;
     if (nread == UV_EOF) {
-        /* The peer will send no more, but may still read (a half-close):
-         * what is already queued for it is flushed before closing. */
-        conn_finish(c);
+        /* The peer will send no more, but may still read (a half-close).
+         * With on_eof, the owner decides when to end (after answering what
+         * it still owes); without, what is queued is flushed, then close. */
+        if (c->s->cb.on_eof) {
+            uv_read_stop(st);
+            c->s->cb.on_eof(c->s, c, c->s->arg);
+        } else {
+            conn_finish(c);
+        }
         return;
     }
     if (nread < 0) {
@@ -684,6 +690,11 @@ void server_close(server *s)
 void server_conn_close(server_conn *c)
 {
     conn_close(c, true);
+}
+
+void server_conn_end(server_conn *c)
+{
+    conn_finish(c);
 }
 
 void server_conn_set_data(server_conn *c, void *data)

@@ -59,6 +59,11 @@ struct server_callbacks {
      * After it returns the conn pointer is invalid. It may call any
      * function of this file, server_close() included. */
     void (*on_close)(server *s, server_conn *c, void *arg);
+    /* Optional. The peer closed its sending side (a half-close): no more
+     * lines come, but it may still read. Without on_eof the connection is
+     * ended at once (queued output flushed, then closed); with it, the
+     * owner ends it with server_conn_end() when it has answered. */
+    void (*on_eof)(server *s, server_conn *c, void *arg);
 };
 
 /* Creates the socket's folder (mode 0755, parents too) if missing; refuses
@@ -90,6 +95,10 @@ int server_send(server_conn *c, const char *data, size_t len);
 /* Closes now: unread input and pending output are discarded; on_close
  * follows from the loop. Safe to call on a connection already closing. */
 void server_conn_close(server_conn *c);
+
+/* Flushes what is queued, then closes (on_close follows). For a
+ * connection whose peer half-closed; safe on one already closing. */
+void server_conn_end(server_conn *c);
 
 /* A pointer of the caller's, NULL until set; borrowed. */
 void server_conn_set_data(server_conn *c, void *data);

@@ -623,6 +623,35 @@ START_TEST(test_systemd_notify)
 }
 END_TEST
 
+/* A client that sends its request and closes its sending side (as
+ * `echo ... | socat`) still gets its reply, then the connection ends. */
+START_TEST(test_half_close_gets_reply)
+{
+    struct fx f;
+    int fd;
+    json_t *r;
+
+    fx_up(&f, 10, "");
+    fd = sock_open(f.agent.sock);
+    ck_assert_int_eq(sock_send(fd, "{\"op\":\"status\",\"id\":1}"), 0);
+    ck_assert_int_eq(sock_send(fd, "{\"op\":\"resolve\",\"service\":\"later\",\"id\":2}"), 0);
+    shutdown(fd, SHUT_WR);
+    /* Both answers come, in whichever order etcd answered them. */
+    int seen = 0;
+    for (int i = 0; i < 2; i++) {
+        r = sock_recv(fd, 5000);
+        ck_assert_ptr_nonnull(r);
+        seen |= 1 << json_integer_value(json_object_get(r, "id"));
+        json_decref(r);
+    }
+    ck_assert_int_eq(seen, 6);
+    /* Nothing is owed any more: the agent ends the connection. */
+    ck_assert_ptr_null(sock_recv(fd, 2000));
+    close(fd);
+    fx_down(&f);
+}
+END_TEST
+
 /* A service nobody watches and nobody asked about for cache.idle goes. */
 START_TEST(test_idle_service_dropped)
 {
@@ -683,6 +712,7 @@ static Suite *suite(void)
     tcase_add_test(sock, test_socket_held_by_live_agent);
     tcase_add_test(sock, test_systemd_notify);
     tcase_add_test(sock, test_idle_service_dropped);
+    tcase_add_test(sock, test_half_close_gets_reply);
     suite_add_tcase(s, reg);
     suite_add_tcase(s, list);
     suite_add_tcase(s, sock);

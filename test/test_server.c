@@ -159,7 +159,7 @@ static void on_close(server *s, server_conn *c, void *arg)
         f->last_conn = NULL;
 }
 
-static const struct server_callbacks CB = {on_line, on_close};
+static const struct server_callbacks CB = {.on_line = on_line, .on_close = on_close};
 
 static void fx_setup(void)
 {
