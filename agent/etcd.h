@@ -49,6 +49,7 @@ struct etcd_kv {
 /* Everything any reply can carry; each call fills what its reply has. */
 struct etcd_result {
     int64_t revision; /* header.revision */
+    uint64_t cluster_id;
     uint64_t member_id;
     int64_t raft_term;
     struct etcd_kv *kvs; /* range, txn (first range response), delete prev_kv */

@@ -169,6 +169,7 @@ static int parse_header(json_t *o, struct etcd_result *r)
     if (!json_is_object(h))
         return DA_EPROTO;
     if ((rc = get_i64(h, "revision", &r->revision)) ||
+        (rc = get_u64(h, "cluster_id", &r->cluster_id)) ||
         (rc = get_u64(h, "member_id", &r->member_id)) ||
         (rc = get_i64(h, "raft_term", &r->raft_term)))
         return rc;
@@ -402,7 +403,8 @@ int etcd_parse_watch_line(const char *line, size_t len, struct etcd_watch_msg *m
         rc = DA_EPROTO;
         goto out;
     }
-    if (h && (rc = get_i64(h, "revision", &m->revision)))
+    if (h && ((rc = get_i64(h, "revision", &m->revision)) ||
+              (rc = get_u64(h, "cluster_id", &m->cluster_id))))
         goto out;
     if ((rc = get_bool(res, "created", &b)))
         goto out;

@@ -27,6 +27,7 @@ void etcd_result_clear(struct etcd_result *r);
 /* One line of a watch stream. */
 struct etcd_watch_msg {
     int64_t revision; /* header.revision */
+    uint64_t cluster_id;
     int created;
     int canceled;
     int64_t compact_revision;

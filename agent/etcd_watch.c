@@ -33,6 +33,7 @@ struct etcd_watch {
     void *arg;
 
     int64_t next_rev;   /* first revision not yet delivered */
+    uint64_t cluster_id; /* of the etcd cluster the receiver's view is from */
     bool need_snapshot; /* the next step is a range read */
     bool live;          /* the stream said "created" */
     bool down;          /* DOWN was reported and UP not yet */
@@ -118,6 +119,8 @@ static void range_done(int err, const struct etcd_result *r, void *arg)
     }
     w->need_snapshot = false;
     w->next_rev = r->revision + 1;
+    if (r->cluster_id)
+        w->cluster_id = r->cluster_id;
     u.revision = r->revision;
     u.kvs = r->kvs;
     u.n_kvs = r->n_kvs;
@@ -164,6 +167,18 @@ static int handle_line(etcd_watch *w, const char *line, size_t len)
         etcd_watch_msg_clear(&m);
         return 1;
     }
+    if (m.created && w->cluster_id && m.cluster_id && m.cluster_id != w->cluster_id) {
+        /* A different cluster: etcd was wiped and started anew (or the
+         * endpoints now name another cluster). Its revisions mean nothing
+         * against ours: read the range again. */
+        log_warn("etcd: watch on %.*s: etcd is a new cluster (id %" PRIx64 ", was %" PRIx64
+                 "); reading the range again",
+                 (int)w->klen, w->key, m.cluster_id, w->cluster_id);
+        w->need_snapshot = true;
+        w->restart_now = true;
+        etcd_watch_msg_clear(&m);
+        return 1;
+    }
     if (m.created && m.revision > 0 && m.revision < w->next_rev - 1) {
         /* etcd is behind what we delivered: its data was wiped or restored
          * from an old backup. Only a fresh read tells the truth now. */
@@ -176,6 +191,8 @@ static int handle_line(etcd_watch *w, const char *line, size_t len)
         return 1;
     }
     if (m.created) {
+        if (m.cluster_id)
+            w->cluster_id = m.cluster_id;
         w->live = true;
         etcd__endpoint_ok(w->c);
         report_up(w);
