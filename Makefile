@@ -91,10 +91,10 @@ $(BUILD)/libdiscovery.pc: lib/libdiscovery.pc.in
 	sed -e 's#@PREFIX@#$(PREFIX)#g' -e 's#@VERSION@#0.1.0#g' $< > $@
 
 $(BUILD)/discovery-agent: $(BUILD)/agent/main.o $(BUILD)/libagent.a
-	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) -o $@
+	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(GRPC_LIBS) -pthread -o $@
 
 $(BUILD)/agentctl: $(BUILD)/agent/agentctl.o $(BUILD)/libdiscovery.a $(BUILD)/libagent.a
-	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) -o $@
+	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(GRPC_LIBS) -pthread -o $@
 
 $(BUILD)/test/%: $(BUILD)/test/%.o $(HARNESS_OBJ) $(BUILD)/libagent.a $(filter %.a,$(LIBS_OUT))
 	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(GRPC_LIBS) $(CHECK_LIBS) -pthread -o $@

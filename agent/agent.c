@@ -53,7 +53,8 @@ static void add_configured(struct agent *a, const struct config_service *s)
         return;
     }
     instance_of(s, &inst, meta);
-    rc = registry_add(a->registry, &inst, REG_OWNER_CONFIG, NULL, NULL, err, sizeof err);
+    rc = registry_add(a->registry, &inst, REG_OWNER_CONFIG, &s->check, NULL, NULL, err,
+                      sizeof err);
     if (rc)
         log_error("agent: cannot register %s %s: %s", s->name, s->address, err);
     free(meta);
@@ -152,7 +153,10 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     if ((rc = session_new(&a->session, loop, a->etcd, (int64_t)(cfg->session_ttl_ms / 1000),
                           on_lease, a)) < 0)
         goto fail;
-    if ((rc = registry_new(&a->registry, loop, a->etcd, a->cache, a->session, cfg->prefix)) < 0)
+    if ((rc = check_ctx_new(&a->checks, loop, a->http, cfg->checks_exec)) < 0)
+        goto fail;
+    if ((rc = registry_new(&a->registry, loop, a->etcd, a->cache, a->session, cfg->prefix,
+                           a->checks)) < 0)
         goto fail;
 
     so.path = cfg->socket_path;
@@ -213,6 +217,9 @@ static void finish(struct agent *a)
     server_close(a->server);
     a->server = NULL;
     a->registry = registry_free(a->registry);
+    if (a->checks)
+        check_ctx_free(a->checks);
+    a->checks = NULL;
     a->cache = cache_free(a->cache);
     a->session = session_free(a->session);
     a->etcd = etcd_client_free(a->etcd);
@@ -335,6 +342,8 @@ int agent_reload(struct agent *a)
     nc->n_services = n;
     a->cfg->log_level = nc->log_level;
     log_level = nc->log_level;
+    a->cfg->checks_exec = nc->checks_exec;
+    check_ctx_set_exec_enabled(a->checks, nc->checks_exec);
     config_free(nc);
     a->reloads++;
     log_info("agent: configuration reloaded: %zu configured instance(s)", a->cfg->n_services);

@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "cache.h"
+#include "check.h"
 #include "config.h"
 #include "etcd.h"
 #include "http.h"
@@ -27,6 +28,7 @@ struct agent {
     cache *cache;
     registry *registry;
     server *server;
+    struct check_ctx *checks;
 
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t ready_timer; /* READY=1 even if etcd does not answer */

@@ -54,6 +54,11 @@
 #define DEFAULT_SOCKET_MODE 0660u
 #define DEFAULT_CACHE_DIR "/var/lib/discovery-agent"
 #define DEFAULT_CACHE_IDLE_MS (10u * 60u * 1000u)
+#define DEFAULT_XDS_SOCKET_NAME "xds.sock"  /* beside socket.path */
+#define DEFAULT_XDS_GROUP_HEADER "x-group"
+/* A header name is one token of an HTTP/2 header block; a cap keeps it
+ * readable in routes and messages. */
+#define XDS_HEADER_MAX 64
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -1400,10 +1405,175 @@ static int parse_weight(const char *text, int32_t *weight)
     return 0;
 }
 
-static const char *const service_keys[] = {
-    "name", "address", "weight", "group", "metadata"
+/* A service's check: mapping. Types and their own keys are in check.h;
+ * exec being allowed is checked once every file is read (checks.exec may
+ * come later in the file). */
+static const char *const check_keys[] = {
+    "type", "interval", "timeout", "rise", "fall", "service", "url",
+    "command", "ttl"
 };
-enum { SVC_NAME, SVC_ADDRESS, SVC_WEIGHT, SVC_GROUP, SVC_METADATA };
+enum { CK_TYPE, CK_INTERVAL, CK_TIMEOUT, CK_RISE, CK_FALL, CK_SERVICE,
+       CK_URL, CK_COMMAND, CK_TTL };
+
+static int load_count(struct loader *ld, const char *what,
+                      const struct node *key, const struct node *val,
+                      int *out)
+{
+    struct shown a;
+    const char *text;
+    char *end;
+    long v;
+    int r = want_text(ld, what, key, val, &text);
+
+    if (r < 0)
+        return r;
+    errno = 0;
+    v = strtol(text, &end, 10);
+    if (!val->plain || errno || *end || end == text || v < 1 || v > 100)
+        return fail_node(ld, val, "%s must be a whole number from 1 to 100, "
+                         "not '%s'", what, show(&a, text));
+    *out = (int)v;
+    return 0;
+}
+
+static int load_check(struct loader *ld, struct config_service *s,
+                      const struct node *map)
+{
+    const struct node *seen[ARRAY_SIZE(check_keys)] = { NULL };
+    const struct node *vals[ARRAY_SIZE(check_keys)] = { NULL };
+    struct check_spec *ck = &s->check;
+    struct shown a, b;
+    const char *text;
+    int r = want_map(ld, "check", map);
+
+    if (r != 0)
+        return r < 0 ? r : 0;
+    s->check_line = map->line;
+    s->check_column = map->column;
+    for (size_t i = 0; i < map->n_items / 2; i++) {
+        int k = section_key(ld, map, i, check_keys, ARRAY_SIZE(check_keys),
+                            seen, "in a check");
+        if (k < 0)
+            return k;
+        vals[k] = map->items[2 * i + 1];
+    }
+    if (vals[CK_TYPE] == NULL)
+        return fail_node(ld, map, "the check of service %s has no type: add "
+                         "'type: grpc' (or tcp, http, exec, ttl)",
+                         show(&a, s->name));
+    r = want_nonempty(ld, "check type", seen[CK_TYPE], vals[CK_TYPE], &text);
+    if (r < 0)
+        return r;
+    if (check_type_parse(text, &ck->type) < 0 || ck->type == CHECK_NONE)
+        return fail_node(ld, vals[CK_TYPE], "unknown check type '%s' for "
+                         "service %s: use grpc, tcp, http, exec or ttl",
+                         show(&a, text), show(&b, s->name));
+    if (vals[CK_INTERVAL] && (r = load_duration(ld, "check.interval",
+            seen[CK_INTERVAL], vals[CK_INTERVAL], &ck->interval_ms)) < 0)
+        return r;
+    if (vals[CK_TIMEOUT] && (r = load_duration(ld, "check.timeout",
+            seen[CK_TIMEOUT], vals[CK_TIMEOUT], &ck->timeout_ms)) < 0)
+        return r;
+    if (vals[CK_TTL] && (r = load_duration(ld, "check.ttl", seen[CK_TTL],
+            vals[CK_TTL], &ck->ttl_ms)) < 0)
+        return r;
+    if (vals[CK_RISE] && (r = load_count(ld, "check.rise", seen[CK_RISE],
+            vals[CK_RISE], &ck->rise)) < 0)
+        return r;
+    if (vals[CK_FALL] && (r = load_count(ld, "check.fall", seen[CK_FALL],
+            vals[CK_FALL], &ck->fall)) < 0)
+        return r;
+    if (vals[CK_SERVICE]) {
+        if ((r = want_text(ld, "check.service", seen[CK_SERVICE],
+                           vals[CK_SERVICE], &text)) < 0)
+            return r;
+        if ((ck->grpc_service = dup_str(ld, text)) == NULL)
+            return -ENOMEM;
+    }
+    if (vals[CK_URL]) {
+        if ((r = want_nonempty(ld, "check.url", seen[CK_URL], vals[CK_URL],
+                               &text)) < 0)
+            return r;
+        if (strncmp(text, "http://", 7) && strncmp(text, "https://", 8))
+            return fail_node(ld, vals[CK_URL], "check.url '%s' must start "
+                             "with http:// or https://", show(&a, text));
+        if ((ck->http_url = dup_str(ld, text)) == NULL)
+            return -ENOMEM;
+    }
+    if (vals[CK_COMMAND]) {
+        const struct node *cmd = vals[CK_COMMAND];
+        if ((r = want_seq(ld, "check.command", cmd)) < 0)
+            return r;
+        if (r > 0 || cmd->n_items == 0)
+            return fail_node(ld, cmd, "check.command must be a list of "
+                             "strings, the program first: [/bin/check, arg]");
+        ck->exec_argv = calloc(cmd->n_items + 1, sizeof(*ck->exec_argv));
+        if (ck->exec_argv == NULL)
+            return fail_oom(ld);
+        for (size_t i = 0; i < cmd->n_items; i++) {
+            if ((r = want_nonempty(ld, "each check.command item", NULL,
+                                   cmd->items[i], &text)) < 0)
+                return r;
+            if ((ck->exec_argv[i] = dup_str(ld, text)) == NULL)
+                return -ENOMEM;
+        }
+    }
+    /* Everything but exec's permission is validated now, with defaults. */
+    char why[256];
+    if (check_spec_normalize(ck, true, why, sizeof(why)) < 0)
+        return fail_node(ld, map, "bad check for service %s: %s",
+                         show(&a, s->name), why);
+    return 0;
+}
+
+/* Exec checks run commands as the agent: refused unless checks.exec. */
+static int check_exec_allowed(struct loader *ld)
+{
+    for (size_t i = 0; i < ld->cfg->n_services; i++) {
+        const struct config_service *s = &ld->cfg->services[i];
+        if (s->check.type == CHECK_EXEC && !ld->cfg->checks_exec)
+            return fail_at(ld, s->file, s->check_line, s->check_column,
+                           -EINVAL, "service %s has an exec check, but exec "
+                           "checks are off: set 'checks: {exec: true}' in %s",
+                           s->name, ld->cfg->path);
+    }
+    return 0;
+}
+
+static const char *const checks_keys[] = { "exec" };
+
+static int load_checks(struct loader *ld, const struct node *val)
+{
+    const struct node *seen[ARRAY_SIZE(checks_keys)] = { NULL };
+    struct shown a;
+    const char *text;
+    int r = want_map(ld, "checks", val);
+
+    if (r != 0)
+        return r < 0 ? r : 0;
+    for (size_t i = 0; i < val->n_items / 2; i++) {
+        const struct node *v = val->items[2 * i + 1];
+        int k = section_key(ld, val, i, checks_keys, ARRAY_SIZE(checks_keys),
+                            seen, "in checks");
+        if (k < 0)
+            return k;
+        if ((r = want_text(ld, "checks.exec", seen[k], v, &text)) < 0)
+            return r;
+        if (!strcmp(text, "true"))
+            ld->cfg->checks_exec = true;
+        else if (!strcmp(text, "false"))
+            ld->cfg->checks_exec = false;
+        else
+            return fail_node(ld, v, "checks.exec must be true or false, not "
+                             "'%s'", show(&a, text));
+    }
+    return 0;
+}
+
+static const char *const service_keys[] = {
+    "name", "address", "weight", "group", "metadata", "check"
+};
+enum { SVC_NAME, SVC_ADDRESS, SVC_WEIGHT, SVC_GROUP, SVC_METADATA, SVC_CHECK };
 
 static int load_service(struct loader *ld, const struct node *entry)
 {
@@ -1509,8 +1679,11 @@ static int load_service(struct loader *ld, const struct node *entry)
     if ((s->group = dup_str(ld, text)) == NULL)
         return -ENOMEM;
 
-    if (vals[SVC_METADATA] != NULL)
-        return load_metadata(ld, s, vals[SVC_METADATA]);
+    if (vals[SVC_METADATA] != NULL &&
+        (r = load_metadata(ld, s, vals[SVC_METADATA])) < 0)
+        return r;
+    if (vals[SVC_CHECK] != NULL)
+        return load_check(ld, s, vals[SVC_CHECK]);
     return 0;
 }
 
@@ -1528,10 +1701,195 @@ static int load_services(struct loader *ld, const struct node *val)
     return 0;
 }
 
-static const char *const top_keys[] = {
-    "etcd", "session", "socket", "cache", "log", "services"
+/* ---- xds: the xDS (ADS) server for gRPC clients (docs/xds.md) ------- */
+
+/* YAML 1.2's core booleans, written without quotes. Returns 0 and sets *b,
+ * or -1. */
+static int parse_bool(const struct node *v, int *b)
+{
+    static const char *const yes[] = { "true", "True", "TRUE" };
+    static const char *const no[] = { "false", "False", "FALSE" };
+
+    if (v->kind != NODE_SCALAR || !v->plain)
+        return -1;
+    for (size_t i = 0; i < ARRAY_SIZE(yes); i++) {
+        if (strcmp(v->text, yes[i]) == 0) {
+            *b = 1;
+            return 0;
+        }
+        if (strcmp(v->text, no[i]) == 0) {
+            *b = 0;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* The xDS server has no authentication, so its TCP port may only listen on
+ * a loopback address: 127.0.0.0/8, [::1] or localhost. */
+static int is_loopback_host(const char *s, size_t len)
+{
+    struct in_addr a4;
+    char tmp[INET_ADDRSTRLEN + 1];
+
+    if (len == 9 && strncmp(s, "localhost", 9) == 0)
+        return 1;
+    if (len == 5 && strncmp(s, "[::1]", 5) == 0)
+        return 1;
+    if (len >= sizeof(tmp))
+        return 0;
+    memcpy(tmp, s, len);
+    tmp[len] = '\0';
+    return inet_pton(AF_INET, tmp, &a4) == 1 &&
+           (ntohl(a4.s_addr) >> 24) == 127;
+}
+
+/* A header name gRPC can match: lower case (gRPC lower-cases the names it
+ * receives, and its matchers compare them as given), made of letters,
+ * digits, '-', '_' and '.', and not one of gRPC's own ("grpc-...") or a
+ * pseudo-header, which gRPC's route matching never sees. Returns NULL or
+ * what is wrong. */
+static const char *check_header_name(const char *s)
+{
+    size_t len = strlen(s);
+
+    if (len > XDS_HEADER_MAX)
+        return "it is longer than 64 bytes";
+    if (strncmp(s, "grpc-", 5) == 0)
+        return "gRPC clients never match headers that start with 'grpc-'";
+    for (; *s != '\0'; s++) {
+        char c = *s;
+
+        if (c >= 'A' && c <= 'Z')
+            return "write it in lower case";
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
+            return "use letters, digits, '-', '_' and '.' only";
+    }
+    return NULL;
+}
+
+static const char *const xds_keys[] = {
+    "enabled", "path", "mode", "tcp", "group_header", "test_send_host_names"
 };
-enum { TOP_ETCD, TOP_SESSION, TOP_SOCKET, TOP_CACHE, TOP_LOG, TOP_SERVICES };
+enum { XDS_ENABLED, XDS_PATH, XDS_MODE, XDS_TCP, XDS_GROUP_HEADER,
+       XDS_TEST_HOST_NAMES };
+
+static int load_xds(struct loader *ld, const struct node *val)
+{
+    static const char *const what[] = {
+        "xds.enabled", "xds.path", "xds.mode", "xds.tcp", "xds.group_header",
+        "xds.test_send_host_names"
+    };
+    const struct node *seen[ARRAY_SIZE(xds_keys)] = { NULL };
+    struct config *c = ld->cfg;
+    int r = want_map(ld, "xds", val);
+
+    if (r != 0)
+        return r < 0 ? r : 0;
+    for (size_t i = 0; i < val->n_items / 2; i++) {
+        const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
+        const char *text, *why;
+        size_t port_at;
+        struct shown a;
+        int key = section_key(ld, val, i, xds_keys, ARRAY_SIZE(xds_keys),
+                              seen, "in xds");
+
+        if (key < 0)
+            return key;
+        r = want_nonempty(ld, what[key], k, v, &text);
+        if (r < 0)
+            return r;
+        switch (key) {
+        case XDS_ENABLED:
+        case XDS_TEST_HOST_NAMES:
+            if (parse_bool(v, key == XDS_ENABLED ? &c->xds_enabled
+                                                 : &c->xds_test_host_names) < 0)
+                return fail_node(ld, v, "bad %s '%s': write true or false, "
+                                 "without quotes", what[key], show(&a, text));
+            break;
+        case XDS_PATH:
+            if (strlen(text) > SUN_PATH_MAX)
+                return fail_node(ld, v, "xds.path is %zu bytes long, but a "
+                                 "unix socket path holds at most %zu: choose "
+                                 "a shorter path", strlen(text), SUN_PATH_MAX);
+            r = set_str(ld, &c->xds_path, text);
+            break;
+        case XDS_MODE:
+            r = parse_mode(text, &c->xds_mode);
+            if (r == -2)
+                return fail_node(ld, v, "bad xds.mode '%s': it is above "
+                                 "0777; give permission bits only, e.g. "
+                                 "\"0660\"", show(&a, text));
+            if (r < 0)
+                return fail_node(ld, v, "bad xds.mode '%s': write it in "
+                                 "octal with a leading 0, e.g. \"0660\"",
+                                 show(&a, text));
+            break;
+        case XDS_TCP:
+            r = check_hostport(text, strlen(text), 0, &why, &port_at);
+            if (r == HP_PORT_RANGE)
+                return fail_node(ld, v, "port %s out of range in xds.tcp: use "
+                                 "1..65535", show(&a, text + port_at));
+            if (r != HP_OK)
+                return fail_node(ld, v, "bad xds.tcp '%s': %s", show(&a, text),
+                                 why);
+            if (!is_loopback_host(text, port_at - 1))
+                return fail_node(ld, v, "xds.tcp '%s' is not a loopback "
+                                 "address: the xDS server has no "
+                                 "authentication, so use 127.0.0.1, [::1] or "
+                                 "localhost", show(&a, text));
+            r = set_str(ld, &c->xds_tcp, text);
+            break;
+        case XDS_GROUP_HEADER:
+            why = check_header_name(text);
+            if (why != NULL)
+                return fail_node(ld, v, "bad xds.group_header '%s': %s",
+                                 show(&a, text), why);
+            r = set_str(ld, &c->xds_group_header, text);
+            break;
+        }
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* Without xds.path, the xDS socket goes beside the main socket, so that
+ * two agents with their own socket folders (tests, say) never share it;
+ * with the default socket.path this is /run/discovery-agent/xds.sock.
+ * Without xds.mode, it gets socket.mode: whoever may use the agent may use
+ * its xDS server. */
+static int default_xds_path(struct loader *ld)
+{
+    struct config *c = ld->cfg;
+    const char *slash = strrchr(c->socket_path, '/');
+    size_t dir_len = slash != NULL ? (size_t)(slash - c->socket_path) + 1 : 0;
+    size_t len = dir_len + sizeof(DEFAULT_XDS_SOCKET_NAME) - 1;
+
+    if (c->xds_mode == UINT_MAX)
+        c->xds_mode = c->socket_mode;
+    if (c->xds_path != NULL)
+        return 0;
+    if (len > SUN_PATH_MAX)
+        return fail_at(ld, c->path, 0, 0, -EINVAL, "the xDS socket beside "
+                       "socket.path would be %zu bytes long, but a unix "
+                       "socket path holds at most %zu: set xds.path", len,
+                       SUN_PATH_MAX);
+    c->xds_path = malloc(len + 1);
+    if (c->xds_path == NULL)
+        return fail_oom(ld);
+    memcpy(c->xds_path, c->socket_path, dir_len);
+    memcpy(c->xds_path + dir_len, DEFAULT_XDS_SOCKET_NAME,
+           sizeof(DEFAULT_XDS_SOCKET_NAME));
+    return 0;
+}
+
+static const char *const top_keys[] = {
+    "etcd", "session", "socket", "cache", "log", "services", "xds", "checks"
+};
+enum { TOP_ETCD, TOP_SESSION, TOP_SOCKET, TOP_CACHE, TOP_LOG, TOP_SERVICES,
+       TOP_XDS, TOP_CHECKS };
 
 static int load_root(struct loader *ld, const struct node *root, int is_main)
 {
@@ -1574,6 +1932,12 @@ static int load_root(struct loader *ld, const struct node *root, int is_main)
             break;
         case TOP_SERVICES:
             r = load_services(ld, v);
+            break;
+        case TOP_CHECKS:
+            r = load_checks(ld, v);
+            break;
+        case TOP_XDS:
+            r = load_xds(ld, v);
             break;
         default:
             r = key;
@@ -1752,11 +2116,14 @@ static int set_defaults(struct loader *ld, const char *path)
     c->session_ttl_ms = DEFAULT_TTL_MS;
     c->socket_mode = DEFAULT_SOCKET_MODE;
     c->cache_idle_ms = DEFAULT_CACHE_IDLE_MS;
+    c->xds_enabled = 1;
+    c->xds_mode = UINT_MAX;  /* unset: socket.mode's, see default_xds_path() */
     c->log_level = 1;  /* info: the index in log_levels[] */
     if ((c->path = dup_str(ld, path)) == NULL ||
         (c->prefix = dup_str(ld, DEFAULT_PREFIX)) == NULL ||
         (c->socket_path = dup_str(ld, DEFAULT_SOCKET_PATH)) == NULL ||
-        (c->cache_dir = dup_str(ld, DEFAULT_CACHE_DIR)) == NULL)
+        (c->cache_dir = dup_str(ld, DEFAULT_CACHE_DIR)) == NULL ||
+        (c->xds_group_header = dup_str(ld, DEFAULT_XDS_GROUP_HEADER)) == NULL)
         return -ENOMEM;
     return 0;
 }
@@ -1802,7 +2169,11 @@ int config_load(const char *path, struct config **out, char *err,
     if (r == 0)
         r = check_duplicates(&ld);
     if (r == 0)
+        r = check_exec_allowed(&ld);
+    if (r == 0)
         r = default_endpoints(&ld);
+    if (r == 0)
+        r = default_xds_path(&ld);
     if (r < 0) {
         config_free(ld.cfg);
         return r;
@@ -1831,6 +2202,9 @@ struct config *config_free(struct config *c)
     free(c->tls_key_file);
     free(c->socket_path);
     free(c->cache_dir);
+    free(c->xds_path);
+    free(c->xds_tcp);
+    free(c->xds_group_header);
     for (size_t i = 0; c->services != NULL && i < c->n_services; i++) {
         struct config_service *s = &c->services[i];
 
@@ -1843,6 +2217,7 @@ struct config *config_free(struct config *c)
         }
         free(s->meta);
         free(s->file);
+        check_spec_clear(&s->check);
     }
     free(c->services);
     free(c);

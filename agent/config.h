@@ -5,7 +5,10 @@
 #define AGENT_CONFIG_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
+
+#include "check.h"
 
 /* A config file larger than this is refused rather than parsed. */
 #define CONFIG_FILE_MAX (1024 * 1024)
@@ -30,6 +33,11 @@ struct config_service {
     size_t n_meta;
     char *file;      /* the file and 1-based position of the entry, */
     int line, column;  /* for messages */
+    /* check: how the agent decides the instance is healthy; type
+     * CHECK_NONE (registered as soon as possible) when there is none.
+     * Owned; defaults applied and validated at load. */
+    struct check_spec check;
+    int check_line, check_column;
 };
 
 /* The whole configuration. Every string is owned by the config; the ones
@@ -57,8 +65,21 @@ struct config {
                                  * cache entry after this long; > 0 */
     int log_level;              /* log.level: 0 debug, 1 info, 2 warn,
                                  * 3 error; the logger owns the names */
+    /* xds: the xDS (ADS) server for gRPC clients; see docs/xds.md. */
+    int xds_enabled;            /* xds.enabled, default 1 */
+    char *xds_path;             /* xds.path; default xds.sock in the folder
+                                 * of socket.path; fits in sun_path */
+    unsigned xds_mode;          /* xds.mode, <= 0777; default socket.mode */
+    char *xds_tcp;              /* xds.tcp: loopback host:port; NULL if
+                                 * unset */
+    char *xds_group_header;     /* xds.group_header: lower-case header
+                                 * name, default "x-group" */
+    int xds_test_host_names;    /* xds.test_send_host_names: TEST ONLY,
+                                 * default 0: endpoint host names are sent
+                                 * unresolved, which clients NACK */
     struct config_service *services;  /* main file's, then conf.d's */
     size_t n_services;
+    bool checks_exec;           /* checks.exec: allow exec checks; false */
 };
 
 /* Loads path, then every conf.d/[!.]*.yaml in the folder that holds path,

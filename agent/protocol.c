@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "duration.h"
 #include "error.h"
 #include "log.h"
 
@@ -25,6 +26,14 @@ const char proto_too_long_reply[] =
 struct conn_state;
 
 static void maybe_end(struct conn_state *cs);
+static int check_from_json(json_t *o, bool exec_enabled, struct check_spec *spec, char *err,
+                           size_t errlen);
+struct reg_info;
+static void add_health(json_t *o, const struct reg_info *ri, uint64_t now);
+struct checks_ctx {
+    json_t *arr;
+    uint64_t now;
+};
 
 enum pending_kind { P_RESOLVE, P_WATCH, P_REGISTER, P_DEREGISTER, P_SERVICES, P_STATUS };
 
@@ -38,6 +47,7 @@ struct pending {
     cache_sub *sub;
     etcd_call *call;
     uint64_t watch; /* P_WATCH: the watch id to create */
+    bool in_registry; /* registry_forget() needed at the end */
     uv_timer_t timer;
     bool timer_on;
     struct pending *next;
@@ -49,6 +59,7 @@ struct cwatch {
     service *svc;
     char *group;
     cache_sub *sub;
+    char *last; /* the list last sent, to skip updates that change nothing */
     struct cwatch *next;
 };
 
@@ -127,6 +138,10 @@ static void add_list(json_t *o, service *svc, const char *group)
     json_object_set_new(o, "service", json_string(service_name(svc)));
     json_object_set_new(o, "revision", json_integer(service_revision(svc)));
     json_object_set_new(o, "stale", json_boolean(service_stale(svc)));
+    /* Only before the first list: an empty "instances" then means "not
+     * known yet", not "none registered". */
+    if (!service_ready(svc))
+        json_object_set_new(o, "ready", json_false());
     for (size_t i = 0; arr && i < n; i++)
         if (!group || !strcmp(v[i]->group, group))
             json_array_append_new(arr, instance_to_api(v[i]));
@@ -158,7 +173,7 @@ static void pending_end(struct pending *p)
     p->sub = NULL;
     etcd_call_cancel(p->call);
     p->call = NULL;
-    if (p->kind == P_REGISTER || p->kind == P_DEREGISTER)
+    if (p->in_registry)
         registry_forget(cs->a->registry, p);
     uv_close((uv_handle_t *)&p->timer, pending_closed);
     maybe_end(cs);
@@ -194,11 +209,36 @@ static struct pending *pending_new(struct conn_state *cs, enum pending_kind kind
 
 /* ---- watches ------------------------------------------------------------ */
 
+/* The part of a list a watcher sees, as text: instances of its group and
+ * staleness. Revisions are left out: a change elsewhere in the service
+ * moves the revision but not this watcher's list. */
+static char *seen_text(service *svc, const char *group)
+{
+    json_t *o = json_object();
+    char *text;
+
+    if (!o)
+        return NULL;
+    add_list(o, svc, group);
+    json_object_del(o, "revision");
+    text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return text;
+}
+
 static void watch_update(service *svc, void *arg)
 {
     struct cwatch *w = arg;
-    json_t *o = json_object();
+    char *seen = seen_text(svc, w->group);
+    json_t *o;
 
+    if (seen && w->last && !strcmp(seen, w->last)) {
+        free(seen);
+        return;
+    }
+    free(w->last);
+    w->last = seen;
+    o = json_object();
     if (!o)
         return;
     json_object_set_new(o, "event", json_string("update"));
@@ -210,6 +250,7 @@ static void watch_update(service *svc, void *arg)
 static void cwatch_free(struct cwatch *w)
 {
     cache_unsubscribe(w->sub);
+    free(w->last);
     free(w->group);
     free(w);
 }
@@ -237,6 +278,7 @@ static void watch_begin(struct pending *p)
     }
     w->next = cs->watches;
     cs->watches = w;
+    w->last = seen_text(p->svc, w->group);
     o = reply_new(p->id, true);
     if (o) {
         json_object_set_new(o, "watch", json_integer((json_int_t)w->id));
@@ -361,6 +403,7 @@ static void op_unwatch(struct conn_state *cs, json_t *req, json_t *id)
     json_t *v = json_object_get(req, "watch");
     bool bad = false;
     const char *name = opt_string(req, "service", &bad);
+    const char *group = opt_string(req, "group", &bad);
     size_t n = 0;
 
     if (bad || (!json_is_integer(v) && !name)) {
@@ -370,7 +413,8 @@ static void op_unwatch(struct conn_state *cs, json_t *req, json_t *id)
     for (struct cwatch **pp = &cs->watches; *pp;) {
         struct cwatch *w = *pp;
         if ((json_is_integer(v) && (json_int_t)w->id == json_integer_value(v)) ||
-            (!json_is_integer(v) && !strcmp(service_name(w->svc), name))) {
+            (!json_is_integer(v) && !strcmp(service_name(w->svc), name) &&
+             (!group || (w->group && !strcmp(w->group, group))))) {
             *pp = w->next;
             cwatch_free(w);
             n++;
@@ -412,7 +456,7 @@ static void reg_done(int err, void *arg)
                                           etcd_client_last_error(p->cs->a->etcd)));
     }
     send_json(p->cs, o);
-    p->kind = P_SERVICES; /* registry_forget is not needed any more */
+    p->in_registry = false; /* the registry is done with p */
     pending_end(p);
 }
 
@@ -434,19 +478,33 @@ static void op_register(struct conn_state *cs, json_t *req, json_t *id)
         send_error(cs, id, rc == DA_ENOMEM ? "internal" : "bad_request", "%s", err);
         return;
     }
+    struct check_spec spec = {0};
+    json_t *chk = json_object_get(req, "check");
+    if (chk && (rc = check_from_json(chk, a->cfg->checks_exec, &spec, err, sizeof err))) {
+        instance_clear(&inst);
+        send_error(cs, id, "bad_request", "%s", err);
+        return;
+    }
     p = pending_new(cs, P_REGISTER, id, a->cfg->timeout_ms);
     if (!p) {
         instance_clear(&inst);
+        check_spec_clear(&spec);
         send_error(cs, id, "internal", "out of memory");
         return;
     }
+    p->in_registry = true;
+    err[0] = '\0';
     rc = registry_add(a->registry, &inst, json_is_true(persist) ? REG_OWNER_RUNTIME : cs->id,
-                      reg_done, p, err, sizeof err);
+                      chk ? &spec : NULL, reg_done, p, err, sizeof err);
     instance_clear(&inst);
+    check_spec_clear(&spec);
     if (rc) {
         pending_end(p);
-        send_error(cs, id, rc == DA_EACCES ? "conflict" : "unavailable", "%s",
-                   *err ? err : da_strerror(rc));
+        send_error(cs, id,
+                   rc == DA_EACCES  ? "conflict"
+                   : rc == DA_EINVAL ? "bad_request"
+                                     : "unavailable",
+                   "%s", *err ? err : da_strerror(rc));
     }
 }
 
@@ -460,7 +518,7 @@ static void dereg_done(int err, void *arg)
     } else {
         send_json(p->cs, reply_new(p->id, true));
     }
-    p->kind = P_SERVICES;
+    p->in_registry = false;
     pending_end(p);
 }
 
@@ -481,6 +539,7 @@ static void op_deregister(struct conn_state *cs, json_t *req, json_t *id)
         send_error(cs, id, "internal", "out of memory");
         return;
     }
+    p->in_registry = true;
     rc = registry_remove(cs->a->registry, name, address, cs->id, dereg_done, p);
     if (rc) {
         pending_end(p);
@@ -540,10 +599,17 @@ static void services_done(int err, const struct etcd_result *r, void *arg)
         return;
     }
     v = calloc(r->n_kvs ? r->n_kvs : 1, sizeof *v);
-    for (size_t i = 0; v && i < r->n_kvs; i++) {
+    if (!v) {
+        send_error(p->cs, p->id, "internal", "out of memory");
+        pending_end(p);
+        return;
+    }
+    for (size_t i = 0; i < r->n_kvs; i++) {
+        if (r->kvs[i].key_len <= plen)
+            continue;
         const char *k = r->kvs[i].key + plen;
         const char *slash = memchr(k, '/', r->kvs[i].key_len - plen);
-        if (r->kvs[i].key_len <= plen || !slash || slash == k)
+        if (!slash || slash == k)
             continue;
         size_t len = (size_t)(slash - k);
         if (n && strlen(v[n - 1].name) == len && !memcmp(v[n - 1].name, k, len)) {
@@ -605,8 +671,9 @@ static void op_services(struct conn_state *cs, json_t *id)
 
 static void status_reg(const struct reg_info *ri, void *arg)
 {
-    static const char *const states[] = {"pending", "registered", "failing"};
+    static const char *const states[] = {"pending", "registered", "failing", "withheld"};
     json_t *o = instance_to_api(ri->inst);
+    struct checks_ctx *x = arg;
 
     if (!o)
         return;
@@ -617,7 +684,8 @@ static void status_reg(const struct reg_info *ri, void *arg)
     json_object_set_new(o, "state", json_string(states[ri->state]));
     if (ri->error && *ri->error)
         json_object_set_new(o, "error", json_string(ri->error));
-    json_array_append_new(arg, o);
+    add_health(o, ri, x->now);
+    json_array_append_new(x->arr, o);
 }
 
 static void status_svc(service *svc, void *arg)
@@ -693,8 +761,12 @@ static void status_done(int err, const struct etcd_result *r, void *arg)
     json_object_set_new(o, "lease", lease);
 
     regs = json_array();
-    registry_foreach(a->registry, status_reg, regs);
+    struct checks_ctx x = {regs, uv_now(a->loop)};
+    registry_foreach(a->registry, status_reg, &x);
     json_object_set_new(o, "registrations", regs);
+    const char *reason;
+    bool maint = registry_in_maint(a->registry, &reason);
+    json_object_set_new(o, "maint", json_pack("{s:b, s:s}", "on", maint, "reason", reason));
     svcs = json_array();
     cache_foreach(a->cache, status_svc, svcs);
     size_t k;
@@ -729,6 +801,198 @@ static void op_status(struct conn_state *cs, json_t *id)
     rc = etcd_member_status(cs->a->etcd, status_done, p, &p->call);
     if (rc)
         status_done(rc, NULL, p);
+}
+
+/* ---- health checks, drain, maintenance ---------------------------------- */
+
+static int json_duration(json_t *o, const char *name, uint64_t *ms, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(o, name);
+
+    if (!v)
+        return 0;
+    if (!json_is_string(v) || duration_parse(json_string_value(v), ms) < 0) {
+        snprintf(err, errlen, "check.%s must be a duration such as \"500ms\" or \"10s\"", name);
+        return DA_EINVAL;
+    }
+    return 0;
+}
+
+/* {"type","interval","timeout","rise","fall","service","url","command","ttl"},
+ * as a service's check: in the configuration. */
+static int check_from_json(json_t *o, bool exec_enabled, struct check_spec *spec, char *err,
+                           size_t errlen)
+{
+    json_t *v;
+    int rc;
+
+    memset(spec, 0, sizeof *spec);
+    if (!json_is_object(o) || !json_is_string(json_object_get(o, "type")) ||
+        check_type_parse(json_string_value(json_object_get(o, "type")), &spec->type) < 0 ||
+        spec->type == CHECK_NONE) {
+        snprintf(err, errlen, "check must be an object with \"type\": grpc, tcp, http, exec or ttl");
+        return DA_EINVAL;
+    }
+    if ((rc = json_duration(o, "interval", &spec->interval_ms, err, errlen)) ||
+        (rc = json_duration(o, "timeout", &spec->timeout_ms, err, errlen)) ||
+        (rc = json_duration(o, "ttl", &spec->ttl_ms, err, errlen)))
+        goto fail;
+    static const char *const counts[] = {"rise", "fall"};
+    for (int i = 0; i < 2; i++) {
+        v = json_object_get(o, counts[i]);
+        if (!v)
+            continue;
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 100) {
+            snprintf(err, errlen, "check.%s must be an integer from 1 to 100", counts[i]);
+            rc = DA_EINVAL;
+            goto fail;
+        }
+        *(i ? &spec->fall : &spec->rise) = (int)json_integer_value(v);
+    }
+    static const char *const strs[] = {"service", "url"};
+    for (int i = 0; i < 2; i++) {
+        v = json_object_get(o, strs[i]);
+        if (!v)
+            continue;
+        char **dst = i ? &spec->http_url : &spec->grpc_service;
+        if (!json_is_string(v) || !(*dst = strdup(json_string_value(v)))) {
+            snprintf(err, errlen, "check.%s must be a string", strs[i]);
+            rc = DA_EINVAL;
+            goto fail;
+        }
+    }
+    v = json_object_get(o, "command");
+    if (v) {
+        size_t n = json_is_array(v) ? json_array_size(v) : 0;
+        if (!n || n > 64 || !(spec->exec_argv = calloc(n + 1, sizeof *spec->exec_argv))) {
+            snprintf(err, errlen, "check.command must be a list of strings, the program first");
+            rc = DA_EINVAL;
+            goto fail;
+        }
+        for (size_t i = 0; i < n; i++) {
+            json_t *a = json_array_get(v, i);
+            if (!json_is_string(a) || !(spec->exec_argv[i] = strdup(json_string_value(a)))) {
+                snprintf(err, errlen, "check.command must be a list of strings");
+                rc = DA_EINVAL;
+                goto fail;
+            }
+        }
+    }
+    if ((rc = check_spec_normalize(spec, exec_enabled, err, errlen)))
+        goto fail;
+    return 0;
+fail:
+    check_spec_clear(spec);
+    return rc;
+}
+
+static bool name_address(struct conn_state *cs, json_t *req, json_t *id, const char **name,
+                         const char **address)
+{
+    bool bad = false;
+
+    *name = opt_string(req, "name", &bad);
+    *address = opt_string(req, "address", &bad);
+    if (bad || !*name || !*address) {
+        send_error(cs, id, "bad_request", "'name' and 'address' (strings) are required");
+        return false;
+    }
+    return true;
+}
+
+static void op_check_report(struct conn_state *cs, json_t *req, json_t *id)
+{
+    const char *name, *address;
+    bool bad = false;
+    const char *status = opt_string(req, "status", &bad);
+    const char *output = opt_string(req, "output", &bad);
+    int rc;
+
+    if (!name_address(cs, req, id, &name, &address))
+        return;
+    if (bad || !status || (strcmp(status, "pass") && strcmp(status, "fail"))) {
+        send_error(cs, id, "bad_request", "'status' must be \"pass\" or \"fail\"");
+        return;
+    }
+    rc = registry_check_report(cs->a->registry, name, address, !strcmp(status, "pass"), output);
+    if (rc == DA_ENOENT)
+        send_error(cs, id, "not_found", "%s %s is not registered by this agent", name, address);
+    else if (rc)
+        send_error(cs, id, "bad_request", "%s %s has no ttl check to report to", name, address);
+    else
+        send_json(cs, reply_new(id, true));
+}
+
+static void op_drain(struct conn_state *cs, json_t *req, json_t *id, bool on)
+{
+    const char *name, *address;
+
+    if (!name_address(cs, req, id, &name, &address))
+        return;
+    if (registry_drain(cs->a->registry, name, address, on))
+        send_error(cs, id, "not_found", "%s %s is not registered by this agent", name, address);
+    else
+        send_json(cs, reply_new(id, true));
+}
+
+static void op_maint(struct conn_state *cs, json_t *req, json_t *id)
+{
+    json_t *on = json_object_get(req, "on");
+    bool bad = false;
+    const char *reason = opt_string(req, "reason", &bad);
+
+    if (bad || !json_is_boolean(on)) {
+        send_error(cs, id, "bad_request", "'on' (true or false) is required; 'reason' is a string");
+        return;
+    }
+    registry_maint(cs->a->registry, json_is_true(on), reason);
+    send_json(cs, reply_new(id, true));
+}
+
+/* The health part of a registration, for status and checks. */
+static void add_health(json_t *o, const struct reg_info *ri, uint64_t now)
+{
+    json_object_set_new(o, "healthy", json_boolean(ri->healthy));
+    json_object_set_new(o, "drained", json_boolean(ri->drained));
+    if (!ri->check)
+        return;
+    struct check_state st;
+    checker_state(ri->check, &st);
+    json_object_set_new(
+        o, "check",
+        json_pack("{s:s, s:b, s:i, s:i, s:s, s:I, s:I}", "type",
+                  check_type_name(checker_spec(ri->check)->type), "healthy", st.healthy,
+                  "passes", st.passes, "failures", st.failures, "output", st.output,
+                  "changed_ms_ago", st.changed_at_ms ? (json_int_t)(now - st.changed_at_ms) : -1,
+                  "last_run_ms_ago", st.last_run_ms ? (json_int_t)(now - st.last_run_ms) : -1));
+}
+
+static void checks_reg(const struct reg_info *ri, void *arg)
+{
+    struct checks_ctx *x = arg;
+    json_t *o = json_pack("{s:s, s:s}", "name", ri->inst->name, "address", ri->inst->address);
+
+    if (!o)
+        return;
+    add_health(o, ri, x->now);
+    json_array_append_new(x->arr, o);
+}
+
+static void op_checks(struct conn_state *cs, json_t *id)
+{
+    struct checks_ctx x = {json_array(), uv_now(cs->a->loop)};
+    json_t *o = reply_new(id, true);
+    const char *reason;
+    bool maint = registry_in_maint(cs->a->registry, &reason);
+
+    registry_foreach(cs->a->registry, checks_reg, &x);
+    if (o) {
+        json_object_set_new(o, "maint", json_pack("{s:b, s:s}", "on", maint, "reason", reason));
+        json_object_set_new(o, "instances", x.arr);
+    } else {
+        json_decref(x.arr);
+    }
+    send_json(cs, o);
 }
 
 /* ---- dispatch ----------------------------------------------------------- */
@@ -802,10 +1066,20 @@ void proto_on_line(server *s, server_conn *c, char *line, size_t len, void *arg)
         op_services(cs, id);
     else if (!strcmp(name, "ping"))
         send_json(cs, reply_new(id, true));
+    else if (!strcmp(name, "check"))
+        op_check_report(cs, req, id);
+    else if (!strcmp(name, "drain"))
+        op_drain(cs, req, id, true);
+    else if (!strcmp(name, "undrain"))
+        op_drain(cs, req, id, false);
+    else if (!strcmp(name, "maint"))
+        op_maint(cs, req, id);
+    else if (!strcmp(name, "checks"))
+        op_checks(cs, id);
     else
         send_error(cs, id, "unknown_op",
                    "unknown op '%.64s': use resolve, watch, unwatch, register, deregister, "
-                   "status, services, ping",
+                   "status, services, ping, check, checks, drain, undrain, maint",
                    name);
     json_decref(req);
 }

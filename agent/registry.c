@@ -40,6 +40,10 @@ struct reg {
     service *svc;
     cache_sub *sub;
     struct waiter *waiters;
+    checker *chk;  /* NULL: no check */
+    bool healthy;  /* the check's verdict (true without a check) */
+    bool drained;
+    bool withheld_logged;
     bool removing; /* deregistered while its write was in flight */
     void (*del_done)(int err, void *arg);
     void *del_arg;
@@ -60,6 +64,9 @@ struct registry {
     size_t n;
     int64_t lease;
     uv_timer_t timer; /* retries and backoff */
+    struct check_ctx *checks;
+    bool maint;
+    char maint_reason[256];
     bool shutting_down;
     size_t deleting;
     void (*shutdown_done)(void *);
@@ -67,6 +74,7 @@ struct registry {
 };
 
 static void kick(struct reg *g);
+static bool wanted(const struct reg *g);
 
 /* A delete of one of our keys. It is retried with backoff until etcd
  * answers: a key left behind would stay under our live lease for as long
@@ -114,6 +122,8 @@ static void wake_waiters(struct reg *g, int err)
 
 static void reg_free(struct reg *g)
 {
+    checker_stop(g->chk);
+    g->chk = NULL;
     wake_waiters(g, DA_ECANCELED);
     etcd_call_cancel(g->call);
     cache_unsubscribe(g->sub);
@@ -226,9 +236,42 @@ static void written(int err, const struct etcd_result *res, void *arg)
                  (unsigned long long)lease);
     g->state = REG_REGISTERED;
     wake_waiters(g, 0);
-    /* Changed while the write was in flight, or the lease moved on. */
-    if (g->sent_gen != g->gen || g->lease_written != r->lease)
+    /* Changed while the write was in flight, the lease moved on, or the
+     * instance is no longer wanted (failed its check, drained). */
+    if (g->sent_gen != g->gen || g->lease_written != r->lease || !wanted(g))
         kick(g);
+}
+
+/* Whether g's key belongs in etcd now. */
+static bool wanted(const struct reg *g)
+{
+    return g->healthy && !g->drained && !g->r->maint;
+}
+
+static const char *withheld_why(const struct reg *g)
+{
+    return g->r->maint ? "the host is in maintenance" : g->drained ? "drained" : "unhealthy";
+}
+
+/* Takes g's key out of etcd (if it may be there) and keeps it out. */
+static void withhold(struct reg *g)
+{
+    registry *r = g->r;
+
+    if (g->state != REG_WITHHELD || !g->withheld_logged) {
+        log_info("registry: %s/%s kept out of etcd: %s", g->inst.name, g->inst.address,
+                 withheld_why(g));
+        g->withheld_logged = true;
+    }
+    g->state = REG_WITHHELD;
+    wake_waiters(g, DA_EWITHHELD);
+    if (g->lease_written) {
+        char *key = strdup(g->key);
+        int64_t lease = g->lease_written;
+        g->lease_written = 0;
+        if (key)
+            start_del(r, key, g->klen, lease, NULL, NULL);
+    }
 }
 
 static void kick(struct reg *g)
@@ -236,7 +279,16 @@ static void kick(struct reg *g)
     registry *r = g->r;
     int rc;
 
-    if (!r->lease || g->call || r->shutting_down)
+    if (g->call || r->shutting_down)
+        return;
+    if (!wanted(g)) {
+        withhold(g);
+        return;
+    }
+    g->withheld_logged = false;
+    if (g->state == REG_WITHHELD)
+        g->state = REG_PENDING;
+    if (!r->lease)
         return;
     if (g->lease_written == r->lease && g->sent_gen == g->gen)
         return; /* up to date */
@@ -269,7 +321,7 @@ static void service_changed(service *svc, void *arg)
     uint64_t now;
 
     if (service_stale(svc) || !r->lease || g->call || g->lease_written != r->lease ||
-        service_revision(svc) < g->rev_written || r->shutting_down)
+        service_revision(svc) < g->rev_written || r->shutting_down || !wanted(g))
         return;
     bool present = service_entry(svc, g->inst.address, &value, &vlen, &lease);
     if (present && lease == r->lease && vlen == g->vlen && !memcmp(value, g->value, vlen))
@@ -302,7 +354,7 @@ static void service_changed(service *svc, void *arg)
 /* ---- public ------------------------------------------------------------- */
 
 int registry_new(registry **out, uv_loop_t *loop, etcd_client *etcd, cache *cache,
-                 session *session, const char *prefix)
+                 session *session, const char *prefix, struct check_ctx *checks)
 {
     registry *r = calloc(1, sizeof *r);
 
@@ -314,6 +366,7 @@ int registry_new(registry **out, uv_loop_t *loop, etcd_client *etcd, cache *cach
     r->etcd = etcd;
     r->cache = cache;
     r->session = session;
+    r->checks = checks;
     uv_timer_init(loop, &r->timer);
     r->timer.data = r;
     *out = r;
@@ -338,10 +391,55 @@ static int set_value(struct reg *g, const struct instance *inst)
     return 0;
 }
 
+static void health_changed(checker *k, bool healthy, void *arg)
+{
+    struct reg *g = arg;
+
+    (void)k;
+    g->healthy = healthy;
+    kick(g);
+}
+
+/* Starts, replaces or stops g's checker to match spec. */
+static int set_check(struct reg *g, const struct check_spec *spec, char *err, size_t errlen)
+{
+    registry *r = g->r;
+    char label[600];
+    checker *k;
+    int rc;
+
+    if (!spec || spec->type == CHECK_NONE) {
+        if (g->chk) {
+            checker_stop(g->chk);
+            g->chk = NULL;
+        }
+        g->healthy = true;
+        return 0;
+    }
+    if (g->chk && check_spec_equal(checker_spec(g->chk), spec))
+        return 0; /* same check: keep its state across a reload */
+    if (!r->checks) {
+        snprintf(err, errlen, "health checks are not available");
+        return DA_EINVAL;
+    }
+    rc = checker_start(&k, r->checks, spec, g->inst.address, health_changed, g, err, errlen);
+    if (rc)
+        return rc;
+    snprintf(label, sizeof label, "%s %s", g->inst.name, g->inst.address);
+    checker_set_label(k, label);
+    checker_stop(g->chk);
+    g->chk = k;
+    /* A new check starts unhealthy: nothing that has not passed is served. */
+    g->healthy = false;
+    return 0;
+}
+
 int registry_add(registry *r, const struct instance *inst, uint64_t owner,
-                 void (*done)(int err, void *arg), void *arg, char *err, size_t errlen)
+                 const struct check_spec *check, void (*done)(int err, void *arg), void *arg,
+                 char *err, size_t errlen)
 {
     struct reg *g = find(r, inst->name, inst->address);
+    bool created = false;
     int rc;
 
     if (r->shutting_down) {
@@ -366,15 +464,25 @@ int registry_add(registry *r, const struct instance *inst, uint64_t owner,
             return DA_ENOMEM;
         }
         snprintf(g->key, g->klen + 1, "%s/%s/%s", r->prefix, inst->name, inst->address);
+        g->healthy = true;
+        if ((rc = set_check(g, check, err, errlen))) {
+            reg_free(g);
+            return rc;
+        }
+        created = true;
         g->svc = cache_get(r->cache, inst->name, &cerr);
         if (g->svc)
             g->sub = cache_subscribe(g->svc, service_changed, g);
         g->next = r->regs;
         r->regs = g;
         r->n++;
-    } else if (!instance_equal(&g->inst, inst) && (rc = set_value(g, inst))) {
-        return rc;
+    } else {
+        if (!instance_equal(&g->inst, inst) && (rc = set_value(g, inst)))
+            return rc;
+        if ((rc = set_check(g, check, err, errlen)))
+            return rc;
     }
+    (void)created;
     g->owner = owner;
     if (done) {
         struct waiter *w = calloc(1, sizeof *w);
@@ -385,10 +493,60 @@ int registry_add(registry *r, const struct instance *inst, uint64_t owner,
             g->waiters = w;
         }
     }
-    if (g->lease_written == r->lease && g->sent_gen == g->gen && r->lease && !g->call)
+    if (wanted(g) && g->lease_written == r->lease && g->sent_gen == g->gen && r->lease &&
+        !g->call)
         wake_waiters(g, 0); /* nothing to write: already there */
     else
         kick(g);
+    return 0;
+}
+
+int registry_drain(registry *r, const char *name, const char *address, bool on)
+{
+    struct reg *g = find(r, name, address);
+
+    if (!g)
+        return DA_ENOENT;
+    if (g->drained != on) {
+        g->drained = on;
+        log_info("registry: %s/%s %s", name, address, on ? "drained" : "undrained");
+        kick(g);
+    }
+    return 0;
+}
+
+void registry_maint(registry *r, bool on, const char *reason)
+{
+    snprintf(r->maint_reason, sizeof r->maint_reason, "%s", on && reason ? reason : "");
+    if (r->maint == on)
+        return;
+    r->maint = on;
+    log_warn("registry: maintenance %s%s%s", on ? "on" : "off", on && reason && *reason ? ": " : "",
+             on && reason ? reason : "");
+    for (struct reg *g = r->regs; g; g = g->next)
+        kick(g);
+}
+
+bool registry_in_maint(const registry *r, const char **reason)
+{
+    if (reason)
+        *reason = r->maint_reason;
+    return r->maint;
+}
+
+int registry_check_report(registry *r, const char *name, const char *address, bool pass,
+                          const char *why)
+{
+    struct reg *g = find(r, name, address);
+
+    if (!g)
+        return DA_ENOENT;
+    if (!g->chk || checker_spec(g->chk)->type != CHECK_TTL)
+        return DA_EINVAL;
+    if (pass)
+        checker_pass(g->chk);
+    else
+        checker_fail(g->chk, why && *why ? why : "reported failing");
     return 0;
 }
 
@@ -578,7 +736,7 @@ bool registry_settled(const registry *r)
     if (!r->lease)
         return r->n == 0;
     for (struct reg *g = r->regs; g; g = g->next)
-        if (g->lease_written != r->lease || g->call || g->state != REG_REGISTERED)
+        if (wanted(g) && (g->lease_written != r->lease || g->call || g->state != REG_REGISTERED))
             return false;
     return true;
 }
@@ -592,7 +750,8 @@ void registry_foreach(const registry *r, void (*fn)(const struct reg_info *ri, v
                       void *arg)
 {
     for (struct reg *g = r->regs; g; g = g->next) {
-        struct reg_info ri = {&g->inst, g->owner, g->state, g->error, g->rev_written};
+        struct reg_info ri = {&g->inst, g->owner,   g->state,   g->error,
+                              g->rev_written, g->healthy, g->drained, g->chk};
         fn(&ri, arg);
     }
 }

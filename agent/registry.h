@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "cache.h"
+#include "check.h"
 #include "etcd.h"
 #include "instance.h"
 #include "session.h"
@@ -27,7 +28,9 @@ typedef struct registry registry;
 #define REG_OWNER_CONFIG 0
 #define REG_OWNER_RUNTIME UINT64_MAX
 
-enum reg_state { REG_PENDING, REG_REGISTERED, REG_FAILING };
+/* WITHHELD: kept out of etcd on purpose (unhealthy, drained, or the host
+ * in maintenance); the registration stays and comes back by itself. */
+enum reg_state { REG_PENDING, REG_REGISTERED, REG_FAILING, REG_WITHHELD };
 
 struct reg_info {
     const struct instance *inst;
@@ -35,10 +38,14 @@ struct reg_info {
     enum reg_state state;
     const char *error; /* last failure, "" if none */
     int64_t revision;  /* of our last write */
+    bool healthy;      /* true when there is no check */
+    bool drained;
+    const checker *check; /* NULL when none; checker_state() for details */
 };
 
+/* checks may be NULL (then registrations with a check are refused). */
 int registry_new(registry **out, uv_loop_t *loop, etcd_client *etcd, cache *cache,
-                 session *session, const char *prefix);
+                 session *session, const char *prefix, struct check_ctx *checks);
 
 /* Adds or updates a registration. An instance registered by the
  * configuration cannot be taken over by a connection (DA_EACCES, with a
@@ -46,7 +53,24 @@ int registry_new(registry **out, uv_loop_t *loop, etcd_client *etcd, cache *cach
  * client that reconnected). done, if set, is called once the key is written
  * (err 0) or the first write failed (err < 0; the registry keeps trying). */
 int registry_add(registry *r, const struct instance *inst, uint64_t owner,
-                 void (*done)(int err, void *arg), void *arg, char *err, size_t errlen);
+                 const struct check_spec *check, void (*done)(int err, void *arg), void *arg,
+                 char *err, size_t errlen);
+
+/* An instance with a check starts unhealthy, so it is not registered until
+ * its check has passed `rise` times; one without is healthy at once.
+ * done is called with DA_EWITHHELD while it is kept out of etcd. */
+
+/* Drain: keep an instance out of etcd (its key deleted) until undrained.
+ * Returns 0 or DA_ENOENT. The state survives a reload. */
+int registry_drain(registry *r, const char *name, const char *address, bool on);
+/* Maintenance: every instance of the host out of etcd until turned off. */
+void registry_maint(registry *r, bool on, const char *reason);
+bool registry_in_maint(const registry *r, const char **reason);
+/* A ttl check's report from the application: pass, or fail with why.
+ * Returns 0, DA_ENOENT (no such instance), or DA_EINVAL (its check is not
+ * a ttl check). */
+int registry_check_report(registry *r, const char *name, const char *address, bool pass,
+                          const char *why);
 
 /* Removes a registration and deletes its key (only if it still holds our
  * lease). owner_check: only if owned by that owner or by REG_OWNER_RUNTIME;

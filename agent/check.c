@@ -1,0 +1,615 @@
+/* Checkers: scheduling of probes, their timeouts, flap damping, and the
+ * dispatch to the probe types (check_*.c).
+ *
+ * Each checker has two timers. `tick` fires every interval and starts a
+ * probe unless the previous one is still running; `deadline` bounds the
+ * running probe, and for a ttl checker it is the ttl timer. A probe that
+ * times out is counted as a failure at once and let go (see
+ * check_internal.h): it cleans up on its own, so a checker never waits for
+ * a slow probe and the loop never does either. */
+#include "check.h"
+
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check_internal.h"
+#include "error.h"
+#include "log.h"
+
+#define RISE_FALL_MAX 1000
+#define URL_MAX 4096
+
+/* ---- names ------------------------------------------------------------------ */
+
+static const char *const type_names[] = {
+    [CHECK_NONE] = "none", [CHECK_GRPC] = "grpc", [CHECK_TCP] = "tcp",
+    [CHECK_HTTP] = "http", [CHECK_EXEC] = "exec", [CHECK_TTL] = "ttl",
+};
+
+const char *check_type_name(enum check_type t)
+{
+    if ((unsigned)t < sizeof type_names / sizeof type_names[0])
+        return type_names[t];
+    return "unknown";
+}
+
+int check_type_parse(const char *s, enum check_type *out)
+{
+    if (!s)
+        return DA_EINVAL;
+    for (unsigned i = 0; i < sizeof type_names / sizeof type_names[0]; i++) {
+        if (!strcmp(s, type_names[i])) {
+            *out = (enum check_type)i;
+            return 0;
+        }
+    }
+    return DA_EINVAL;
+}
+
+static const struct check__type *type_ops(enum check_type t)
+{
+    switch (t) {
+    case CHECK_GRPC:
+        return &check__grpc;
+    case CHECK_TCP:
+        return &check__tcp;
+    case CHECK_HTTP:
+        return &check__http;
+    case CHECK_EXEC:
+        return &check__exec;
+    default:
+        return NULL; /* ttl has no probes; none and unknown are refused */
+    }
+}
+
+/* ---- specs ------------------------------------------------------------------ */
+
+void check_spec_clear(struct check_spec *s)
+{
+    if (!s)
+        return;
+    free(s->grpc_service);
+    free(s->http_url);
+    if (s->exec_argv) {
+        for (char **a = s->exec_argv; *a; a++)
+            free(*a);
+        free(s->exec_argv);
+    }
+    memset(s, 0, sizeof *s);
+}
+
+static int dup_str(char **dst, const char *src)
+{
+    *dst = NULL;
+    if (!src)
+        return 0;
+    *dst = strdup(src);
+    return *dst ? 0 : DA_ENOMEM;
+}
+
+int check_spec_copy(struct check_spec *dst, const struct check_spec *src)
+{
+    *dst = *src;
+    dst->grpc_service = NULL;
+    dst->http_url = NULL;
+    dst->exec_argv = NULL;
+    if (dup_str(&dst->grpc_service, src->grpc_service) < 0 ||
+        dup_str(&dst->http_url, src->http_url) < 0)
+        goto nomem;
+    if (src->exec_argv) {
+        size_t n = 0;
+        while (src->exec_argv[n])
+            n++;
+        dst->exec_argv = calloc(n + 1, sizeof *dst->exec_argv);
+        if (!dst->exec_argv)
+            goto nomem;
+        for (size_t i = 0; i < n; i++)
+            if (dup_str(&dst->exec_argv[i], src->exec_argv[i]) < 0)
+                goto nomem;
+    }
+    return 0;
+nomem:
+    check_spec_clear(dst);
+    return DA_ENOMEM;
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err && errlen) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return DA_EINVAL;
+}
+
+int check_spec_normalize(struct check_spec *s, bool exec_enabled, char *err, size_t errlen)
+{
+    const char *t = check_type_name(s->type);
+
+    if (s->type == CHECK_NONE)
+        return fail(err, errlen, "a checker needs a check type");
+    if ((unsigned)s->type > CHECK_TTL)
+        return fail(err, errlen, "unknown check type %d", (int)s->type);
+    if (s->rise < 0 || s->rise > RISE_FALL_MAX)
+        return fail(err, errlen, "%s check: rise must be between 1 and %d", t, RISE_FALL_MAX);
+    if (s->fall < 0 || s->fall > RISE_FALL_MAX)
+        return fail(err, errlen, "%s check: fall must be between 1 and %d", t, RISE_FALL_MAX);
+    if (!s->rise)
+        s->rise = CHECK_DEFAULT_RISE;
+    if (!s->fall)
+        s->fall = CHECK_DEFAULT_FALL;
+
+    if (s->type == CHECK_TTL) {
+        if (!s->ttl_ms)
+            return fail(err, errlen, "ttl check: ttl must be set");
+        return 0;
+    }
+    if (!s->interval_ms)
+        s->interval_ms = CHECK_DEFAULT_INTERVAL_MS;
+    if (!s->timeout_ms) {
+        s->timeout_ms = s->interval_ms > CHECK_DEFAULT_TIMEOUT_MS ? CHECK_DEFAULT_TIMEOUT_MS
+                                                                  : s->interval_ms / 2;
+        if (!s->timeout_ms)
+            s->timeout_ms = 1;
+    }
+    /* A probe must end (by itself or by its timeout) before the next one is
+     * due; otherwise every probe of a hanging instance would be skipped. */
+    if (s->timeout_ms >= s->interval_ms)
+        return fail(err, errlen, "%s check: timeout (%llu ms) must be shorter than interval (%llu ms)",
+                    t, (unsigned long long)s->timeout_ms, (unsigned long long)s->interval_ms);
+    /* libuv timers and libcurl take longs of milliseconds. */
+    if (s->interval_ms > (uint64_t)LONG_MAX / 2)
+        return fail(err, errlen, "%s check: interval too long", t);
+
+    switch (s->type) {
+    case CHECK_GRPC:
+        if (s->grpc_service && strlen(s->grpc_service) > CHECK_SERVICE_MAX)
+            return fail(err, errlen, "grpc check: service name longer than %d bytes",
+                        CHECK_SERVICE_MAX);
+        break;
+    case CHECK_HTTP:
+        if (s->http_url && strncmp(s->http_url, "http://", 7) && strncmp(s->http_url, "https://", 8))
+            return fail(err, errlen, "http check: url must start with http:// or https://");
+        if (s->http_url && strlen(s->http_url) > URL_MAX)
+            return fail(err, errlen, "http check: url longer than %d bytes", URL_MAX);
+        break;
+    case CHECK_EXEC:
+        if (!exec_enabled)
+            return fail(err, errlen,
+                        "exec checks are disabled (the agent's configuration must enable them)");
+        if (!s->exec_argv || !s->exec_argv[0] || !s->exec_argv[0][0])
+            return fail(err, errlen, "exec check: a command is needed");
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static bool str_eq0(const char *a, const char *b)
+{
+    return !strcmp(a ? a : "", b ? b : "");
+}
+
+bool check_spec_equal(const struct check_spec *a, const struct check_spec *b)
+{
+    struct check_spec x = *a, y = *b; /* shallow: normalize allocates nothing */
+
+    check_spec_normalize(&x, true, NULL, 0);
+    check_spec_normalize(&y, true, NULL, 0);
+    if (x.type != y.type || x.rise != y.rise || x.fall != y.fall)
+        return false;
+    switch (x.type) {
+    case CHECK_TTL:
+        return x.ttl_ms == y.ttl_ms;
+    case CHECK_NONE:
+        return true;
+    default:
+        break;
+    }
+    if (x.interval_ms != y.interval_ms || x.timeout_ms != y.timeout_ms)
+        return false;
+    switch (x.type) {
+    case CHECK_GRPC:
+        return str_eq0(x.grpc_service, y.grpc_service);
+    case CHECK_HTTP:
+        return str_eq0(x.http_url, y.http_url);
+    case CHECK_EXEC:
+        if (!x.exec_argv || !y.exec_argv)
+            return x.exec_argv == y.exec_argv;
+        for (size_t i = 0;; i++) {
+            if (!x.exec_argv[i] || !y.exec_argv[i])
+                return x.exec_argv[i] == y.exec_argv[i];
+            if (strcmp(x.exec_argv[i], y.exec_argv[i]))
+                return false;
+        }
+    default:
+        return true;
+    }
+}
+
+/* ---- small helpers for the probe types ------------------------------------ */
+
+int check__split_address(const char *addr, char *host, size_t hostlen, int *port)
+{
+    const char *p;
+    size_t n;
+    long v = 0;
+
+    if (!addr)
+        return DA_EINVAL;
+    if (addr[0] == '[') {
+        const char *close = strchr(addr, ']');
+        if (!close || close[1] != ':')
+            return DA_EINVAL;
+        n = (size_t)(close - addr - 1);
+        if (!n || n >= hostlen)
+            return DA_EINVAL;
+        memcpy(host, addr + 1, n);
+        p = close + 2;
+    } else {
+        const char *colon = strrchr(addr, ':');
+        if (!colon)
+            return DA_EINVAL;
+        n = (size_t)(colon - addr);
+        /* An IPv6 literal must be bracketed: "::1:80" is ambiguous. */
+        if (!n || n >= hostlen || memchr(addr, ':', n))
+            return DA_EINVAL;
+        memcpy(host, addr, n);
+        p = colon + 1;
+    }
+    host[n] = '\0';
+    if (!*p || strlen(p) > 5)
+        return DA_EINVAL;
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return DA_EINVAL;
+        v = v * 10 + (*p - '0');
+    }
+    if (v < 1 || v > 65535)
+        return DA_EINVAL;
+    *port = (int)v;
+    return 0;
+}
+
+void check__first_line(char *out, size_t outlen, const char *data, size_t len)
+{
+    size_t n = 0;
+
+    if (!outlen)
+        return;
+    /* Skip leading blank lines: "\nerror: x" should show "error: x". */
+    while (len && (*data == '\n' || *data == '\r')) {
+        data++;
+        len--;
+    }
+    for (size_t i = 0; i < len && n + 1 < outlen; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (c == '\n' || c == '\r')
+            break;
+        out[n++] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+    }
+    out[n] = '\0';
+}
+
+/* ---- damping ---------------------------------------------------------------- */
+
+static void log_change(const checker *k, bool healthy, int count)
+{
+    const char *label = k->label ? k->label : "";
+    const char *addr = k->address ? k->address : "";
+    const char *sep = *label && *addr ? " " : "";
+
+    if (healthy)
+        log_info("check: %s%s%s is now healthy (%d %s)", label, sep, addr, count,
+                 count == 1 ? "pass" : "passes");
+    else
+        log_warn("check: %s%s%s is now unhealthy (%d %s): %s", label, sep, addr, count,
+                 count == 1 ? "failure" : "failures", k->st.output);
+}
+
+/* Counts one result. May run the callback, which may stop k (its memory
+ * stays until the loop closes its timers): callers must not touch k's
+ * probe or timers after this. */
+static void record(checker *k, bool pass, const char *output)
+{
+    uint64_t now = uv_now(k->ctx->loop);
+    bool change = false;
+
+    if (k->stopped)
+        return;
+    k->st.last_run_ms = now;
+    k->st.probes++;
+    snprintf(k->st.output, sizeof k->st.output, "%s", output);
+    if (pass) {
+        k->st.failures = 0;
+        if (k->st.passes < INT_MAX)
+            k->st.passes++;
+        change = !k->st.healthy && k->st.passes >= k->spec.rise;
+    } else {
+        k->st.passes = 0;
+        if (k->st.failures < INT_MAX)
+            k->st.failures++;
+        change = k->st.healthy && k->st.failures >= k->spec.fall;
+    }
+    log_debug("check: %s %s: %s %s", k->label ? k->label : "-", k->address ? k->address : "-",
+              pass ? "pass" : "fail", k->st.output);
+    if (!change)
+        return;
+    k->st.healthy = pass;
+    k->st.changed_at_ms = now ? now : 1;
+    log_change(k, pass, pass ? k->st.passes : k->st.failures);
+    if (k->cb)
+        k->cb(k, pass, k->arg);
+}
+
+static void vreport(checker *k, bool pass, const char *fmt, va_list ap)
+{
+    char out[CHECK_OUTPUT_MAX];
+
+    vsnprintf(out, sizeof out, fmt, ap);
+    record(k, pass, out);
+}
+
+void check__detach(struct check__probe *p)
+{
+    if (p->k) {
+        p->k->probe = NULL;
+        p->k = NULL;
+    }
+}
+
+void check__report(struct check__probe *p, bool pass, const char *fmt, ...)
+{
+    checker *k = p->k;
+    bool counted;
+    va_list ap;
+
+    if (!k)
+        return;
+    check__detach(p);
+    counted = k->reported;
+    k->reported = true;
+    if (counted)
+        return; /* it timed out and was counted then */
+    uv_timer_stop(&k->deadline);
+    va_start(ap, fmt);
+    vreport(k, pass, fmt, ap);
+    va_end(ap);
+}
+
+void check__report_k(checker *k, bool pass, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vreport(k, pass, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- scheduling ------------------------------------------------------------- */
+
+static void deadline_cb(uv_timer_t *t)
+{
+    checker *k = t->data;
+    struct check__probe *p = k->probe;
+
+    if (k->spec.type == CHECK_TTL) {
+        record(k, false, "ttl expired");
+        return;
+    }
+    if (!p || k->reported)
+        return;
+    k->reported = true;
+    /* Let go of the probe before counting: the callback may stop k. */
+    p->type->abandon(p);
+    check__report_k(k, false, "timed out after %llu ms", (unsigned long long)k->spec.timeout_ms);
+}
+
+static void tick_cb(uv_timer_t *t)
+{
+    checker *k = t->data;
+    struct check__probe *p;
+
+    if (k->probe) {
+        /* Only an exec probe whose killed process has not exited yet can
+         * still be here: never run two at once. */
+        log_debug("check: %s %s: previous probe still running; skipped",
+                  k->label ? k->label : "-", k->address ? k->address : "-");
+        return;
+    }
+    k->reported = false;
+    k->probe_started = uv_now(k->ctx->loop);
+    p = k->type->start(k);
+    if (!p)
+        return; /* failed to start; already counted (and k may be stopped) */
+    p->k = k;
+    p->type = k->type;
+    k->probe = p;
+    uv_timer_start(&k->deadline, deadline_cb, k->spec.timeout_ms, 0);
+}
+
+/* ---- lifetime ----------------------------------------------------------------- */
+
+int check_ctx_new(struct check_ctx **out, uv_loop_t *loop, http_client *http, bool exec_enabled)
+{
+    struct check_ctx *ctx = calloc(1, sizeof *ctx);
+
+    if (!ctx)
+        return DA_ENOMEM;
+    ctx->loop = loop;
+    ctx->http = http;
+    ctx->exec_enabled = exec_enabled;
+    *out = ctx;
+    return 0;
+}
+
+void check_ctx_set_exec_enabled(struct check_ctx *ctx, bool exec_enabled)
+{
+    ctx->exec_enabled = exec_enabled;
+}
+
+void check_ctx_free(struct check_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    while (ctx->checkers)
+        checker_stop(ctx->checkers);
+    /* Nothing of a detached probe refers to ctx except gRPC calls, which
+     * this waits for; so ctx itself can go now. */
+    check__grpc_ctx_free(ctx);
+    free(ctx);
+}
+
+static void checker_free_mem(checker *k)
+{
+    check_spec_clear(&k->spec);
+    free(k->address);
+    free(k->label);
+    free(k);
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    checker *k = h->data;
+
+    if (--k->open_handles == 0)
+        checker_free_mem(k);
+}
+
+int checker_start(checker **out, struct check_ctx *ctx, const struct check_spec *spec,
+                  const char *address, checker_cb cb, void *arg, char *err, size_t errlen)
+{
+    struct check_spec norm = *spec; /* shallow, for validation only */
+    checker *k;
+    int rc;
+
+    if (err && errlen)
+        err[0] = '\0';
+    rc = check_spec_normalize(&norm, ctx->exec_enabled, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (address && strlen(address) > CHECK_ADDRESS_MAX)
+        return fail(err, errlen, "%s check: address too long", check_type_name(spec->type));
+    if ((spec->type == CHECK_TCP || spec->type == CHECK_GRPC ||
+         (spec->type == CHECK_HTTP && !spec->http_url)) &&
+        (!address || !*address))
+        return fail(err, errlen, "%s check: the instance has no address to probe",
+                    check_type_name(spec->type));
+
+    k = calloc(1, sizeof *k);
+    if (!k)
+        return DA_ENOMEM;
+    if (check_spec_copy(&k->spec, &norm) < 0 || (address && !(k->address = strdup(address)))) {
+        checker_free_mem(k);
+        return DA_ENOMEM;
+    }
+    k->ctx = ctx;
+    k->cb = cb;
+    k->arg = arg;
+    k->type = type_ops(k->spec.type);
+    if (k->type) {
+        rc = k->type->init(k, err, errlen);
+        if (rc < 0) {
+            checker_free_mem(k);
+            return rc;
+        }
+    }
+
+    uv_timer_init(ctx->loop, &k->tick);
+    uv_timer_init(ctx->loop, &k->deadline);
+    k->tick.data = k->deadline.data = k;
+    k->open_handles = 2;
+    if (k->spec.type == CHECK_TTL)
+        uv_timer_start(&k->deadline, deadline_cb, k->spec.ttl_ms, k->spec.ttl_ms);
+    else
+        uv_timer_start(&k->tick, tick_cb, 0, k->spec.interval_ms);
+
+    k->next = ctx->checkers;
+    if (ctx->checkers)
+        ctx->checkers->prev = k;
+    ctx->checkers = k;
+    *out = k;
+    return 0;
+}
+
+int checker_set_label(checker *k, const char *label)
+{
+    char *l = label ? strdup(label) : NULL;
+
+    if (label && !l)
+        return DA_ENOMEM;
+    free(k->label);
+    k->label = l;
+    return 0;
+}
+
+void checker_stop(checker *k)
+{
+    struct check_ctx *ctx;
+
+    if (!k || k->stopped)
+        return;
+    ctx = k->ctx;
+    k->stopped = true;
+    k->cb = NULL;
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        ctx->checkers = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    k->prev = k->next = NULL;
+
+    if (k->probe) {
+        struct check__probe *p = k->probe;
+        p->type->abandon(p);
+        /* An exec probe stays attached while its process dies; from now on
+         * it reaps the process and frees itself without us. */
+        check__detach(p);
+    }
+    if (k->type)
+        k->type->fini(k);
+    uv_close((uv_handle_t *)&k->tick, handle_closed);
+    uv_close((uv_handle_t *)&k->deadline, handle_closed);
+}
+
+void checker_pass(checker *k)
+{
+    if (!k || k->stopped || k->spec.type != CHECK_TTL)
+        return;
+    uv_timer_start(&k->deadline, deadline_cb, k->spec.ttl_ms, k->spec.ttl_ms);
+    record(k, true, "pass");
+}
+
+void checker_fail(checker *k, const char *why)
+{
+    if (!k || k->stopped || k->spec.type != CHECK_TTL)
+        return;
+    uv_timer_start(&k->deadline, deadline_cb, k->spec.ttl_ms, k->spec.ttl_ms);
+    record(k, false, why && *why ? why : "failed");
+}
+
+void checker_state(const checker *k, struct check_state *out)
+{
+    *out = k->st;
+}
+
+const struct check_spec *checker_spec(const checker *k)
+{
+    return &k->spec;
+}
+
+const char *checker_address(const checker *k)
+{
+    return k->address;
+}
