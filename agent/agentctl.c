@@ -44,8 +44,10 @@ struct opts {
     size_t n_meta;
     const char **meta_keys, **meta_values;
     char **meta_buf;
-    const char *pos[2];
+    const char *pos[3];
     size_t n_pos;
+    const char *reason; /* maint --reason */
+    const char *output; /* check --output */
 };
 
 struct command {
@@ -63,6 +65,11 @@ static int cmd_resolve(struct opts *o);
 static int cmd_watch(struct opts *o);
 static int cmd_register(struct opts *o);
 static int cmd_deregister(struct opts *o);
+static int cmd_checks(struct opts *o);
+static int cmd_check(struct opts *o);
+static int cmd_drain(struct opts *o);
+static int cmd_undrain(struct opts *o);
+static int cmd_maint(struct opts *o);
 
 static const struct command commands[] = {
     {"status", 0, "json", cmd_status, "status [--json]",
@@ -107,6 +114,28 @@ static const struct command commands[] = {
      "Removes an instance registered at run time (by agentctl register or by a\n"
      "program) from etcd. Instances of the agent's configuration are removed by\n"
      "editing it and reloading the agent (systemctl reload discovery-agent).\n"},
+    {"checks", 0, "json", cmd_checks, "checks [--json]",
+     "Shows the health of every instance the agent registers: its check type,\n"
+     "healthy or not, passes or failures in a row, the last probe's output, when it\n"
+     "last changed, and whether it is drained; and whether the host is in\n"
+     "maintenance.\n"
+     "\n"
+     "  --json   {\"maint\":{\"on\",\"reason\"},\"instances\":[{\"name\",\"address\",\"healthy\",\n"
+     "           \"drained\",\"check\":{\"type\",\"healthy\",\"passes\",\"failures\",\"output\",...}}]}\n"},
+    {"check", 3, "output", cmd_check, "check pass|fail NAME ADDRESS [--output TEXT]",
+     "Reports the result of a ttl check for an instance: 'pass' must come at least\n"
+     "once per ttl, or the instance leaves etcd after 'fall' missed reports.\n"
+     "\n"
+     "  --output TEXT  why it fails (shown by agentctl checks)\n"},
+    {"drain", 2, "", cmd_drain, "drain NAME ADDRESS",
+     "Takes an instance out of etcd, so clients move away from it, and keeps it out\n"
+     "(across reloads) until 'agentctl undrain NAME ADDRESS'.\n"},
+    {"undrain", 2, "", cmd_undrain, "undrain NAME ADDRESS",
+     "Ends a drain: the instance is registered again once healthy.\n"},
+    {"maint", 1, "reason", cmd_maint, "maint on|off [--reason TEXT]",
+     "Maintenance: 'on' takes every instance of this host out of etcd until 'off'.\n"
+     "\n"
+     "  --reason TEXT  shown by agentctl status and checks\n"},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
@@ -270,6 +299,46 @@ static int simple_request(const struct opts *o, const char *op, json_t **reply)
         return EXIT_FAILED;
     }
     /* The caller sees the answer, not the envelope. */
+    json_object_del(*reply, "id");
+    json_object_del(*reply, "ok");
+    return EXIT_DONE;
+}
+
+/* Sends req (stolen) and parses the reply; returns an exit status. */
+static int object_request(const struct opts *o, json_t *req, json_t **reply)
+{
+    disc_client *c;
+    char *line, *text = NULL;
+    json_error_t jerr;
+    int rc, st;
+
+    *reply = NULL;
+    line = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    if (!line) {
+        fprintf(stderr, "agentctl: out of memory\n");
+        return EXIT_FAILED;
+    }
+    if ((st = open_client(o, &c)) != 0) {
+        free(line);
+        return st;
+    }
+    rc = disc_request_json(c, line, o->timeout_ms, &text);
+    free(line);
+    if (rc) {
+        st = call_failed(c, o, rc);
+        disc_client_close(c);
+        return st;
+    }
+    disc_client_close(c);
+    *reply = json_loads(text, 0, &jerr);
+    free(text);
+    if (!json_is_object(*reply)) {
+        json_decref(*reply);
+        *reply = NULL;
+        fprintf(stderr, "agentctl: the agent's reply is not a JSON object\n");
+        return EXIT_FAILED;
+    }
     json_object_del(*reply, "id");
     json_object_del(*reply, "ok");
     return EXIT_DONE;
@@ -862,6 +931,110 @@ static int cmd_deregister(struct opts *o)
     return st;
 }
 
+/* ---- health, drain, maintenance ------------------------------------------ */
+
+static int cmd_checks(struct opts *o)
+{
+    json_t *r, *e;
+    size_t i;
+    int st = object_request(o, json_pack("{s:s}", "op", "checks"), &r);
+    struct table t = {0};
+
+    if (st)
+        return st;
+    if (o->json) {
+        st = print_json(r);
+        json_decref(r);
+        return st;
+    }
+    json_t *maint = json_object_get(r, "maint");
+    if (json_is_true(json_object_get(maint, "on")))
+        printf("maintenance: on (%s)\n\n", str_or(maint, "reason", ""));
+    table_row(&t, "NAME", "ADDRESS", "CHECK", "HEALTH", "STREAK", "CHANGED", "OUTPUT", NULL);
+    json_array_foreach(json_object_get(r, "instances"), i, e) {
+        json_t *ck = json_object_get(e, "check");
+        char streak[32] = "-", changed[32] = "-";
+        const char *health = json_is_true(json_object_get(e, "drained")) ? "drained"
+                             : json_is_true(json_object_get(e, "healthy")) ? "healthy"
+                                                                           : "unhealthy";
+        if (ck) {
+            long long p = int_of(ck, "passes"), f = int_of(ck, "failures");
+            snprintf(streak, sizeof streak, p ? "%lld pass" : "%lld fail", p ? p : f);
+            if (int_of(ck, "changed_ms_ago") >= 0) {
+                char ago[24];
+                human_ms(int_of(ck, "changed_ms_ago"), ago, sizeof ago);
+                snprintf(changed, sizeof changed, "%s ago", ago);
+            }
+        }
+        table_row(&t, str_or(e, "name", "?"), str_or(e, "address", "?"),
+                  ck ? str_or(ck, "type", "?") : "none", health, streak, changed,
+                  ck ? str_or(ck, "output", "") : "", NULL);
+    }
+    table_print(&t, "");
+    table_free(&t);
+    json_decref(r);
+    return EXIT_DONE;
+}
+
+static int cmd_check(struct opts *o)
+{
+    json_t *r, *req;
+    int st;
+
+    if (strcmp(o->pos[0], "pass") && strcmp(o->pos[0], "fail")) {
+        fprintf(stderr, "agentctl: check takes pass or fail, not '%s'\n", o->pos[0]);
+        return EXIT_USAGE;
+    }
+    req = json_pack("{s:s, s:s, s:s, s:s}", "op", "check", "status", o->pos[0], "name",
+                    o->pos[1], "address", o->pos[2]);
+    if (req && o->output)
+        json_object_set_new(req, "output", json_string(o->output));
+    st = object_request(o, req, &r);
+    json_decref(r);
+    return st;
+}
+
+static int drain_op(struct opts *o, const char *op, const char *done)
+{
+    json_t *r;
+    int st = object_request(
+        o, json_pack("{s:s, s:s, s:s}", "op", op, "name", o->pos[0], "address", o->pos[1]), &r);
+
+    if (!st)
+        printf("%s %s %s\n", done, o->pos[0], o->pos[1]);
+    json_decref(r);
+    return st;
+}
+
+static int cmd_drain(struct opts *o)
+{
+    return drain_op(o, "drain", "drained");
+}
+
+static int cmd_undrain(struct opts *o)
+{
+    return drain_op(o, "undrain", "undrained");
+}
+
+static int cmd_maint(struct opts *o)
+{
+    json_t *r, *req;
+    int st;
+
+    if (strcmp(o->pos[0], "on") && strcmp(o->pos[0], "off")) {
+        fprintf(stderr, "agentctl: maint takes on or off, not '%s'\n", o->pos[0]);
+        return EXIT_USAGE;
+    }
+    req = json_pack("{s:s, s:b}", "op", "maint", "on", !strcmp(o->pos[0], "on"));
+    if (req && o->reason)
+        json_object_set_new(req, "reason", json_string(o->reason));
+    st = object_request(o, req, &r);
+    if (!st)
+        printf("maintenance %s\n", o->pos[0]);
+    json_decref(r);
+    return st;
+}
+
 /* ---- command line -------------------------------------------------------- */
 
 static bool accepts(const struct command *cmd, const char *opt)
@@ -968,11 +1141,18 @@ static int parse_args(const struct command *cmd, struct opts *o, int argc, char 
         } else if (!strcmp(name, "meta")) {
             if ((st = parse_meta(cmd, o, val)) != 0)
                 return st;
+        } else if (!strcmp(name, "reason")) {
+            o->reason = val;
+        } else if (!strcmp(name, "output")) {
+            o->output = val;
         }
     }
     if (o->n_pos < (size_t)cmd->n_pos)
         return usage_error(cmd, "%s needs %s", cmd->name,
-                           cmd->n_pos == 1 ? "a service NAME" : "a service NAME and an ADDRESS");
+                           !strcmp(cmd->name, "maint")   ? "on or off"
+                           : !strcmp(cmd->name, "check") ? "pass or fail, a NAME and an ADDRESS"
+                           : cmd->n_pos == 1             ? "a service NAME"
+                                                         : "a service NAME and an ADDRESS");
     return 0;
 }
 
