@@ -428,7 +428,6 @@ static void tick_cb(uv_timer_t *t)
         return;
     }
     k->reported = false;
-    k->probe_started = uv_now(k->ctx->loop);
     p = k->type->start(k);
     if (!p)
         return; /* failed to start; already counted (and k may be stopped) */
@@ -571,11 +570,11 @@ void checker_stop(checker *k)
     k->prev = k->next = NULL;
 
     if (k->probe) {
-        struct check__probe *p = k->probe;
-        p->type->abandon(p);
+        k->probe->type->abandon(k->probe); /* may free the probe */
         /* An exec probe stays attached while its process dies; from now on
          * it reaps the process and frees itself without us. */
-        check__detach(p);
+        if (k->probe)
+            check__detach(k->probe);
     }
     if (k->type)
         k->type->fini(k);

@@ -64,7 +64,8 @@ int check_type_parse(const char *s, enum check_type *out);
 
 struct check_ctx; /* shared by all checkers: the loop, the http client, the gRPC probing thread */
 
-/* loop and http are borrowed and must outlive the context. The gRPC thread
+/* loop and http are borrowed and must outlive the context (free it before
+ * http_client_close(), which would drop running http probes). The gRPC thread
  * (and grpc_init()) starts with the first gRPC checker. Returns 0 or
  * DA_ENOMEM. */
 int check_ctx_new(struct check_ctx **out, uv_loop_t *loop, http_client *http, bool exec_enabled);
@@ -108,7 +109,8 @@ int checker_set_label(checker *k, const char *label);
 void checker_stop(checker *k);
 
 /* ttl: the application says "pass" (counts as a passing probe; the ttl
- * timer restarts); other types: ignored. */
+ * timer restarts); other types: ignored. The change callback, when this
+ * makes one, runs before checker_pass() returns (likewise checker_fail). */
 void checker_pass(checker *k);
 /* ttl: explicit failure (counts as a failing probe with why as its output,
  * NULL: "failed"; the ttl timer restarts, as it measures silence); other

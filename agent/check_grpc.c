@@ -12,6 +12,10 @@
  * counts the result and frees the call. So the loop never blocks on gRPC,
  * and the thread never touches a checker.
  *
+ * A probe that follows a failure first waits (through the same queue) for
+ * the channel to leave TRANSIENT_FAILURE, see grpc_start(); its second step,
+ * the call, is started by the loop.
+ *
  * A probe whose checker let go of it (timeout, stop) has had its call
  * cancelled; C-core still completes the batch, and the loop then frees it
  * without counting it. check_ctx_free() shuts the queue down, lets the
@@ -28,17 +32,18 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
-#include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
 #include "check_internal.h"
 #include "error.h"
-#include "log.h"
 
 #define HEALTH_METHOD "/grpc.health.v1.Health/Check"
-/* Reconnect backoff ceiling when no interval is shorter (C-core's default
- * reaches 120 s, far beyond any interval). */
+/* Reconnect backoff: the channel's own retries start after at most 1 s and
+ * grow to at most one interval (C-core's defaults are 1 s and 120 s), so a
+ * down instance is retried at least once between probes. Each probe after
+ * a failure also resets the backoff (see grpc_start). */
 #define INITIAL_BACKOFF_MS 1000
+#define MAX_BACKOFF_MS 120000
 
 struct check__grpc {
     grpc_completion_queue *cq;
@@ -63,9 +68,13 @@ struct grpc_probe {
     grpc_status_code status;
     grpc_slice details;
     uint64_t timeout_ms;
+    gpr_timespec deadline;   /* of the whole probe */
+    bool watching;           /* waiting for the channel to leave failure */
     bool ok;                 /* the batch's success, from the thread */
     struct grpc_probe *next; /* in the done list */
 };
+
+static int start_call(struct grpc_probe *p, struct grpc_priv *g, grpc_completion_queue *cq);
 
 /* ---- the polling thread ------------------------------------------------------ */
 
@@ -249,11 +258,23 @@ static void probe_finished(struct grpc_probe *p)
     char out[CHECK_OUTPUT_MAX];
     bool pass;
 
+    if (p->watching) {
+        /* The channel has left TRANSIENT_FAILURE (or the wait is over):
+         * now the call, within what is left of the timeout. */
+        p->watching = false;
+        if (!k)
+            goto done;
+        if (start_call(p, k->priv, k->ctx->grpc->cq) == 0)
+            return;
+        check__report(&p->base, false, "rpc: cannot start the call");
+        goto done;
+    }
     if (k) {
         pass = outcome(p, out, sizeof out);
         ((struct grpc_priv *)k->priv)->last_failed = !pass;
         check__report(&p->base, pass, "%s", out);
     }
+done:
     probe_free(p);
 }
 
@@ -394,7 +415,8 @@ static int grpc_init_k(checker *k, char *err, size_t errlen)
     char target[CHECK_ADDRESS_MAX + 32];
     struct grpc_priv *g;
     grpc_channel_credentials *creds;
-    int backoff_max = (int)k->spec.interval_ms;
+    int backoff_max = k->spec.interval_ms < MAX_BACKOFF_MS ? (int)k->spec.interval_ms
+                                                           : MAX_BACKOFF_MS;
     int backoff_initial = backoff_max < INITIAL_BACKOFF_MS ? backoff_max : INITIAL_BACKOFF_MS;
     grpc_arg args[] = {
         {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
@@ -443,36 +465,16 @@ static void grpc_fini(checker *k)
     k->priv = NULL;
 }
 
-static struct check__probe *grpc_start(checker *k)
+/* Creates p's call and starts its one batch. Returns 0 or -1. */
+static int start_call(struct grpc_probe *p, struct grpc_priv *g, grpc_completion_queue *cq)
 {
-    struct grpc_priv *g = k->priv;
-    struct grpc_probe *p = calloc(1, sizeof *p);
     grpc_op ops[6];
-    grpc_call_error ce;
-    gpr_timespec deadline;
 
-    if (!p) {
-        check__report_k(k, false, "out of memory");
-        return NULL;
-    }
-    p->timeout_ms = k->spec.timeout_ms;
-    p->details = grpc_empty_slice();
-    grpc_metadata_array_init(&p->initial_md);
-    grpc_metadata_array_init(&p->trailing_md);
-    /* After a failure, try to connect now rather than when the channel's
-     * backoff says: an instance that came back passes on this probe. */
-    if (g->last_failed)
-        grpc_channel_reset_connect_backoff(g->channel);
-    deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                            gpr_time_from_millis((int64_t)k->spec.timeout_ms, GPR_TIMESPAN));
-    p->call = grpc_channel_create_call(g->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
-                                       k->ctx->grpc->cq, g->method, NULL, deadline, NULL);
+    p->call = grpc_channel_create_call(g->channel, NULL, GRPC_PROPAGATE_DEFAULTS, cq, g->method,
+                                       NULL, p->deadline, NULL);
     p->send_buf = grpc_raw_byte_buffer_create(&g->request, 1);
-    if (!p->call || !p->send_buf) {
-        probe_free(p);
-        check__report_k(k, false, "rpc: cannot create the call");
-        return NULL;
-    }
+    if (!p->call || !p->send_buf)
+        return -1;
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
@@ -486,10 +488,52 @@ static struct check__probe *grpc_start(checker *k)
     ops[5].data.recv_status_on_client.trailing_metadata = &p->trailing_md;
     ops[5].data.recv_status_on_client.status = &p->status;
     ops[5].data.recv_status_on_client.status_details = &p->details;
-    ce = grpc_call_start_batch(p->call, ops, sizeof ops / sizeof ops[0], p, NULL);
-    if (ce != GRPC_CALL_OK) {
+    return grpc_call_start_batch(p->call, ops, sizeof ops / sizeof ops[0], p, NULL) ==
+                   GRPC_CALL_OK
+               ? 0
+               : -1;
+}
+
+static struct check__probe *grpc_start(checker *k)
+{
+    struct grpc_priv *g = k->priv;
+    grpc_completion_queue *cq = k->ctx->grpc->cq;
+    struct grpc_probe *p = calloc(1, sizeof *p);
+    grpc_connectivity_state cs;
+    gpr_timespec now;
+
+    if (!p) {
+        check__report_k(k, false, "out of memory");
+        return NULL;
+    }
+    p->timeout_ms = k->spec.timeout_ms;
+    p->details = grpc_empty_slice();
+    grpc_metadata_array_init(&p->initial_md);
+    grpc_metadata_array_init(&p->trailing_md);
+    now = gpr_now(GPR_CLOCK_MONOTONIC);
+    p->deadline = gpr_time_add(now, gpr_time_from_millis((int64_t)p->timeout_ms, GPR_TIMESPAN));
+
+    /* After a failure the channel is likely in TRANSIENT_FAILURE, waiting
+     * out its reconnect backoff, and a call now would fail at once even if
+     * the server is back. So first reconnect now, and give the channel up
+     * to half the timeout to leave that state; the call follows (see
+     * probe_finished). An instance that came back passes on this probe;
+     * one still down fails with C-core's reason (UNAVAILABLE: ...). */
+    if (g->last_failed) {
+        grpc_channel_reset_connect_backoff(g->channel);
+        cs = grpc_channel_check_connectivity_state(g->channel, 1);
+        if (cs == GRPC_CHANNEL_TRANSIENT_FAILURE || cs == GRPC_CHANNEL_IDLE) {
+            p->watching = true;
+            grpc_channel_watch_connectivity_state(
+                g->channel, cs,
+                gpr_time_add(now, gpr_time_from_millis((int64_t)p->timeout_ms / 2, GPR_TIMESPAN)),
+                cq, p);
+            return &p->base;
+        }
+    }
+    if (start_call(p, g, cq) < 0) {
         probe_free(p);
-        check__report_k(k, false, "rpc: cannot start the call (%d)", (int)ce);
+        check__report_k(k, false, "rpc: cannot start the call");
         return NULL;
     }
     return &p->base;
@@ -502,9 +546,10 @@ static void grpc_abandon(struct check__probe *base)
     if (base->k && base->k->priv)
         ((struct grpc_priv *)base->k->priv)->last_failed = true;
     check__detach(base);
-    /* The batch completes (CANCELLED) on the thread; probe_finished() then
-     * frees p. */
-    grpc_call_cancel(p->call, NULL);
+    /* The batch completes (CANCELLED) on the thread, or the watch by its
+     * deadline; probe_finished() then frees p. */
+    if (p->call)
+        grpc_call_cancel(p->call, NULL);
 }
 
 const struct check__type check__grpc = {

@@ -71,7 +71,6 @@ struct checker {
     struct check_state st;
     struct check__probe *probe; /* running probe, or NULL */
     bool reported;              /* probe's result already counted (timed out) */
-    uint64_t probe_started;     /* uv_now when it started */
 
     uv_timer_t tick;     /* every interval: start a probe */
     uv_timer_t deadline; /* probe timeout; for ttl, the ttl timer */
