@@ -18,6 +18,8 @@ GRPC_CFLAGS := $(shell pkg-config --cflags grpc 2>/dev/null)
 GRPC_LIBS   := $(shell pkg-config --libs grpc 2>/dev/null)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
+PROTOBUF_C_CFLAGS := $(shell pkg-config --cflags libprotobuf-c 2>/dev/null)
+PROTOBUF_C_LIBS   := $(shell pkg-config --libs libprotobuf-c 2>/dev/null)
 
 CFLAGS   ?= -O2 -g
 # snprintf is our bounded copy: truncating into a fixed buffer is intended
@@ -34,6 +36,13 @@ LDFLAGS  += $(SAN)
 AGENT_MAINS := agent/main.c agent/agentctl.c
 AGENT_SRC   := $(filter-out $(AGENT_MAINS),$(wildcard agent/*.c))
 AGENT_OBJ   := $(AGENT_SRC:%.c=$(BUILD)/%.o)
+
+# The xDS server's messages: protoc-c turns proto/xds/*.proto into C in
+# $(BUILD)/gen, which goes into libagent.a with the modules that use it.
+PROTO_SRC   := $(wildcard proto/xds/*.proto)
+PROTO_C     := $(PROTO_SRC:proto/xds/%.proto=$(BUILD)/gen/%.pb-c.c)
+PROTO_H     := $(PROTO_C:.c=.h)
+PROTO_OBJ   := $(PROTO_C:.c=.o)
 
 # libdiscovery: the socket client library applications link (lib/*.c).
 LIB_SRC     := $(wildcard lib/*.c)
@@ -73,7 +82,20 @@ $(BUILD)/test/harness/%.o: CPPFLAGS += -Itest/harness $(CHECK_CFLAGS)
 $(BUILD)/lib/%.o: CPPFLAGS += $(GRPC_CFLAGS)
 $(BUILD)/examples/%.o: CPPFLAGS += $(GRPC_CFLAGS)
 
-$(BUILD)/libagent.a: $(AGENT_OBJ)
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/xds/%.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --c_out=$(BUILD)/gen -Iproto/xds $<
+
+$(BUILD)/gen/%.o: $(BUILD)/gen/%.c
+	$(CC) $(CPPFLAGS) $(PROTOBUF_C_CFLAGS) $(CFLAGS) -c $< -o $@
+
+# xds*.c and the tests that include them read the generated headers, which
+# must exist before the first compile (-MMD records them after it).
+XDS_OBJ := $(filter $(BUILD)/agent/xds%,$(AGENT_OBJ)) $(BUILD)/test/test_xds.o
+$(XDS_OBJ): CPPFLAGS += -I$(BUILD)/gen $(PROTOBUF_C_CFLAGS) $(GRPC_CFLAGS)
+$(XDS_OBJ): | $(PROTO_H)
+
+$(BUILD)/libagent.a: $(AGENT_OBJ) $(PROTO_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
@@ -91,13 +113,13 @@ $(BUILD)/libdiscovery.pc: lib/libdiscovery.pc.in
 	sed -e 's#@PREFIX@#$(PREFIX)#g' -e 's#@VERSION@#0.1.0#g' $< > $@
 
 $(BUILD)/discovery-agent: $(BUILD)/agent/main.o $(BUILD)/libagent.a
-	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(GRPC_LIBS) -pthread -o $@
+	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) -pthread -o $@
 
 $(BUILD)/agentctl: $(BUILD)/agent/agentctl.o $(BUILD)/libdiscovery.a $(BUILD)/libagent.a
-	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(GRPC_LIBS) -pthread -o $@
+	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) -pthread -o $@
 
 $(BUILD)/test/%: $(BUILD)/test/%.o $(HARNESS_OBJ) $(BUILD)/libagent.a $(filter %.a,$(LIBS_OUT))
-	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(GRPC_LIBS) $(CHECK_LIBS) -pthread -o $@
+	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) $(CHECK_LIBS) -pthread -o $@
 
 # Debian packages the build, the tests and the demo need. `make deps` asks
 # dpkg first, so it does nothing (and needs no network) when all are there.
@@ -160,3 +182,91 @@ clean:
 .DELETE_ON_ERROR:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- fuzz ------------------------------------------------------------------
+# libFuzzer targets for the parsers that read outside bytes (fuzz/*.c; see
+# fuzz/README.md). They are built with clang, ASan and UBSan into
+# build-fuzz/ from the agent's sources, compiled again with coverage
+# instrumentation: the gcc objects of build/ have none.
+#
+#   make fuzz         each target FUZZ_SECONDS (300); new inputs are added
+#                     to fuzz/corpus/TARGET (make -j2 fuzz runs two at once)
+#   make fuzz-quick   each target 10 s, after replaying fuzz/regressions/;
+#                     `make test` runs it with the unit tests
+
+FUZZ_CC        ?= clang
+FUZZ_BUILD     := build-fuzz
+FUZZ_SECONDS   ?= 300
+FUZZ_SAN       := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+	-fno-omit-frame-pointer
+# The agent's sources get the warnings but not -Werror here: gcc's build
+# holds them to that, and a warning only clang gives must not stop the
+# fuzzers. The fuzzers' own files get -Werror.
+FUZZ_CFLAGS    := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -MMD -MP $(FUZZ_SAN) \
+	-fsanitize=fuzzer-no-link
+FUZZ_CPPFLAGS  := -Iagent -I$(FUZZ_BUILD)/gen $(PKG_CFLAGS) $(PROTOBUF_C_CFLAGS) $(GRPC_CFLAGS)
+FUZZ_LIBS      := -Wl,--as-needed $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) -pthread
+
+FUZZ_TARGETS   := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_BIN       := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%)
+FUZZ_AGENT_OBJ := $(AGENT_SRC:%.c=$(FUZZ_BUILD)/%.o)
+FUZZ_PROTO_C   := $(PROTO_SRC:proto/xds/%.proto=$(FUZZ_BUILD)/gen/%.pb-c.c)
+FUZZ_PROTO_OBJ := $(FUZZ_PROTO_C:.c=.o)
+# One tiny script per target, so that test/run-tests counts each quick
+# fuzzing run as one test in its closing "N passed, N failed" line.
+FUZZ_QUICK     := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/quick/%)
+
+$(FUZZ_BUILD)/.gitignore:
+	@mkdir -p $(FUZZ_BUILD)
+	echo '*' > $@
+
+$(FUZZ_BUILD)/gen/%.pb-c.c $(FUZZ_BUILD)/gen/%.pb-c.h: proto/xds/%.proto
+	@mkdir -p $(FUZZ_BUILD)/gen
+	protoc-c --c_out=$(FUZZ_BUILD)/gen -Iproto/xds $<
+
+$(FUZZ_BUILD)/gen/%.o: $(FUZZ_BUILD)/gen/%.c
+	$(FUZZ_CC) $(FUZZ_CPPFLAGS) $(FUZZ_CFLAGS) -c $< -o $@
+
+# Generated headers first: some agent files include them.
+$(FUZZ_BUILD)/agent/%.o: agent/%.c | $(FUZZ_PROTO_C:.c=.h) $(FUZZ_BUILD)/.gitignore
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CPPFLAGS) $(FUZZ_CFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz/%.o: fuzz/%.c | $(FUZZ_PROTO_C:.c=.h) $(FUZZ_BUILD)/.gitignore
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CPPFLAGS) $(FUZZ_CFLAGS) -Werror -c $< -o $@
+
+# An archive: each target pulls in only the modules it needs.
+$(FUZZ_BUILD)/libagent.a: $(FUZZ_AGENT_OBJ) $(FUZZ_PROTO_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/fuzz/fuzz_%.o $(FUZZ_BUILD)/libagent.a
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer $^ $(FUZZ_LIBS) -o $@
+
+$(FUZZ_BUILD)/quick/%: | $(FUZZ_BUILD)/.gitignore
+	@mkdir -p $(dir $@)
+	printf '#!/bin/sh\nexec fuzz/run quick %s\n' $* > $@
+	chmod +x $@
+
+# Keep what make would otherwise delete as intermediate.
+.SECONDARY: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz/%.o) $(FUZZ_PROTO_C) $(FUZZ_PROTO_C:.c=.h)
+
+fuzz-build: $(FUZZ_BIN) $(FUZZ_QUICK)
+
+fuzz-quick: fuzz-build
+	test/run-tests $(FUZZ_QUICK)
+
+fuzz: $(FUZZ_TARGETS:%=fuzz-run-%)
+
+fuzz-run-%: $(FUZZ_BUILD)/%
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run long $*
+
+fuzz-clean:
+	rm -rf $(FUZZ_BUILD)
+
+clean: fuzz-clean
+
+.PHONY: fuzz fuzz-build fuzz-quick fuzz-clean $(FUZZ_TARGETS:%=fuzz-run-%)
+
+-include $(shell find $(FUZZ_BUILD) -name '*.d' 2>/dev/null)

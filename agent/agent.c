@@ -1,11 +1,12 @@
 /* Starting, reloading and stopping the daemon's parts in the right order.
  *
- * Start: etcd client, cache, session, registry, socket; READY=1 once the
- * socket listens and every configured instance is written (or, if etcd does
+ * Start: etcd client, cache, session, registry, socket, xDS server; READY=1
+ * once the socket listens and every configured instance is written (or, if etcd does
  * not answer, after twice the request timeout, so that a host whose etcd is
  * down still gets its cached lists served).
  * Stop: delete our keys, revoke the lease (both bounded by the timeout),
- * then close the socket and free the rest. */
+ * then close the socket and the xDS server (its clients keep their last
+ * endpoints) and free the rest. */
 #include "agent.h"
 
 #include <signal.h>
@@ -59,6 +60,8 @@ static void add_configured(struct agent *a, const struct config_service *s)
         log_error("agent: cannot register %s %s: %s", s->name, s->address, err);
     free(meta);
 }
+
+static void finish(struct agent *a);
 
 /* ---- readiness and watchdog --------------------------------------------- */
 
@@ -124,6 +127,7 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     struct etcd_options eo = {0};
     struct cache_options co = {0};
     struct server_options so = {0};
+    struct xds_options xo = {0};
     struct server_callbacks cb = {proto_on_line, proto_on_close, proto_on_eof};
     int rc;
 
@@ -159,6 +163,16 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
                            a->checks)) < 0)
         goto fail;
 
+    xo.enabled = cfg->xds_enabled;
+    xo.path = cfg->xds_path;
+    xo.mode = cfg->xds_mode;
+    xo.tcp = cfg->xds_tcp;
+    xo.group_header = cfg->xds_group_header;
+    xo.send_host_names = cfg->xds_test_host_names;
+    xo.hold_ms = 2 * cfg->timeout_ms;
+    if ((rc = xds_new(&a->xds, loop, a->cache, &xo)) < 0)
+        goto fail;
+
     so.path = cfg->socket_path;
     so.mode = cfg->socket_mode;
     so.too_long_reply = proto_too_long_reply;
@@ -166,7 +180,17 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     if (rc < 0) {
         a->server = NULL;
         a->stopping = true;
-        agent_stop(a);
+        finish(a);
+        return rc;
+    }
+    /* After the socket, so that a second agent is told about that first;
+     * it also writes the bootstrap file beside xds.path. */
+    rc = xds_start(a->xds, err, errlen);
+    if (rc < 0) {
+        server_close(a->server);
+        a->server = NULL;
+        a->stopping = true;
+        finish(a);
         return rc;
     }
 
@@ -199,7 +223,7 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
 fail:
     snprintf(err, errlen, "cannot start: %s", da_strerror(rc));
     a->stopping = true;
-    agent_stop(a);
+    finish(a);
     return rc;
 }
 
@@ -216,6 +240,9 @@ static void finish(struct agent *a)
 {
     server_close(a->server);
     a->server = NULL;
+    /* After the socket (its requests may wait on xDS queries) and before
+     * the cache (xDS holds cache subscriptions). */
+    a->xds = xds_free(a->xds);
     a->registry = registry_free(a->registry);
     if (a->checks)
         check_ctx_free(a->checks);
@@ -266,7 +293,7 @@ static void stop_overdue(uv_timer_t *t)
 
 void agent_stop(struct agent *a)
 {
-    if (a->stopping && a->server) {
+    if (a->stopping) {
         /* A second signal while stopping: give up waiting for etcd. */
         if (uv_is_active((uv_handle_t *)&a->stop_timer)) {
             uv_timer_stop(&a->stop_timer);
@@ -274,12 +301,12 @@ void agent_stop(struct agent *a)
         }
         return;
     }
-    if (!a->server || !a->registry || !a->session) {
-        finish(a); /* start failed half way */
-        return;
-    }
     a->stopping = true;
     notify_send("STOPPING=1");
+    /* Clients go first: a watcher must see the agent leave (and keep its
+     * last list), not an empty list made of our own deregistrations. */
+    server_close(a->server);
+    a->server = NULL;
     /* The deletes and the revoke are each one request, retried over the
      * endpoints; twice the timeout per step bounds the whole stop. */
     uv_timer_start(&a->stop_timer, stop_overdue, 4 * a->cfg->timeout_ms + 1000, 0);
@@ -304,7 +331,11 @@ static void warn_unapplied(const struct config *old, const struct config *new)
         !same(old->tls_ca_file, new->tls_ca_file) || !same(old->tls_cert_file, new->tls_cert_file) ||
         !same(old->tls_key_file, new->tls_key_file) || old->session_ttl_ms != new->session_ttl_ms ||
         !same(old->socket_path, new->socket_path) || old->socket_mode != new->socket_mode ||
-        !same(old->cache_dir, new->cache_dir) || old->cache_idle_ms != new->cache_idle_ms)
+        !same(old->cache_dir, new->cache_dir) || old->cache_idle_ms != new->cache_idle_ms ||
+        old->xds_enabled != new->xds_enabled || !same(old->xds_path, new->xds_path) ||
+        old->xds_mode != new->xds_mode || !same(old->xds_tcp, new->xds_tcp) ||
+        !same(old->xds_group_header, new->xds_group_header) ||
+        old->xds_test_host_names != new->xds_test_host_names)
         log_warn("agent: reload applies services and log.level only; restart the agent to "
                  "apply the other changes");
 }

@@ -16,6 +16,7 @@
 #include "registry.h"
 #include "server.h"
 #include "session.h"
+#include "xds.h"
 
 #define AGENT_VERSION "0.1.0"
 
@@ -28,6 +29,7 @@ struct agent {
     cache *cache;
     registry *registry;
     server *server;
+    xds *xds; /* the xDS server for gRPC clients (docs/xds.md) */
     struct check_ctx *checks;
 
     uv_signal_t sig_term, sig_int, sig_hup;

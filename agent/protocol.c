@@ -35,7 +35,7 @@ struct checks_ctx {
     uint64_t now;
 };
 
-enum pending_kind { P_RESOLVE, P_WATCH, P_REGISTER, P_DEREGISTER, P_SERVICES, P_STATUS };
+enum pending_kind { P_RESOLVE, P_WATCH, P_REGISTER, P_DEREGISTER, P_SERVICES, P_STATUS, P_XDS };
 
 /* A request waiting for something. */
 struct pending {
@@ -47,7 +47,9 @@ struct pending {
     cache_sub *sub;
     etcd_call *call;
     uint64_t watch; /* P_WATCH: the watch id to create */
+    int64_t min_rev; /* P_RESOLVE/P_WATCH: our own last write to show */
     bool in_registry; /* registry_forget() needed at the end */
+    xds_query *xq;    /* P_XDS: waiting for the service's first list */
     uv_timer_t timer;
     bool timer_on;
     struct pending *next;
@@ -173,6 +175,8 @@ static void pending_end(struct pending *p)
     p->sub = NULL;
     etcd_call_cancel(p->call);
     p->call = NULL;
+    xds_query_cancel(p->xq);
+    p->xq = NULL;
     if (p->in_registry)
         registry_forget(cs->a->registry, p);
     uv_close((uv_handle_t *)&p->timer, pending_closed);
@@ -302,11 +306,19 @@ static void list_ready(struct pending *p)
     pending_end(p);
 }
 
+/* A list is ready to answer with once the cache has one and it shows this
+ * agent's own last change to the service (read your writes). While etcd is
+ * away (stale), waiting would not help: the stale list is the answer. */
+static bool answerable(service *svc, int64_t min_rev)
+{
+    return service_ready(svc) && (service_stale(svc) || service_revision(svc) >= min_rev);
+}
+
 static void first_list(service *svc, void *arg)
 {
     struct pending *p = arg;
 
-    if (service_ready(svc))
+    if (answerable(svc, p->min_rev))
         list_ready(p);
 }
 
@@ -322,6 +334,11 @@ static void pending_timeout(uv_timer_t *t)
         list_ready(p);
         return;
     case P_RESOLVE:
+        if (service_ready(p->svc)) {
+            /* It has a list, only not yet our last write: better that. */
+            list_ready(p);
+            return;
+        }
         send_error(cs, p->id, "unavailable", "no list for %s yet: etcd did not answer (%s)",
                    service_name(p->svc), *why ? why : "no reply");
         break;
@@ -380,8 +397,9 @@ static void op_list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
             send_error(cs, id, "internal", "%s", da_strerror(err));
         return;
     }
-    p = pending_new(cs, watch ? P_WATCH : P_RESOLVE, id,
-                    service_ready(svc) ? 0 : a->cfg->timeout_ms);
+    int64_t min_rev = registry_written_revision(a->registry, name);
+    bool now = answerable(svc, min_rev);
+    p = pending_new(cs, watch ? P_WATCH : P_RESOLVE, id, now ? 0 : a->cfg->timeout_ms);
     if (!p || (group && !(p->group = strdup(group)))) {
         if (p)
             pending_end(p);
@@ -389,9 +407,10 @@ static void op_list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
         return;
     }
     p->svc = svc;
+    p->min_rev = min_rev;
     if (watch)
         p->watch = ++cs->next_watch;
-    if (service_ready(svc)) {
+    if (now) {
         list_ready(p);
         return;
     }
@@ -779,6 +798,7 @@ static void status_done(int err, const struct etcd_result *r, void *arg)
     json_object_set_new(o, "clients", json_integer((json_int_t)server_clients(a->server)));
     json_object_set_new(o, "skipped", json_integer((json_int_t)cache_skipped_total(a->cache)));
     json_object_set_new(o, "stale", json_boolean(any_stale));
+    json_object_set_new(o, "xds", xds_status(a->xds));
     send_json(p->cs, o);
     pending_end(p);
 }
@@ -995,6 +1015,71 @@ static void op_checks(struct conn_state *cs, json_t *id)
     send_json(cs, o);
 }
 
+/* ---- xDS ---------------------------------------------------------------- */
+
+/* The resources the xDS server sends for a service (xds.h). */
+static void xds_ready(json_t *res, void *arg)
+{
+    struct pending *p = arg;
+    json_t *o = reply_new(p->id, true);
+
+    p->xq = NULL; /* the query is over: nothing to cancel */
+    if (o && res)
+        json_object_update(o, res);
+    json_decref(res);
+    send_json(p->cs, o);
+    pending_end(p);
+}
+
+static void op_xds(struct conn_state *cs, json_t *req, json_t *id)
+{
+    bool bad = false;
+    const char *name = opt_string(req, "service", &bad);
+    json_t *now = NULL;
+    struct pending *p;
+    int rc;
+
+    if (bad || !name) {
+        send_error(cs, id, "bad_request", "'service' (a string) is required");
+        return;
+    }
+    p = pending_new(cs, P_XDS, id, cs->a->cfg->timeout_ms);
+    if (!p) {
+        send_error(cs, id, "internal", "out of memory");
+        return;
+    }
+    rc = xds_describe(cs->a->xds, name, &now, xds_ready, p, &p->xq);
+    if (rc) {
+        pending_end(p);
+        if (rc == DA_EINVAL)
+            send_error(cs, id, "bad_name", "bad service name '%.256s'", name);
+        else
+            send_error(cs, id, "internal", "%s", da_strerror(rc));
+        return;
+    }
+    if (now)
+        xds_ready(now, p);
+}
+
+/* The bootstrap JSON gRPC clients need (GRPC_XDS_BOOTSTRAP). */
+static void op_xds_bootstrap(struct conn_state *cs, json_t *id)
+{
+    json_t *b = xds_bootstrap(cs->a->xds), *o;
+
+    if (!b) {
+        send_error(cs, id, "disabled", "the xDS server is disabled (xds.enabled: false)");
+        return;
+    }
+    o = reply_new(id, true);
+    if (o) {
+        json_object_set_new(o, "bootstrap", b);
+        json_object_set_new(o, "file", json_string(xds_bootstrap_path(cs->a->xds)));
+    } else {
+        json_decref(b);
+    }
+    send_json(cs, o);
+}
+
 /* ---- dispatch ----------------------------------------------------------- */
 
 static struct conn_state *state_of(struct agent *a, server_conn *c)
@@ -1076,10 +1161,15 @@ void proto_on_line(server *s, server_conn *c, char *line, size_t len, void *arg)
         op_maint(cs, req, id);
     else if (!strcmp(name, "checks"))
         op_checks(cs, id);
+    else if (!strcmp(name, "xds"))
+        op_xds(cs, req, id);
+    else if (!strcmp(name, "xds_bootstrap"))
+        op_xds_bootstrap(cs, id);
     else
         send_error(cs, id, "unknown_op",
                    "unknown op '%.64s': use resolve, watch, unwatch, register, deregister, "
-                   "status, services, ping, check, checks, drain, undrain, maint",
+                   "status, services, ping, check, checks, drain, undrain, maint, xds, "
+                   "xds_bootstrap",
                    name);
     json_decref(req);
 }

@@ -52,7 +52,17 @@ struct reg {
 
 struct del;
 
+/* The revision of our last write or delete per service, so that a client
+ * that registered and then resolves sees its own change (read your
+ * writes): the cache is behind until the watch event arrives. */
+struct wrote {
+    char *name;
+    int64_t rev;
+    struct wrote *next;
+};
+
 struct registry {
+    struct wrote *wrote;
     struct del *dels;   /* deletes in flight or waiting to be retried */
     struct reg *dying;  /* removed while a write was in flight */
     uv_loop_t *loop;
@@ -75,6 +85,7 @@ struct registry {
 
 static void kick(struct reg *g);
 static bool wanted(const struct reg *g);
+static void note_write(registry *r, const char *key, size_t klen, int64_t rev);
 
 /* A delete of one of our keys. It is retried with backoff until etcd
  * answers: a key left behind would stay under our live lease for as long
@@ -229,6 +240,7 @@ static void written(int err, const struct etcd_result *res, void *arg)
         return;
     }
     g->rev_written = res->revision;
+    note_write(r, g->key, g->klen, res->revision);
     g->backoff_ms = 0;
     g->error[0] = '\0';
     if (g->state != REG_REGISTERED)
@@ -451,6 +463,15 @@ int registry_add(registry *r, const struct instance *inst, uint64_t owner,
                  inst->name, inst->address);
         return DA_EACCES;
     }
+    if (g && g->owner != owner && g->owner != REG_OWNER_CONFIG && g->owner != REG_OWNER_RUNTIME &&
+        owner != REG_OWNER_CONFIG) {
+        /* Another live connection has it (a second server bound the same
+         * port, say): taking it over would let that one's exit delete the
+         * first one's key. */
+        snprintf(err, errlen, "%s %s is registered by another client of this agent",
+                 inst->name, inst->address);
+        return DA_EACCES;
+    }
     if (!g) {
         int cerr;
         g = calloc(1, sizeof *g);
@@ -587,11 +608,14 @@ static void deleted(int err, const struct etcd_result *res, void *arg)
         arm(r);
         return;
     }
-    if (err)
+    if (err) {
         log_warn("registry: cannot delete %s: %s; it goes when the lease ends", d->key,
                  da_strerror(err));
-    else
+    } else {
         log_info("registry: deregistered %s", d->key);
+        if (res)
+            note_write(r, d->key, d->klen, res->revision);
+    }
     del_free(r, d);
     if (counted && --r->deleting == 0 && r->shutdown_done) {
         void (*fn)(void *) = r->shutdown_done;
@@ -699,6 +723,38 @@ void registry_remove_owner(registry *r, uint64_t owner)
     }
 }
 
+static void note_write(registry *r, const char *key, size_t klen, int64_t rev)
+{
+    size_t plen = strlen(r->prefix) + 1;
+    const char *name = key + plen, *slash;
+    struct wrote *w;
+
+    if (klen <= plen || !(slash = memchr(name, '/', klen - plen)))
+        return;
+    for (w = r->wrote; w; w = w->next)
+        if (strlen(w->name) == (size_t)(slash - name) && !memcmp(w->name, name, slash - name))
+            break;
+    if (!w) {
+        w = calloc(1, sizeof *w);
+        if (!w || !(w->name = strndup(name, (size_t)(slash - name)))) {
+            free(w);
+            return;
+        }
+        w->next = r->wrote;
+        r->wrote = w;
+    }
+    if (rev > w->rev)
+        w->rev = rev;
+}
+
+int64_t registry_written_revision(const registry *r, const char *name)
+{
+    for (const struct wrote *w = r->wrote; w; w = w->next)
+        if (!strcmp(w->name, name))
+            return w->rev;
+    return 0;
+}
+
 void registry_forget(registry *r, void *arg)
 {
     for (struct reg *g = r->regs; g; g = g->next)
@@ -802,6 +858,12 @@ registry *registry_free(registry *r)
         struct reg *g = r->dying;
         r->dying = g->next;
         reg_free(g);
+    }
+    while (r->wrote) {
+        struct wrote *w = r->wrote;
+        r->wrote = w->next;
+        free(w->name);
+        free(w);
     }
     uv_close((uv_handle_t *)&r->timer, closed);
     return NULL;

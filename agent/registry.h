@@ -79,6 +79,10 @@ int registry_check_report(registry *r, const char *name, const char *address, bo
 int registry_remove(registry *r, const char *name, const char *address, uint64_t owner_check,
                     void (*done)(int err, void *arg), void *arg);
 
+/* The revision of this agent's last write or delete under service name
+ * (0: none), so that reads can wait for the cache to show it. */
+int64_t registry_written_revision(const registry *r, const char *name);
+
 /* Drops every done callback registered with arg (its caller is gone). */
 void registry_forget(registry *r, void *arg);
 

@@ -158,8 +158,12 @@ static void slot_request(struct echo *e, struct slot *s)
     grpc_metadata_array_init(&s->request_md);
     s->call = NULL;
     s->request = s->reply = NULL;
-    if (atomic_load(&e->shutting_down) ||
-        grpc_server_request_call(e->server, &s->call, &s->details, &s->request_md, e->cq, e->cq,
+    /* Requested even while the shutdown runs: the helper keeps serving
+     * through its drain, and once C-core's shutdown has begun the request
+     * completes at once with success 0, which ends the slot. A slot left
+     * unrequested would strand the calls that arrive meanwhile, and C-core
+     * cancels those at its shutdown. */
+    if (grpc_server_request_call(e->server, &s->call, &s->details, &s->request_md, e->cq, e->cq,
                                  s) != GRPC_CALL_OK) {
         grpc_call_details_destroy(&s->details);
         grpc_metadata_array_destroy(&s->request_md);

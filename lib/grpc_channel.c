@@ -51,6 +51,7 @@ struct route {
     bool watch_started;
     struct disc_list *list;
     int64_t dirty_at; /* rebuild due then; 0: nothing to do */
+    int64_t lost_at;  /* when the agent last went away; 0: never */
     /* Under mu. */
     grpc_channel *current;
     char *target;
@@ -416,6 +417,8 @@ static void on_list(struct disc_watch *w, const struct disc_list *list, int err,
     (void)w;
     /* The agent going away, or having no list yet, changes nothing: an
      * empty list must come from etcd itself. */
+    if (err == DISC_ENOAGENT)
+        r->lost_at = now_ms();
     if (err || !list)
         return;
     copy = disc_list_dup(list);
@@ -431,7 +434,17 @@ static void on_list(struct disc_watch *w, const struct disc_list *list, int err,
 static void rebuild(disc_channel *ch, struct route *r, int64_t now)
 {
     int addrs;
-    char *target = build_target(ch, r->list, &addrs);
+    char *target;
+
+    /* Right after the agent came back, an empty list may only mean that our
+     * servers have not re-registered through it yet (their registrations
+     * left with the old agent): keep the channel we have for a while. */
+    if (r->list->n == 0 && r->lost_at && now - r->lost_at < ch->o.reconnect_grace_ms &&
+        r->target && *r->target) {
+        r->dirty_at = r->lost_at + ch->o.reconnect_grace_ms - ch->o.settle_ms;
+        return;
+    }
+    target = build_target(ch, r->list, &addrs);
 
     if (!target) {
         r->dirty_at = now + 100; /* out of memory: try again soon */
@@ -750,6 +763,8 @@ static void defaults(struct disc_channel_options *o)
         o->resolve_refresh_ms = 30000;
     if (o->first_list_timeout_ms <= 0)
         o->first_list_timeout_ms = 5000;
+    if (o->reconnect_grace_ms <= 0)
+        o->reconnect_grace_ms = 3000;
 }
 
 static void channel_free(disc_channel *ch)

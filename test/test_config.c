@@ -530,13 +530,13 @@ START_TEST(example_config_names_every_key)
     char *text = read_text(CONF_DIR "/agent.yaml");
     const char *const *lists[] = {
         top_keys, etcd_keys, tls_keys, session_keys, socket_keys,
-        cache_keys, log_keys, service_keys,
+        cache_keys, log_keys, service_keys, xds_keys,
     };
     const size_t sizes[] = {
         ARRAY_SIZE(top_keys), ARRAY_SIZE(etcd_keys), ARRAY_SIZE(tls_keys),
         ARRAY_SIZE(session_keys), ARRAY_SIZE(socket_keys),
         ARRAY_SIZE(cache_keys), ARRAY_SIZE(log_keys),
-        ARRAY_SIZE(service_keys),
+        ARRAY_SIZE(service_keys), ARRAY_SIZE(xds_keys),
     };
 
     for (size_t l = 0; l < ARRAY_SIZE(lists); l++) {
@@ -549,6 +549,51 @@ START_TEST(example_config_names_every_key)
         }
     }
     free(text);
+}
+END_TEST
+
+/* The xds section: its defaults, every key, and the defaults that follow
+ * the socket section (docs/xds.md). */
+START_TEST(xds_section)
+{
+    char err[CONFIG_ERR_MAX];
+    struct config *c;
+
+    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/empty.yaml", &c,
+                                 err, sizeof(err)), 0);
+    ck_assert_int_eq(c->xds_enabled, 1);
+    ck_assert_str_eq(c->xds_path, "/run/discovery-agent/xds.sock");
+    ck_assert_uint_eq(c->xds_mode, 0660);
+    ck_assert_ptr_null(c->xds_tcp);
+    ck_assert_str_eq(c->xds_group_header, "x-group");
+    ck_assert_int_eq(c->xds_test_host_names, 0);
+    config_free(c);
+
+    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/xds.yaml", &c,
+                                 err, sizeof(err)), 0);
+    ck_assert_int_eq(c->xds_enabled, 0);
+    ck_assert_str_eq(c->xds_path, "/tmp/discovery-agent-test/xds.sock");
+    ck_assert_uint_eq(c->xds_mode, 0666);
+    ck_assert_str_eq(c->xds_tcp, "[::1]:18000");
+    ck_assert_str_eq(c->xds_group_header, "x-team.v2_a");
+    ck_assert_int_eq(c->xds_test_host_names, 1);
+    config_free(c);
+
+    ck_assert_int_eq(config_load(TEST_DATA_DIR
+                                 "/config-valid/xds-follows-socket.yaml", &c,
+                                 err, sizeof(err)), 0);
+    ck_assert_str_eq(c->xds_path, "/tmp/discovery-agent-test/xds.sock");
+    ck_assert_uint_eq(c->xds_mode, 0600);
+    ck_assert_str_eq(c->xds_tcp, "localhost:18001");
+    config_free(c);
+
+    ck_assert_int_eq(config_load(TEST_DATA_DIR
+                                 "/config-valid/xds-relative-socket.yaml", &c,
+                                 err, sizeof(err)), 0);
+    ck_assert_str_eq(c->xds_path, "xds.sock");
+    ck_assert_int_eq(c->xds_enabled, 1);
+    ck_assert_str_eq(c->xds_tcp, "127.1.2.3:18002");
+    config_free(c);
 }
 END_TEST
 
@@ -1125,6 +1170,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, example_config);
     tcase_add_test(tc, example_config_names_every_key);
     tcase_add_test(tc, demo_config);
+    tcase_add_test(tc, xds_section);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("files");

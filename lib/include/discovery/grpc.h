@@ -41,6 +41,10 @@ struct disc_channel_options {
     int retire_ms;          /* a replaced channel lives this long at least; default 10000 */
     int resolve_refresh_ms; /* host names in the list are resolved again this often; default 30000 */
     int first_list_timeout_ms; /* create_call waits this long for the first list; default 5000 */
+    /* After the agent went away and came back, an empty list is applied
+     * only if it is still empty after this long: the servers' registrations
+     * left with the old agent and come back as they reconnect; default 3000. */
+    int reconnect_grace_ms;
 };
 
 /* Creates a channel for target ("registry:///NAME" or
@@ -75,7 +79,8 @@ struct disc_channel_info {
     int retired;        /* replaced channels not yet destroyed */
     char target[256];   /* the current target, cut to fit */
 };
-/* Fills info for group (NULL as above); returns 0 or DISC_ENOENT. */
+/* Fills info for group (NULL as above); returns 0, or DISC_EINVAL when no
+ * call or wait has asked for that group yet. */
 int disc_channel_info(disc_channel *ch, const char *group, struct disc_channel_info *info);
 
 /* Destroys every channel and stops the threads. Calls in flight fail as
@@ -100,6 +105,10 @@ struct disc_server_options {
     /* The host to register when listening on a wildcard (0.0.0.0, [::]);
      * NULL: 127.0.0.1 (or ::1 for [::]). */
     const char *advertise_host;
+    /* How long disc_server_shutdown() waits between deregistering and
+     * shutting the server down, so that clients move away first (C-core
+     * cancels calls that arrive after a server's shutdown began); 0: 500. */
+    int drain_ms;
 };
 
 /* Adds an insecure listening port listen_addr ("127.0.0.1:0" allowed) to
@@ -113,10 +122,18 @@ int disc_server_start(grpc_server *server, const char *name, const char *listen_
 /* The address registered ("127.0.0.1:43121"). */
 const char *disc_server_address(const disc_server *s);
 
-/* Deregisters, then calls grpc_server_shutdown_and_notify(server, cq, tag):
- * the caller waits for tag on cq as usual, then destroys the server and
- * calls disc_server_free. */
+/* Deregisters (returns once the agent confirmed, at most ~6 s), then, on
+ * the helper's thread after drain_ms, calls
+ * grpc_server_shutdown_and_notify(server, cq, tag): the caller keeps
+ * serving its queue, waits for tag as usual, then destroys the server and
+ * calls disc_server_free. Create the server with grpc.so_reuseport = 0, so
+ * that a second process cannot bind the same port and register it too. */
 void disc_server_shutdown(disc_server *s, grpc_completion_queue *cq, void *tag);
+
+/* The drain of issue 5, with a grace chosen now: deregister, wait
+ * grace_ms for clients to move away (their channels follow the registry),
+ * then shut down as above. */
+void disc_server_drain(disc_server *s, int grace_ms, grpc_completion_queue *cq, void *tag);
 disc_server *disc_server_free(disc_server *s); /* NULL-safe; returns NULL */
 
 #ifdef __cplusplus

@@ -1,0 +1,213 @@
+/* bench: the benchmark suite (issue 7), run by `make bench`.
+ *
+ *     bench [--out docs/benchmarks.md] [--data DIR] [--notes bench/notes.md]
+ *
+ * Starts one etcd member and the agents it needs, runs every part RUNS
+ * times with its floor beside it, writes the plot data into DIR and the
+ * report into --out, and prints the table. Environment:
+ *   BENCH_ONLY=resolve,propagation,grpc,scale   run only these parts
+ *   BENCH_PERF=DIR    perf record (cpu-clock, call graphs) the agent during
+ *                     each part's measured window, into DIR/PART.data
+ *   BENCH_IDLE_S=N    seconds of each at-rest window (default 12)
+ *   BENCH_SCALE_RUNS=N  runs of the scale part (default RUNS)
+ * It must stay under ten minutes on 2 cores: see the budget in README-like
+ * comments of each part. */
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "suite.h"
+
+/* ---- figures and notes ---------------------------------------------------- */
+
+struct fig *fig_new(struct bench *b, const char *part, const char *name, const char *unit,
+                    int decimals, const char *floor_what)
+{
+    struct fig *f;
+
+    if (b->nfigs >= MAX_FIGS)
+        return &b->figs[MAX_FIGS - 1]; /* never reached: the suite has fewer */
+    f = &b->figs[b->nfigs++];
+    memset(f, 0, sizeof *f);
+    snprintf(f->part, sizeof f->part, "%s", part);
+    snprintf(f->name, sizeof f->name, "%s", name);
+    snprintf(f->unit, sizeof f->unit, "%s", unit);
+    snprintf(f->floor_what, sizeof f->floor_what, "%s", floor_what ? floor_what : "");
+    f->decimals = decimals;
+    return f;
+}
+
+void fig_goal(struct fig *f, enum goal_kind kind, double x)
+{
+    f->goal = kind;
+    f->goal_x = x;
+}
+
+void note(struct bench *b, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (b->nnotes >= MAX_NOTES)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->notes[b->nnotes++], sizeof b->notes[0], fmt, ap);
+    va_end(ap);
+}
+
+bool part_wanted(const struct bench *b, const char *part)
+{
+    return !b->only || strstr(b->only, part) != NULL;
+}
+
+/* ---- agents ----------------------------------------------------------------- */
+
+int agent_up(struct bench *b, struct agentp *a, const char *name)
+{
+    char yaml[2048];
+
+    memset(a, 0, sizeof *a);
+    snprintf(a->dir, sizeof a->dir, "%s/%s", b->dir, name);
+    remove_tree(a->dir);
+    if (make_dirs(a->dir) < 0)
+        return -1;
+    snprintf(a->conf, sizeof a->conf, "%s/agent.yaml", a->dir);
+    snprintf(a->sock, sizeof a->sock, "%s/agent.sock", a->dir);
+    snprintf(a->log, sizeof a->log, "%s/agent.log", a->dir);
+    snprintf(a->cache, sizeof a->cache, "%s/cache", a->dir);
+    /* The shipped defaults (conf/agent.yaml) but for the paths: in
+     * particular log level info, ttl 10 s, timeout 5 s, xDS on. */
+    snprintf(yaml, sizeof yaml,
+             "etcd:\n  endpoints: [%s]\n  timeout: 5s\n"
+             "session:\n  ttl: 10s\n"
+             "socket:\n  path: %s\n"
+             "cache:\n  dir: %s\n  idle: 10m\n"
+             "log:\n  level: info\n",
+             b->url, a->sock, a->cache);
+    if (write_file(a->conf, yaml) < 0 || agentp_spawn(a) < 0)
+        return -1;
+    if (wait_agent(a->sock, 15000) < 0) {
+        fprintf(stderr, "bench: agent %s did not come up; see %s\n", name, a->log);
+        return -1;
+    }
+    return 0;
+}
+
+void agent_down(struct agentp *a)
+{
+    if (a->p)
+        a->p = proc_free(a->p); /* SIGKILL: the benchmarks hold no registrations */
+}
+
+pid_t agent_pid(const struct agentp *a)
+{
+    return a->p ? proc_pid(a->p) : -1;
+}
+
+struct proc *perf_begin(struct bench *b, pid_t pid, const char *part)
+{
+    char out[700], pidbuf[16];
+    struct proc *p;
+
+    if (!b->perf_dir || pid <= 0)
+        return NULL;
+    make_dirs(b->perf_dir);
+    snprintf(out, sizeof out, "%s/%s.data", b->perf_dir, part);
+    snprintf(pidbuf, sizeof pidbuf, "%d", (int)pid);
+    const char *argv[] = {"perf", "record", "-q", "-e", "cpu-clock", "-F", "4999", "-g",
+                          "-p", pidbuf, "-o", out, NULL};
+    p = proc_spawn(argv, NULL, NULL);
+    if (p)
+        sleep_ms(300); /* perf attaches */
+    return p;
+}
+
+void perf_end(struct proc *perf)
+{
+    if (perf) {
+        proc_signal(perf, SIGINT);
+        proc_wait(perf, 20000, NULL);
+        proc_free(perf);
+    }
+}
+
+void instance_value(char *out, size_t cap, const char *name, const char *address, int weight)
+{
+    snprintf(out, cap,
+             "{\"Name\":\"%s\",\"Address\":\"%s\",\"Weight\":%d,\"Group\":\"\","
+             "\"Metadata\":{\"version\":\"1.0.0\"}}",
+             name, address, weight);
+}
+
+/* ---- main ------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    static struct bench b;
+    const char *out = "docs/benchmarks.md", *notes = "bench/notes.md";
+    struct etcd_cluster_opts eo = {.members = 1};
+    char tmpl[] = "/tmp/bench-XXXXXX";
+    const char *e;
+    int rc;
+
+    snprintf(b.data, sizeof b.data, "build/bench");
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--out") && i + 1 < argc)
+            out = argv[++i];
+        else if (!strcmp(argv[i], "--data") && i + 1 < argc)
+            snprintf(b.data, sizeof b.data, "%s", argv[++i]);
+        else if (!strcmp(argv[i], "--notes") && i + 1 < argc)
+            notes = argv[++i];
+        else {
+            fprintf(stderr, "usage: bench [--out FILE] [--data DIR] [--notes FILE]\n");
+            return 2;
+        }
+    }
+    b.only = getenv("BENCH_ONLY");
+    b.perf_dir = getenv("BENCH_PERF");
+    b.idle_s = (e = getenv("BENCH_IDLE_S")) ? atoi(e) : 12;
+    b.scale_runs = (e = getenv("BENCH_SCALE_RUNS")) ? atoi(e) : RUNS;
+    if (b.scale_runs < 1 || b.scale_runs > RUNS)
+        b.scale_runs = RUNS;
+    if (b.idle_s < 1)
+        b.idle_s = 12;
+    b.started = now_ns();
+    signal(SIGPIPE, SIG_IGN);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+
+    /* 10,000 client sockets here, and etcd inherits the limit too. */
+    if (raise_nofile() < 12000)
+        fprintf(stderr, "bench: RLIMIT_NOFILE is low; the 10,000-client part will fail\n");
+    if (make_dirs(b.data) < 0 || !mkdtemp(tmpl)) {
+        fprintf(stderr, "bench: cannot create folders: %s\n", strerror(errno));
+        return 1;
+    }
+    snprintf(b.dir, sizeof b.dir, "%s", tmpl);
+
+    b.etcd = etcd_cluster_start(&eo);
+    if (!b.etcd) {
+        fprintf(stderr, "bench: etcd did not start\n");
+        return 1;
+    }
+    b.url = etcd_member_url(b.etcd, 0);
+    b.etcd_port = atoi(strrchr(b.url, ':') + 1);
+    printf("bench: etcd at %s, scratch in %s\n", b.url, b.dir);
+
+    if (part_wanted(&b, "resolve"))
+        bench_resolve(&b);
+    if (part_wanted(&b, "propagation"))
+        bench_propagation(&b);
+    if (part_wanted(&b, "grpc"))
+        bench_grpc(&b);
+    if (part_wanted(&b, "scale"))
+        bench_scale(&b);
+
+    note(&b, "The whole suite took %.0f s.", (double)(now_ns() - b.started) / 1e9);
+    rc = report_write(&b, out, notes);
+    etcd_cluster_stop(b.etcd);
+    remove_tree(b.dir);
+    return rc < 0 ? 1 : 0;
+}
