@@ -21,6 +21,8 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <grp.h>
+#include <pwd.h>
 #include <yaml.h>
 
 /* Our schema is four levels deep; anything much deeper is a mistake or an
@@ -1186,7 +1188,54 @@ static int parse_mode(const char *text, unsigned *mode)
     return 0;
 }
 
-static const char *const socket_keys[] = { "path", "mode" };
+static const char *const socket_keys[] = {
+    "path", "mode", "register_users", "register_groups"
+};
+
+/* A list of user or group names (or numeric ids), resolved now, so that a
+ * typo is refused at load rather than locking everyone out at run time. */
+static int load_ids(struct loader *ld, const char *what, const struct node *v,
+                    int groups, unsigned **out, size_t *n_out)
+{
+    struct shown a;
+    int r = want_seq(ld, what, v);
+
+    if (r != 0)
+        return r < 0 ? r : 0;
+    free(*out);
+    *out = calloc(v->n_items ? v->n_items : 1, sizeof(**out));
+    *n_out = 0;
+    if (*out == NULL)
+        return fail_oom(ld);
+    for (size_t i = 0; i < v->n_items; i++) {
+        const char *text;
+        char *end;
+        unsigned long id;
+
+        if ((r = want_nonempty(ld, what, NULL, v->items[i], &text)) < 0)
+            return r;
+        errno = 0;
+        id = strtoul(text, &end, 10);
+        if (!errno && *end == '\0' && end != text && id < 0xffffffffUL) {
+            (*out)[(*n_out)++] = (unsigned)id;
+            continue;
+        }
+        if (groups) {
+            struct group *g = getgrnam(text);
+            if (g == NULL)
+                return fail_node(ld, v->items[i], "unknown group '%s' in %s",
+                                 show(&a, text), what);
+            (*out)[(*n_out)++] = (unsigned)g->gr_gid;
+        } else {
+            struct passwd *p = getpwnam(text);
+            if (p == NULL)
+                return fail_node(ld, v->items[i], "unknown user '%s' in %s",
+                                 show(&a, text), what);
+            (*out)[(*n_out)++] = (unsigned)p->pw_uid;
+        }
+    }
+    return 0;
+}
 
 static int load_socket(struct loader *ld, const struct node *val)
 {
@@ -1205,6 +1254,16 @@ static int load_socket(struct loader *ld, const struct node *val)
 
         if (key < 0)
             return key;
+        if (key == 2 || key == 3) {
+            r = load_ids(ld, key == 2 ? "socket.register_users"
+                                      : "socket.register_groups", v, key == 3,
+                         key == 2 ? &c->register_uids : &c->register_gids,
+                         key == 2 ? &c->n_register_uids : &c->n_register_gids);
+            if (r < 0)
+                return r;
+            c->register_limited = true;
+            continue;
+        }
         r = want_nonempty(ld, key == 0 ? "socket.path" : "socket.mode", k, v,
                           &text);
         if (r < 0)
@@ -2201,6 +2260,8 @@ struct config *config_free(struct config *c)
     free(c->tls_cert_file);
     free(c->tls_key_file);
     free(c->socket_path);
+    free(c->register_uids);
+    free(c->register_gids);
     free(c->cache_dir);
     free(c->xds_path);
     free(c->xds_tcp);

@@ -80,6 +80,13 @@ struct config {
     struct config_service *services;  /* main file's, then conf.d's */
     size_t n_services;
     bool checks_exec;           /* checks.exec: allow exec checks; false */
+    /* socket.register_users / register_groups: when either is given, only
+     * peers with one of these uids, or in one of these groups, may change
+     * registrations (register, deregister, drain, maint, check reports);
+     * everyone who can connect may read. Resolved to ids at load. */
+    bool register_limited;
+    unsigned *register_uids, *register_gids;
+    size_t n_register_uids, n_register_gids;
 };
 
 /* Loads path, then every conf.d/[!.]*.yaml in the folder that holds path,

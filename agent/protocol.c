@@ -16,6 +16,9 @@
 
 #include "agent.h"
 #include "duration.h"
+
+#include <grp.h>
+#include <pwd.h>
 #include "error.h"
 #include "log.h"
 
@@ -71,6 +74,7 @@ struct conn_state {
     uint64_t id;
     bool dead; /* a send failed: on_close is coming */
     bool eof;  /* the peer half-closed: end once everything is answered */
+    int may_change; /* 0 not yet known, 1 yes, -1 no (peer credentials) */
     uint64_t next_watch;
     struct cwatch *watches;
     struct pending *pending;
@@ -479,6 +483,8 @@ static void reg_done(int err, void *arg)
     pending_end(p);
 }
 
+static bool may_change(struct conn_state *cs, json_t *id, const char *op);
+
 static void op_register(struct conn_state *cs, json_t *req, json_t *id)
 {
     struct agent *a = cs->a;
@@ -488,6 +494,8 @@ static void op_register(struct conn_state *cs, json_t *req, json_t *id)
     struct pending *p;
     int rc;
 
+    if (!may_change(cs, id, "register"))
+        return;
     if (persist && !json_is_boolean(persist)) {
         send_error(cs, id, "bad_request", "'persist' must be true or false");
         return;
@@ -553,6 +561,8 @@ static void op_deregister(struct conn_state *cs, json_t *req, json_t *id)
         send_error(cs, id, "bad_request", "'name' and 'address' (strings) are required");
         return;
     }
+    if (!may_change(cs, id, "deregister"))
+        return;
     p = pending_new(cs, P_DEREGISTER, id, cs->a->cfg->timeout_ms);
     if (!p) {
         send_error(cs, id, "internal", "out of memory");
@@ -906,6 +916,49 @@ fail:
     return rc;
 }
 
+/* Whether this connection's peer may change registrations: everyone,
+ * unless socket.register_users/groups say who (SO_PEERCRED's uid and gid,
+ * and the user's other groups). Decided once per connection. */
+static bool may_change(struct conn_state *cs, json_t *id, const char *op)
+{
+    const struct config *cfg = cs->a->cfg;
+    pid_t pid;
+    uid_t uid = (uid_t)-1;
+    gid_t gid = (gid_t)-1;
+
+    if (!cfg->register_limited)
+        return true;
+    if (cs->may_change == 0) {
+        cs->may_change = -1;
+        if (server_conn_peer(cs->c, &pid, &uid, &gid) == 0) {
+            for (size_t i = 0; i < cfg->n_register_uids; i++)
+                if (cfg->register_uids[i] == (unsigned)uid)
+                    cs->may_change = 1;
+            gid_t groups[256];
+            int ng = 1;
+            groups[0] = gid;
+            struct passwd pw, *pp = NULL;
+            char buf[4096];
+            if (getpwuid_r(uid, &pw, buf, sizeof buf, &pp) == 0 && pp) {
+                ng = (int)(sizeof groups / sizeof groups[0]);
+                if (getgrouplist(pp->pw_name, gid, groups, &ng) < 0)
+                    ng = 1;
+            }
+            for (int k = 0; k < ng && cs->may_change < 0; k++)
+                for (size_t i = 0; i < cfg->n_register_gids; i++)
+                    if (cfg->register_gids[i] == (unsigned)groups[k])
+                        cs->may_change = 1;
+        }
+    }
+    if (cs->may_change > 0)
+        return true;
+    send_error(cs, id, "forbidden",
+               "uid %ld may not %s: socket.register_users and register_groups in the "
+               "agent's configuration say who may; this connection may only read",
+               (long)uid, op);
+    return false;
+}
+
 static bool name_address(struct conn_state *cs, json_t *req, json_t *id, const char **name,
                          const char **address)
 {
@@ -928,7 +981,7 @@ static void op_check_report(struct conn_state *cs, json_t *req, json_t *id)
     const char *output = opt_string(req, "output", &bad);
     int rc;
 
-    if (!name_address(cs, req, id, &name, &address))
+    if (!name_address(cs, req, id, &name, &address) || !may_change(cs, id, "report checks"))
         return;
     if (bad || !status || (strcmp(status, "pass") && strcmp(status, "fail"))) {
         send_error(cs, id, "bad_request", "'status' must be \"pass\" or \"fail\"");
@@ -947,7 +1000,8 @@ static void op_drain(struct conn_state *cs, json_t *req, json_t *id, bool on)
 {
     const char *name, *address;
 
-    if (!name_address(cs, req, id, &name, &address))
+    if (!name_address(cs, req, id, &name, &address) ||
+        !may_change(cs, id, on ? "drain" : "undrain"))
         return;
     if (registry_drain(cs->a->registry, name, address, on))
         send_error(cs, id, "not_found", "%s %s is not registered by this agent", name, address);
@@ -965,6 +1019,8 @@ static void op_maint(struct conn_state *cs, json_t *req, json_t *id)
         send_error(cs, id, "bad_request", "'on' (true or false) is required; 'reason' is a string");
         return;
     }
+    if (!may_change(cs, id, "switch maintenance"))
+        return;
     registry_maint(cs->a->registry, json_is_true(on), reason);
     send_json(cs, reply_new(id, true));
 }

@@ -623,6 +623,68 @@ START_TEST(test_systemd_notify)
 }
 END_TEST
 
+/* Adds lines to the socket: section of the agent's config. */
+static void socket_keys(struct fx *f, const char *lines)
+{
+    char buf[8192], *at, out[9000];
+    FILE *cf = fopen(f->agent.conf, "r");
+    size_t n = fread(buf, 1, sizeof buf - 1, cf);
+
+    fclose(cf);
+    buf[n] = '\0';
+    at = strstr(buf, "socket:\n  path: ");
+    ck_assert_ptr_nonnull(at);
+    at = strchr(at + 16, '\n') + 1;
+    snprintf(out, sizeof out, "%.*s%s%s", (int)(at - buf), buf, lines, at);
+    cf = fopen(f->agent.conf, "w");
+    fputs(out, cf);
+    fclose(cf);
+}
+
+/* socket.register_users/groups: others may read, not change. */
+START_TEST(test_register_limited_by_peer)
+{
+    struct fx f;
+    struct etcd_cluster_opts co = {.members = 1};
+    static const char reg[] =
+        "{\"op\":\"register\",\"name\":\"s\",\"address\":\"127.0.0.1:9\"}";
+    json_t *r;
+    int fd;
+
+    memset(&f, 0, sizeof f);
+    f.cluster = etcd_cluster_start(&co);
+    ck_assert_ptr_nonnull(f.cluster);
+    fx_config(&f, 10, "");
+    socket_keys(&f, "  register_users: [nobody]\n");
+    ck_assert_int_eq(agentp_start(&f.agent), 0);
+    fd = sock_open(f.agent.sock);
+    expect_error(fd, reg, "forbidden");
+    expect_error(fd, "{\"op\":\"maint\",\"on\":true}", "forbidden");
+    r = sock_call(fd, "{\"op\":\"resolve\",\"service\":\"s\"}", 5000);
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
+    close(fd);
+    ck_assert(WIFEXITED(agentp_stop(&f.agent, 10000)));
+    ck_assert_int_eq(agentp_free(&f.agent), 0);
+
+    /* Our group (root's, as the tests run) may. */
+    fx_config(&f, 10, "");
+    socket_keys(&f, "  register_users: [nobody]\n  register_groups: [\"0\"]\n");
+    ck_assert_int_eq(agentp_start(&f.agent), 0);
+    r = agent_call(f.agent.sock, reg, 5000);
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
+
+    /* An unknown user is refused at load, with its position. */
+    fx_config(&f, 10, "");
+    socket_keys(&f, "  register_users: [no-such-user-here]\n");
+    char out[1024];
+    const char *check[] = {BUILD_DIR "/discovery-agent", "-c", f.agent.conf, "--check", NULL};
+    ck_assert_int_eq(proc_run(out, sizeof out, 5000, check), 1);
+    fx_down(&f);
+}
+END_TEST
+
 /* A client that sends its request and closes its sending side (as
  * `echo ... | socat`) still gets its reply, then the connection ends. */
 START_TEST(test_half_close_gets_reply)
@@ -713,6 +775,7 @@ static Suite *suite(void)
     tcase_add_test(sock, test_systemd_notify);
     tcase_add_test(sock, test_idle_service_dropped);
     tcase_add_test(sock, test_half_close_gets_reply);
+    tcase_add_test(sock, test_register_limited_by_peer);
     suite_add_tcase(s, reg);
     suite_add_tcase(s, list);
     suite_add_tcase(s, sock);
