@@ -530,13 +530,15 @@ START_TEST(example_config_names_every_key)
     char *text = read_text(CONF_DIR "/agent.yaml");
     const char *const *lists[] = {
         top_keys, etcd_keys, tls_keys, session_keys, socket_keys,
-        cache_keys, log_keys, service_keys, xds_keys,
+        cache_keys, log_keys, service_keys, xds_keys, check_keys,
+        checks_keys,
     };
     const size_t sizes[] = {
         ARRAY_SIZE(top_keys), ARRAY_SIZE(etcd_keys), ARRAY_SIZE(tls_keys),
         ARRAY_SIZE(session_keys), ARRAY_SIZE(socket_keys),
         ARRAY_SIZE(cache_keys), ARRAY_SIZE(log_keys),
         ARRAY_SIZE(service_keys), ARRAY_SIZE(xds_keys),
+        ARRAY_SIZE(check_keys), ARRAY_SIZE(checks_keys),
     };
 
     for (size_t l = 0; l < ARRAY_SIZE(lists); l++) {
