@@ -40,6 +40,12 @@
 
 #define CALL_SLOTS 32
 #define METHOD "/echo.Echo/Say"
+/* The standard health service (grpc.health.v1), so that the agent can run
+ * a grpc check against this server; SIGUSR1 flips it between SERVING and
+ * NOT_SERVING, for tests and demos of health checks. */
+#define HEALTH "/grpc.health.v1.Health/Check"
+
+static atomic_bool not_serving;
 /* Calls still running this long after the shutdown began are cancelled
  * (a unary echo never takes that long unless its client stalls). */
 #define SHUTDOWN_GRACE_MS 10000
@@ -215,10 +221,16 @@ static void slot_reply(struct echo *e, struct slot *s, bool ok)
     const char *details = "";
     size_t n = 0;
 
-    if (grpc_slice_str_cmp(s->details.method, METHOD) != 0) {
+    /* HealthCheckResponse { status = 1 (SERVING) or 2 (NOT_SERVING) }. */
+    static const char serving[] = {0x08, 0x01}, not_serv[] = {0x08, 0x02};
+    bool health = grpc_slice_str_cmp(s->details.method, HEALTH) == 0;
+    grpc_slice health_reply = grpc_slice_from_static_buffer(
+        atomic_load(&not_serving) ? not_serv : serving, 2);
+
+    if (!health && grpc_slice_str_cmp(s->details.method, METHOD) != 0) {
         status = GRPC_STATUS_UNIMPLEMENTED;
-        details = "unknown method: this server has only " METHOD;
-    } else if (!ok || !request_ok(s->request)) {
+        details = "unknown method: this server has only " METHOD " and " HEALTH;
+    } else if (!health && (!ok || !request_ok(s->request))) {
         status = GRPC_STATUS_INVALID_ARGUMENT;
         details = "the request is not a google.protobuf.StringValue";
     }
@@ -226,7 +238,7 @@ static void slot_reply(struct echo *e, struct slot *s, bool ok)
     ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[n++].data.send_initial_metadata.count = 0;
     if (status == GRPC_STATUS_OK) {
-        s->reply = grpc_raw_byte_buffer_create(&e->reply_payload, 1);
+        s->reply = grpc_raw_byte_buffer_create(health ? &health_reply : &e->reply_payload, 1);
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n++].data.send_message.send_message = s->reply;
     }
@@ -331,8 +343,15 @@ static void *sig_main(void *arg)
     struct sigwaiter *w = arg;
     int sig;
 
-    while (sigwait(&w->set, &sig) != 0)
-        ;
+    for (;;) {
+        if (sigwait(&w->set, &sig) != 0)
+            continue;
+        if (sig != SIGUSR1)
+            break;
+        atomic_store(&not_serving, !atomic_load(&not_serving));
+        printf("health: %s\n", atomic_load(&not_serving) ? "NOT_SERVING" : "SERVING");
+        fflush(stdout);
+    }
     atomic_store(&w->e->shutting_down, true);
     disc_server_shutdown(w->e->ds, w->e->cq, &w->e->shutdown_tag);
     return NULL;
@@ -400,6 +419,7 @@ int main(int argc, char **argv)
     sigemptyset(&w.set);
     sigaddset(&w.set, SIGTERM);
     sigaddset(&w.set, SIGINT);
+    sigaddset(&w.set, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &w.set, NULL);
     signal(SIGPIPE, SIG_IGN);
 

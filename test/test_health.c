@@ -301,6 +301,72 @@ START_TEST(test_slow_check_delays_nothing)
 }
 END_TEST
 
+/* Reads "serving NAME at ADDRESS" from an echo-server's log. */
+static bool echo_address(const char *log, char *addr, size_t len)
+{
+    for (int i = 0; i < 100; i++) {
+        FILE *f = fopen(log, "r");
+        char line[256];
+        while (f && fgets(line, sizeof line, f)) {
+            char *at = strstr(line, " at ");
+            if (!strncmp(line, "serving ", 8) && at) {
+                snprintf(addr, len, "%s", at + 4);
+                addr[strcspn(addr, "\n")] = '\0';
+                fclose(f);
+                return true;
+            }
+        }
+        if (f)
+            fclose(f);
+        usleep(100000);
+    }
+    return false;
+}
+
+/* A real gRPC server's health: registered while SERVING, removed after
+ * fall NOT_SERVING answers, back after rise SERVING ones. */
+START_TEST(test_grpc_check_follows_serving)
+{
+    struct fx f;
+    char log[600], addr[128], yaml[512], key[200];
+    struct proc *echo;
+
+    fx_up(&f, "");
+    snprintf(log, sizeof log, "%s/echo.log", f.dir);
+    const char *argv[] = {BUILD_DIR "/echo-server", "echo", "127.0.0.1:0", "-s", f.agent.sock,
+                          NULL};
+    echo = proc_spawn(argv, NULL, log);
+    ck_assert_ptr_nonnull(echo);
+    ck_assert(echo_address(log, addr, sizeof addr));
+
+    /* A configured instance at the same address, checked over gRPC. */
+    snprintf(yaml, sizeof yaml,
+             "services:\n  - name: hc\n    address: %s\n"
+             "    check: {type: grpc, interval: 200ms, timeout: 150ms, rise: 2, fall: 2}\n",
+             addr);
+    ck_assert_int_eq(agentp_config(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 1000,
+                                   yaml),
+                     0);
+    proc_signal(f.agent.p, SIGHUP);
+    snprintf(key, sizeof key, "/micro/hc/%s", addr);
+    ck_assert_int_ge(wait_present(&f, key, true, 5000), 0);
+
+    proc_signal(echo, SIGUSR1); /* NOT_SERVING */
+    ck_assert_int_ge(wait_present(&f, key, false, 5000), 0);
+    json_t *r = agent_call(f.agent.sock, "{\"op\":\"checks\"}", 5000);
+    json_t *ck = json_object_get(json_array_get(json_object_get(r, "instances"), 0), "check");
+    ck_assert_str_eq(json_string_value(json_object_get(ck, "output")), "NOT_SERVING");
+    json_decref(r);
+    proc_signal(echo, SIGUSR1); /* SERVING again */
+    ck_assert_int_ge(wait_present(&f, key, true, 5000), 0);
+
+    proc_signal(echo, SIGTERM);
+    proc_wait(echo, 10000, NULL);
+    proc_free(echo);
+    fx_down(&f);
+}
+END_TEST
+
 START_TEST(test_exec_refused_unless_enabled)
 {
     char dir[] = "/tmp/da-exec-XXXXXX", path[256], out[2048], errp[300];
@@ -340,6 +406,7 @@ int main(void)
     tcase_add_test(tc, test_drain_and_maint);
     tcase_add_test(tc, test_slow_check_delays_nothing);
     tcase_add_test(tc, test_exec_refused_unless_enabled);
+    tcase_add_test(tc, test_grpc_check_follows_serving);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
