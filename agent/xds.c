@@ -536,10 +536,10 @@ static void on_message(xgrpc_stream *gs, const uint8_t *data, size_t len, void *
             /* Once per text: a client NACKs the same resource again on
              * every push until it is fixed. */
             if (!ts->last_nack || strcmp(ts->last_nack, why))
-                log_warn("xds: node \"%s\" (stream %llu) NACKed %s version %s (nonce %s); it "
-                         "keeps its last accepted config: %s",
+                log_warn("xds: node \"%s\" (stream %llu) NACKed %s version %s (nonce %s; its "
+                         "request says version \"%s\"); it keeps its last accepted config: %s",
                          st->node_id ? st->node_id : "?", (unsigned long long)st->id,
-                         xds_type_name[t], ts->version, ts->nonce, why);
+                         xds_type_name[t], ts->version, ts->nonce, r.version_info, why);
             free(ts->last_nack);
             ts->last_nack = dup_text(why);
         } else {
@@ -681,17 +681,20 @@ static json_t *describe(xds *x, struct xsvc *s)
         /* Listener and route: one each; clusters and assignments: NAME,
          * then NAME/G per group. */
         for (size_t i = 0; i < (t == XDS_LDS || t == XDS_RDS ? 1 : nc); i++) {
-            char name[MAX_NAME_LEN * 2];
+            const char *group = i ? s->model.groups[i - 1] : NULL;
+            size_t len = strlen(s->name) + (group ? strlen(group) + 1 : 0) + 1;
+            char *name = malloc(len);
             struct xds_blob b;
 
-            if (i == 0)
-                snprintf(name, sizeof name, "%s", s->name);
-            else
-                snprintf(name, sizeof name, "%s/%s", s->name, s->model.groups[i - 1]);
-            if (xds_resource(&s->model, (enum xds_type)t, name, x->group_header, &b))
+            if (!name)
                 continue;
-            json_array_append_new(arrs[t], xds_resource_json((enum xds_type)t, b.data, b.len));
-            xds_blob_clear(&b);
+            snprintf(name, len, group ? "%s/%s" : "%s", s->name, group);
+            if (!xds_resource(&s->model, (enum xds_type)t, name, x->group_header, &b)) {
+                json_array_append_new(arrs[t],
+                                      xds_resource_json((enum xds_type)t, b.data, b.len));
+                xds_blob_clear(&b);
+            }
+            free(name);
         }
         json_object_set_new(o, keys[t], arrs[t]);
     }
