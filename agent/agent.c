@@ -307,6 +307,9 @@ void agent_stop(struct agent *a)
      * last list), not an empty list made of our own deregistrations. */
     server_close(a->server);
     a->server = NULL;
+    /* Likewise xDS clients: with the server gone they keep their last
+     * endpoints, rather than being pushed our deregistrations. */
+    a->xds = xds_free(a->xds);
     /* The deletes and the revoke are each one request, retried over the
      * endpoints; twice the timeout per step bounds the whole stop. */
     uv_timer_start(&a->stop_timer, stop_overdue, 4 * a->cfg->timeout_ms + 1000, 0);

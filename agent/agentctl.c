@@ -70,6 +70,8 @@ static int cmd_check(struct opts *o);
 static int cmd_drain(struct opts *o);
 static int cmd_undrain(struct opts *o);
 static int cmd_maint(struct opts *o);
+static int cmd_xds_bootstrap(struct opts *o);
+static int cmd_xds(struct opts *o);
 
 static const struct command commands[] = {
     {"status", 0, "json", cmd_status, "status [--json]",
@@ -136,6 +138,14 @@ static const struct command commands[] = {
      "Maintenance: 'on' takes every instance of this host out of etcd until 'off'.\n"
      "\n"
      "  --reason TEXT  shown by agentctl status and checks\n"},
+    {"xds-bootstrap", 0, "", cmd_xds_bootstrap, "xds-bootstrap",
+     "Prints the xDS bootstrap JSON for gRPC applications on this host (also in\n"
+     "the file beside the agent's xDS socket): with GRPC_XDS_BOOTSTRAP pointing at\n"
+     "it, a channel to xds:///NAME resolves NAME through the agent.\n"},
+    {"xds", 1, "", cmd_xds, "xds NAME",
+     "Prints, as JSON, the xDS resources the agent would send for service NAME:\n"
+     "listener, route configuration, clusters and load assignments, and the\n"
+     "instances it leaves out with the reason.\n"},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
@@ -546,16 +556,30 @@ static int cmd_status(struct opts *o)
            int_of(r, "skipped") ? " (see the services below)" : "");
     if (json_is_true(json_object_get(r, "stale")))
         printf("stale          some lists are stale: etcd has not confirmed them lately\n");
+    json_t *maint = json_object_get(r, "maint");
+    if (json_is_true(json_object_get(maint, "on")))
+        printf("maintenance    ON%s%s: every instance is kept out of etcd\n",
+               *str_or(maint, "reason", "") ? ": " : "", str_or(maint, "reason", ""));
+    json_t *x = json_object_get(r, "xds");
+    if (json_is_true(json_object_get(x, "enabled")))
+        printf("xds            %s, %zu client(s), %lld NACK(s)\n", str_or(x, "path", "?"),
+               json_array_size(json_object_get(x, "clients")), int_of(x, "nacks"));
 
     printf("\nregistrations (%zu)\n", json_array_size(json_object_get(r, "registrations")));
-    t.cols = 8;
-    table_row(&t, "NAME", "ADDRESS", "WEIGHT", "GROUP", "OWNER", "STATE", "METADATA", "ERROR");
+    t.cols = 9;
+    table_row(&t, "NAME", "ADDRESS", "WEIGHT", "GROUP", "OWNER", "STATE", "HEALTH", "METADATA",
+              "ERROR");
     json_array_foreach(json_object_get(r, "registrations"), i, e) {
+        json_t *ck = json_object_get(e, "check");
+        const char *health = json_is_true(json_object_get(e, "drained"))   ? "drained"
+                             : !ck                                         ? "-"
+                             : json_is_true(json_object_get(e, "healthy")) ? "healthy"
+                                                                           : "unhealthy";
         snprintf(a, sizeof a, "%lld", int_of(e, "weight"));
         meta_json_text(json_object_get(e, "metadata"), meta, sizeof meta);
         table_row(&t, str_or(e, "name", "?"), str_or(e, "address", "?"), a,
                   *str_or(e, "group", "") ? str_or(e, "group", "") : "-", str_or(e, "owner", "?"),
-                  str_or(e, "state", "?"), meta, str_or(e, "error", ""));
+                  str_or(e, "state", "?"), health, meta, str_or(e, "error", ""));
     }
     if (t.rows > 1)
         table_print(&t, "  ");
@@ -1033,6 +1057,44 @@ static int cmd_maint(struct opts *o)
         printf("maintenance %s\n", o->pos[0]);
     json_decref(r);
     return st;
+}
+
+/* ---- xDS ------------------------------------------------------------------ */
+
+static int cmd_xds_bootstrap(struct opts *o)
+{
+    json_t *r;
+    int st = object_request(o, json_pack("{s:s}", "op", "xds_bootstrap"), &r);
+    char *text;
+
+    if (st)
+        return st;
+    text = json_dumps(json_object_get(r, "bootstrap"), JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(r);
+    if (!text) {
+        fprintf(stderr, "agentctl: the agent's reply has no bootstrap\n");
+        return EXIT_FAILED;
+    }
+    printf("%s\n", text);
+    free(text);
+    return EXIT_DONE;
+}
+
+static int cmd_xds(struct opts *o)
+{
+    json_t *r;
+    int st = object_request(o, json_pack("{s:s, s:s}", "op", "xds", "service", o->pos[0]), &r);
+    char *text;
+
+    if (st)
+        return st;
+    text = json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(r);
+    if (!text)
+        return EXIT_FAILED;
+    printf("%s\n", text);
+    free(text);
+    return EXIT_DONE;
 }
 
 /* ---- command line -------------------------------------------------------- */
