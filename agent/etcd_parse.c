@@ -370,6 +370,10 @@ static int parse_events(json_t *arr, struct etcd_watch_msg *m)
         m->n_events = i + 1;
         if (m->events[i].kv.mod_revision <= 0)
             return DA_EPROTO;
+        /* Events come in revision order; one that goes back would move a
+         * receiver's view (and the resume point) backwards. */
+        if (i > 0 && m->events[i].kv.mod_revision < m->events[i - 1].kv.mod_revision)
+            return DA_EPROTO;
     }
     return 0;
 }
