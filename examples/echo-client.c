@@ -129,7 +129,10 @@ static bool sv_decode(const unsigned char *p, size_t n, const unsigned char **va
 struct count {
     char *key;
     long n;
+    int64_t first_ms; /* CLOCK_MONOTONIC of the first one */
 };
+
+static int64_t now_ms(void);
 
 struct tally {
     struct count *v;
@@ -155,6 +158,7 @@ static bool tally_add(struct tally *t, const char *key, size_t keylen)
     t->v[t->n].key = strndup(key, keylen);
     if (!t->v[t->n].key)
         return false;
+    t->v[t->n].first_ms = now_ms();
     t->v[t->n++].n = 1;
     return true;
 }
@@ -192,6 +196,9 @@ struct run {
     struct tally reasons; /* "CODE: details" of failed calls */
     long failed;
     bool log_failures;
+    bool xds;            /* --xds: the group goes as the x-group header */
+    bool first_seen;     /* --first-seen: when each address first answered */
+    grpc_metadata group_md;
 };
 
 static int64_t now_ms(void)
@@ -236,6 +243,10 @@ static bool call_start(struct run *r, struct call *c)
     c->request = grpc_raw_byte_buffer_create(&r->request_payload, 1);
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    if (r->xds && r->group) {
+        ops[0].data.send_initial_metadata.count = 1;
+        ops[0].data.send_initial_metadata.metadata = &r->group_md;
+    }
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = c->request;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -328,7 +339,10 @@ static void usage(void)
 {
     fprintf(stderr, "usage: echo-client TARGET [--calls N] [--duration-ms D] [--concurrency C]\n"
                     "                   [--group G] [--deadline-ms D] [--ready-timeout-ms T]\n"
-                    "                   [--json] [--log-failures] [-s SOCKET]\n");
+                    "                   [--json] [--log-failures] [--xds] [-s SOCKET]\n"
+                    "  --xds         resolve through the agent's xDS server (one xds:/// channel)\n"
+                    "  --first-seen  print on stderr when each address first answered\n"
+                    "                (CLOCK_MONOTONIC ms)\n");
     exit(2);
 }
 
@@ -381,6 +395,10 @@ int main(int argc, char **argv)
             json = true;
         else if (!strcmp(a, "--log-failures"))
             r.log_failures = true;
+        else if (!strcmp(a, "--xds"))
+            r.xds = o.use_xds = true;
+        else if (!strcmp(a, "--first-seen"))
+            r.first_seen = true;
         else if (!strcmp(a, "-s") && more)
             o.socket_path = argv[++i];
         else if (a[0] == '-' && a[1])
@@ -394,6 +412,10 @@ int main(int argc, char **argv)
         usage();
 
     grpc_init();
+    if (r.xds && r.group) {
+        r.group_md.key = grpc_slice_from_static_string("x-group");
+        r.group_md.value = grpc_slice_from_copied_string(r.group);
+    }
     rc = disc_channel_create(target, &o, &r.ch);
     if (rc) {
         fprintf(stderr, "echo-client: %s: %s (%s)\n", target, disc_strerror(rc),
@@ -454,6 +476,10 @@ int main(int argc, char **argv)
             printf("%s %ld\n", r.counts.v[i].key, r.counts.v[i].n);
         printf("failed %ld\n", r.failed);
     }
+    if (r.first_seen)
+        for (size_t i = 0; i < r.counts.n; i++)
+            fprintf(stderr, "first %s %lld\n", r.counts.v[i].key,
+                    (long long)r.counts.v[i].first_ms);
     fflush(stdout);
     for (size_t i = 0; i < r.reasons.n; i++)
         fprintf(stderr, "echo-client: %ld call(s) failed with %s\n", r.reasons.v[i].n,

@@ -467,6 +467,12 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("serving %s at %s\n", name, addr);
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        /* When it was registered, for measuring how soon clients use it. */
+        printf("registered_at_ms %lld\n", (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+    }
     fflush(stdout);
 
     serve(&e);

@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/time.h>
+#include <jansson.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -518,7 +519,7 @@ static void *follow(void *arg)
             pthread_mutex_unlock(&ch->mu);
             break;
         }
-        for (r = ch->routes; r; r = r->link) {
+        for (r = ch->routes; r && !ch->o.use_xds; r = r->link) {
             if (r->watch_started)
                 continue;
             r->watch_started = true;
@@ -529,7 +530,15 @@ static void *follow(void *arg)
         }
         pthread_mutex_unlock(&ch->mu);
 
-        disc_client_wait(ch->client, 20);
+        /* Poll closely while a channel connects or a rebuild waits, so a
+         * swap follows READY within a few ms; idle, 20 ms is enough. */
+        int wait_ms = 20;
+        pthread_mutex_lock(&ch->mu);
+        for (r = ch->routes; r; r = r->link)
+            if (r->next || r->dirty_at)
+                wait_ms = 2;
+        pthread_mutex_unlock(&ch->mu);
+        disc_client_wait(ch->client, wait_ms);
 
         now = now_ms();
         if (ch->uses_hosts && now >= ch->hosts_refresh_at) {
@@ -616,7 +625,8 @@ grpc_call *disc_channel_create_call(disc_channel *ch, const char *group, grpc_ca
     grpc_call *call = NULL;
 
     pthread_mutex_lock(&ch->mu);
-    r = route_get(ch, group ? group : ch->group);
+    /* xDS mode has one channel; groups travel as the x-group header. */
+    r = route_get(ch, ch->o.use_xds ? ch->group : group ? group : ch->group);
     if (!r) {
         pthread_mutex_unlock(&ch->mu);
         return NULL;
@@ -754,7 +764,7 @@ static void defaults(struct disc_channel_options *o)
     if (o->max_addresses <= 0)
         o->max_addresses = 256;
     if (o->settle_ms <= 0)
-        o->settle_ms = 50;
+        o->settle_ms = 10;
     if (o->connect_timeout_ms <= 0)
         o->connect_timeout_ms = 2000;
     if (o->retire_ms <= 0)
@@ -797,6 +807,39 @@ static void channel_free(disc_channel *ch)
     free(ch);
 }
 
+/* xDS mode: the agent's bootstrap in the environment (unless the program
+ * chose one), and one channel to xds:///NAME that C-core keeps current. */
+static int xds_channel(disc_channel *ch, struct route *r)
+{
+    char target[300];
+
+    if (!getenv("GRPC_XDS_BOOTSTRAP") && !getenv("GRPC_XDS_BOOTSTRAP_CONFIG")) {
+        char *reply = NULL;
+        int rc = disc_request_json(ch->client, "{\"op\":\"xds_bootstrap\"}", 5000, &reply);
+        if (rc)
+            return rc;
+        json_t *o = json_loads(reply, 0, NULL);
+        char *boot = json_dumps(json_object_get(o, "bootstrap"), JSON_COMPACT);
+        json_decref(o);
+        free(reply);
+        if (!boot)
+            return DISC_EPROTO;
+        /* Read by C-core when its xDS client starts (the first xds:
+         * channel), so setting it now is in time. */
+        setenv("GRPC_XDS_BOOTSTRAP_CONFIG", boot, 0);
+        free(boot);
+    }
+    snprintf(target, sizeof target, "xds:///%s", ch->service);
+    /* No service config of ours: the xDS server gives the LB policy. */
+    grpc_channel_args none = {0, NULL};
+    pthread_mutex_lock(&ch->mu);
+    r->current = grpc_channel_create(target, ch->creds, ch->args.num_args > 1 ? &ch->args : &none);
+    r->target = strdup(target);
+    r->revision = 0;
+    pthread_mutex_unlock(&ch->mu);
+    return r->current ? 0 : DISC_ENOMEM;
+}
+
 int disc_channel_create(const char *target, const struct disc_channel_options *o,
                         disc_channel **out)
 {
@@ -831,6 +874,8 @@ int disc_channel_create(const char *target, const struct disc_channel_options *o
         rc = DISC_ENOMEM;
         goto fail_grpc;
     }
+    if (ch->o.use_xds && (rc = xds_channel(ch, r)) != 0)
+        goto fail_grpc;
     if (pthread_create(&ch->poller, NULL, poll_core, ch)) {
         rc = DISC_ESYSTEM;
         goto fail_grpc;

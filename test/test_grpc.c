@@ -516,6 +516,40 @@ START_TEST(test_weights_3_to_1)
 }
 END_TEST
 
+/* The shim's other mode: one xds:/// channel through the agent's xDS
+ * server (bootstrap fetched from the agent); weights and the x-group
+ * header are honoured. */
+START_TEST(test_xds_mode)
+{
+    struct fx f;
+    struct result r;
+    int heavy, light, grouped;
+    double share;
+    const char *const extra[] = {"--xds", "--calls", "4000", "--concurrency", "8",
+                                 "--ready-timeout-ms", "5000", NULL};
+    const char *const in_b[] = {"--xds", "--group", "B", "--calls", "300",
+                                "--ready-timeout-ms", "5000", NULL};
+
+    fx_up(&f);
+    heavy = server_start(&f, 3, NULL);
+    light = server_start(&f, 1, NULL);
+    client_run(&f, &r, "registry:///echo", extra);
+    show("xds mode, weights 3:1, 4000 calls", &r);
+    ck_assert_int_eq(r.status, 0);
+    ck_assert_int_eq(r.failed, 0);
+    share = (double)count_of(&r, f.srv[heavy].addr) / 4000.0;
+    ck_assert_msg(share > 0.72 && share < 0.78, "heavy share %.4f, not 0.75", share);
+    result_clear(&r);
+    grouped = server_start(&f, 1, "B");
+    client_run(&f, &r, "registry:///echo", in_b);
+    ck_assert_int_eq(r.failed, 0);
+    ck_assert_int_eq(count_of(&r, f.srv[grouped].addr), 300);
+    (void)light;
+    result_clear(&r);
+    fx_down(&f);
+}
+END_TEST
+
 START_TEST(test_groups)
 {
     struct fx f;
@@ -854,6 +888,7 @@ static Suite *suite(void)
     tcase_add_test(reach, test_wildcards_and_families);
     tcase_add_test(reach, test_weights_3_to_1);
     tcase_add_test(reach, test_groups);
+    tcase_add_test(reach, test_xds_mode);
     tcase_set_timeout(change, 120);
     tcase_add_test(change, test_killed_server_leaves_split);
     tcase_add_test(change, test_added_server_joins);

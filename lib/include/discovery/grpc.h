@@ -36,7 +36,7 @@ struct disc_channel_options {
      * across swaps. Must not set grpc.service_config or grpc.lb_policy_name. */
     const grpc_channel_args *args;
     int max_addresses;      /* cap on the repeated address list; default 256 */
-    int settle_ms;          /* coalesce bursts of list changes; default 50 */
+    int settle_ms;          /* coalesce bursts of list changes; default 10 */
     int connect_timeout_ms; /* a new channel not READY by then is swapped in anyway; default 2000 */
     int retire_ms;          /* a replaced channel lives this long at least; default 10000 */
     int resolve_refresh_ms; /* host names in the list are resolved again this often; default 30000 */
@@ -45,6 +45,15 @@ struct disc_channel_options {
      * only if it is still empty after this long: the servers' registrations
      * left with the old agent and come back as they reconnect; default 3000. */
     int reconnect_grace_ms;
+    /* Resolve through the agent's xDS server instead: one plain C-core
+     * channel to xds:///NAME, with the agent's bootstrap (asked from the
+     * agent and set in GRPC_XDS_BOOTSTRAP_CONFIG unless the program set
+     * GRPC_XDS_BOOTSTRAP or GRPC_XDS_BOOTSTRAP_CONFIG itself). C-core then
+     * follows the registry by itself. Per-call groups are chosen by sending
+     * the header "x-group: G" in the call's initial metadata (the group
+     * argument of disc_channel_create_call is then ignored). See
+     * docs/client.md for how the two modes compare. */
+    bool use_xds;
 };
 
 /* Creates a channel for target ("registry:///NAME" or
