@@ -1,7 +1,9 @@
 # discovery-agent: one Makefile for the daemon, agentctl, libdiscovery and tests.
 #
 #   make          build everything into build/
-#   make test     install missing packages, build, run every test
+#   make test     install missing packages, build, run every test (and each
+#                 fuzzer for 10 s: see the fuzz section at the end)
+#   make fuzz     each fuzzer for FUZZ_SECONDS (300); fuzz/README.md
 #   make run      install missing packages, build, run a demo etcd + agent
 #   make asan     the tests under AddressSanitizer and UBSan (build-asan/)
 #   make install  DESTDIR=... PREFIX=/usr/local
@@ -126,7 +128,7 @@ $(BUILD)/test/%: $(BUILD)/test/%.o $(HARNESS_OBJ) $(BUILD)/libagent.a $(filter %
 DEB_PKGS := build-essential pkg-config libuv1-dev libcurl4-openssl-dev \
 	libjansson-dev libyaml-dev libgrpc-dev check etcd-server etcd-client \
 	openssl curl protobuf-c-compiler libprotobuf-c-dev python3-grpcio \
-	clang libclang-rt-14-dev
+	clang libclang-rt-14-dev gnuplot-nox
 
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do \
@@ -141,8 +143,8 @@ deps:
 # Each test binary is a Check runner; the script runs them in order and
 # prints one summary line at the end.
 test: deps
-	$(MAKE) all
-	BUILD=$(BUILD) test/run-tests $(TEST_BIN)
+	$(MAKE) all fuzz-build
+	BUILD=$(BUILD) test/run-tests $(TEST_BIN) $(FUZZ_QUICK)
 
 asan: deps
 	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" test-only
@@ -204,7 +206,7 @@ FUZZ_SAN       := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 # fuzzers. The fuzzers' own files get -Werror.
 FUZZ_CFLAGS    := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -MMD -MP $(FUZZ_SAN) \
 	-fsanitize=fuzzer-no-link
-FUZZ_CPPFLAGS  := -Iagent -I$(FUZZ_BUILD)/gen $(PKG_CFLAGS) $(PROTOBUF_C_CFLAGS) $(GRPC_CFLAGS)
+FUZZ_CPPFLAGS  := -iquote agent -I$(FUZZ_BUILD)/gen $(PKG_CFLAGS) $(PROTOBUF_C_CFLAGS) $(GRPC_CFLAGS)
 FUZZ_LIBS      := -Wl,--as-needed $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) -pthread
 
 FUZZ_TARGETS   := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
@@ -259,7 +261,8 @@ fuzz-quick: fuzz-build
 
 fuzz: $(FUZZ_TARGETS:%=fuzz-run-%)
 
-fuzz-run-%: $(FUZZ_BUILD)/%
+# A static pattern rule: make looks for no implicit rule for a .PHONY target.
+$(FUZZ_TARGETS:%=fuzz-run-%): fuzz-run-%: $(FUZZ_BUILD)/%
 	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run long $*
 
 fuzz-clean:
@@ -270,3 +273,28 @@ clean: fuzz-clean
 .PHONY: fuzz fuzz-build fuzz-quick fuzz-clean $(FUZZ_TARGETS:%=fuzz-run-%)
 
 -include $(shell find $(FUZZ_BUILD) -name '*.d' 2>/dev/null)
+
+# ---- bench -----------------------------------------------------------------
+# The benchmark suite (bench/*.c, issue 7): real etcd, real agents, each
+# figure beside its floor. `make bench` builds it, runs it (under ten
+# minutes on 2 cores), and writes docs/benchmarks.md and docs/*.png with
+# gnuplot. Nothing in `make test` runs it: benchmarks assert no time.
+#
+#   BENCH_ONLY=resolve,propagation,grpc,scale   run only these parts
+#   BENCH_PERF=DIR    perf record the agent during each part, into DIR
+
+BENCH_SRC     := $(wildcard bench/*.c)
+BENCH_OBJ     := $(BENCH_SRC:%.c=$(BUILD)/%.o)
+BENCH_HARNESS := $(addprefix $(BUILD)/test/harness/,proc.o etcd_proc.o agentproc.o)
+
+$(BENCH_OBJ): CPPFLAGS += -Itest/harness $(GRPC_CFLAGS) -DBUILD_DIR='"$(CURDIR)/$(BUILD)"'
+
+$(BUILD)/bench/bench: $(BENCH_OBJ) $(BENCH_HARNESS) $(BUILD)/libdiscovery.a
+	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(GRPC_LIBS) -lm -pthread -o $@
+
+bench: deps
+	$(MAKE) $(BUILD)/discovery-agent $(BUILD)/echo-server $(BUILD)/bench/bench
+	$(BUILD)/bench/bench --out docs/benchmarks.md --data $(BUILD)/bench --notes bench/notes.md
+	gnuplot -e "datadir='$(BUILD)/bench'; outdir='docs'" bench/plots.gp
+
+.PHONY: bench

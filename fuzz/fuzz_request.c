@@ -19,6 +19,7 @@
  * cancels its watches, pending requests and registrations, and the
  * registrations made with "persist" are removed and maintenance mode is
  * turned off, so that inputs do not pile state on each other. */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -26,6 +27,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -38,10 +40,10 @@
 /* The fuzzer must not reach the network: a registration may carry a tcp,
  * http or gRPC health check against any address the input names, and host
  * names would be looked up in DNS. This connect() takes the place of the
- * C library's for the whole process (libuv, libcurl, gRPC and the resolver
- * call it), lets unix sockets and the fake etcd endpoint (127.0.0.1:1,
- * where nothing listens) through, and refuses everything else as if
- * nothing listened there either. */
+ * C library's for the whole process (libuv, libcurl, gRPC and c-ares call
+ * it), lets unix sockets and the fake etcd endpoint (127.0.0.1:1, where
+ * nothing listens) through, and refuses everything else as if nothing
+ * listened there either. */
 int connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
     bool allowed = sa && sa->sa_family == AF_UNIX;
@@ -55,6 +57,30 @@ int connect(int fd, const struct sockaddr *sa, socklen_t len)
         return -1;
     }
     return (int)syscall(SYS_connect, fd, sa, len);
+}
+
+/* The C library's resolver connects with an internal call that the
+ * connect() above does not see, and would send every host name an input
+ * makes up to the DNS servers (and wait seconds for their answer). This
+ * getaddrinfo(), which libuv, libcurl and gRPC call, takes only numeric
+ * addresses: a name fails at once, as an unknown name would. */
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                struct addrinfo **res)
+{
+    typedef int gai_fn(const char *, const char *, const struct addrinfo *, struct addrinfo **);
+    static gai_fn *real;
+    gai_fn *fn = __atomic_load_n(&real, __ATOMIC_ACQUIRE);
+    struct addrinfo h = {0};
+
+    if (!fn) {
+        fn = (gai_fn *)dlsym(RTLD_NEXT, "getaddrinfo");
+        FUZZ_CHECK(fn != NULL);
+        __atomic_store_n(&real, fn, __ATOMIC_RELEASE);
+    }
+    if (hints)
+        h = *hints;
+    h.ai_flags |= AI_NUMERICHOST;
+    return fn(node, service, &h, res);
 }
 
 #define HELLO "{\"op\":\"ping\",\"id\":\"fuzz-hello-7c1f\"}"
