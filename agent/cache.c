@@ -44,6 +44,9 @@ struct service {
     struct cache_sub *subs;
     size_t n_subs;
     int notifying;
+    bool notify_pending;   /* queued for the next loop turn */
+    struct service *notify_next;
+    etcd_call *confirm;    /* range read after a reconnect (see watch_cb) */
     struct service *hnext; /* hash chain */
 };
 
@@ -57,6 +60,8 @@ struct cache {
     size_t n_buckets, n_services;
     uv_timer_t save_timer; /* coalesced disk writes */
     uv_timer_t idle_timer; /* drops idle services */
+    uv_timer_t notify_timer; /* runs queued notifications on the next turn */
+    struct service *notify_head;
     int closing;
 };
 
@@ -251,6 +256,48 @@ static void save_due(uv_timer_t *t)
                 save_service(s);
 }
 
+/* Subscribers hear of a service's changes once per loop turn, however
+ * many watch responses the turn brought: a burst of a thousand changes
+ * read in one go is one notification (each subscriber renders the whole
+ * list, so per-event notifications stalled the loop for seconds). */
+static void notify_due(uv_timer_t *t)
+{
+    cache *c = t->data;
+
+    while (c->notify_head) {
+        service *s = c->notify_head;
+        c->notify_head = s->notify_next;
+        s->notify_next = NULL;
+        s->notify_pending = false;
+        notify(s);
+    }
+}
+
+static void schedule_notify(service *s)
+{
+    cache *c = s->c;
+
+    if (s->notify_pending)
+        return;
+    s->notify_pending = true;
+    s->notify_next = c->notify_head;
+    c->notify_head = s;
+    if (!uv_is_active((uv_handle_t *)&c->notify_timer))
+        uv_timer_start(&c->notify_timer, notify_due, 0, 0);
+}
+
+static void unschedule_notify(service *s)
+{
+    if (!s->notify_pending)
+        return;
+    for (service **pp = &s->c->notify_head; *pp; pp = &(*pp)->notify_next)
+        if (*pp == s) {
+            *pp = s->notify_next;
+            break;
+        }
+    s->notify_pending = false;
+}
+
 static void changed(service *s)
 {
     cache *c = s->c;
@@ -261,10 +308,43 @@ static void changed(service *s)
         if (!uv_is_active((uv_handle_t *)&c->save_timer))
             uv_timer_start(&c->save_timer, save_due, c->save_delay_ms, 0);
     }
-    notify(s);
+    schedule_notify(s);
 }
 
 /* ---- the watch ---------------------------------------------------------- */
+
+static void confirmed(int err, const struct etcd_result *r, void *arg)
+{
+    service *s = arg;
+
+    s->confirm = NULL;
+    if (err)
+        return; /* still stale; the watch reports when it is down again */
+    if (r->revision > s->revision) {
+        entries_clear(s);
+        for (size_t i = 0; i < r->n_kvs; i++) {
+            const struct etcd_kv *kv = &r->kvs[i];
+            if (kv->key_len > s->klen)
+                entry_put(s, kv->key + s->klen, kv->key_len - s->klen, kv->value,
+                          kv->value_len, kv->lease);
+        }
+        s->revision = r->revision;
+    }
+    s->stale = false;
+    changed(s);
+}
+
+static void confirm(service *s)
+{
+    char end[1024];
+    size_t elen;
+
+    if (s->confirm || s->klen >= sizeof end)
+        return;
+    elen = etcd_prefix_end(s->key, s->klen, end);
+    if (etcd_range(s->c->etcd, s->key, s->klen, end, elen, 0, 0, confirmed, s, &s->confirm) < 0)
+        s->confirm = NULL;
+}
 
 static void watch_cb(etcd_watch *w, const struct etcd_watch_update *u, void *arg)
 {
@@ -288,9 +368,11 @@ static void watch_cb(etcd_watch *w, const struct etcd_watch_update *u, void *arg
         changed(s);
         break;
     case ETCD_WATCH_EVENTS:
+        if (u->revision <= s->revision && s->ready)
+            break; /* a confirming range read showed these already */
         for (i = 0; i < u->n_events; i++) {
             const struct etcd_kv *kv = &u->events[i].kv;
-            if (kv->key_len <= s->klen)
+            if (kv->key_len <= s->klen || kv->mod_revision <= s->revision)
                 continue;
             if (u->events[i].type == ETCD_EVENT_PUT)
                 entry_put(s, kv->key + s->klen, kv->key_len - s->klen, kv->value, kv->value_len,
@@ -306,13 +388,21 @@ static void watch_cb(etcd_watch *w, const struct etcd_watch_update *u, void *arg
         if (!s->stale) {
             s->stale = true;
             log_debug("cache: %s is stale: %s", s->name, da_strerror(u->err));
-            notify(s);
+            schedule_notify(s);
         }
         break;
     case ETCD_WATCH_UP:
+        /* The stream is back, but etcd sends the changes we missed (or a
+         * compaction notice) only after it: the list is not live until it
+         * has caught up with the revision etcd had when the stream came
+         * back. A range read tells that at once. */
         if (s->stale && s->ready) {
-            s->stale = false;
-            notify(s);
+            if (u->revision > 0 && s->revision >= u->revision) {
+                s->stale = false;
+                schedule_notify(s);
+            } else {
+                confirm(s);
+            }
         }
         break;
     }
@@ -387,6 +477,8 @@ static void load_from_disk(service *s)
 
 static void service_free(service *s)
 {
+    unschedule_notify(s);
+    etcd_call_cancel(s->confirm);
     etcd_watch_stop(s->watch);
     entries_clear(s);
     free(s->entries);
@@ -502,7 +594,8 @@ static void idle_check(uv_timer_t *t)
     for (size_t b = 0; b < c->n_buckets; b++) {
         for (service **pp = &c->buckets[b]; *pp;) {
             service *s = *pp;
-            if (s->n_subs == 0 && !s->notifying && now - s->last_used >= c->idle_ms) {
+            if (s->n_subs == 0 && !s->notifying && !s->notify_pending &&
+                now - s->last_used >= c->idle_ms) {
                 log_info("cache: dropping %s: unused for %llu s", s->name,
                          (unsigned long long)(now - s->last_used) / 1000);
                 *pp = s->hnext;
@@ -599,8 +692,10 @@ int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cach
     }
     uv_timer_init(loop, &c->save_timer);
     uv_timer_init(loop, &c->idle_timer);
+    uv_timer_init(loop, &c->notify_timer);
     c->save_timer.data = c;
     c->idle_timer.data = c;
+    c->notify_timer.data = c;
     every = c->idle_ms / 4 > 1000 ? c->idle_ms / 4 : 1000;
     uv_timer_start(&c->idle_timer, idle_check, every, every);
     /* The idle check alone must not keep the loop alive. */
@@ -613,7 +708,7 @@ static void timer_closed(uv_handle_t *h)
 {
     cache *c = h->data;
 
-    if (++c->closing == 2)
+    if (++c->closing == 3)
         free(c);
 }
 
@@ -632,7 +727,9 @@ cache *cache_free(cache *c)
     free(c->buckets);
     free(c->prefix);
     free(c->dir);
+    c->notify_head = NULL;
     uv_close((uv_handle_t *)&c->save_timer, timer_closed);
     uv_close((uv_handle_t *)&c->idle_timer, timer_closed);
+    uv_close((uv_handle_t *)&c->notify_timer, timer_closed);
     return NULL;
 }

@@ -158,7 +158,9 @@ enum etcd_watch_kind {
     ETCD_WATCH_SNAPSHOT, /* the full range at revision: replaces what was known */
     ETCD_WATCH_EVENTS,   /* changes after what was delivered before */
     ETCD_WATCH_DOWN,     /* the stream is broken; reconnecting (err says why) */
-    ETCD_WATCH_UP,       /* the stream is live again, nothing was missed */
+    ETCD_WATCH_UP,       /* the stream is live again; revision: etcd's then. The
+                          * changes missed meanwhile follow as EVENTS (or a
+                          * SNAPSHOT after a compaction) */
 };
 
 struct etcd_watch_update {

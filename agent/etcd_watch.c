@@ -74,7 +74,10 @@ static void report_down(etcd_watch *w, int err)
     report(w, &u);
 }
 
-static void report_up(etcd_watch *w)
+/* etcd_rev: etcd's revision when the stream was created. The changes up
+ * to it come after this (or a compaction notice does), so the receiver
+ * knows it has caught up only once it has seen that revision. */
+static void report_up(etcd_watch *w, int64_t etcd_rev)
 {
     struct etcd_watch_update u = {.kind = ETCD_WATCH_UP};
 
@@ -82,7 +85,7 @@ static void report_up(etcd_watch *w)
     if (!w->down)
         return;
     w->down = false;
-    u.revision = w->next_rev - 1;
+    u.revision = etcd_rev;
     report(w, &u);
 }
 
@@ -195,7 +198,7 @@ static int handle_line(etcd_watch *w, const char *line, size_t len)
             w->cluster_id = m.cluster_id;
         w->live = true;
         etcd__endpoint_ok(w->c);
-        report_up(w);
+        report_up(w, m.revision);
     }
     if (m.n_events) {
         /* Skip anything at or below what was delivered: a resumed stream

@@ -217,42 +217,87 @@ static struct pending *pending_new(struct conn_state *cs, enum pending_kind kind
 
 /* ---- watches ------------------------------------------------------------ */
 
-/* The part of a list a watcher sees, as text: instances of its group and
- * staleness. Revisions are left out: a change elsewhere in the service
- * moves the revision but not this watcher's list. */
-static char *seen_text(service *svc, const char *group)
-{
-    json_t *o = json_object();
-    char *text;
+/* One change of a service is rendered once per group and reused for every
+ * watcher of that group: with a thousand watchers of a large service,
+ * rendering per watcher was what stalled the loop. The key is the service
+ * (name and pointer), its revision and staleness, and the group. */
+static struct {
+    const service *svc;
+    char *name;
+    char *group;
+    int64_t revision;
+    bool stale, ready;
+    char *list; /* {"service",..,"revision",..,"stale",..,"instances":[..]} */
+    char *seen; /* the same without the revision: what a watcher sees change */
+} rendered;
 
+static bool render(service *svc, const char *group)
+{
+    json_t *o;
+
+    if (rendered.list && rendered.svc == svc && !strcmp(rendered.name, service_name(svc)) &&
+        rendered.revision == service_revision(svc) && rendered.stale == service_stale(svc) &&
+        rendered.ready == service_ready(svc) &&
+        ((!group && !rendered.group) || (group && rendered.group && !strcmp(group, rendered.group))))
+        return true;
+    free(rendered.list);
+    free(rendered.seen);
+    free(rendered.name);
+    free(rendered.group);
+    memset(&rendered, 0, sizeof rendered);
+    o = json_object();
     if (!o)
-        return NULL;
+        return false;
     add_list(o, svc, group);
+    rendered.list = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    /* Revisions are left out of what a watcher "sees": a change elsewhere
+     * in the service moves the revision but not this group's list. */
     json_object_del(o, "revision");
-    text = json_dumps(o, JSON_COMPACT);
+    rendered.seen = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
-    return text;
+    rendered.name = strdup(service_name(svc));
+    rendered.group = group ? strdup(group) : NULL;
+    if (!rendered.list || !rendered.seen || !rendered.name || (group && !rendered.group)) {
+        free(rendered.list);
+        free(rendered.seen);
+        free(rendered.name);
+        free(rendered.group);
+        memset(&rendered, 0, sizeof rendered);
+        return false;
+    }
+    rendered.svc = svc;
+    rendered.revision = service_revision(svc);
+    rendered.stale = service_stale(svc);
+    rendered.ready = service_ready(svc);
+    return true;
 }
 
 static void watch_update(service *svc, void *arg)
 {
     struct cwatch *w = arg;
-    char *seen = seen_text(svc, w->group);
-    json_t *o;
+    char head[64];
+    size_t hlen, llen;
+    char *line;
 
-    if (seen && w->last && !strcmp(seen, w->last)) {
-        free(seen);
+    if (w->cs->dead || !render(svc, w->group))
         return;
-    }
+    if (w->last && !strcmp(rendered.seen, w->last))
+        return; /* nothing this watcher sees has changed */
     free(w->last);
-    w->last = seen;
-    o = json_object();
-    if (!o)
+    w->last = strdup(rendered.seen);
+    /* {"event":"update","watch":N, + the list without its opening brace */
+    hlen = (size_t)snprintf(head, sizeof head, "{\"event\":\"update\",\"watch\":%llu,",
+                            (unsigned long long)w->id);
+    llen = strlen(rendered.list);
+    line = malloc(hlen + llen + 1);
+    if (!line)
         return;
-    json_object_set_new(o, "event", json_string("update"));
-    json_object_set_new(o, "watch", json_integer((json_int_t)w->id));
-    add_list(o, svc, w->group);
-    send_json(w->cs, o);
+    memcpy(line, head, hlen);
+    memcpy(line + hlen, rendered.list + 1, llen - 1);
+    line[hlen + llen - 1] = '\n';
+    if (server_send(w->cs->c, line, hlen + llen) != 0)
+        w->cs->dead = true;
+    free(line);
 }
 
 static void cwatch_free(struct cwatch *w)
@@ -286,7 +331,7 @@ static void watch_begin(struct pending *p)
     }
     w->next = cs->watches;
     cs->watches = w;
-    w->last = seen_text(p->svc, w->group);
+    w->last = render(p->svc, w->group) ? strdup(rendered.seen) : NULL;
     o = reply_new(p->id, true);
     if (o) {
         json_object_set_new(o, "watch", json_integer((json_int_t)w->id));
