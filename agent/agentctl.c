@@ -281,39 +281,6 @@ static int call_failed(disc_client *c, const struct opts *o, int rc)
     }
 }
 
-/* Sends {"op":op} and parses the reply; returns an exit status. */
-static int simple_request(const struct opts *o, const char *op, json_t **reply)
-{
-    disc_client *c;
-    char req[64], *text = NULL;
-    json_error_t jerr;
-    int rc, st = open_client(o, &c);
-
-    *reply = NULL;
-    if (st)
-        return st;
-    snprintf(req, sizeof req, "{\"op\":\"%s\"}", op);
-    rc = disc_request_json(c, req, o->timeout_ms, &text);
-    if (rc) {
-        st = call_failed(c, o, rc);
-        disc_client_close(c);
-        return st;
-    }
-    disc_client_close(c);
-    *reply = json_loads(text, 0, &jerr);
-    free(text);
-    if (!json_is_object(*reply)) {
-        json_decref(*reply);
-        *reply = NULL;
-        fprintf(stderr, "agentctl: the agent's %s reply is not a JSON object\n", op);
-        return EXIT_FAILED;
-    }
-    /* The caller sees the answer, not the envelope. */
-    json_object_del(*reply, "id");
-    json_object_del(*reply, "ok");
-    return EXIT_DONE;
-}
-
 /* Sends req (stolen) and parses the reply; returns an exit status. */
 static int object_request(const struct opts *o, json_t *req, json_t **reply)
 {
@@ -352,6 +319,12 @@ static int object_request(const struct opts *o, json_t *req, json_t **reply)
     json_object_del(*reply, "id");
     json_object_del(*reply, "ok");
     return EXIT_DONE;
+}
+
+/* Sends {"op":op} and parses the reply; returns an exit status. */
+static int simple_request(const struct opts *o, const char *op, json_t **reply)
+{
+    return object_request(o, json_pack("{s:s}", "op", op), reply);
 }
 
 static int print_json(json_t *o)
