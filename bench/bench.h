@@ -69,10 +69,15 @@ void remove_tree(const char *path);
 
 /* ---- /proc (procstat.c) --------------------------------------------------- */
 
-/* VmRSS in KiB, or -1. */
+/* VmRSS in KiB, or -1: every resident page, shared library pages included. */
 long proc_rss_kib(pid_t pid);
+/* RssAnon in KiB, or -1: the process's own (anonymous) resident memory. */
+long proc_rss_anon_kib(pid_t pid);
 /* utime + stime in seconds, or -1. */
 double proc_cpu_s(pid_t pid);
+/* CPU time of every thread of pid from the scheduler, in seconds, with
+ * nanosecond resolution (utime + stime tick at 10 ms); -1 on error. */
+double proc_cpu_sched_s(pid_t pid);
 /* TCP connections of pid whose peer is 127.0.0.1:port (ESTABLISHED). */
 int proc_tcp_conns_to(pid_t pid, int port);
 /* Threads of pid. */
@@ -175,5 +180,9 @@ void floor_stop(pid_t pid);
  * the least an agent can spend delivering count updates to fanout
  * watchers. */
 double floor_fanout_cpu(const char *line, size_t len, int fanout, int count);
+/* CPU seconds a process spends on one lease keep-alive through etcd's
+ * gateway (its own lease, count keep-alives on one keep-alive connection,
+ * averaged): the least that staying registered costs. -1 on failure. */
+double floor_keepalive_cpu(const char *url, int count);
 
 #endif

@@ -29,7 +29,7 @@ int gw_open(struct gw *g, const char *url)
     g->fd = -1;
     if (strncmp(url, "http://127.0.0.1:", 17) || !colon)
         return -1;
-    g->port = atoi(colon + 1);
+    g->port = (int)strtol(colon + 1, NULL, 10);
     sa.sin_port = htons((uint16_t)g->port);
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     g->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

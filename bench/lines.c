@@ -30,7 +30,7 @@ int lc_open(struct lc *c, const char *path, bool nonblock)
     }
     if (nonblock)
         fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
-    c->cap = 65536;
+    c->cap = 16384; /* grows on demand; 10,000 clients hold one each */
     c->buf = malloc(c->cap);
     if (!c->buf) {
         close(c->fd);
@@ -127,9 +127,24 @@ char *lc_line(struct lc *c, int timeout_ms, size_t *len)
     }
 }
 
+/* Counts and consumes the complete lines already in the buffer. */
+static int count_buffered(struct lc *c)
+{
+    char *p = c->buf + c->start, *end = c->buf + c->len, *last = NULL;
+    int lines = 0;
+
+    while (p < end && (p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+        lines++;
+        last = ++p;
+    }
+    if (last)
+        c->start = (size_t)(last - c->buf);
+    return lines;
+}
+
 int lc_drain_count(struct lc *c)
 {
-    int lines = 0;
+    int lines = count_buffered(c);
 
     for (;;) {
         if (room(c) < 0)
@@ -139,15 +154,8 @@ int lc_drain_count(struct lc *c)
             return -1;
         if (r < 0)
             return errno == EAGAIN || errno == EINTR ? lines : -1;
-        /* Count and drop complete lines; keep a partial one. */
-        char *p = c->buf + c->len, *end = p + r, *last = NULL;
-        while ((p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
-            lines++;
-            last = ++p;
-        }
         c->len += (size_t)r;
-        if (last)
-            c->start = (size_t)(last - c->buf);
+        lines += count_buffered(c);
         if ((size_t)r < 4096)
             return lines;
     }

@@ -33,6 +33,11 @@ long proc_rss_kib(pid_t pid)
     return status_field(pid, "VmRSS");
 }
 
+long proc_rss_anon_kib(pid_t pid)
+{
+    return status_field(pid, "RssAnon");
+}
+
 int proc_threads(pid_t pid)
 {
     return (int)status_field(pid, "Threads");
@@ -58,6 +63,34 @@ double proc_cpu_s(pid_t pid)
     if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
         return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+double proc_cpu_sched_s(pid_t pid)
+{
+    char path[64];
+    unsigned long long total = 0;
+    struct dirent *d;
+    DIR *dir;
+
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    dir = opendir(path);
+    if (!dir)
+        return -1;
+    while ((d = readdir(dir))) {
+        char p2[160];
+        unsigned long long ns;
+        FILE *f;
+        if (d->d_name[0] == '.')
+            continue;
+        snprintf(p2, sizeof p2, "%s/%s/schedstat", path, d->d_name);
+        f = fopen(p2, "r");
+        if (f && fscanf(f, "%llu", &ns) == 1)
+            total += ns;
+        if (f)
+            fclose(f);
+    }
+    closedir(dir);
+    return (double)total / 1e9;
 }
 
 static int cmp_ul(const void *a, const void *b)

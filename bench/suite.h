@@ -39,8 +39,10 @@ struct bench {
     char data[512];  /* where the plot data goes */
     const char *perf_dir; /* BENCH_PERF: perf record the agent per part */
     const char *only;     /* BENCH_ONLY: run only the parts named */
+    const char *agent_bin; /* BENCH_AGENT, or build/discovery-agent */
+    const char *agent_yaml; /* BENCH_AGENT_YAML: added to each agent's config */
     int scale_runs;
-    int idle_s;
+    int idle_ms;
     uint64_t started;
 
     struct fig figs[MAX_FIGS];
