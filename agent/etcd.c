@@ -14,6 +14,15 @@
 #include "etcd_parse.h"
 #include "log.h"
 
+/* Range reads sent at once; more wait in a queue. Watching 1,000 services
+ * starts 1,000 snapshot reads together: sent at once they open 1,000
+ * connections, which curl then keeps idle in its cache for good (1,000 fds
+ * here and in etcd, and curl polls every idle one whenever a request looks
+ * for a connection to reuse: 1,000 poll() calls per keep-alive at rest).
+ * Writes and lease calls never wait behind reads: a keep-alive must not
+ * starve. */
+#define ETCD_MAX_READS 8
+
 struct etcd_call {
     etcd_client *c;
     char *path;
@@ -27,7 +36,11 @@ struct etcd_call {
     bool auth_retried;
     bool waiting_auth; /* parked until a token comes */
     bool is_auth;      /* the authenticate call itself */
+    bool is_read;      /* a range read: counted in c->reads, may queue */
+    bool counted;      /* in flight and counted in c->reads */
+    bool queued;       /* on c->qhead */
     struct etcd_call *prev, *next;
+    struct etcd_call *qnext;
 };
 
 static int call_send(struct etcd_call *call);
@@ -126,6 +139,50 @@ void etcd__endpoint_failed(etcd_client *c, size_t idx, int err, const char *why)
     }
 }
 
+/* ---- the read queue ----------------------------------------------------- */
+
+static void dequeue(etcd_client *c, struct etcd_call *call)
+{
+    struct etcd_call **pp = &c->qhead, *prev = NULL;
+
+    while (*pp && *pp != call) {
+        prev = *pp;
+        pp = &(*pp)->qnext;
+    }
+    if (*pp) {
+        *pp = call->qnext;
+        if (c->qtail == call)
+            c->qtail = prev;
+    }
+    call->qnext = NULL;
+    call->queued = false;
+}
+
+/* Sends queued reads while fewer than ETCD_MAX_READS are in flight. It runs
+ * no callback, so it is safe wherever a call ends. A read that cannot be
+ * sent now (out of memory) goes back to the head of the queue and is tried
+ * again when the next read ends. */
+static void pump(etcd_client *c)
+{
+    while (c->qhead && c->reads < ETCD_MAX_READS && !c->freeing) {
+        struct etcd_call *call = c->qhead;
+
+        c->qhead = call->qnext;
+        if (!c->qhead)
+            c->qtail = NULL;
+        call->qnext = NULL;
+        call->queued = false;
+        if (call_send(call) < 0) {
+            call->queued = true;
+            call->qnext = c->qhead;
+            c->qhead = call;
+            if (!c->qtail)
+                c->qtail = call;
+            break;
+        }
+    }
+}
+
 /* ---- calls ------------------------------------------------------------ */
 
 static void call_unlink(struct etcd_call *call)
@@ -141,6 +198,13 @@ static void call_unlink(struct etcd_call *call)
     call->prev = call->next = NULL;
     if (c->auth == call)
         c->auth = NULL;
+    if (call->queued)
+        dequeue(c, call);
+    if (call->counted) {
+        call->counted = false;
+        c->reads--;
+        pump(c);
+    }
 }
 
 static void call_free(struct etcd_call *call)
@@ -261,6 +325,12 @@ static void http_done(http_req *req, int err, long status, const char *body, siz
 
     (void)req;
     call->req = NULL;
+    if (call->counted) {
+        /* Room for the next queued read, sent before any callback runs. */
+        call->counted = false;
+        c->reads--;
+        pump(c);
+    }
     if (err) {
         /* A reply too large is etcd's answer, not a broken endpoint. */
         if (err == DA_EMSGSIZE) {
@@ -330,6 +400,16 @@ static int call_send(struct etcd_call *call)
         call->waiting_auth = true;
         return 0;
     }
+    if (call->is_read && c->reads >= ETCD_MAX_READS) {
+        call->queued = true;
+        call->qnext = NULL;
+        if (c->qtail)
+            c->qtail->qnext = call;
+        else
+            c->qhead = call;
+        c->qtail = call;
+        return 0;
+    }
     call->endpoint = c->cur;
     etcd__headers(c, hdrs, auth, sizeof auth);
     snprintf(url, sizeof url, "%s%s", c->endpoints[c->cur], call->path);
@@ -342,7 +422,12 @@ static int call_send(struct etcd_call *call)
     o.max_body = c->max_reply;
     o.tls = &c->tls;
     c->requests++;
-    return http_request(c->http, &o, http_done, call, &call->req);
+    int rc = http_request(c->http, &o, http_done, call, &call->req);
+    if (rc == 0 && call->is_read) {
+        call->counted = true;
+        c->reads++;
+    }
+    return rc;
 }
 
 /* Takes the body (stolen). */
@@ -366,6 +451,7 @@ static int call_start(etcd_client *c, const char *path, json_t *body, etcd_cb cb
     call->body_len = strlen(call->body);
     call->cb = cb;
     call->arg = arg;
+    call->is_read = !strcmp(path, "/v3/kv/range");
     call->next = c->calls;
     if (c->calls)
         c->calls->prev = call;
@@ -561,6 +647,10 @@ int etcd_client_new(etcd_client **out, uv_loop_t *loop, http_client *http,
         return DA_ENOMEM;
     c->loop = loop;
     c->http = http;
+    if (http_client_new(&c->streams, loop) < 0) {
+        free(c);
+        return DA_ENOMEM;
+    }
     c->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 5000;
     c->max_reply = o->max_reply ? o->max_reply : 64u << 20;
     c->ka_idle = o->watch_keepalive_idle_s > 0 ? o->watch_keepalive_idle_s : 2;
@@ -598,9 +688,11 @@ etcd_client *etcd_client_free(etcd_client *c)
 {
     if (!c)
         return NULL;
+    c->freeing = true; /* cancelling reads must not send queued ones */
     while (c->calls)
         etcd_call_cancel(c->calls);
     etcd__watches_free(c);
+    http_client_close(c->streams); /* freed by the loop, as c->http is */
     for (size_t i = 0; c->endpoints && i < c->n_endpoints; i++)
         free(c->endpoints[i]);
     free(c->endpoints);

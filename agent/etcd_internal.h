@@ -8,6 +8,11 @@
 struct etcd_client {
     uv_loop_t *loop;
     http_client *http;
+    /* Watch streams get a curl multi handle of their own: every connection
+     * of a multi handle sits in its cache, and each request walks the cache
+     * looking for one to reuse. With 1,000 streams in it, each keep-alive
+     * walked 1,000 busy connections, the largest part of the CPU at rest. */
+    http_client *streams;
     char **endpoints;
     size_t n_endpoints;
     size_t cur; /* endpoint in use */
@@ -25,6 +30,11 @@ struct etcd_client {
     void *state_arg;
 
     struct etcd_call *calls;    /* every call in flight or waiting */
+    /* Range reads in flight (at most ETCD_MAX_READS), those queued behind
+     * them, and whether the client is being freed (nothing more is sent). */
+    size_t reads;
+    struct etcd_call *qhead, *qtail;
+    bool freeing;
     struct etcd_watch *watches; /* every watch not stopped */
     struct etcd_call *auth;     /* the authenticate call in flight, if any */
 };

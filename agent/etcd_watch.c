@@ -234,6 +234,14 @@ static int on_chunk(http_req *req, const char *data, size_t len, void *arg)
             w->last_err = DA_EMSGSIZE;
             return 1;
         }
+        if (nl && w->len == 0) {
+            /* A whole line in the chunk: parsed where it is, no copy. */
+            if (take > 0 && handle_line(w, data, take))
+                return 1;
+            data += take + 1;
+            len -= take + 1;
+            continue;
+        }
         if (w->len + take + 1 > w->cap) {
             size_t cap = w->cap ? w->cap : 4096;
             while (cap < w->len + take + 1)
@@ -256,6 +264,13 @@ static int on_chunk(http_req *req, const char *data, size_t len, void *arg)
         w->len = 0;
         if (n > 0 && handle_line(w, w->line, n))
             return 1;
+    }
+    /* A watch may sit idle for hours: it keeps a line buffer only while a
+     * line is incomplete (4 KiB per watch otherwise, 4 MB for 1,000). */
+    if (w->len == 0 && w->line) {
+        free(w->line);
+        w->line = NULL;
+        w->cap = 0;
     }
     return 0;
 }
@@ -331,7 +346,7 @@ static int stream_start(etcd_watch *w)
     opts.keepalive_intvl_s = c->ka_intvl;
     opts.keepalive_cnt = c->ka_cnt;
     c->requests++;
-    rc = http_request(c->http, &opts, stream_done, w, &w->req);
+    rc = http_request(c->streams, &opts, stream_done, w, &w->req);
 out:
     json_decref(o);
     json_decref(cr);

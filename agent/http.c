@@ -17,6 +17,9 @@
 
 #include "error.h"
 
+/* curl's receive buffer for streaming requests (see http_request). */
+#define HTTP_STREAM_BUFFER 1024
+
 struct http_sock {
     uv_poll_t poll; /* poll.data points back to this struct */
     curl_socket_t fd;
@@ -196,6 +199,16 @@ static void finish(struct http_req *r, int err)
     req_free(r);
 }
 
+/* A chunk was handed over. A stream (a watch) may then be silent for
+ * hours, so it keeps no buffer in between: 4 KiB per watch otherwise. */
+static void release_chunk(struct http_req *r)
+{
+    r->len = 0;
+    free(r->data);
+    r->data = NULL;
+    r->cap = 0;
+}
+
 /* Hands pending chunks to their owners, then finished transfers. Every
  * callback may start or cancel requests, so each step re-reads the queues
  * rather than holding pointers across a callback. */
@@ -226,7 +239,7 @@ static void dispatch_once(http_client *c)
         r->busy++;
         int stop = r->on_chunk(r, r->data, r->len, r->arg);
         r->busy--;
-        r->len = 0;
+        release_chunk(r);
         if (r->cancelled) {
             req_free(r);
         } else if (stop) {
@@ -459,6 +472,13 @@ int http_request(http_client *c, const struct http_req_opts *o, http_done_cb don
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
     if (o->connect_timeout_ms > 0)
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
+    if (o->on_chunk)
+        /* curl's receive buffer, 16 KiB per handle by default, lives as long
+         * as the handle: for a watch, as long as the agent, and it takes at
+         * least a resident page of its own. At curl's minimum (1 KiB) the
+         * buffers of many watches share pages. Watch events are small; a
+         * larger one just takes more reads. */
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)HTTP_STREAM_BUFFER);
     if (o->keepalive_idle_s > 0) {
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
         curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, (long)o->keepalive_idle_s);

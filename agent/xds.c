@@ -126,6 +126,8 @@ static int lookup(const char *host, char ip[INET6_ADDRSTRLEN], void *arg)
     return xdns_lookup(x->dns, host, ip);
 }
 
+static void tick_need(xds *x);
+
 /* Tells every stream and query that uses s about its new model. */
 static void svc_changed(struct xsvc *s)
 {
@@ -170,6 +172,8 @@ static void svc_rebuild(struct xsvc *s)
     bool same = s->built && xds_model_equal(&m, &s->model);
     xds_model_clear(&s->model);
     s->model = m;
+    if (m.uses_names)
+        tick_need(x); /* names are looked up again on the tick */
     if (same)
         return;
     s->built = true;
@@ -380,6 +384,7 @@ static void pump(struct xstream *st)
         n = build(st, (enum xds_type)t, &v);
         if (n < 0) {
             st->held = true; /* the tick tries again */
+            tick_need(st->x);
             continue;
         }
         if ((!ts->sent_any && n == 0) ||
@@ -641,6 +646,29 @@ static void on_close(xgrpc_stream *gs, void *arg)
 
 /* ---- the tick ----------------------------------------------------------- */
 
+static void on_tick(uv_timer_t *t);
+
+/* Starts the tick if it is not running: something now needs it. */
+static void tick_need(xds *x)
+{
+    if (!x->closing && !uv_is_active((uv_handle_t *)&x->tick))
+        uv_timer_start(&x->tick, on_tick, TICK_MS, TICK_MS);
+}
+
+/* Whether the tick has work: a stream held back, or a list built from host
+ * names (looked up again every DNS_TICKS). An agent nobody asks over xDS
+ * then wakes for nothing: the tick used to run every second for good. */
+static bool tick_wanted(const xds *x)
+{
+    for (const struct xstream *st = x->streams; st; st = st->next)
+        if (st->held)
+            return true;
+    for (const struct xsvc *s = x->svcs; s; s = s->next)
+        if (s->model.uses_names)
+            return true;
+    return false;
+}
+
 static void on_tick(uv_timer_t *t)
 {
     xds *x = t->data;
@@ -661,6 +689,8 @@ static void on_tick(uv_timer_t *t)
             svc_unref(s);
         }
     }
+    if (!tick_wanted(x))
+        uv_timer_stop(&x->tick);
 }
 
 /* ---- queries ------------------------------------------------------------ */
@@ -960,7 +990,7 @@ int xds_start(xds *x, char *err, size_t errlen)
     if (rc)
         log_warn("xds: cannot write %s: %s; `agentctl xds-bootstrap` still prints it",
                  x->bootstrap_file, rc == DA_ENOMEM ? "out of memory" : strerror(-rc));
-    uv_timer_start(&x->tick, on_tick, TICK_MS, TICK_MS);
+    /* The tick starts when something needs it (tick_need). */
     if (x->tcp)
         log_info("xds: serving ADS on unix:%s and %s (port %d); bootstrap %s%s", x->path, x->tcp,
                  xgrpc_tcp_port(x->g), x->bootstrap_file,
