@@ -36,6 +36,8 @@ struct etcd_client {
     struct etcd_call *qhead, *qtail;
     bool freeing;
     struct etcd_watch *watches; /* every watch not stopped */
+    struct etcd_wstream *ws;    /* the stream they share (etcd_watch_stream.c) */
+    int64_t watch_ids;          /* the last watch_id given out */
     struct etcd_call *auth;     /* the authenticate call in flight, if any */
 };
 
@@ -54,9 +56,31 @@ void etcd__endpoint_ok(etcd_client *c);
 bool etcd__need_token(etcd_client *c);
 void etcd__token_invalid(etcd_client *c);
 
-/* Implemented in etcd_watch.c. */
+/* Implemented in etcd_watch.c, for etcd.c. */
 void etcd__watches_moved(etcd_client *c);
 void etcd__watches_token(etcd_client *c, int err);
 void etcd__watches_free(etcd_client *c);
+
+/* Implemented in etcd_watch.c, for the stream: a parsed line (returns 0,
+ * or an error that ends the stream: DA_EAUTH to open it again at once with
+ * a new token), the stream opened (watches waiting for it send their
+ * creates), the stream ended (every watch on it waits for the next one;
+ * with tell, each reports DOWN with err). */
+struct etcd_watch_msg;
+int etcd__watches_message(etcd_client *c, const struct etcd_watch_msg *m);
+void etcd__watches_stream_open(etcd_client *c);
+void etcd__watches_stream_down(etcd_client *c, int err, bool tell);
+
+/* Implemented in etcd_watch_stream.c: open the stream if it is closed (in
+ * backoff or waiting for a token, it opens later by itself), whether it is
+ * open, send a request line on it (only while open), close it (no watch
+ * left), and the client's hooks. */
+int etcd__ws_open(etcd_client *c);
+bool etcd__ws_is_open(const etcd_client *c);
+int etcd__ws_send(etcd_client *c, const char *line, size_t len);
+void etcd__ws_close(etcd_client *c);
+void etcd__ws_moved(etcd_client *c);
+void etcd__ws_token(etcd_client *c, int err);
+void etcd__ws_free(etcd_client *c);
 
 #endif

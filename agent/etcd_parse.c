@@ -410,6 +410,8 @@ int etcd_parse_watch_line(const char *line, size_t len, struct etcd_watch_msg *m
     if (h && ((rc = get_i64(h, "revision", &m->revision)) ||
               (rc = get_u64(h, "cluster_id", &m->cluster_id))))
         goto out;
+    if ((rc = get_i64(res, "watch_id", &m->watch_id)))
+        goto out;
     if ((rc = get_bool(res, "created", &b)))
         goto out;
     m->created = b;

@@ -26,6 +26,7 @@ void etcd_result_clear(struct etcd_result *r);
 
 /* One line of a watch stream. */
 struct etcd_watch_msg {
+    int64_t watch_id; /* which watch of the stream (0 when etcd left it out) */
     int64_t revision; /* header.revision */
     uint64_t cluster_id;
     int created;

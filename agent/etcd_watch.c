@@ -1,12 +1,11 @@
-/* Watch streams over the gateway.
+/* Watches: each one's state, on the stream they share.
  *
- * The gateway's /v3/watch is half-duplex over HTTP/1.1: one request carries
- * one create_request and the response streams a JSON object per line for as
- * long as the connection lives. So each watch is its own HTTP request, and
- * resuming means a new request from the last delivered revision + 1.
- *
- * A watch goes through these states:
- *   (snapshot) --range--> (streaming) --end/error--> (backoff) --> ...
+ * All watches of a client travel on one stream (etcd_watch_stream.c): a
+ * watch sends a create_request with its own watch_id and start revision,
+ * and the stream hands it the lines that carry that id. A watch goes
+ * through these states:
+ *   (snapshot) --range--> (on the stream) --stream ends--> (waiting for
+ *   the stream) --> (on the stream) ...
  * A compacted start revision sends it back to (snapshot): the range read
  * replaces what the receiver knew, so nothing is missed or applied twice. */
 #include <inttypes.h>
@@ -34,22 +33,17 @@ struct etcd_watch {
 
     int64_t next_rev;   /* first revision not yet delivered */
     uint64_t cluster_id; /* of the etcd cluster the receiver's view is from */
+    int64_t id;         /* watch_id of its create on the stream; 0: none */
     bool need_snapshot; /* the next step is a range read */
+    bool on_stream;     /* its create was sent on the open stream */
+    bool want_stream;   /* waits for the stream to open */
     bool live;          /* the stream said "created" */
     bool down;          /* DOWN was reported and UP not yet */
-    bool waiting_auth;
-    bool restart_now; /* we ended the stream on purpose: go again at once */
     bool stopped;
-    int last_err;
     unsigned backoff_ms;
-    size_t endpoint; /* where the stream went */
 
-    http_req *req;
     etcd_call *range;
     uv_timer_t timer; /* backoff; the watch is freed in its close callback */
-
-    char *line; /* a line not yet complete */
-    size_t len, cap;
 
     struct etcd_watch *prev, *next;
 };
@@ -66,7 +60,6 @@ static void report_down(etcd_watch *w, int err)
     struct etcd_watch_update u = {.kind = ETCD_WATCH_DOWN, .err = err};
 
     w->live = false;
-    w->last_err = err;
     if (w->down)
         return;
     w->down = true;
@@ -132,285 +125,232 @@ static void range_done(int err, const struct etcd_result *r, void *arg)
         step(w);
 }
 
-/* ---- stream ----------------------------------------------------------- */
+/* ---- on the stream ---------------------------------------------------- */
 
-/* Handles one complete line. Returns 0 to go on, 1 to end the stream. */
-static int handle_line(etcd_watch *w, const char *line, size_t len)
+/* Sends the watch's create_request: from next_rev, under a new watch_id
+ * (etcd 3.4 takes the client's id; a fresh one per create means a late
+ * line for an old create never lands on the new one). */
+static void send_create(etcd_watch *w)
 {
-    struct etcd_watch_msg m;
-    struct etcd_error e;
-    int rc;
+    etcd_client *c = w->c;
+    char *kb = malloc(B64_ENCODED_SIZE(w->klen)), *eb = malloc(B64_ENCODED_SIZE(w->elen));
+    char *line = NULL;
+    size_t len;
+    int rc = DA_ENOMEM;
 
-    rc = etcd_parse_watch_line(line, len, &m, &e);
-    if (rc) {
-        if (rc == DA_ENOLEADER)
-            etcd__endpoint_failed(w->c, w->endpoint, rc, e.message);
-        else if (rc == DA_EAUTH)
-            etcd__token_invalid(w->c);
-        log_warn("etcd: watch on %.*s: %s", (int)w->klen, w->key,
-                 rc == DA_EPROTO ? "malformed watch line" : e.message);
-        w->last_err = rc;
-        return 1;
+    if (!kb || !eb)
+        goto out;
+    b64_encode(w->key, w->klen, kb);
+    b64_encode(w->end, w->elen, eb);
+    len = strlen(kb) + strlen(eb) + 160;
+    if (!(line = malloc(len)))
+        goto out;
+    w->id = ++c->watch_ids;
+    snprintf(line, len,
+             "{\"create_request\":{\"key\":\"%s\"%s%s%s,\"start_revision\":\"%" PRId64
+             "\",\"watch_id\":\"%" PRId64 "\"}}\n",
+             kb, w->elen ? ",\"range_end\":\"" : "", w->elen ? eb : "", w->elen ? "\"" : "",
+             w->next_rev, w->id);
+    rc = etcd__ws_send(c, line, strlen(line));
+out:
+    free(kb);
+    free(eb);
+    free(line);
+    if (rc < 0) {
+        w->id = 0;
+        report_down(w, rc);
+        retry_later(w);
+        return;
     }
-    if (m.canceled) {
-        if (m.compact_revision > 0) {
+    w->on_stream = true;
+}
+
+/* Asks etcd to drop the watch's create on the stream (if any). */
+static void send_cancel(etcd_watch *w)
+{
+    char line[96];
+
+    if (w->on_stream && etcd__ws_is_open(w->c)) {
+        snprintf(line, sizeof line, "{\"cancel_request\":{\"watch_id\":\"%" PRId64 "\"}}\n",
+                 w->id);
+        etcd__ws_send(w->c, line, strlen(line));
+    }
+    w->on_stream = false;
+    w->live = false;
+    w->id = 0;
+}
+
+/* The stream will not deliver for this watch any more: read the range
+ * again, then create anew. */
+static void resnapshot(etcd_watch *w)
+{
+    send_cancel(w);
+    w->need_snapshot = true;
+    step(w);
+}
+
+/* One line of the stream for this watch. Returns 0 to go on, or an error
+ * that ends the whole stream. */
+static int handle(etcd_watch *w, const struct etcd_watch_msg *m)
+{
+    if (m->canceled) {
+        w->on_stream = false;
+        w->live = false;
+        w->id = 0;
+        if (m->compact_revision > 0) {
             log_info("etcd: watch on %.*s: revision %" PRId64 " compacted (oldest %" PRId64
                      "); reading the range again",
-                     (int)w->klen, w->key, w->next_rev, m.compact_revision);
+                     (int)w->klen, w->key, w->next_rev, m->compact_revision);
             w->need_snapshot = true;
-            w->restart_now = true;
-            w->last_err = DA_ECOMPACTED;
-        } else {
-            log_warn("etcd: watch on %.*s canceled: %s", (int)w->klen, w->key,
-                     m.cancel_reason[0] ? m.cancel_reason : "no reason given");
-            if (strstr(m.cancel_reason, "token") || strstr(m.cancel_reason, "permission"))
-                etcd__token_invalid(w->c);
-            w->last_err = DA_EETCD;
+            step(w);
+            return 0;
         }
-        etcd_watch_msg_clear(&m);
-        return 1;
+        log_warn("etcd: watch on %.*s canceled: %s", (int)w->klen, w->key,
+                 m->cancel_reason[0] ? m->cancel_reason : "no reason given");
+        if (strstr(m->cancel_reason, "token") || strstr(m->cancel_reason, "permission")) {
+            /* The stream's token: every watch on it needs a new one. */
+            etcd__token_invalid(w->c);
+            return DA_EAUTH;
+        }
+        report_down(w, DA_EETCD);
+        retry_later(w);
+        return 0;
     }
-    if (m.created && w->cluster_id && m.cluster_id && m.cluster_id != w->cluster_id) {
+    if (m->created && w->cluster_id && m->cluster_id && m->cluster_id != w->cluster_id) {
         /* A different cluster: etcd was wiped and started anew (or the
          * endpoints now name another cluster). Its revisions mean nothing
          * against ours: read the range again. */
         log_warn("etcd: watch on %.*s: etcd is a new cluster (id %" PRIx64 ", was %" PRIx64
                  "); reading the range again",
-                 (int)w->klen, w->key, m.cluster_id, w->cluster_id);
-        w->need_snapshot = true;
-        w->restart_now = true;
-        etcd_watch_msg_clear(&m);
-        return 1;
+                 (int)w->klen, w->key, m->cluster_id, w->cluster_id);
+        resnapshot(w);
+        return 0;
     }
-    if (m.created && m.revision > 0 && m.revision < w->next_rev - 1) {
+    if (m->created && m->revision > 0 && m->revision < w->next_rev - 1) {
         /* etcd is behind what we delivered: its data was wiped or restored
          * from an old backup. Only a fresh read tells the truth now. */
         log_warn("etcd: watch on %.*s: etcd is at revision %" PRId64 " but we saw %" PRId64
                  " (data wiped?); reading the range again",
-                 (int)w->klen, w->key, m.revision, w->next_rev - 1);
-        w->need_snapshot = true;
-        w->restart_now = true;
-        etcd_watch_msg_clear(&m);
-        return 1;
+                 (int)w->klen, w->key, m->revision, w->next_rev - 1);
+        resnapshot(w);
+        return 0;
     }
-    if (m.created) {
-        if (m.cluster_id)
-            w->cluster_id = m.cluster_id;
+    if (m->created) {
+        if (m->cluster_id)
+            w->cluster_id = m->cluster_id;
         w->live = true;
+        w->backoff_ms = 0;
         etcd__endpoint_ok(w->c);
-        report_up(w, m.revision);
+        report_up(w, m->revision);
+        if (w->stopped || !w->on_stream)
+            return 0;
     }
-    if (m.n_events) {
-        /* Skip anything at or below what was delivered: a resumed stream
+    if (m->n_events) {
+        /* Skip anything at or below what was delivered: a resumed watch
          * starts at next_rev, but a response may straddle it. */
         size_t first = 0;
-        while (first < m.n_events && m.events[first].kv.mod_revision < w->next_rev)
+        while (first < m->n_events && m->events[first].kv.mod_revision < w->next_rev)
             first++;
-        if (first < m.n_events) {
+        if (first < m->n_events) {
             struct etcd_watch_update u = {.kind = ETCD_WATCH_EVENTS};
-            u.events = m.events + first;
-            u.n_events = m.n_events - first;
-            u.revision = m.events[m.n_events - 1].kv.mod_revision;
+            u.events = m->events + first;
+            u.n_events = m->n_events - first;
+            u.revision = m->events[m->n_events - 1].kv.mod_revision;
             w->next_rev = u.revision + 1;
             report(w, &u);
         }
     }
-    etcd_watch_msg_clear(&m);
-    return w->stopped ? 1 : 0;
-}
-
-static int on_chunk(http_req *req, const char *data, size_t len, void *arg)
-{
-    etcd_watch *w = arg;
-    const char *nl;
-
-    (void)req;
-    while (len > 0) {
-        nl = memchr(data, '\n', len);
-        size_t take = nl ? (size_t)(nl - data) : len;
-        if (w->len + take > w->c->max_reply) {
-            log_warn("etcd: watch on %.*s: a line passed %zu bytes", (int)w->klen, w->key,
-                     w->c->max_reply);
-            w->last_err = DA_EMSGSIZE;
-            return 1;
-        }
-        if (nl && w->len == 0) {
-            /* A whole line in the chunk: parsed where it is, no copy. */
-            if (take > 0 && handle_line(w, data, take))
-                return 1;
-            data += take + 1;
-            len -= take + 1;
-            continue;
-        }
-        if (w->len + take + 1 > w->cap) {
-            size_t cap = w->cap ? w->cap : 4096;
-            while (cap < w->len + take + 1)
-                cap *= 2;
-            char *p = realloc(w->line, cap);
-            if (!p) {
-                w->last_err = DA_ENOMEM;
-                return 1;
-            }
-            w->line = p;
-            w->cap = cap;
-        }
-        memcpy(w->line + w->len, data, take);
-        w->len += take;
-        if (!nl)
-            break;
-        data += take + 1;
-        len -= take + 1;
-        size_t n = w->len;
-        w->len = 0;
-        if (n > 0 && handle_line(w, w->line, n))
-            return 1;
-    }
-    /* A watch may sit idle for hours: it keeps a line buffer only while a
-     * line is incomplete (4 KiB per watch otherwise, 4 MB for 1,000). */
-    if (w->len == 0 && w->line) {
-        free(w->line);
-        w->line = NULL;
-        w->cap = 0;
-    }
     return 0;
 }
 
-static void stream_done(http_req *req, int err, long status, const char *body, size_t len,
-                        void *arg)
-{
-    etcd_watch *w = arg;
-
-    (void)body;
-    (void)len;
-    w->req = NULL;
-    w->len = 0;
-    if (w->stopped)
-        return;
-    if (w->restart_now) {
-        w->restart_now = false;
-        step(w);
-        return;
-    }
-    if (err && err != DA_ECANCELED) {
-        etcd__endpoint_failed(w->c, w->endpoint, err, http_req_errtext(req));
-        w->last_err = err;
-    } else if (!err && status != 200) {
-        w->last_err = status == 503 ? DA_ENOLEADER : DA_EHTTP;
-        if (status == 503)
-            etcd__endpoint_failed(w->c, w->endpoint, DA_ENOLEADER, "HTTP 503");
-    } else if (!err) {
-        /* The member closed a healthy stream (it is shutting down). */
-        w->last_err = DA_ETRANSPORT;
-    }
-    report_down(w, w->last_err);
-    retry_later(w);
-}
-
-static int stream_start(etcd_watch *w)
-{
-    etcd_client *c = w->c;
-    json_t *o = json_object(), *cr = json_object();
-    char revbuf[24], url[1024], auth[1024];
-    char *kb = NULL, *eb = NULL, *body = NULL;
-    const char *hdrs[5];
-    struct http_req_opts opts = {0};
-    int rc = DA_ENOMEM;
-
-    kb = malloc(B64_ENCODED_SIZE(w->klen));
-    eb = malloc(B64_ENCODED_SIZE(w->elen));
-    if (!o || !cr || !kb || !eb)
-        goto out;
-    b64_encode(w->key, w->klen, kb);
-    b64_encode(w->end, w->elen, eb);
-    snprintf(revbuf, sizeof revbuf, "%" PRId64, w->next_rev);
-    if (json_object_set_new(cr, "key", json_string(kb)) ||
-        (w->elen && json_object_set_new(cr, "range_end", json_string(eb))) ||
-        json_object_set_new(cr, "start_revision", json_string(revbuf)) ||
-        json_object_set(o, "create_request", cr))
-        goto out;
-    if (!(body = json_dumps(o, JSON_COMPACT)))
-        goto out;
-
-    w->endpoint = c->cur;
-    etcd__headers(c, hdrs, auth, sizeof auth);
-    snprintf(url, sizeof url, "%s/v3/watch", c->endpoints[c->cur]);
-    opts.url = url;
-    opts.body = body;
-    opts.body_len = strlen(body);
-    opts.headers = hdrs;
-    opts.connect_timeout_ms = c->timeout_ms;
-    opts.max_body = c->max_reply;
-    opts.on_chunk = on_chunk;
-    opts.tls = &c->tls;
-    opts.keepalive_idle_s = c->ka_idle;
-    opts.keepalive_intvl_s = c->ka_intvl;
-    opts.keepalive_cnt = c->ka_cnt;
-    c->requests++;
-    rc = http_request(c->streams, &opts, stream_done, w, &w->req);
-out:
-    json_decref(o);
-    json_decref(cr);
-    free(kb);
-    free(eb);
-    free(body);
-    return rc;
-}
-
-/* Does whatever comes next: wait for a token, read the range, or stream. */
+/* Does whatever comes next: read the range, or join the stream. */
 static void step(etcd_watch *w)
 {
     int rc;
 
-    if (w->stopped || w->req || w->range)
+    if (w->stopped || w->range || w->on_stream)
         return;
     uv_timer_stop(&w->timer);
-    if (etcd__need_token(w->c)) {
-        w->waiting_auth = true;
-        return;
-    }
     if (w->need_snapshot) {
         rc = etcd_range(w->c, w->key, w->klen, w->elen ? w->end : NULL, w->elen, 0, 0,
                         range_done, w, &w->range);
-    } else {
-        rc = stream_start(w);
+        if (rc < 0) {
+            w->range = NULL;
+            report_down(w, rc);
+            retry_later(w);
+        }
+        return;
     }
-    if (rc < 0) {
+    if (etcd__ws_is_open(w->c)) {
+        send_create(w);
+        return;
+    }
+    w->want_stream = true;
+    if ((rc = etcd__ws_open(w->c)) < 0) {
+        w->want_stream = false;
         report_down(w, rc);
         retry_later(w);
     }
 }
 
-/* ---- client hooks ------------------------------------------------------ */
+/* ---- what the stream and the client call -------------------------------- */
+
+int etcd__watches_message(etcd_client *c, const struct etcd_watch_msg *m)
+{
+    etcd_watch *w;
+
+    for (w = c->watches; w; w = w->next)
+        if (w->on_stream && w->id == m->watch_id)
+            return handle(w, m);
+    if (m->created && m->canceled) {
+        /* A create etcd refused without our id (it answers -1 when the
+         * create itself is wrong): which watch is unknown, so all go again
+         * on a new stream. */
+        log_warn("etcd: watch stream: a watch was refused (%s)",
+                 m->cancel_reason[0] ? m->cancel_reason : "no reason given");
+        return DA_EETCD;
+    }
+    return 0; /* a line for a watch that was stopped or cancelled */
+}
+
+void etcd__watches_stream_open(etcd_client *c)
+{
+    for (etcd_watch *w = c->watches, *next; w; w = next) {
+        next = w->next;
+        if (w->stopped || !w->want_stream)
+            continue;
+        if (!etcd__ws_is_open(c))
+            return; /* a callback closed it; the rest wait for the next */
+        w->want_stream = false;
+        send_create(w);
+    }
+}
+
+void etcd__watches_stream_down(etcd_client *c, int err, bool tell)
+{
+    /* A watch stopped by a callback below stays readable until the loop
+     * frees it, and keeps its next pointer: the walk goes on past it. */
+    for (etcd_watch *w = c->watches, *next; w; w = next) {
+        next = w->next;
+        if (w->stopped || !(w->on_stream || w->want_stream))
+            continue;
+        w->on_stream = false;
+        w->want_stream = true;
+        w->live = false;
+        w->id = 0;
+        if (tell)
+            report_down(w, err);
+    }
+}
 
 void etcd__watches_moved(etcd_client *c)
 {
-    /* A stream on the old endpoint may hang silently (a frozen member keeps
-     * its TCP connections open), so streams are moved at once rather than
-     * left to notice. */
-    for (etcd_watch *w = c->watches; w; w = w->next) {
-        if (w->req && w->endpoint != c->cur) {
-            http_cancel(w->req);
-            w->req = NULL;
-            w->live = false;
-            w->len = 0;
-            step(w);
-        }
-    }
+    etcd__ws_moved(c);
 }
 
 void etcd__watches_token(etcd_client *c, int err)
 {
-    for (etcd_watch *w = c->watches; w; w = w->next) {
-        if (!w->waiting_auth)
-            continue;
-        w->waiting_auth = false;
-        if (err) {
-            report_down(w, err);
-            retry_later(w);
-        } else {
-            step(w);
-        }
-    }
+    etcd__ws_token(c, err);
 }
 
 static void watch_closed(uv_handle_t *h)
@@ -419,7 +359,6 @@ static void watch_closed(uv_handle_t *h)
 
     free(w->key);
     free(w->end);
-    free(w->line);
     free(w);
 }
 
@@ -430,10 +369,9 @@ void etcd_watch_stop(etcd_watch *w)
     if (!w || w->stopped)
         return;
     c = w->c;
+    send_cancel(w);
     w->stopped = true;
-    if (w->req)
-        http_cancel(w->req);
-    w->req = NULL;
+    w->want_stream = false;
     etcd_call_cancel(w->range);
     w->range = NULL;
     if (w->prev)
@@ -444,12 +382,15 @@ void etcd_watch_stop(etcd_watch *w)
         w->next->prev = w->prev;
     uv_timer_stop(&w->timer);
     uv_close((uv_handle_t *)&w->timer, watch_closed);
+    if (!c->watches)
+        etcd__ws_close(c); /* no watch left: no connection either */
 }
 
 void etcd__watches_free(etcd_client *c)
 {
     while (c->watches)
         etcd_watch_stop(c->watches);
+    etcd__ws_free(c);
 }
 
 int etcd_watch_start(etcd_client *c, const char *key, size_t klen, const char *range_end,

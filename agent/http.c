@@ -8,6 +8,8 @@
 #include "http.h"
 
 #include <curl/curl.h>
+#include <errno.h>
+#include <stdio.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
@@ -44,6 +46,14 @@ struct http_req {
     int keepalive_cnt;
     char errbuf[CURL_ERROR_SIZE];
 
+    /* An open request body (http_req_send): bytes not yet taken by curl,
+     * and whether curl's read callback is paused waiting for more. */
+    char *out;
+    size_t out_len, out_off, out_cap;
+    bool open_body;
+    bool send_paused;
+    bool peer_gone; /* the server closed while the body was open */
+
     struct http_req *prev, *next;   /* every active request */
     struct http_req *pending_next;  /* requests with chunk data to hand over */
 };
@@ -57,6 +67,7 @@ struct http_client {
     struct http_sock *socks;
     size_t active;
     int dispatching;    /* dispatch() depth */
+    bool peer_gone;     /* some request has peer_gone set */
     bool close_pending; /* http_client_close() ran inside dispatch() */
     bool closing;
 };
@@ -111,6 +122,26 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
+/* curl asks for more of an open request body. With nothing to send it
+ * pauses the upload; http_req_send() resumes it. */
+static size_t read_cb(char *buf, size_t size, size_t nitems, void *userdata)
+{
+    struct http_req *r = userdata;
+    size_t room = size * nitems, n = r->out_len - r->out_off;
+
+    if (n == 0) {
+        r->send_paused = true;
+        return CURL_READFUNC_PAUSE;
+    }
+    if (n > room)
+        n = room;
+    memcpy(buf, r->out + r->out_off, n);
+    r->out_off += n;
+    if (r->out_off == r->out_len)
+        r->out_off = r->out_len = 0;
+    return n;
+}
+
 static int sockopt_cb(void *clientp, curl_socket_t fd, curlsocktype purpose)
 {
     struct http_req *r = clientp;
@@ -159,6 +190,7 @@ static void req_free(struct http_req *r)
     }
     curl_slist_free_all(r->headers);
     free(r->data);
+    free(r->out);
     c->active--;
     free(r);
 }
@@ -272,6 +304,19 @@ static void dispatch_once(http_client *c)
                       ? DA_ECANCELED
                       : curl_to_err(r, rc));
     }
+
+    while (c->peer_gone && !c->close_pending) {
+        struct http_req *r;
+        c->peer_gone = false;
+        for (r = c->reqs; r && !(r->peer_gone && !r->cancelled && !r->busy); r = r->next)
+            ;
+        if (!r)
+            break;
+        c->peer_gone = true; /* look again after this one */
+        snprintf(r->errbuf, sizeof r->errbuf, "the server closed the connection");
+        r->peer_gone = false;
+        finish(r, DA_ETRANSPORT);
+    }
 }
 
 /* ---- libuv side ------------------------------------------------------- */
@@ -328,14 +373,35 @@ static void timeout_cb(uv_timer_t *t)
 
 /* ---- libcurl side ----------------------------------------------------- */
 
+/* A request whose body is open ends only when both directions have: curl
+ * stops reading at the server's close but then waits, forever, for the
+ * rest of a paused body. It tells us by no longer asking for the socket;
+ * if the socket then reads as closed, the request is over (dispatch
+ * finishes it). */
+static void note_peer_gone(http_client *c, CURL *easy, curl_socket_t fd)
+{
+    struct http_req *r = NULL;
+    char b;
+    ssize_t n;
+
+    if (!easy || curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&r) != CURLE_OK || !r ||
+        !r->open_body || r->peer_gone)
+        return;
+    n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        r->peer_gone = true;
+        c->peer_gone = true;
+    }
+}
+
 static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     http_client *c = userp;
     struct http_sock *s = socketp;
     int events = 0;
 
-    (void)easy;
     if (what == CURL_POLL_REMOVE) {
+        note_peer_gone(c, easy, fd);
         if (s) {
             curl_multi_assign(c->multi, fd, NULL);
             uv_poll_stop(&s->poll);
@@ -460,7 +526,19 @@ int http_request(http_client *c, const struct http_req_opts *o, http_done_cb don
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    if (o->body) {
+    r->open_body = o->open_body;
+    if (o->open_body) {
+        /* A body that never ends: its length is declared far beyond what
+         * will ever be sent (see http.h), and curl reads it from read_cb. */
+        curl_easy_setopt(e, CURLOPT_POST, 1L);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)HTTP_OPEN_BODY_LENGTH);
+        curl_easy_setopt(e, CURLOPT_READFUNCTION, read_cb);
+        curl_easy_setopt(e, CURLOPT_READDATA, r);
+        /* curl's smallest upload buffer (64 KiB by default). */
+        curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
+        if (o->body && http_req_send(r, o->body, o->body_len) < 0)
+            goto nomem;
+    } else if (o->body) {
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)o->body_len);
         if (curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->body) != CURLE_OK)
             goto nomem;
@@ -519,8 +597,39 @@ nomem:
     if (r->easy)
         curl_easy_cleanup(r->easy);
     curl_slist_free_all(r->headers);
+    free(r->out);
     free(r);
     return DA_ENOMEM;
+}
+
+int http_req_send(http_req *r, const char *data, size_t len)
+{
+    if (r->cancelled)
+        return DA_EINVAL;
+    if (r->out_off > 0) {
+        memmove(r->out, r->out + r->out_off, r->out_len - r->out_off);
+        r->out_len -= r->out_off;
+        r->out_off = 0;
+    }
+    if (r->out_len + len > r->out_cap) {
+        size_t cap = r->out_cap ? r->out_cap : 1024;
+        while (cap < r->out_len + len)
+            cap *= 2;
+        char *p = realloc(r->out, cap);
+        if (!p)
+            return DA_ENOMEM;
+        r->out = p;
+        r->out_cap = cap;
+    }
+    memcpy(r->out + r->out_len, data, len);
+    r->out_len += len;
+    if (r->send_paused) {
+        /* Unpausing only marks the transfer due; curl then asks for a
+         * timeout of 0 and the loop's next turn sends the bytes. */
+        r->send_paused = false;
+        curl_easy_pause(r->easy, CURLPAUSE_CONT);
+    }
+    return 0;
 }
 
 void http_cancel(http_req *r)

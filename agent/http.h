@@ -49,7 +49,17 @@ struct http_req_opts {
     int keepalive_idle_s;
     int keepalive_intvl_s;
     int keepalive_cnt;
+    /* Keeps the request body open: body (if any) is its first bytes and
+     * http_req_send() adds more for as long as the request lives. The
+     * body's declared length (HTTP_OPEN_BODY_LENGTH) is never reached,
+     * so a server that reads the body as it comes (etcd's gateway does on
+     * /v3/watch) takes each piece as it is sent. Only for streaming
+     * requests (on_chunk set). */
+    bool open_body;
 };
+
+/* The Content-Length an open body declares: 10^15 bytes. */
+#define HTTP_OPEN_BODY_LENGTH 1000000000000000LL
 
 /* Creates a client bound to loop. Returns 0 or DA_ENOMEM. */
 int http_client_new(http_client **out, uv_loop_t *loop);
@@ -58,6 +68,11 @@ int http_client_new(http_client **out, uv_loop_t *loop);
  * until done runs or http_cancel is called. On error, done is never called. */
 int http_request(http_client *c, const struct http_req_opts *o, http_done_cb done,
                  void *arg, http_req **out);
+
+/* Sends more of an open body (the request was started with open_body).
+ * data is copied; curl sends it on the loop's next turn. Returns 0,
+ * DA_ENOMEM, or DA_EINVAL if the request was cancelled. */
+int http_req_send(http_req *r, const char *data, size_t len);
 
 /* Stops a request; its done callback will not run. Safe from any callback. */
 void http_cancel(http_req *req);

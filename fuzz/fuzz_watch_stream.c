@@ -1,11 +1,15 @@
 /* Fuzz target: a watch stream's bytes, cut into chunks at arbitrary
- * places, through the stream's line splitter (on_chunk) and line handler
- * (handle_line) of agent/etcd_watch.c, as libcurl would hand them over.
+ * places, through the stream's line splitter (on_chunk, handle_line in
+ * agent/etcd_watch_stream.c) to the watch the lines name (etcd_watch.c), as
+ * libcurl would hand them over.
  *
- * Both are static, so this file includes etcd_watch.c (as the unit tests do
- * with the files they test) and drives a watch struct of its own: no
- * network, no HTTP request. The etcd client behind it is real but never
- * sends anything (handle_line only tells it about failures and tokens).
+ * Those are static, so this file includes both .c files (as the unit tests
+ * do with the files they test) and drives a stream struct of its own with
+ * one watch on it: no network, no HTTP request is ever sent. The etcd
+ * client behind it is real: a compaction notice makes the watch ask it for
+ * a range read, which is queued and cancelled when the watch stops at the
+ * end of the input, before the loop could send it. The watch has id 0, so
+ * every line without a watch_id (etcd leaves out a 0) is for it.
  *
  * Input: byte 0 picks the revision the watch resumes from, byte 1 seeds
  * how the rest is cut into chunks (0: one chunk), the rest is the stream.
@@ -14,6 +18,8 @@
  * events come only from revisions not yet delivered, in non-decreasing
  * order, and the line buffer never outgrows the client's cap. */
 #include "../agent/etcd_watch.c"
+#include "../agent/etcd_watch_stream.c"
+#include "http.h"
 
 #include "fuzz.h"
 
@@ -22,6 +28,7 @@
 #define FUZZ_MAX_LINE 8192
 
 static uv_loop_t *loop;
+static http_client *http;
 static etcd_client *client;
 
 /* What the receiver has seen during the current input. */
@@ -51,11 +58,13 @@ static void on_update(etcd_watch *w, const struct etcd_watch_update *u, void *ar
         saw_up = true;
         FUZZ_CHECK(w->live);
         break;
-    case ETCD_WATCH_SNAPSHOT:
     case ETCD_WATCH_DOWN:
-        /* Only the range read and the end of a stream report these; a line
-         * of the stream never does. */
-        FUZZ_CHECK(!"snapshot or down reported from inside a stream");
+        /* A cancel for this watch alone (not a compaction) reports it. */
+        FUZZ_CHECK(!w->live && !w->on_stream);
+        break;
+    case ETCD_WATCH_SNAPSHOT:
+        /* Only a range read reports this, and none runs here. */
+        FUZZ_CHECK(!"snapshot reported from inside a stream");
         break;
     }
 }
@@ -72,9 +81,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     o.endpoints = endpoints;
     o.n_endpoints = 1;
     o.max_reply = FUZZ_MAX_LINE;
-    /* No HTTP client: nothing on this path may send a request, and a NULL
-     * here makes any attempt to do so crash loudly. */
-    if (etcd_client_new(&client, loop, NULL, &o) != 0)
+    /* A real HTTP client, whose requests (range reads) are cancelled before
+     * the loop ever runs them. */
+    if (http_client_new(&http, loop) != 0 || etcd_client_new(&client, loop, http, &o) != 0)
         abort();
     return 0;
 }
@@ -93,24 +102,31 @@ static uint32_t next_rand(uint32_t *s)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const int64_t starts[] = {1, 2, 5, 13, 100, 1000000, INT64_MAX / 2, 0};
-    etcd_watch w;
+    static const char key[] = "/micro/web/";
+    struct etcd_wstream *ws;
+    etcd_watch *wp;
     uint32_t seed;
     const char *p;
     size_t left;
 
     if (size < 2)
         return 0;
-    memset(&w, 0, sizeof w);
-    w.c = client;
-    w.key = (char *)"/micro/web/";
-    w.klen = strlen(w.key);
-    w.cb = on_update;
-    w.next_rev = starts[data[0] % (sizeof starts / sizeof starts[0])];
-    w.endpoint = 0;
     /* The client is shared by every input: put back what a line may have
      * changed. */
     client->cur = 0;
     client->connected = false;
+    if (!(ws = get(client)))
+        abort();
+    ws->endpoint = 0;
+    if (etcd_watch_start(client, key, strlen(key), NULL, 0,
+                         starts[data[0] % (sizeof starts / sizeof starts[0])], on_update, NULL,
+                         &wp) != 0)
+        abort();
+    /* On the stream, created by a create_request etcd answered with id 0. */
+    wp->need_snapshot = false;
+    wp->on_stream = true;
+    wp->id = 0;
+#define w (*wp)
 
     delivered = w.next_rev - 1;
     saw_up = false;
@@ -132,16 +148,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!chunk)
             break;
         memcpy(chunk, p, take);
-        int stop = on_chunk(NULL, chunk, take, &w);
+        int stop = on_chunk(NULL, chunk, take, ws);
         free(chunk);
-        FUZZ_CHECK(w.len <= w.c->max_reply);
-        FUZZ_CHECK(w.len <= w.cap);
+        FUZZ_CHECK(ws->len <= client->max_reply);
+        FUZZ_CHECK(ws->len <= ws->cap);
         if (stop)
             break; /* the transfer is aborted here */
         p += take;
         left -= take;
     }
-    FUZZ_CHECK(!saw_up || w.live);
-    free(w.line);
+    FUZZ_CHECK(!saw_up || w.live || !w.on_stream);
+#undef w
+    /* Stopping the last watch closes the stream state; the loop frees the
+     * watch (and cancels what it asked for). */
+    etcd_watch_stop(wp);
+    uv_run(loop, UV_RUN_NOWAIT);
     return 0;
 }

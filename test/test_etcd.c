@@ -2,6 +2,7 @@
  * real etcd members started by the harness, and against a scripted HTTP
  * responder for replies etcd cannot be made to send. */
 #include <check.h>
+#include <dirent.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -395,6 +396,133 @@ static bool live_pred(void *arg)
     return etcd_watch_live(arg);
 }
 
+/* Established TCP connections from this process to the port of url. */
+static int connections_to(const char *url)
+{
+    const char *colon = strrchr(url, ':');
+    unsigned port = colon ? (unsigned)strtoul(colon + 1, NULL, 10) : 0;
+    char line[512], path[64], link[64];
+    unsigned long inodes[256];
+    size_t n_inodes = 0;
+    int count = 0;
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *de;
+    FILE *f;
+
+    ck_assert_ptr_nonnull(d);
+    while ((de = readdir(d)) && n_inodes < 256) {
+        ssize_t len;
+        snprintf(path, sizeof path, "/proc/self/fd/%s", de->d_name);
+        if ((len = readlink(path, link, sizeof link - 1)) <= 0)
+            continue;
+        link[len] = '\0';
+        if (sscanf(link, "socket:[%lu]", &inodes[n_inodes]) == 1)
+            n_inodes++;
+    }
+    closedir(d);
+    ck_assert_ptr_nonnull(f = fopen("/proc/net/tcp", "r"));
+    while (fgets(line, sizeof line, f)) {
+        unsigned rport, st;
+        unsigned long inode;
+        if (sscanf(line, " %*d: %*x:%*x %*x:%x %x %*x:%*x %*x:%*x %*x %*u %*u %lu", &rport, &st,
+                   &inode) != 3 || rport != port || st != 1 /* ESTABLISHED */)
+            continue;
+        for (size_t i = 0; i < n_inodes; i++)
+            if (inodes[i] == inode)
+                count++;
+    }
+    fclose(f);
+    return count;
+}
+
+struct many {
+    etcd_watch *w[40];
+    size_t n;
+};
+
+static bool all_live(void *arg)
+{
+    struct many *m = arg;
+
+    for (size_t i = 0; i < m->n; i++)
+        if (!etcd_watch_live(m->w[i]))
+            return false;
+    return true;
+}
+
+struct fewer {
+    const char *url;
+    int than;
+};
+
+static bool fewer_connections(void *arg)
+{
+    struct fewer *fw = arg;
+
+    return connections_to(fw->url) < fw->than;
+}
+
+/* Every watch of a client travels on one stream: 40 watches hold one
+ * connection for the stream (plus those curl keeps for requests: the 40
+ * range reads run at most 8 at a time), each gets
+ * only its own changes, a watch added to the open stream goes live, a
+ * stopped one gets nothing more, and the connection goes with the last
+ * watch. */
+START_TEST(test_watches_share_one_stream)
+{
+    struct fx f;
+    struct view v[41];
+    struct many m = {.n = 40};
+    char prefix[32], key[40], val[8];
+    const char *url;
+
+    memset(v, 0, sizeof v);
+    fx_start(&f, 1, 0);
+    url = etcd_member_url(f.cluster, 0);
+    for (size_t i = 0; i < m.n; i++) {
+        snprintf(prefix, sizeof prefix, "/m%02zu/", i);
+        m.w[i] = watch_prefix(&f, prefix, &v[i], 0);
+    }
+    ck_assert(loop_until_fn(&f.loop, all_live, &m, 10000));
+    ck_assert_int_le(connections_to(url), 1 + 8);
+
+    /* A watch that joins the open stream goes live quickly. */
+    etcd_watch *late = watch_prefix(&f, "/late/", &v[40], 0);
+    ck_assert(loop_until_fn(&f.loop, live_pred, late, 2000));
+    ctl(&f, (const char *const[]){"put", "/late/x", "1", NULL});
+    wait_view(&f, &v[40], "/late/x", "1", 5000);
+
+    /* Stop one; change every prefix; each other watch sees its own. */
+    etcd_watch_stop(m.w[7]);
+    for (size_t i = 0; i < m.n; i++) {
+        snprintf(key, sizeof key, "/m%02zu/k", i);
+        snprintf(val, sizeof val, "%zu", i);
+        ctl(&f, (const char *const[]){"put", key, val, NULL});
+    }
+    for (size_t i = 0; i < m.n; i++) {
+        if (i == 7)
+            continue;
+        snprintf(key, sizeof key, "/m%02zu/k", i);
+        snprintf(val, sizeof val, "%zu", i);
+        wait_view(&f, &v[i], key, val, 5000);
+        ck_assert_int_eq(v[i].n, 1);
+    }
+    ck_assert_int_eq(v[7].n, 0);
+    ck_assert_int_eq(v[7].events, 0);
+    struct fewer fw = {.url = url, .than = connections_to(url)};
+    ck_assert_int_ge(fw.than, 1);
+    ck_assert_int_le(fw.than, 1 + 8);
+
+    for (size_t i = 0; i < m.n; i++)
+        if (i != 7)
+            etcd_watch_stop(m.w[i]);
+    etcd_watch_stop(late);
+    /* The request connection may stay (curl keeps it); the stream goes. */
+    ck_assert(loop_until_fn(&f.loop, fewer_connections, &fw, 3000));
+    fx_stop(&f);
+}
+END_TEST
+
 START_TEST(test_watch_events_in_order)
 {
     struct fx f;
@@ -699,7 +827,8 @@ START_TEST(test_watch_bad_stream)
 {
     static const char *replies[] = {
         HDR200 "Transfer-Encoding: chunked\r\n\r\n"
-               "3d\r\n{\"result\":{\"header\":{\"revision\":\"5\"},\"created\":true}}\n\r\n"
+               "45\r\n{\"result\":{\"header\":{\"revision\":\"5\"},\"watch_id\":\"1\","
+               "\"created\":true}}\n\r\n"
                "b\r\n{\"result\":\n\r\n"
                "2\r\n}\n\r\n",
     };
@@ -740,6 +869,7 @@ static Suite *suite(void)
     tcase_add_test(kv, test_lease_lifecycle);
     tcase_set_timeout(watch, 60);
     tcase_add_test(watch, test_watch_events_in_order);
+    tcase_add_test(watch, test_watches_share_one_stream);
     tcase_set_timeout(cluster, 90);
     tcase_add_test(cluster, test_watch_resume_after_restart);
     tcase_add_test(cluster, test_watch_compaction_resync);

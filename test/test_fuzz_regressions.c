@@ -4,8 +4,8 @@
  * fuzz/regressions/TARGET/, which `make fuzz-quick` replays through the
  * fuzzers themselves.
  *
- * This file includes etcd_watch.c to reach its static line splitter, as
- * fuzz/fuzz_watch_stream.c does; linking with libagent.a is still fine,
+ * This file includes etcd_watch.c and etcd_watch_stream.c to reach their
+ * static line splitter and handlers, as fuzz/fuzz_watch_stream.c does; linking with libagent.a is still fine,
  * because an archive member is only pulled in for symbols still missing. */
 #include <check.h>
 #include <stdint.h>
@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "../agent/etcd_watch.c"
+#include "../agent/etcd_watch_stream.c"
 
 /* ---- FUZZ REGRESSION 1: watch events out of revision order --------------
  * Found by fuzz_watch_stream (and fuzz_watch_line). A watch response whose
@@ -65,27 +66,28 @@ START_TEST(test_watch_stream_events_out_of_order)
     static const char *const endpoints[] = {"http://127.0.0.1:1"};
     struct etcd_options o = {.endpoints = endpoints, .n_endpoints = 1};
     etcd_client *client;
-    etcd_watch w;
+    etcd_watch *w;
     char chunk[sizeof unordered_line + 1];
 
-    /* The client only records the outcome; nothing is sent. */
+    /* The client only records the outcome; nothing is sent: the watch is
+     * put on a stream by hand (id 0, as a line without watch_id names) and
+     * stopped before the loop runs. */
     ck_assert_int_eq(etcd_client_new(&client, uv_default_loop(), NULL, &o), 0);
-    memset(&w, 0, sizeof w);
-    w.c = client;
-    w.key = (char *)"/a/";
-    w.klen = 3;
-    w.cb = on_update;
-    w.next_rev = 1;
+    ck_assert_int_eq(etcd_watch_start(client, "/a/", 3, NULL, 0, 1, on_update, NULL, &w), 0);
+    ck_assert_ptr_nonnull(get(client));
+    w->need_snapshot = false;
+    w->on_stream = true;
     delivered = 0;
     memcpy(chunk, unordered_line, sizeof unordered_line - 1);
     chunk[sizeof unordered_line - 1] = '\n';
     /* Either the line is refused (the stream ends: 1) or it is delivered
      * in order; on_update checks the latter. */
-    (void)on_chunk(NULL, chunk, sizeof chunk, &w);
-    ck_assert_int_le(w.next_rev, 3);
-    ck_assert_int_ge(w.next_rev - 1, delivered);
-    free(w.line);
+    (void)on_chunk(NULL, chunk, sizeof chunk, client->ws);
+    ck_assert_int_le(w->next_rev, 3);
+    ck_assert_int_ge(w->next_rev - 1, delivered);
+    etcd_watch_stop(w);
     etcd_client_free(client);
+    uv_run(uv_default_loop(), UV_RUN_NOWAIT);
 }
 END_TEST
 

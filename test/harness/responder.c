@@ -240,7 +240,7 @@ static char *read_request(struct conn *c)
     const char *hend;
     size_t hlen, total = 0;
     char val[128];
-    int chunked, sent_continue = 0;
+    int chunked, sent_continue = 0, open_body = 0;
     long long clen = 0;
     char *req;
 
@@ -256,12 +256,22 @@ static char *read_request(struct conn *c)
 
         errno = 0;
         clen = strtoll(val, &endp, 10);
-        if (errno != 0 || endp == val || *endp != '\0' || clen < 0 ||
-            clen > (long long)REQ_MAX)
+        if (errno != 0 || endp == val || *endp != '\0' || clen < 0)
             return NULL;
+        /* A body that never ends (the agent's one watch stream declares
+         * 10^15 bytes): the request is its headers and its first line. */
+        open_body = clen > (long long)REQ_MAX;
     }
     for (;;) {
-        if (chunked) {
+        if (open_body) {
+            const char *nl = memchr(c->buf + hlen, '\n', c->len - hlen);
+            if (nl) {
+                total = (size_t)(nl - c->buf) + 1;
+                break;
+            }
+            if (c->len - hlen > REQ_MAX)
+                return NULL;
+        } else if (chunked) {
             long blen = chunked_length(c->buf + hlen, c->len - hlen);
 
             if (blen < 0)
