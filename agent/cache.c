@@ -169,6 +169,21 @@ static void entries_clear(service *s)
     s->n = 0;
 }
 
+/* Clears the entries and makes room for exactly n: a list read whole
+ * (snapshot, confirming read) knows its size, and doubling from 8 left a
+ * 10-instance service with room for 16 (1,000 such services: 0.7 MB). */
+static void entries_reset(service *s, size_t n)
+{
+    entries_clear(s);
+    if (n > 0 && n != s->cap) {
+        struct entry *e = realloc(s->entries, n * sizeof *e);
+        if (e) {
+            s->entries = e;
+            s->cap = n;
+        }
+    }
+}
+
 static int by_address(const void *a, const void *b)
 {
     const struct instance *x = *(const struct instance *const *)a;
@@ -321,7 +336,7 @@ static void confirmed(int err, const struct etcd_result *r, void *arg)
     if (err)
         return; /* still stale; the watch reports when it is down again */
     if (r->revision > s->revision) {
-        entries_clear(s);
+        entries_reset(s, r->n_kvs);
         for (size_t i = 0; i < r->n_kvs; i++) {
             const struct etcd_kv *kv = &r->kvs[i];
             if (kv->key_len > s->klen)
@@ -354,7 +369,7 @@ static void watch_cb(etcd_watch *w, const struct etcd_watch_update *u, void *arg
     (void)w;
     switch (u->kind) {
     case ETCD_WATCH_SNAPSHOT:
-        entries_clear(s);
+        entries_reset(s, u->n_kvs);
         for (i = 0; i < u->n_kvs; i++) {
             const struct etcd_kv *kv = &u->kvs[i];
             if (kv->key_len <= s->klen)
