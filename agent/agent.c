@@ -170,6 +170,7 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     xo.group_header = cfg->xds_group_header;
     xo.send_host_names = cfg->xds_test_host_names;
     xo.hold_ms = 2 * cfg->timeout_ms;
+    xo.idle_ms = cfg->xds_idle_ms;
     if ((rc = xds_new(&a->xds, loop, a->cache, &xo)) < 0)
         goto fail;
 
@@ -338,6 +339,7 @@ static void warn_unapplied(const struct config *old, const struct config *new)
         old->xds_enabled != new->xds_enabled || !same(old->xds_path, new->xds_path) ||
         old->xds_mode != new->xds_mode || !same(old->xds_tcp, new->xds_tcp) ||
         !same(old->xds_group_header, new->xds_group_header) ||
+        old->xds_idle_ms != new->xds_idle_ms ||
         old->xds_test_host_names != new->xds_test_host_names)
         log_warn("agent: reload applies services and log.level only; restart the agent to "
                  "apply the other changes");

@@ -535,8 +535,10 @@ static int cmd_status(struct opts *o)
                *str_or(maint, "reason", "") ? ": " : "", str_or(maint, "reason", ""));
     json_t *x = json_object_get(r, "xds");
     if (json_is_true(json_object_get(x, "enabled")))
-        printf("xds            %s, %zu client(s), %lld NACK(s)\n", str_or(x, "path", "?"),
-               json_array_size(json_object_get(x, "clients")), int_of(x, "nacks"));
+        printf("xds            %s, %zu client(s), %lld NACK(s), gRPC %s\n",
+               str_or(x, "path", "?"), json_array_size(json_object_get(x, "clients")),
+               int_of(x, "nacks"),
+               json_is_true(json_object_get(x, "grpc_running")) ? "running" : "stopped");
 
     printf("\nregistrations (%zu)\n", json_array_size(json_object_get(r, "registrations")));
     t.cols = 9;

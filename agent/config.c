@@ -58,6 +58,7 @@
 #define DEFAULT_CACHE_IDLE_MS (10u * 60u * 1000u)
 #define DEFAULT_XDS_SOCKET_NAME "xds.sock"  /* beside socket.path */
 #define DEFAULT_XDS_GROUP_HEADER "x-group"
+#define DEFAULT_XDS_IDLE_MS (60u * 1000u)
 /* A header name is one token of an HTTP/2 header block; a cap keeps it
  * readable in routes and messages. */
 #define XDS_HEADER_MAX 64
@@ -1829,16 +1830,17 @@ static const char *check_header_name(const char *s)
 }
 
 static const char *const xds_keys[] = {
-    "enabled", "path", "mode", "tcp", "group_header", "test_send_host_names"
+    "enabled", "path", "mode", "tcp", "group_header", "idle",
+    "test_send_host_names"
 };
-enum { XDS_ENABLED, XDS_PATH, XDS_MODE, XDS_TCP, XDS_GROUP_HEADER,
+enum { XDS_ENABLED, XDS_PATH, XDS_MODE, XDS_TCP, XDS_GROUP_HEADER, XDS_IDLE,
        XDS_TEST_HOST_NAMES };
 
 static int load_xds(struct loader *ld, const struct node *val)
 {
     static const char *const what[] = {
         "xds.enabled", "xds.path", "xds.mode", "xds.tcp", "xds.group_header",
-        "xds.test_send_host_names"
+        "xds.idle", "xds.test_send_host_names"
     };
     const struct node *seen[ARRAY_SIZE(xds_keys)] = { NULL };
     struct config *c = ld->cfg;
@@ -1906,6 +1908,12 @@ static int load_xds(struct loader *ld, const struct node *val)
                 return fail_node(ld, v, "bad xds.group_header '%s': %s",
                                  show(&a, text), why);
             r = set_str(ld, &c->xds_group_header, text);
+            break;
+        case XDS_IDLE:
+            r = load_duration(ld, what[key], k, v, &c->xds_idle_ms);
+            if (r == 0 && c->xds_idle_ms == 0)
+                r = fail_node(ld, v, "xds.idle must be more than 0, e.g. "
+                              "60s");
             break;
         }
         if (r < 0)
@@ -2177,6 +2185,7 @@ static int set_defaults(struct loader *ld, const char *path)
     c->cache_idle_ms = DEFAULT_CACHE_IDLE_MS;
     c->xds_enabled = 1;
     c->xds_mode = UINT_MAX;  /* unset: socket.mode's, see default_xds_path() */
+    c->xds_idle_ms = DEFAULT_XDS_IDLE_MS;
     c->log_level = 1;  /* info: the index in log_levels[] */
     if ((c->path = dup_str(ld, path)) == NULL ||
         (c->prefix = dup_str(ld, DEFAULT_PREFIX)) == NULL ||

@@ -74,6 +74,8 @@ struct config {
                                  * unset */
     char *xds_group_header;     /* xds.group_header: lower-case header
                                  * name, default "x-group" */
+    uint64_t xds_idle_ms;       /* xds.idle: gRPC stops after this long
+                                 * without an ADS stream; > 0, default 60s */
     int xds_test_host_names;    /* xds.test_send_host_names: TEST ONLY,
                                  * default 0: endpoint host names are sent
                                  * unresolved, which clients NACK */

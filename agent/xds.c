@@ -99,7 +99,7 @@ struct xds {
     bool enabled, send_host_names;
     char *path, *tcp, *group_header;
     unsigned mode;
-    uint64_t hold_ms;
+    uint64_t hold_ms, idle_ms;
     char *abs_path, *bootstrap_file;
     char node_id[256];
     xgrpc *g;
@@ -826,6 +826,8 @@ json_t *xds_status(xds *x)
     json_object_set_new(o, "tcp_port", port ? json_integer(port) : json_null());
     json_object_set_new(o, "group_header", json_string(x->group_header));
     json_object_set_new(o, "bootstrap", x->enabled ? json_string(x->bootstrap_file) : json_null());
+    json_object_set_new(o, "grpc_running", json_boolean(xgrpc_running(x->g)));
+    json_object_set_new(o, "grpc_starts", json_integer((json_int_t)xgrpc_starts(x->g)));
     json_object_set_new(o, "streams_total", json_integer((json_int_t)x->streams_total));
     json_object_set_new(o, "responses", json_integer((json_int_t)x->responses_total));
     json_object_set_new(o, "nacks", json_integer((json_int_t)x->nacks_total));
@@ -940,6 +942,7 @@ int xds_new(xds **out, uv_loop_t *loop, cache *c, const struct xds_options *o)
     x->send_host_names = o->send_host_names;
     x->mode = o->mode;
     x->hold_ms = o->hold_ms ? o->hold_ms : DEFAULT_HOLD_MS;
+    x->idle_ms = o->idle_ms;
     x->path = strdup(o->path);
     x->tcp = o->tcp ? strdup(o->tcp) : NULL;
     x->group_header = strdup(o->group_header ? o->group_header : "x-group");
@@ -983,6 +986,7 @@ int xds_start(xds *x, char *err, size_t errlen)
     go.path = x->path;
     go.mode = x->mode;
     go.tcp = x->tcp;
+    go.idle_ms = x->idle_ms;
     rc = xgrpc_start(&x->g, x->loop, &go, &cb, x, err, errlen);
     if (rc)
         return rc;

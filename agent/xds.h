@@ -13,9 +13,11 @@
  * version the client accepted, a NACK is logged and counted, a stale nonce
  * is ignored. docs/xds.md has the whole story.
  *
- * The gRPC side (xds_grpc.h) runs C-core's completion queue on a thread of
- * its own that only hands completions to the loop; all state here lives on
- * the loop thread, like the cache it reads.
+ * The gRPC side (xds_grpc.h) listens itself and runs C-core only while
+ * clients use it (from the first connection until idle_ms after the last
+ * stream); its completion queue thread only hands completions to the
+ * loop, and all state here lives on the loop thread, like the cache it
+ * reads.
  *
  * Resources can also be asked for through the socket ("xds" op, xds_describe()), which
  * works whether or not the server is enabled. */
@@ -41,6 +43,8 @@ struct xds_options {
     bool send_host_names;      /* TEST ONLY: do not resolve host names */
     uint64_t hold_ms;          /* how long a listener or cluster response
                                 * waits for a service's first list; 0: 5 s */
+    uint64_t idle_ms;          /* gRPC stops after this long without an
+                                * ADS stream; 0: 60 s (xds_grpc.h) */
 };
 
 /* Creates the server's state (nothing listens yet). Strings are copied;
@@ -57,8 +61,9 @@ int xds_start(xds *x, char *err, size_t errlen);
  * returns NULL. */
 xds *xds_free(xds *x);
 
-/* {"enabled","path","tcp","bootstrap","streams","nacks","clients":[...]}
- * for the status reply (new reference). */
+/* {"enabled","path","tcp","bootstrap","grpc_running","grpc_starts",
+ * "streams","nacks","clients":[...]} for the status reply (new
+ * reference). */
 json_t *xds_status(xds *x);
 
 /* The bootstrap object for gRPC clients (new reference), or NULL when the

@@ -5,6 +5,14 @@
  * driven from the libuv loop. It knows nothing of xDS: each request
  * message goes to a callback as bytes, and the caller sends bytes back.
  *
+ * gRPC runs only while it is used. The sockets are the agent's own; the
+ * first connection that sends something initializes gRPC and starts the
+ * server (and the completion thread below), and every connection is
+ * handed to it. After idle_ms without an open stream and without a new
+ * connection, the server is shut down and gRPC with it (its threads end);
+ * the next connection starts it again. Streams cut by that shutdown get
+ * on_close like any other.
+ *
  * Threads. C-core delivers completions on a completion queue, which one
  * thread of ours drains; that thread only hands each completed tag to the
  * loop (a mutex-protected list and a uv_async_t) and touches nothing else.
@@ -26,6 +34,7 @@
 #ifndef DA_XDS_GRPC_H
 #define DA_XDS_GRPC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -42,6 +51,8 @@ struct xgrpc_options {
     size_t max_streams; /* default (0) 1024; past it, streams end at once
                          * with RESOURCE_EXHAUSTED */
     size_t max_message; /* largest request accepted; default (0) 1 MiB */
+    uint64_t idle_ms;   /* gRPC stops after this long without a stream;
+                         * default (0) 60 s */
 };
 
 struct xgrpc_callbacks {
@@ -55,12 +66,12 @@ struct xgrpc_callbacks {
     void (*on_close)(xgrpc_stream *s, void *arg);
 };
 
-/* Initializes gRPC, checks the socket path (a live socket there: refused
- * with -EADDRINUSE "another agent is listening on PATH"; a stale one is
- * removed; a file that is no socket: -EEXIST), creates its folder if
- * missing (0755), listens, sets the mode, and starts the completion queue
- * thread. Returns 0 with *out set, or a negative code with a reason in err
- * and nothing left running. */
+/* Checks the socket path (a live socket there: refused with -EADDRINUSE
+ * "another agent is listening on PATH"; a stale one is removed; a file
+ * that is no socket: -EEXIST), creates its folder if missing (0755),
+ * binds with the mode already set, and listens; gRPC is not initialized
+ * yet. Returns 0 with *out set, or a negative code with a reason in err
+ * and nothing left listening. */
 int xgrpc_start(xgrpc **out, uv_loop_t *loop, const struct xgrpc_options *o,
                 const struct xgrpc_callbacks *cb, void *arg, char *err, size_t errlen);
 
@@ -80,8 +91,13 @@ const char *xgrpc_stream_peer(const xgrpc_stream *s);
 /* The TCP port listened on, 0 without one. */
 int xgrpc_tcp_port(const xgrpc *g);
 
-/* Stops listening, cancels every stream (on_close for each, before this
- * returns), and shuts gRPC down; the memory goes once the loop has run the
+/* Whether gRPC runs now, and how many times it was started. */
+bool xgrpc_running(const xgrpc *g);
+uint64_t xgrpc_starts(const xgrpc *g);
+
+/* Stops listening (and removes the socket file if it is still ours),
+ * cancels every stream (on_close for each, before this returns), and
+ * shuts gRPC down if it runs; the memory goes once the loop has run the
  * last completions (keep running it). Accepts NULL. */
 void xgrpc_close(xgrpc *g);
 

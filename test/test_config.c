@@ -568,6 +568,7 @@ START_TEST(xds_section)
     ck_assert_uint_eq(c->xds_mode, 0660);
     ck_assert_ptr_null(c->xds_tcp);
     ck_assert_str_eq(c->xds_group_header, "x-group");
+    ck_assert_uint_eq(c->xds_idle_ms, 60000);
     ck_assert_int_eq(c->xds_test_host_names, 0);
     config_free(c);
 
@@ -578,6 +579,7 @@ START_TEST(xds_section)
     ck_assert_uint_eq(c->xds_mode, 0666);
     ck_assert_str_eq(c->xds_tcp, "[::1]:18000");
     ck_assert_str_eq(c->xds_group_header, "x-team.v2_a");
+    ck_assert_uint_eq(c->xds_idle_ms, 120000);
     ck_assert_int_eq(c->xds_test_host_names, 1);
     config_free(c);
 
@@ -893,6 +895,9 @@ START_TEST(values_that_load)
     ck_assert_uint_eq(c->session_ttl_ms, 2000);
     ck_assert_uint_eq(c->cache_idle_ms, 1);
     ck_assert_uint_eq(c->timeout_ms, 3600000);
+    config_free(c);
+    ck_assert_int_eq(load_text("xds: {idle: 500ms}\n", &c, err, sizeof(err)), 0);
+    ck_assert_uint_eq(c->xds_idle_ms, 500);
     config_free(c);
     ck_assert_int_eq(load_text(
         "services:\n"

@@ -14,6 +14,7 @@
  * printed as "xds-measure: ..." lines. */
 #include <arpa/inet.h>
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -29,6 +30,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1359,6 +1361,122 @@ START_TEST(test_disabled_and_in_use)
 }
 END_TEST
 
+/* The agent's threads, from /proc: 1 while gRPC does not run. */
+static int agent_threads(struct fx *f)
+{
+    char path[64];
+    struct dirent *e;
+    DIR *d;
+    int n = 0;
+
+    snprintf(path, sizeof path, "/proc/%d/task", (int)proc_pid(f->agent.p));
+    d = opendir(path);
+    ck_assert_ptr_nonnull(d);
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* Waits up to timeout_ms for the agent to have want threads; the count. */
+static int wait_threads(struct fx *f, int want, int timeout_ms)
+{
+    int n = agent_threads(f);
+
+    for (int t = 0; n != want && t < timeout_ms; t += 50) {
+        usleep(50000);
+        n = agent_threads(f);
+    }
+    return n;
+}
+
+static json_t *xds_status_of(struct fx *f)
+{
+    json_t *s = status(f), *x = json_incref(json_object_get(s, "xds"));
+
+    json_decref(s);
+    ck_assert_ptr_nonnull(x);
+    return x;
+}
+
+/* gRPC runs only while xDS is used: an agent nobody asks has one thread;
+ * a probe that connects and says nothing starts nothing; a client starts
+ * gRPC and is served; xds.idle after its stream ends, gRPC and its threads
+ * are gone; the next client starts it again and is served. */
+START_TEST(test_grpc_only_while_used)
+{
+    struct fx f;
+    struct copts o = {.calls = 20};
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct client c;
+    json_t *r, *x;
+    int fd, n;
+
+    fx_up(&f, 1, "xds:\n  idle: 1s\n");
+    put(&f, f.port[0], 1, "");
+    n = wait_threads(&f, 1, 3000);
+    ck_assert_msg(n == 1, "an agent without xDS clients has %d threads", n);
+    x = xds_status_of(&f);
+    ck_assert(json_is_false(json_object_get(x, "grpc_running")));
+    ck_assert_int_eq(json_integer_value(json_object_get(x, "grpc_starts")), 0);
+    json_decref(x);
+
+    /* A probe (a second agent checking the socket, say) costs nothing. */
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s/xds.sock", f.dir);
+    fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    usleep(200000);
+    close(fd);
+    usleep(200000);
+    ck_assert_int_eq(agent_threads(&f), 1);
+
+    /* A client starts gRPC, and status names it as before. */
+    o.calls = 0;
+    o.duration_s = 1.5;
+    o.interval_ms = 10;
+    client_start(&f, &c, CC, &o, NULL, "lazy1");
+    usleep(800000);
+    ck_assert_int_gt(agent_threads(&f), 1);
+    x = xds_status_of(&f);
+    ck_assert(json_is_true(json_object_get(x, "grpc_running")));
+    ck_assert_int_eq(json_integer_value(json_object_get(x, "grpc_starts")), 1);
+    ck_assert_int_eq(json_array_size(json_object_get(x, "clients")), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(
+                         json_array_get(json_object_get(x, "clients"), 0), "peer")),
+                     "unix:");
+    json_decref(x);
+    r = client_wait(&c, 30000);
+    assert_no_failures(r, "C, first");
+    ck_assert_int_gt(count_of(r, addr(&f, 0)), 10);
+    json_decref(r);
+
+    /* The linger passes: back to one thread. */
+    n = wait_threads(&f, 1, 5000);
+    ck_assert_msg(n == 1, "%d threads 5 s after the last xDS client left", n);
+    ck_assert(agentp_log_has(&f.agent, "gRPC stops until the next connection"));
+    x = xds_status_of(&f);
+    ck_assert(json_is_false(json_object_get(x, "grpc_running")));
+    json_decref(x);
+
+    /* The next clients start it again and are served. */
+    o.calls = 20;
+    o.duration_s = 0;
+    o.interval_ms = 0;
+    for (int k = PY; k <= CC; k++) {
+        r = client_run(&f, (enum kind)k, &o, "lazy2");
+        assert_no_failures(r, kind_name[k]);
+        ck_assert_int_eq(count_of(r, addr(&f, 0)), 20);
+        json_decref(r);
+    }
+    x = xds_status_of(&f);
+    ck_assert_int_ge(json_integer_value(json_object_get(x, "grpc_starts")), 2);
+    json_decref(x);
+    n = wait_threads(&f, 1, 5000);
+    ck_assert_msg(n == 1, "%d threads after the second round", n);
+    fx_down(&f);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("xds");
@@ -1378,6 +1496,7 @@ static Suite *suite(void)
     tcase_add_test(e2e, test_ops_bootstrap_status);
     tcase_add_test(e2e, test_empty_service);
     tcase_add_test(e2e, test_disabled_and_in_use);
+    tcase_add_test(e2e, test_grpc_only_while_used);
     tcase_set_timeout(e2e, 60);
     suite_add_tcase(s, res);
     suite_add_tcase(s, e2e);
