@@ -41,6 +41,11 @@ struct etcd_client {
     struct etcd_call *auth;     /* the authenticate call in flight, if any */
 };
 
+/* Jittered exponential backoff for watches and their stream: doubles
+ * *backoff_ms (100 ms to 5 s) and returns a delay between half and all of
+ * it, so that many agents cut off together do not come back in step. */
+unsigned etcd__backoff(unsigned *backoff_ms);
+
 /* Fills hdrs (room for 4 and a NULL) with the headers every request
  * carries; authbuf holds the Authorization line. */
 void etcd__headers(etcd_client *c, const char **hdrs, char *authbuf, size_t len);

@@ -21,8 +21,6 @@
 #include "etcd_parse.h"
 #include "log.h"
 
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
 
 struct etcd_watch {
     etcd_client *c;
@@ -87,17 +85,19 @@ static void timer_fired(uv_timer_t *t)
     step(t->data);
 }
 
-/* Full jitter between half and all of the backoff, so that many agents
- * cut off together do not come back in step. */
+/* Tries again after the next backoff. */
 static void retry_later(etcd_watch *w)
 {
-    unsigned ms;
+    uv_timer_start(&w->timer, timer_fired, etcd__backoff(&w->backoff_ms), 0);
+}
 
-    w->backoff_ms = w->backoff_ms ? w->backoff_ms * 2 : BACKOFF_MIN_MS;
-    if (w->backoff_ms > BACKOFF_MAX_MS)
-        w->backoff_ms = BACKOFF_MAX_MS;
-    ms = w->backoff_ms / 2 + (unsigned)rand() % (w->backoff_ms / 2 + 1);
-    uv_timer_start(&w->timer, timer_fired, ms, 0);
+/* Full jitter between half and all of the backoff (etcd_internal.h). */
+unsigned etcd__backoff(unsigned *backoff_ms)
+{
+    *backoff_ms = *backoff_ms ? *backoff_ms * 2 : 100;
+    if (*backoff_ms > 5000)
+        *backoff_ms = 5000;
+    return *backoff_ms / 2 + (unsigned)rand() % (*backoff_ms / 2 + 1);
 }
 
 /* ---- snapshot --------------------------------------------------------- */

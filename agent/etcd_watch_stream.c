@@ -34,8 +34,6 @@
 #include "etcd_parse.h"
 #include "log.h"
 
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
 #define PUMP_MS 20
 #define PUMP_MAX 100
 
@@ -64,17 +62,9 @@ static void ws_timer_fired(uv_timer_t *t)
     ws_open(t->data);
 }
 
-/* Full jitter between half and all of the backoff, so that many agents
- * cut off together do not come back in step. */
 static void ws_retry_later(struct etcd_wstream *ws)
 {
-    unsigned ms;
-
-    ws->backoff_ms = ws->backoff_ms ? ws->backoff_ms * 2 : BACKOFF_MIN_MS;
-    if (ws->backoff_ms > BACKOFF_MAX_MS)
-        ws->backoff_ms = BACKOFF_MAX_MS;
-    ms = ws->backoff_ms / 2 + (unsigned)rand() % (ws->backoff_ms / 2 + 1);
-    uv_timer_start(&ws->timer, ws_timer_fired, ms, 0);
+    uv_timer_start(&ws->timer, ws_timer_fired, etcd__backoff(&ws->backoff_ms), 0);
 }
 
 /* ---- lines ------------------------------------------------------------ */
