@@ -54,7 +54,7 @@ static void add_configured(struct agent *a, const struct config_service *s)
         return;
     }
     instance_of(s, &inst, meta);
-    rc = registry_add(a->registry, &inst, REG_OWNER_CONFIG, &s->check, NULL, NULL, err,
+    rc = registry_add(a->registry, &inst, REG_OWNER_CONFIG, 0, &s->check, NULL, NULL, err,
                       sizeof err);
     if (rc)
         log_error("agent: cannot register %s %s: %s", s->name, s->address, err);
@@ -363,7 +363,7 @@ int agent_reload(struct agent *a)
     for (size_t i = 0; i < a->cfg->n_services; i++) {
         const struct config_service *s = &a->cfg->services[i];
         if (!config_find_service(nc, s->name, s->address))
-            registry_remove(a->registry, s->name, s->address, REG_OWNER_CONFIG, NULL, NULL);
+            registry_remove(a->registry, s->name, s->address, REG_OWNER_CONFIG, 0, NULL, NULL);
     }
     /* New or changed: (re)register; unchanged ones are left as they are. */
     for (size_t i = 0; i < nc->n_services; i++)

@@ -39,6 +39,7 @@ struct etcd_call {
     bool is_read;      /* a range read: counted in c->reads, may queue */
     bool counted;      /* in flight and counted in c->reads */
     bool queued;       /* on c->qhead */
+    int64_t floor;     /* the highest revision answered before it was sent */
     struct etcd_call *prev, *next;
     struct etcd_call *qnext;
 };
@@ -375,6 +376,8 @@ static void http_done(http_req *req, int err, long status, const char *body, siz
             call_finish(call, rc, NULL);
         return;
     }
+    if (!rc && !strncmp(call->path, "/v3/kv/", 7))
+        etcd__note_history(c, r.cluster_id, r.revision, call->floor);
     call_finish(call, rc, rc ? NULL : &r);
     if (!rc)
         etcd_result_clear(&r);
@@ -411,6 +414,7 @@ static int call_send(struct etcd_call *call)
         return 0;
     }
     call->endpoint = c->cur;
+    call->floor = c->max_rev;
     etcd__headers(c, hdrs, auth, sizeof auth);
     snprintf(url, sizeof url, "%s%s", c->endpoints[c->cur], call->path);
     o.url = url;
@@ -727,6 +731,32 @@ bool etcd_client_connected(const etcd_client *c)
 const char *etcd_client_last_error(const etcd_client *c)
 {
     return c->last_error;
+}
+
+void etcd__note_history(etcd_client *c, uint64_t cluster_id, int64_t revision, int64_t floor)
+{
+    bool restarted = floor < 0;
+
+    if (!restarted && cluster_id && c->cluster_id && cluster_id != c->cluster_id)
+        restarted = true;
+    if (!restarted && revision > 0 && revision < floor)
+        restarted = true;
+    if (cluster_id)
+        c->cluster_id = cluster_id;
+    if (restarted) {
+        log_warn("etcd: its history restarted (revision %" PRId64 ", had seen %" PRId64
+                 "): wiped or restored; forgetting revisions seen before",
+                 revision, c->max_rev);
+        c->epoch++;
+        c->max_rev = revision;
+    } else if (revision > c->max_rev) {
+        c->max_rev = revision;
+    }
+}
+
+unsigned etcd_client_epoch(const etcd_client *c)
+{
+    return c->epoch;
 }
 
 size_t etcd_client_requests(const etcd_client *c)

@@ -88,6 +88,10 @@ const char *etcd_client_endpoint(const etcd_client *c); /* the one in use */
 bool etcd_client_connected(const etcd_client *c);       /* last request reached etcd */
 const char *etcd_client_last_error(const etcd_client *c);
 size_t etcd_client_requests(const etcd_client *c); /* requests sent so far */
+/* Bumped each time etcd's history restarts: its cluster id changed, or a
+ * revision went back (wiped, or restored from an older backup). Revisions
+ * remembered from an earlier epoch mean nothing against the new ones. */
+unsigned etcd_client_epoch(const etcd_client *c);
 
 /* Handle of a single request, to cancel it; NULL-safe. After the callback
  * ran, the handle is gone. */

@@ -39,6 +39,13 @@ struct etcd_client {
     struct etcd_wstream *ws;    /* the stream they share (etcd_watch_stream.c) */
     int64_t watch_ids;          /* the last watch_id given out */
     struct etcd_call *auth;     /* the authenticate call in flight, if any */
+
+    /* etcd's history as seen so far: a new cluster id, or a revision
+     * below one already seen, means it was wiped or restored and starts
+     * a new epoch (etcd_client_epoch). */
+    uint64_t cluster_id;
+    int64_t max_rev;
+    unsigned epoch;
 };
 
 /* Jittered exponential backoff for watches and their stream: doubles
@@ -60,6 +67,15 @@ void etcd__endpoint_ok(etcd_client *c);
  * (etcd__watches_token). */
 bool etcd__need_token(etcd_client *c);
 void etcd__token_invalid(etcd_client *c);
+
+/* Notes the header of a reply. cluster_id 0: not known. floor: the
+ * highest revision answered before the request was sent (c->max_rev
+ * then), or -1 when the caller knows etcd's history restarted (a watch saw
+ * it). For KV requests only: a write answers after it applies and a read
+ * is linearizable, so the reply's revision is at least any revision
+ * answered before it was sent while etcd keeps its data. Replies of
+ * requests in flight together may come back in any order. */
+void etcd__note_history(etcd_client *c, uint64_t cluster_id, int64_t revision, int64_t floor);
 
 /* Implemented in etcd_watch.c, for etcd.c. */
 void etcd__watches_moved(etcd_client *c);

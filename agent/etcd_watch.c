@@ -223,6 +223,7 @@ static int handle(etcd_watch *w, const struct etcd_watch_msg *m)
         log_warn("etcd: watch on %.*s: etcd is a new cluster (id %" PRIx64 ", was %" PRIx64
                  "); reading the range again",
                  (int)w->klen, w->key, m->cluster_id, w->cluster_id);
+        etcd__note_history(w->c, m->cluster_id, m->revision, -1);
         resnapshot(w);
         return 0;
     }
@@ -232,6 +233,7 @@ static int handle(etcd_watch *w, const struct etcd_watch_msg *m)
         log_warn("etcd: watch on %.*s: etcd is at revision %" PRId64 " but we saw %" PRId64
                  " (data wiped?); reading the range again",
                  (int)w->klen, w->key, m->revision, w->next_rev - 1);
+        etcd__note_history(w->c, m->cluster_id, m->revision, -1);
         resnapshot(w);
         return 0;
     }

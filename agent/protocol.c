@@ -662,6 +662,17 @@ static void reg_done(int err, void *arg)
 
 static bool may_change(struct conn_state *cs, json_t *id, const char *op);
 
+/* The connection's peer process (0 if the kernel did not say), which owns
+ * its registrations together with every other connection it opens. */
+static pid_t peer_pid(const struct conn_state *cs)
+{
+    pid_t pid = 0;
+
+    if (server_conn_peer(cs->c, &pid, NULL, NULL) != 0)
+        return 0;
+    return pid;
+}
+
 static void op_register(struct conn_state *cs, json_t *req, json_t *id)
 {
     struct agent *a = cs->a;
@@ -699,7 +710,7 @@ static void op_register(struct conn_state *cs, json_t *req, json_t *id)
     p->in_registry = true;
     err[0] = '\0';
     rc = registry_add(a->registry, &inst, json_is_true(persist) ? REG_OWNER_RUNTIME : cs->id,
-                      chk ? &spec : NULL, reg_done, p, err, sizeof err);
+                      peer_pid(cs), chk ? &spec : NULL, reg_done, p, err, sizeof err);
     instance_clear(&inst);
     check_spec_clear(&spec);
     if (rc) {
@@ -746,7 +757,7 @@ static void op_deregister(struct conn_state *cs, json_t *req, json_t *id)
         return;
     }
     p->in_registry = true;
-    rc = registry_remove(cs->a->registry, name, address, cs->id, dereg_done, p);
+    rc = registry_remove(cs->a->registry, name, address, cs->id, peer_pid(cs), dereg_done, p);
     if (rc) {
         pending_end(p);
         if (rc == DA_ENOENT)
@@ -754,7 +765,9 @@ static void op_deregister(struct conn_state *cs, json_t *req, json_t *id)
                        address);
         else if (rc == DA_EACCES)
             send_error(cs, id, "forbidden",
-                       "%s %s belongs to the configuration or another connection", name,
+                       "%s %s belongs to the configuration or to another process's "
+                       "connection",
+                       name,
                        address);
         else
             send_error(cs, id, "internal", "%s", da_strerror(rc));

@@ -26,10 +26,12 @@ struct reg {
     char *value;
     size_t vlen;
     uint64_t owner;
+    pid_t owner_pid;        /* the owning connection's process; 0: none */
     uint64_t gen;           /* bumped on every change of value */
     uint64_t sent_gen;      /* gen of the write in flight or last done */
     int64_t lease_written;  /* lease of our last successful write */
     int64_t rev_written;    /* its revision */
+    unsigned rev_epoch;     /* etcd_client_epoch() when it was written */
     etcd_call *call;
     enum reg_state state;
     char error[160];
@@ -58,6 +60,7 @@ struct del;
 struct wrote {
     char *name;
     int64_t rev;
+    unsigned epoch; /* etcd_client_epoch() of rev: older ones mean nothing */
     struct wrote *next;
 };
 
@@ -94,7 +97,8 @@ struct del {
     registry *r;
     char *key;
     size_t klen;
-    int64_t lease;   /* deleted only if the key still carries it */
+    int64_t rev;     /* deleted only if the key is still our write of rev */
+    int64_t lease;   /* or, rev unknown (0), if it still carries lease */
     bool counted;    /* one of the shutdown's deletes */
     unsigned backoff_ms;
     uint64_t retry_at; /* 0: in flight */
@@ -105,8 +109,10 @@ struct del {
 };
 
 static void send_del(struct del *d);
-static int start_del(registry *r, char *key, size_t klen, int64_t lease,
+static void del_free(registry *r, struct del *d);
+static int start_del(registry *r, char *key, size_t klen, int64_t rev, int64_t lease,
                      void (*done)(int, void *), void *arg);
+static void service_changed(service *svc, void *arg);
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -116,6 +122,47 @@ static struct reg *find(const registry *r, const char *name, const char *address
         if (!strcmp(g->inst.name, name) && !strcmp(g->inst.address, address))
             return g;
     return NULL;
+}
+
+static struct reg *find_key(const registry *r, const char *key, size_t klen)
+{
+    for (struct reg *g = r->regs; g; g = g->next)
+        if (g->klen == klen && !memcmp(g->key, key, klen))
+            return g;
+    return NULL;
+}
+
+/* The revision of g's last write, or 0 when it is unknown or from before
+ * etcd's history restarted (wiped, or restored from a backup). */
+static int64_t our_rev(const struct reg *g)
+{
+    return g->rev_epoch == etcd_client_epoch(g->r->etcd) ? g->rev_written : 0;
+}
+
+/* Writes and deletes of one key never overlap. etcd applies requests sent
+ * on different connections in whatever order they reach it, so a delete
+ * sent before a put could land after it and take the newer key away while
+ * the registry believes it written. A key is busy while a delete of it, or
+ * the write of an earlier registration of it (removed while in flight), is
+ * unanswered; the put waits, and is kicked when that answer comes
+ * (deleted()). A delete waiting to be retried is dropped instead: the put
+ * replaces the key anyway. */
+static bool key_busy(registry *r, const struct reg *g)
+{
+    struct del *d, *next;
+
+    for (struct reg *o = r->dying; o; o = o->next)
+        if (o->call && o->klen == g->klen && !memcmp(o->key, g->key, g->klen))
+            return true;
+    for (d = r->dels; d; d = d->next)
+        if (d->call && d->klen == g->klen && !memcmp(d->key, g->key, g->klen))
+            return true;
+    for (d = r->dels; d; d = next) {
+        next = d->next;
+        if (!d->call && !d->counted && d->klen == g->klen && !memcmp(d->key, g->key, g->klen))
+            del_free(r, d);
+    }
+    return false;
 }
 
 static void wake_waiters(struct reg *g, int err)
@@ -218,11 +265,14 @@ static void written(int err, const struct etcd_result *res, void *arg)
             }
         void (*done)(int, void *) = g->del_done;
         void *darg = g->del_arg;
+        /* A failed write may still have landed, at a revision we do not
+         * know: then only the lease tells whether the key is ours. */
+        int64_t rev = err ? 0 : res->revision;
         g->key = NULL;
         reg_free(g);
         if (counted)
             r->deleting--; /* start_del counts it again */
-        start_del(r, key, klen, lease, done, darg);
+        start_del(r, key, klen, rev, lease, done, darg);
         return;
     }
     if (err) {
@@ -240,6 +290,7 @@ static void written(int err, const struct etcd_result *res, void *arg)
         return;
     }
     g->rev_written = res->revision;
+    g->rev_epoch = etcd_client_epoch(r->etcd);
     note_write(r, g->key, g->klen, res->revision);
     g->backoff_ms = 0;
     g->error[0] = '\0';
@@ -252,6 +303,11 @@ static void written(int err, const struct etcd_result *res, void *arg)
      * instance is no longer wanted (failed its check, drained). */
     if (g->sent_gen != g->gen || g->lease_written != r->lease || !wanted(g))
         kick(g);
+    else if (g->svc)
+        /* Look at etcd's view again: changes to the key that arrived while
+         * the write was in flight were skipped by service_changed(), and
+         * nothing else would look at them. */
+        service_changed(g->svc, g);
 }
 
 /* Whether g's key belongs in etcd now. */
@@ -282,7 +338,7 @@ static void withhold(struct reg *g)
         int64_t lease = g->lease_written;
         g->lease_written = 0;
         if (key)
-            start_del(r, key, g->klen, lease, NULL, NULL);
+            start_del(r, key, g->klen, our_rev(g), lease, NULL, NULL);
     }
 }
 
@@ -308,6 +364,8 @@ static void kick(struct reg *g)
         arm(r);
         return;
     }
+    if (key_busy(r, g))
+        return; /* deleted() or written() comes back when the key is free */
     g->sent_gen = g->gen;
     /* The lease the write goes under; written() reads it back. */
     g->lease_written = r->lease;
@@ -333,7 +391,7 @@ static void service_changed(service *svc, void *arg)
     uint64_t now;
 
     if (service_stale(svc) || !r->lease || g->call || g->lease_written != r->lease ||
-        service_revision(svc) < g->rev_written || r->shutting_down || !wanted(g))
+        service_revision(svc) < our_rev(g) || r->shutting_down || !wanted(g))
         return;
     bool present = service_entry(svc, g->inst.address, &value, &vlen, &lease);
     if (present && lease == r->lease && vlen == g->vlen && !memcmp(value, g->value, vlen))
@@ -446,7 +504,18 @@ static int set_check(struct reg *g, const struct check_spec *spec, char *err, si
     return 0;
 }
 
-int registry_add(registry *r, const struct instance *inst, uint64_t owner,
+/* Whether a connection (owner, of process pid) may change or remove g:
+ * its own, a persistent one, or one of another connection of the same
+ * process (a client that reconnected before its old connection closed).
+ * The configuration's belong to the configuration alone. */
+static bool may_take(const struct reg *g, uint64_t owner, pid_t pid)
+{
+    if (g->owner == REG_OWNER_CONFIG)
+        return owner == REG_OWNER_CONFIG;
+    return g->owner == owner || g->owner == REG_OWNER_RUNTIME || (pid > 0 && g->owner_pid == pid);
+}
+
+int registry_add(registry *r, const struct instance *inst, uint64_t owner, pid_t pid,
                  const struct check_spec *check, void (*done)(int err, void *arg), void *arg,
                  char *err, size_t errlen)
 {
@@ -463,13 +532,14 @@ int registry_add(registry *r, const struct instance *inst, uint64_t owner,
                  inst->name, inst->address);
         return DA_EACCES;
     }
-    if (g && g->owner != owner && g->owner != REG_OWNER_CONFIG && g->owner != REG_OWNER_RUNTIME &&
-        owner != REG_OWNER_CONFIG) {
-        /* Another live connection has it (a second server bound the same
-         * port, say): taking it over would let that one's exit delete the
-         * first one's key. */
-        snprintf(err, errlen, "%s %s is registered by another client of this agent",
-                 inst->name, inst->address);
+    if (g && !may_take(g, owner, pid) && owner != REG_OWNER_CONFIG) {
+        /* Another process's live connection has it (a second server bound
+         * the same port, say): taking it over would let that one's exit
+         * delete the first one's key. */
+        snprintf(err, errlen,
+                 "%s %s is registered by another process's connection to this agent (pid %ld); "
+                 "deregister it there first",
+                 inst->name, inst->address, (long)g->owner_pid);
         return DA_EACCES;
     }
     if (!g) {
@@ -505,6 +575,7 @@ int registry_add(registry *r, const struct instance *inst, uint64_t owner,
     }
     (void)created;
     g->owner = owner;
+    g->owner_pid = owner == REG_OWNER_CONFIG || owner == REG_OWNER_RUNTIME ? 0 : pid;
     if (done) {
         struct waiter *w = calloc(1, sizeof *w);
         if (w) {
@@ -611,12 +682,19 @@ static void deleted(int err, const struct etcd_result *res, void *arg)
     if (err) {
         log_warn("registry: cannot delete %s: %s; it goes when the lease ends", d->key,
                  da_strerror(err));
+    } else if (res && !res->succeeded) {
+        /* The key is no longer the one we wrote: a newer write (ours or
+         * someone else's) replaced it, or it is already gone. */
+        log_info("registry: deregistered %s (the key had changed; left as it is)", d->key);
     } else {
         log_info("registry: deregistered %s", d->key);
         if (res)
             note_write(r, d->key, d->klen, res->revision);
     }
+    struct reg *waiting = r->shutting_down ? NULL : find_key(r, d->key, d->klen);
     del_free(r, d);
+    if (waiting)
+        kick(waiting);
     if (counted && --r->deleting == 0 && r->shutdown_done) {
         void (*fn)(void *) = r->shutdown_done;
         r->shutdown_done = NULL;
@@ -624,23 +702,28 @@ static void deleted(int err, const struct etcd_result *res, void *arg)
     }
 }
 
+/* The delete compares the revision of our write when it is known, so that
+ * it can never remove a newer write of the key, whoever made it; a compare
+ * of the lease alone would also match a newer write of ours. */
 static void send_del(struct del *d)
 {
     registry *r = d->r;
-    struct etcd_cmp cmp = {.key = d->key, .klen = d->klen, .target = ETCD_CMP_LEASE,
-                           .op = ETCD_CMP_EQUAL, .number = d->lease};
+    struct etcd_cmp cmp = {.key = d->key, .klen = d->klen, .op = ETCD_CMP_EQUAL};
     struct etcd_op op = {.type = ETCD_OP_DELETE, .key = d->key, .klen = d->klen};
     int rc;
 
+    cmp.target = d->rev ? ETCD_CMP_MOD : ETCD_CMP_LEASE;
+    cmp.number = d->rev ? d->rev : d->lease;
     d->retry_at = 0;
     rc = etcd_txn(r->etcd, &cmp, 1, &op, 1, NULL, 0, deleted, d, &d->call);
     if (rc < 0)
         deleted(rc, NULL, d);
 }
 
-/* Starts deleting key (taken) if it still carries lease. Returns 0, or
+/* Starts deleting key (taken) if it is still our write of revision rev
+ * (rev 0: unknown; then if it still carries lease). Returns 0, or
  * DA_ENOMEM (key freed). */
-static int start_del(registry *r, char *key, size_t klen, int64_t lease,
+static int start_del(registry *r, char *key, size_t klen, int64_t rev, int64_t lease,
                      void (*done)(int, void *), void *arg)
 {
     struct del *d = calloc(1, sizeof *d);
@@ -652,6 +735,7 @@ static int start_del(registry *r, char *key, size_t klen, int64_t lease,
     d->r = r;
     d->key = key;
     d->klen = klen;
+    d->rev = rev;
     d->lease = lease;
     d->counted = r->shutting_down;
     d->done = done;
@@ -670,7 +754,7 @@ static int start_del(registry *r, char *key, size_t klen, int64_t lease,
  * (nothing was in etcd; g is gone), or DA_ENOMEM. */
 static int delete_reg(registry *r, struct reg *g, void (*done)(int, void *), void *arg)
 {
-    int64_t lease = g->lease_written;
+    int64_t lease = g->lease_written, rev = our_rev(g);
     char *key = g->key;
 
     unlink_reg(r, g);
@@ -690,21 +774,18 @@ static int delete_reg(registry *r, struct reg *g, void (*done)(int, void *), voi
     }
     g->key = NULL;
     reg_free(g);
-    return start_del(r, key, strlen(key), lease, done, arg);
+    return start_del(r, key, strlen(key), rev, lease, done, arg);
 }
 
 int registry_remove(registry *r, const char *name, const char *address, uint64_t owner_check,
-                    void (*done)(int err, void *arg), void *arg)
+                    pid_t pid, void (*done)(int err, void *arg), void *arg)
 {
     struct reg *g = find(r, name, address);
     int rc;
 
     if (!g)
         return DA_ENOENT;
-    if (owner_check != REG_OWNER_CONFIG && g->owner != owner_check &&
-        g->owner != REG_OWNER_RUNTIME)
-        return DA_EACCES;
-    if (owner_check != REG_OWNER_CONFIG && g->owner == REG_OWNER_CONFIG)
+    if (owner_check != REG_OWNER_CONFIG && !may_take(g, owner_check, pid))
         return DA_EACCES;
     rc = delete_reg(r, g, done, arg);
     if (rc == 1 && done)
@@ -743,15 +824,22 @@ static void note_write(registry *r, const char *key, size_t klen, int64_t rev)
         w->next = r->wrote;
         r->wrote = w;
     }
-    if (rev > w->rev)
+    unsigned epoch = etcd_client_epoch(r->etcd);
+    if (w->epoch != epoch) {
+        w->epoch = epoch;
         w->rev = rev;
+    } else if (rev > w->rev) {
+        w->rev = rev;
+    }
 }
 
 int64_t registry_written_revision(const registry *r, const char *name)
 {
+    /* A floor from before etcd's history restarted would never be
+     * reached: every read would wait out etcd.timeout. */
     for (const struct wrote *w = r->wrote; w; w = w->next)
         if (!strcmp(w->name, name))
-            return w->rev;
+            return w->epoch == etcd_client_epoch(r->etcd) ? w->rev : 0;
     return 0;
 }
 

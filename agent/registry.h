@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <uv.h>
 
 #include "cache.h"
@@ -47,12 +48,20 @@ struct reg_info {
 int registry_new(registry **out, uv_loop_t *loop, etcd_client *etcd, cache *cache,
                  session *session, const char *prefix, struct check_ctx *checks);
 
-/* Adds or updates a registration. An instance registered by the
- * configuration cannot be taken over by a connection (DA_EACCES, with a
- * reason in err); one owned by a connection passes to the new owner (a
- * client that reconnected). done, if set, is called once the key is written
- * (err 0) or the first write failed (err < 0; the registry keeps trying). */
-int registry_add(registry *r, const struct instance *inst, uint64_t owner,
+/* Adds or updates a registration. owner is a connection id (pid: its
+ * peer's process, 0 if unknown), REG_OWNER_RUNTIME or REG_OWNER_CONFIG.
+ * An instance registered by the configuration cannot be taken over by a
+ * connection (DA_EACCES, with a reason in err). One owned by a connection
+ * passes to the new owner if that is a connection of the same process (a
+ * client that reconnected); another process gets DA_EACCES while the
+ * owning connection is open. A persistent one passes to anyone. done, if
+ * set, is called once the key is written (err 0) or the first write failed
+ * (err < 0; the registry keeps trying).
+ *
+ * Writes and deletes of one key are never in flight together, and a delete
+ * compares the revision of our write, so no delete can remove a newer write
+ * (proved by test_registrations). */
+int registry_add(registry *r, const struct instance *inst, uint64_t owner, pid_t pid,
                  const struct check_spec *check, void (*done)(int err, void *arg), void *arg,
                  char *err, size_t errlen);
 
@@ -72,15 +81,16 @@ bool registry_in_maint(const registry *r, const char **reason);
 int registry_check_report(registry *r, const char *name, const char *address, bool pass,
                           const char *why);
 
-/* Removes a registration and deletes its key (only if it still holds our
- * lease). owner_check: only if owned by that owner or by REG_OWNER_RUNTIME;
- * pass REG_OWNER_CONFIG to remove a configured one (reload). Returns 0,
+/* Removes a registration and deletes its key (only if it is still our
+ * write). owner_check, pid: the same rule as registry_add's takeover; pass
+ * REG_OWNER_CONFIG to remove a configured one (reload). Returns 0,
  * DA_ENOENT, or DA_EACCES. done as above, once the delete is answered. */
 int registry_remove(registry *r, const char *name, const char *address, uint64_t owner_check,
-                    void (*done)(int err, void *arg), void *arg);
+                    pid_t pid, void (*done)(int err, void *arg), void *arg);
 
 /* The revision of this agent's last write or delete under service name
- * (0: none), so that reads can wait for the cache to show it. */
+ * (0: none, or made before etcd's history restarted), so that reads can
+ * wait for the cache to show it. */
 int64_t registry_written_revision(const registry *r, const char *name);
 
 /* Drops every done callback registered with arg (its caller is gone). */
