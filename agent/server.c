@@ -538,9 +538,10 @@ static void on_listen(uv_poll_t *h, int status, int events)
                 listen_pause(s, -e);
             return;
         }
-        if (!fdlimit_client_ok(fd) || s->nclients >= s->max_clients) {
+        bool fd_ok = fdlimit_client_ok(fd);
+        if (!fd_ok || s->nclients >= s->max_clients) {
             free(c);
-            refuse(s, fd, !fdlimit_client_ok(fd));
+            refuse(s, fd, !fd_ok);
             continue;
         }
         conn_open(s, c, fd);
