@@ -177,6 +177,7 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     so.path = cfg->socket_path;
     so.mode = cfg->socket_mode;
     so.too_long_reply = proto_too_long_reply;
+    so.busy_reply = proto_busy_reply;
     rc = server_start(&a->server, loop, &so, &cb, a, err, errlen);
     if (rc < 0) {
         a->server = NULL;

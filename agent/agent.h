@@ -59,5 +59,6 @@ void proto_on_line(server *s, server_conn *c, char *line, size_t len, void *arg)
 void proto_on_close(server *s, server_conn *c, void *arg);
 void proto_on_eof(server *s, server_conn *c, void *arg);
 extern const char proto_too_long_reply[];
+extern const char proto_busy_reply[]; /* refused for want of descriptors */
 
 #endif

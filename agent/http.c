@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 
 #include "error.h"
+#include "fdlimit.h"
 
 /* curl's receive buffer for streaming requests (see http_request). */
 #define HTTP_STREAM_BUFFER 1024
@@ -44,6 +45,7 @@ struct http_req {
     bool queued;    /* on the client's pending-chunk queue */
     int busy;       /* a callback of this request is running */
     int keepalive_cnt;
+    int sock_errno; /* why the last socket() for this request failed, or 0 */
     char errbuf[CURL_ERROR_SIZE];
 
     /* An open request body (http_req_send): bytes not yet taken by curl,
@@ -153,6 +155,21 @@ static int sockopt_cb(void *clientp, curl_socket_t fd, curlsocktype purpose)
     return CURL_SOCKOPT_OK;
 }
 
+/* curl's own socket() call keeps no errno: out of descriptors, a connect
+ * would be reported as "Couldn't connect to server". Opening the socket
+ * here keeps the reason, and finish() names it. */
+static curl_socket_t opensocket_cb(void *clientp, curlsocktype purpose,
+                                   struct curl_sockaddr *a)
+{
+    struct http_req *r = clientp;
+    int fd;
+
+    (void)purpose;
+    fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    r->sock_errno = fd < 0 ? errno : 0;
+    return fd < 0 ? CURL_SOCKET_BAD : fd;
+}
+
 /* ---- request lifetime ------------------------------------------------- */
 
 static void unqueue(http_client *c, struct http_req *r)
@@ -217,6 +234,10 @@ static void finish(struct http_req *r, int err)
 {
     long status = 0;
 
+    if (err && (r->sock_errno == EMFILE || r->sock_errno == ENFILE))
+        snprintf(r->errbuf, sizeof r->errbuf,
+                 "out of file descriptors (%s): cannot open a connection (RLIMIT_NOFILE %ld)",
+                 strerror(r->sock_errno), fdlimit_get());
     curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
     curl_multi_remove_handle(r->c->multi, r->easy);
     r->busy++;
@@ -525,6 +546,8 @@ int http_request(http_client *c, const struct http_req_opts *o, http_done_cb don
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, opensocket_cb);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, r);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     r->open_body = o->open_body;
     if (o->open_body) {

@@ -4,11 +4,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <uv.h>
 
 #include "agent.h"
 #include "config.h"
+#include "fdlimit.h"
 #include "log.h"
 
 #define DEFAULT_CONFIG "/etc/discovery-agent/agent.yaml"
@@ -83,12 +83,13 @@ int main(int argc, char **argv)
     }
 
     /* Every client is a file descriptor: allow as many as the hard limit
-     * lets us, rather than the soft default of 1024. */
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+     * lets us, rather than the soft default of 1024. Clients never get the
+     * last FDLIMIT_RESERVE of them (fdlimit.h). */
+    long nofile = fdlimit_raise();
+    if (nofile >= 0 && nofile <= 2 * FDLIMIT_RESERVE)
+        log_warn("agent: RLIMIT_NOFILE is %ld and %d descriptors are kept for etcd, health "
+                 "checks and files, so few local clients can connect: raise LimitNOFILE",
+                 nofile, FDLIMIT_RESERVE);
     /* A client that goes away mid-write must be an EPIPE, not a signal. */
     signal(SIGPIPE, SIG_IGN);
     if (uv_loop_init(&loop) < 0) {

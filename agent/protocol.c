@@ -27,6 +27,12 @@ const char proto_too_long_reply[] =
     "{\"ok\":false,\"error\":{\"code\":\"line_too_long\",\"message\":\"request line over 65536 "
     "bytes; the connection is closed\"}}\n";
 
+const char proto_busy_reply[] =
+    "{\"ok\":false,\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many "
+    "connections: the agent's clients hold every file descriptor but those it keeps for etcd, "
+    "health checks and files (or 16384 clients are connected); this connection is closed: "
+    "close idle connections or raise the agent's LimitNOFILE\"}}\n";
+
 struct conn_state;
 
 static void maybe_end(struct conn_state *cs);
@@ -1115,12 +1121,16 @@ static bool may_change(struct conn_state *cs, json_t *id, const char *op)
     pid_t pid;
     uid_t uid = (uid_t)-1;
     gid_t gid = (gid_t)-1;
+    bool have_peer;
 
     if (!cfg->register_limited)
         return true;
+    /* Read every time, not only when the verdict is made: the refusal
+     * names the peer, and a cached verdict must not name an unset uid. */
+    have_peer = server_conn_peer(cs->c, &pid, &uid, &gid) == 0;
     if (cs->may_change == 0) {
         cs->may_change = -1;
-        if (server_conn_peer(cs->c, &pid, &uid, &gid) == 0) {
+        if (have_peer) {
             for (size_t i = 0; i < cfg->n_register_uids; i++)
                 if (cfg->register_uids[i] == (unsigned)uid)
                     cs->may_change = 1;
@@ -1142,10 +1152,17 @@ static bool may_change(struct conn_state *cs, json_t *id, const char *op)
     }
     if (cs->may_change > 0)
         return true;
-    send_error(cs, id, "forbidden",
-               "uid %ld may not %s: socket.register_users and register_groups in the "
-               "agent's configuration say who may; this connection may only read",
-               (long)uid, op);
+    if (have_peer)
+        send_error(cs, id, "forbidden",
+                   "uid %ld may not %s: socket.register_users and register_groups in the "
+                   "agent's configuration say who may; this connection may only read",
+                   (long)uid, op);
+    else
+        send_error(cs, id, "forbidden",
+                   "a peer whose credentials the kernel did not give may not %s: "
+                   "socket.register_users and register_groups in the agent's configuration "
+                   "say who may; this connection may only read",
+                   op);
     return false;
 }
 

@@ -12,6 +12,15 @@
  * retry timer, connections) and frees itself when the last one closes
  * after server_close().
  *
+ * Accepting. The listener is a uv_poll_t on the listening socket and the
+ * server calls accept4() itself, rather than uv_listen(): libuv's own
+ * accept loop, once the process is out of descriptors and its spare one is
+ * gone, calls back with EMFILE and tries again without end, never
+ * returning to the loop. Here running out of descriptors (or memory) stops
+ * the poll for ACCEPT_RETRY_MS and the connection waits in the backlog. A
+ * connection past max_clients, or on a descriptor within the reserve kept
+ * for the agent's own work (fdlimit.h), is refused with busy_reply.
+ *
  * Input is read straight into the connection's line buffer, which grows
  * up to max_line + IN_SLACK: enough for any acceptable line and its '\n'
  * plus room for a useful read, so a full buffer without '\n' is always an
@@ -31,6 +40,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "fdlimit.h"
 #include "log.h"
 
 #define DEFAULT_MAX_LINE ((size_t)64 * 1024)
@@ -49,6 +59,9 @@
 
 #define ACCEPT_RETRY_MS 100
 #define ACCEPT_WARN_INTERVAL_MS 10000
+/* Accepts per wake-up of the listener, so that a flood cannot hold the
+ * loop. */
+#define ACCEPT_BURST 64
 
 /* When a connection is closed on purpose, the unread input still queued on
  * it is read and thrown away first, up to this much: Linux gives the peer of
@@ -87,8 +100,9 @@ struct wreq {
 
 struct server {
     uv_loop_t *loop;
-    uv_pipe_t listener;  /* listener.data points back here */
-    uv_timer_t retry;    /* retries an accept that failed for lack of memory */
+    uv_poll_t listener;  /* on fd; listener.data points back here */
+    int fd;              /* the listening socket, closed by the listener's close */
+    uv_timer_t retry;    /* listens again after a pause for lack of memory or fds */
     struct server_callbacks cb;
     void *arg;
 
@@ -97,6 +111,8 @@ struct server {
     ino_t ino;
     char *too_long;
     size_t too_long_len;
+    char *busy;
+    size_t busy_len;
     size_t max_line, max_output, max_clients;
 
     server_conn *conns; /* listed connections */
@@ -104,7 +120,8 @@ struct server {
     size_t handles;     /* open uv handles, connections included */
     uint64_t next_id;
     uint64_t last_accept_warn;
-    bool accept_waiting; /* a connection waits in the listener to be accepted */
+    uint64_t last_refuse_warn;
+    size_t refused; /* connections refused since the last warning */
     bool closing;
 };
 
@@ -115,6 +132,7 @@ static void server_unref(server *s)
     if (--s->handles == 0 && s->closing) {
         free(s->path);
         free(s->too_long);
+        free(s->busy);
         free(s);
     }
 }
@@ -122,6 +140,15 @@ static void server_unref(server *s)
 static void handle_closed(uv_handle_t *h)
 {
     server_unref(h->data);
+}
+
+/* A uv_poll_t leaves its descriptor open. */
+static void listener_closed(uv_handle_t *h)
+{
+    server *s = h->data;
+
+    close(s->fd);
+    server_unref(s);
 }
 
 static void unlist(server_conn *c)
@@ -153,17 +180,22 @@ static void conn_closed(uv_handle_t *h)
     server_unref(s);
 }
 
-static void drain_input(server_conn *c)
+static void drain_fd(int fd)
 {
-    uv_os_fd_t fd;
     char scratch[16384];
     size_t total = 0;
     ssize_t n;
 
-    if (uv_fileno((uv_handle_t *)&c->pipe, &fd) != 0)
-        return;
     while (total < DRAIN_MAX && (n = recv(fd, scratch, sizeof scratch, MSG_DONTWAIT)) > 0)
         total += (size_t)n;
+}
+
+static void drain_input(server_conn *c)
+{
+    uv_os_fd_t fd;
+
+    if (uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0)
+        drain_fd(fd);
 }
 
 /* Starts closing c; on_close (if c is listed) follows from its close
@@ -399,29 +431,70 @@ static void read_cred(server_conn *c)
     }
 }
 
-static void retry_cb(uv_timer_t *t);
+static void on_listen(uv_poll_t *h, int status, int events);
 
-/* Accepts the connection waiting in the listener. Until it is accepted
- * libuv stops polling the listener, so when memory is short the retry timer
- * comes back for it. */
-static void accept_conn(server *s)
+static void listen_resume(uv_timer_t *t)
 {
-    server_conn *c = calloc(1, sizeof *c);
+    server *s = t->data;
 
-    if (!c) {
-        if (!uv_is_active((uv_handle_t *)&s->retry))
-            uv_timer_start(&s->retry, retry_cb, ACCEPT_RETRY_MS, 0);
-        return;
+    if (!s->closing)
+        uv_poll_start(&s->listener, UV_READABLE, on_listen);
+}
+
+/* Out of memory or of descriptors: the waiting connection would wake the
+ * loop again at once, so listening pauses and the connection waits in the
+ * backlog until there is room. Not the clients' doing (they are refused
+ * well before the limit), so worth the operator's attention, but at most
+ * once per interval. */
+static void listen_pause(server *s, int err)
+{
+    uint64_t now = uv_now(s->loop);
+
+    if (s->last_accept_warn == 0 || now - s->last_accept_warn >= ACCEPT_WARN_INTERVAL_MS) {
+        s->last_accept_warn = now ? now : 1;
+        log_warn("socket %s: cannot accept connections: %s; trying again in %d ms", s->path,
+                 err == UV_EMFILE || err == UV_ENFILE ? "out of file descriptors" : uv_strerror(err),
+                 ACCEPT_RETRY_MS);
     }
-    s->accept_waiting = false;
+    uv_poll_stop(&s->listener);
+    uv_timer_start(&s->retry, listen_resume, ACCEPT_RETRY_MS, 0);
+}
+
+/* Tells the client why and closes fd, which was never a connection of
+ * ours (no callback sees it). The line fits in an empty socket buffer. */
+static void refuse(server *s, int fd, bool no_fd)
+{
+    uint64_t now = uv_now(s->loop);
+
+    if (s->busy_len) /* fails only if the client went away already */
+        (void)send(fd, s->busy, s->busy_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    drain_fd(fd);
+    close(fd);
+    s->refused++;
+    if (s->last_refuse_warn != 0 && now - s->last_refuse_warn < ACCEPT_WARN_INTERVAL_MS)
+        return;
+    s->last_refuse_warn = now ? now : 1;
+    if (no_fd)
+        log_warn("socket %s: refused %zu connection(s): %zu clients hold every file descriptor "
+                 "but the %d kept for etcd, health checks and files (RLIMIT_NOFILE %ld)",
+                 s->path, s->refused, s->nclients, FDLIMIT_RESERVE, fdlimit_get());
+    else
+        log_warn("socket %s: refused %zu connection(s): %zu clients connected, the most allowed",
+                 s->path, s->refused, s->nclients);
+    s->refused = 0;
+}
+
+/* Makes c the connection on fd (which c then owns). */
+static void conn_open(server *s, server_conn *c, int fd)
+{
     c->s = s;
     uv_pipe_init(s->loop, &c->pipe, 0);
     c->pipe.data = c;
     s->handles++;
-    if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->pipe) != 0 ||
-        s->nclients >= s->max_clients) {
+    if (uv_pipe_open(&c->pipe, fd) != 0) {
+        close(fd);
         /* Unlisted: closed without a callback. */
-        conn_close(c, true);
+        conn_close(c, false);
         return;
     }
     read_cred(c);
@@ -436,32 +509,43 @@ static void accept_conn(server *s)
         conn_close(c, false);
 }
 
-static void retry_cb(uv_timer_t *t)
+static void on_listen(uv_poll_t *h, int status, int events)
 {
-    server *s = t->data;
+    server *s = h->data;
 
-    if (s->accept_waiting && !s->closing)
-        accept_conn(s);
-}
-
-static void on_connection(uv_stream_t *l, int status)
-{
-    server *s = l->data;
-
+    (void)events;
     if (status < 0) {
-        /* Mostly EMFILE/ENFILE: libuv has then accepted and closed the
-         * waiting connections to keep the listener usable. Not the
-         * clients' doing, so worth the operator's attention, but at most
-         * once per interval. */
-        uint64_t now = uv_now(s->loop);
-        if (s->last_accept_warn == 0 || now - s->last_accept_warn >= ACCEPT_WARN_INTERVAL_MS) {
-            s->last_accept_warn = now ? now : 1;
-            log_warn("socket %s: accept failed: %s", s->path, uv_strerror(status));
-        }
+        listen_pause(s, status);
         return;
     }
-    s->accept_waiting = true;
-    accept_conn(s);
+    for (int i = 0; i < ACCEPT_BURST && !s->closing; i++) {
+        /* Memory first: a connection accepted without it would be lost. */
+        server_conn *c = calloc(1, sizeof *c);
+        int fd;
+
+        if (!c) {
+            listen_pause(s, UV_ENOMEM);
+            return;
+        }
+        fd = accept4(s->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            int e = errno;
+
+            free(c);
+            if (e == EINTR || e == ECONNABORTED)
+                continue;
+            if (e != EAGAIN && e != EWOULDBLOCK)
+                listen_pause(s, -e);
+            return;
+        }
+        bool fd_ok = fdlimit_client_ok(fd);
+        if (!fd_ok || s->nclients >= s->max_clients) {
+            free(c);
+            refuse(s, fd, !fd_ok);
+            continue;
+        }
+        conn_open(s, c, fd);
+    }
 }
 
 /* ---- start and close -------------------------------------------------- */
@@ -622,45 +706,52 @@ int server_start(server **out, uv_loop_t *loop, const struct server_options *o,
         s->too_long_len = strlen(o->too_long_reply);
         s->too_long = strdup(o->too_long_reply);
     }
-    if (!s->path || (o->too_long_reply && !s->too_long)) {
-        free(s->path);
-        free(s->too_long);
-        free(s);
-        return set_err(err, errlen, DA_ENOMEM, "out of memory");
+    if (o->busy_reply) {
+        s->busy_len = strlen(o->busy_reply);
+        s->busy = strdup(o->busy_reply);
+    }
+    if (!s->path || (o->too_long_reply && !s->too_long) || (o->busy_reply && !s->busy)) {
+        r = set_err(err, errlen, DA_ENOMEM, "out of memory");
+        goto fail;
     }
 
     r = bind_socket(o->path, &sa, o->mode ? o->mode : DEFAULT_MODE, &fd, &st, err, errlen);
-    if (r != 0) {
-        free(s->path);
-        free(s->too_long);
-        free(s);
-        return r;
-    }
+    if (r != 0)
+        goto fail;
     s->dev = st.st_dev;
     s->ino = st.st_ino;
+    s->fd = fd;
+    if (listen(fd, LISTEN_BACKLOG) != 0)
+        r = set_err(err, errlen, -errno, "cannot listen on %s: %s", o->path, strerror(errno));
+    else if ((r = uv_poll_init(loop, &s->listener, fd)) != 0)
+        set_err(err, errlen, r, "cannot use socket %s: %s", o->path, uv_strerror(r));
+    if (r != 0) {
+        unlink_ours(s);
+        close(fd);
+        goto fail;
+    }
 
-    /* From here the handles exist: a failure closes them, and the loop
-     * frees s. */
-    uv_pipe_init(loop, &s->listener, 0);
+    /* From here the handles exist, the listener owns fd, and a failure
+     * closes them; the loop then frees s. */
     uv_timer_init(loop, &s->retry);
     s->listener.data = s;
     s->retry.data = s;
     s->handles = 2;
-    r = uv_pipe_open(&s->listener, fd);
-    if (r == 0)
-        fd = -1; /* the listener owns it */
-    else
-        set_err(err, errlen, r, "cannot use socket %s: %s", o->path, uv_strerror(r));
-    if (r == 0 && (r = uv_listen((uv_stream_t *)&s->listener, LISTEN_BACKLOG, on_connection)) != 0)
-        set_err(err, errlen, r, "cannot listen on %s: %s", o->path, uv_strerror(r));
+    r = uv_poll_start(&s->listener, UV_READABLE, on_listen);
     if (r != 0) {
-        if (fd >= 0)
-            close(fd);
+        set_err(err, errlen, r, "cannot listen on %s: %s", o->path, uv_strerror(r));
         server_close(s);
         return r;
     }
     *out = s;
     return 0;
+
+fail:
+    free(s->path);
+    free(s->too_long);
+    free(s->busy);
+    free(s);
+    return r;
 }
 
 void server_close(server *s)
@@ -671,7 +762,7 @@ void server_close(server *s)
     /* Unlink before the descriptor closes, so as never to remove a socket
      * that another agent binds in between. */
     unlink_ours(s);
-    uv_close((uv_handle_t *)&s->listener, handle_closed);
+    uv_close((uv_handle_t *)&s->listener, listener_closed);
     uv_close((uv_handle_t *)&s->retry, handle_closed);
     /* Each turn takes the head, so on_close may close anything, this server
      * included. */

@@ -6,8 +6,11 @@
  * Bounds, all set at start: an input line longer than max_line gets a fixed
  * reply and a close; a connection whose unsent output would pass max_output
  * is dropped (it stopped reading), so one stuck client never grows the
- * daemon or slows the others; past max_clients new connections are
- * accepted and closed at once.
+ * daemon or slows the others; past max_clients, or when the descriptor a
+ * new connection arrived on is within the reserve the agent keeps for its
+ * own work (fdlimit.h), the connection gets busy_reply and is closed at
+ * once. Running out of descriptors or memory pauses accepting for a while
+ * (the connection waits in the backlog) rather than spinning the loop.
  *
  * When on_close runs: always from the loop, in the connection's close
  * callback (a later loop turn than the call or event that closed it), with
@@ -40,10 +43,13 @@ struct server_options {
                          * connection is closed after that reply is flushed */
     size_t max_output;  /* default (0) 8 MiB: a client whose unsent output would pass this
                          * is dropped; others are not slowed */
-    size_t max_clients; /* default (0) 16384; over it, new connections are accepted and
-                         * closed at once (no callback sees them) */
+    size_t max_clients; /* default (0) 16384; over it, new connections are accepted, sent
+                         * busy_reply and closed at once (no callback sees them) */
     const char *too_long_reply; /* a full line (with its \n) sent before closing on an
                                  * over-long line; copied; NULL: close without one */
+    const char *busy_reply; /* a full line (with its \n) sent to a connection refused
+                             * past max_clients or for want of descriptors (fdlimit.h);
+                             * copied; NULL: close without one */
 };
 
 struct server_callbacks {

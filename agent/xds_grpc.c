@@ -44,6 +44,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "fdlimit.h"
 #include "log.h"
 #include "xds_listen.h"
 
@@ -59,6 +60,8 @@
 #define ACCEPT_BURST 32
 /* How long listening pauses when the process is out of descriptors. */
 #define ACCEPT_RETRY_MS 1000
+/* At most one line per this long about connections refused. */
+#define ACCEPT_WARN_MS 10000
 #define PEER_MAX (sizeof(((struct sockaddr_un *)0)->sun_path) + 16)
 
 enum tag_kind { T_NEW, T_RECV, T_SEND, T_STATUS, T_CLOSE, T_SHUTDOWN };
@@ -143,6 +146,8 @@ struct xgrpc {
     size_t n_ls;
     uv_timer_t idle;         /* the linger: stops the core when it fires */
     uv_timer_t retry;        /* listens again after running out of fds */
+    uint64_t last_refuse_warn;
+    size_t refused;          /* connections refused since the last warning */
     struct pending *pending; /* newest first */
     size_t n_pending;
     struct core *core;       /* running, or NULL */
@@ -871,6 +876,23 @@ static void listen_pause(xgrpc *g, int err)
     uv_timer_start(&g->retry, listen_resume, ACCEPT_RETRY_MS, 0);
 }
 
+/* Closes a connection that would take a descriptor kept for the agent's
+ * own work; says so at most once per ACCEPT_WARN_MS. */
+static void refuse(xgrpc *g, int fd)
+{
+    uint64_t now = uv_now(g->loop);
+
+    close(fd);
+    g->refused++;
+    if (g->last_refuse_warn != 0 && now - g->last_refuse_warn < ACCEPT_WARN_MS)
+        return;
+    g->last_refuse_warn = now ? now : 1;
+    log_warn("xds: refused %zu connection(s): clients hold every file descriptor but the %d "
+             "kept for etcd, health checks and files (RLIMIT_NOFILE %ld)",
+             g->refused, FDLIMIT_RESERVE, fdlimit_get());
+    g->refused = 0;
+}
+
 static void on_listen(uv_poll_t *h, int status, int events)
 {
     struct listener *l = h->data;
@@ -893,6 +915,12 @@ static void on_listen(uv_poll_t *h, int status, int events)
             if (errno != EAGAIN && errno != EWOULDBLOCK)
                 listen_pause(g, errno);
             return;
+        }
+        /* The descriptors above the reserve's line are the agent's own
+         * (fdlimit.h); a gRPC client sees the close as UNAVAILABLE. */
+        if (!fdlimit_client_ok(fd)) {
+            refuse(g, fd);
+            continue;
         }
         /* As gRPC's own listener does: small frames go out at once. */
         if (l->tcp)

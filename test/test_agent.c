@@ -740,6 +740,203 @@ START_TEST(test_register_limited_by_peer)
 }
 END_TEST
 
+/* Every refusal names the peer's real uid, the second on a connection too
+ * (issue 12, item 10: the cached verdict once printed uid 4294967295). */
+START_TEST(test_refusals_name_peer)
+{
+    struct fx f;
+    struct etcd_cluster_opts co = {.members = 1};
+    static const char *const reqs[] = {
+        "{\"op\":\"register\",\"name\":\"s\",\"address\":\"127.0.0.1:9\"}",
+        "{\"op\":\"maint\",\"on\":true}",
+        "{\"op\":\"register\",\"name\":\"s\",\"address\":\"127.0.0.1:10\"}",
+    };
+    char want[64];
+    int fd;
+
+    memset(&f, 0, sizeof f);
+    f.cluster = etcd_cluster_start(&co);
+    ck_assert_ptr_nonnull(f.cluster);
+    fx_config(&f, 10, "");
+    socket_keys(&f, "  register_users: [nobody]\n");
+    ck_assert_int_eq(agentp_start(&f.agent), 0);
+    snprintf(want, sizeof want, "uid %ld may not", (long)getuid());
+    fd = sock_open(f.agent.sock);
+    ck_assert_int_ge(fd, 0);
+    for (size_t i = 0; i < sizeof reqs / sizeof reqs[0]; i++) {
+        json_t *r = sock_call(fd, reqs[i], 5000);
+        json_t *e;
+
+        ck_assert_msg(r != NULL, "no reply to %s", reqs[i]);
+        e = json_object_get(r, "error");
+        ck_assert_str_eq(json_string_value(json_object_get(e, "code")), "forbidden");
+        ck_assert_msg(strstr(json_string_value(json_object_get(e, "message")), want) != NULL,
+                      "refusal %zu does not name uid %ld: %s", i + 1, (long)getuid(),
+                      json_string_value(json_object_get(e, "message")));
+        json_decref(r);
+    }
+    close(fd);
+    fx_down(&f);
+}
+END_TEST
+
+/* The status of the agent, asked on a connection already open (a new one
+ * may be refused, or wait, while descriptors are short). */
+static json_t *status_on(int fd)
+{
+    json_t *r = sock_call(fd, "{\"op\":\"status\"}", 5000);
+
+    ck_assert_msg(r != NULL, "no reply to status");
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    return r;
+}
+
+/* Polls status on fd until etcd.connected is want; 1, or 0 after
+ * timeout_ms. */
+static int wait_connected(int fd, bool want, int timeout_ms)
+{
+    long long start = now_ms();
+
+    while (now_ms() - start < timeout_ms) {
+        json_t *r = status_on(fd);
+        bool c = json_is_true(json_object_get(json_object_get(r, "etcd"), "connected"));
+
+        json_decref(r);
+        if (c == want)
+            return 1;
+        usleep(100000);
+    }
+    return 0;
+}
+
+/* Local clients cannot take the descriptors the agent needs for etcd
+ * (issue 12, item 2). Under RLIMIT_NOFILE 128, a client that keeps
+ * connecting is refused with a too_many_connections error well before the
+ * limit; then, with every accepted connection still held, etcd restarts,
+ * and the agent reconnects, keeps its lease and its key. */
+START_TEST(test_fd_exhaustion_refused_lease_kept)
+{
+    struct fx f;
+    struct etcd_cluster_opts co = {.members = 1};
+    enum { MAX = 300 };
+    static int fds[MAX];
+    int n = 0, refused = -1;
+    char lease[64];
+    const char *id;
+    json_t *r, *e;
+
+    memset(&f, 0, sizeof f);
+    f.cluster = etcd_cluster_start(&co);
+    ck_assert_ptr_nonnull(f.cluster);
+    fx_config(&f, 3, user_server_yaml);
+    f.agent.nofile = 128;
+    ck_assert_int_eq(agentp_start(&f.agent), 0);
+    ck_assert_int_ge(wait_key(&f, user_key, user_value, 5000), 0);
+
+    while (n < MAX) {
+        int fd = sock_open(f.agent.sock);
+
+        ck_assert_msg(fd >= 0, "connection %d: cannot connect", n);
+        /* A refused connection may be closed before the request is sent
+         * (the send then fails with EPIPE); its error line is still there
+         * to read. */
+        (void)sock_send(fd, "{\"op\":\"ping\"}");
+        r = sock_recv(fd, 5000);
+        ck_assert_msg(r != NULL, "connection %d: closed or silent, with no error", n);
+        if (json_is_true(json_object_get(r, "ok"))) {
+            json_decref(r);
+            fds[n++] = fd;
+            continue;
+        }
+        e = json_object_get(r, "error");
+        ck_assert_str_eq(json_string_value(json_object_get(e, "code")), "too_many_connections");
+        ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(e, "message")),
+                                     "file descriptor"));
+        json_decref(r);
+        refused = fd;
+        break;
+    }
+    ck_assert_msg(refused >= 0, "%d connections under RLIMIT_NOFILE 128, none refused", n);
+    ck_assert_int_ge(n, 16); /* room for clients below the reserve */
+    /* The refused connection is closed after its error. */
+    ck_assert_ptr_null(sock_recv(refused, 5000));
+    close(refused);
+    ck_assert(agentp_log_has(&f.agent, "refused 1 connection(s)"));
+
+    r = status_on(fds[0]);
+    id = json_string_value(json_object_get(json_object_get(r, "lease"), "id"));
+    ck_assert_ptr_nonnull(id);
+    snprintf(lease, sizeof lease, "%s", id);
+    json_decref(r);
+
+    /* The connection to etcd breaks while clients hold what they could. */
+    ck_assert_int_eq(etcd_member_stop(f.cluster, 0), 0);
+    ck_assert(wait_connected(fds[0], false, 15000));
+    ck_assert_int_eq(etcd_member_start(f.cluster, 0), 0);
+    ck_assert_msg(wait_connected(fds[0], true, 20000), "the agent did not reconnect to etcd");
+    /* Past two TTLs after the restart: a lease not kept alive is gone. */
+    sleep(7);
+    ck_assert_int_ge(wait_key(&f, user_key, user_value, 1000), 0);
+    r = status_on(fds[0]);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(r, "lease"), "id")), lease);
+    json_decref(r);
+    ck_assert(!agentp_log_has(&f.agent, "out of file descriptors"));
+
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+    fx_down(&f);
+}
+END_TEST
+
+/* A connect to etcd that fails for want of descriptors says so, not
+ * "Couldn't connect to server" (issue 12, item 2); and the agent comes
+ * back when descriptors do. */
+START_TEST(test_emfile_named)
+{
+    struct fx f;
+    struct rlimit rl;
+    char pid[32], low[64], high[64], out[256];
+    const char *lower[] = {"prlimit", "--pid", pid, low, NULL};
+    const char *raise[] = {"prlimit", "--pid", pid, high, NULL};
+    long long start;
+    int fd, named = 0;
+
+    fx_up(&f, 10, user_server_yaml);
+    ck_assert_int_ge(wait_key(&f, user_key, user_value, 5000), 0);
+    fd = sock_open(f.agent.sock);
+    ck_assert_int_ge(fd, 0);
+    json_decref(status_on(fd));
+
+    /* The soft limit below the descriptors the agent holds: every new one
+     * fails with EMFILE, while those open keep working. */
+    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    snprintf(pid, sizeof pid, "%ld", (long)proc_pid(f.agent.p));
+    snprintf(low, sizeof low, "--nofile=8:");
+    snprintf(high, sizeof high, "--nofile=%llu:", (unsigned long long)rl.rlim_max);
+    ck_assert_int_eq(proc_run(out, sizeof out, 5000, lower), 0);
+    ck_assert_int_eq(etcd_member_stop(f.cluster, 0), 0);
+    start = now_ms();
+    while (!named && now_ms() - start < 15000) {
+        json_t *r = status_on(fd);
+        const char *le =
+            json_string_value(json_object_get(json_object_get(r, "etcd"), "last_error"));
+
+        named = le && strstr(le, "out of file descriptors") != NULL;
+        json_decref(r);
+        if (!named)
+            usleep(100000);
+    }
+    ck_assert_msg(named, "etcd.last_error never said \"out of file descriptors\"");
+
+    ck_assert_int_eq(proc_run(out, sizeof out, 5000, raise), 0);
+    ck_assert_int_eq(etcd_member_start(f.cluster, 0), 0);
+    ck_assert(wait_connected(fd, true, 20000));
+    ck_assert_int_ge(wait_key(&f, user_key, user_value, 10000), 0);
+    close(fd);
+    fx_down(&f);
+}
+END_TEST
+
 /* A client that sends its request and closes its sending side (as
  * `echo ... | socat`) still gets its reply, then the connection ends. */
 START_TEST(test_half_close_gets_reply)
@@ -810,6 +1007,7 @@ static Suite *suite(void)
     TCase *reg = tcase_create("registration");
     TCase *list = tcase_create("lists");
     TCase *sock = tcase_create("socket");
+    TCase *fds = tcase_create("descriptors");
 
     tcase_set_timeout(reg, 90);
     tcase_add_test(reg, test_register_exact_then_sigterm);
@@ -831,10 +1029,15 @@ static Suite *suite(void)
     tcase_add_test(sock, test_idle_service_dropped);
     tcase_add_test(sock, test_half_close_gets_reply);
     tcase_add_test(sock, test_register_limited_by_peer);
+    tcase_add_test(sock, test_refusals_name_peer);
+    tcase_set_timeout(fds, 90);
+    tcase_add_test(fds, test_fd_exhaustion_refused_lease_kept);
+    tcase_add_test(fds, test_emfile_named);
     tcase_add_test(sock, test_churn_leaves_nothing);
     suite_add_tcase(s, reg);
     suite_add_tcase(s, list);
     suite_add_tcase(s, sock);
+    suite_add_tcase(s, fds);
     return s;
 }
 

@@ -648,6 +648,70 @@ START_TEST(test_max_clients)
 }
 END_TEST
 
+#define BUSY_REPLY "{\"ok\":false,\"error\":{\"code\":\"busy\",\"message\":\"busy\"}}\n"
+
+/* The lowest descriptor free now (the next accept's number). */
+static int next_fd(void)
+{
+    int fd = dup(0);
+
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    return fd;
+}
+
+/* A connection that arrives on a descriptor within FDLIMIT_RESERVE of
+ * RLIMIT_NOFILE gets busy_reply and is closed; others are served. */
+START_TEST(test_fd_reserve_refused)
+{
+    struct server_options o = {.busy_reply = BUSY_REPLY};
+    struct rlimit rl;
+    struct cli a, b;
+
+    start(&o);
+    cli_open(&a, F.path);
+    cli_sends(&a, "a\n");
+    ck_assert(wait_for(&a, "a\n", 2000));
+    /* The next accepted descriptor is one past b's: put the line there. */
+    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    rl.rlim_cur = (rlim_t)(next_fd() + 1 + FDLIMIT_RESERVE);
+    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    cli_open(&b, F.path);
+    ck_assert(wait_eof(&b, 2000));
+    ck_assert_str_eq(b.buf, BUSY_REPLY);
+    ck_assert_uint_eq(server_clients(F.s), 1);
+    ck_assert_uint_eq(F.closes, 0); /* never announced */
+    cli_sends(&a, "still\n");
+    ck_assert(wait_for(&a, "still\n", 2000));
+    cli_close(&a);
+    cli_close(&b);
+}
+END_TEST
+
+/* Out of descriptors, accepting pauses instead of spinning (the loop
+ * still runs its timers), and the waiting client is served once
+ * descriptors are back. */
+START_TEST(test_emfile_pauses_accept)
+{
+    struct rlimit rl, low;
+    struct cli a;
+
+    start_default();
+    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    cli_open(&a, F.path);
+    low = rl;
+    low.rlim_cur = (rlim_t)next_fd(); /* every new descriptor: EMFILE */
+    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+    cli_sends(&a, "waits\n");
+    loop_for(&F.loop, 300);
+    ck_assert_uint_eq(server_clients(F.s), 0);
+    ck_assert(uv_is_active((uv_handle_t *)&F.s->retry));
+    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    ck_assert(wait_for(&a, "waits\n", 2000));
+    cli_close(&a);
+}
+END_TEST
+
 /* ---- closing ----------------------------------------------------------- */
 
 START_TEST(test_close_from_on_line)
@@ -1028,6 +1092,8 @@ static Suite *server_suite(void)
     tcase_add_test(tc, test_slow_reader_dropped);
     tcase_add_test(tc, test_thousand_clients);
     tcase_add_test(tc, test_max_clients);
+    tcase_add_test(tc, test_fd_reserve_refused);
+    tcase_add_test(tc, test_emfile_pauses_accept);
     tcase_add_test(tc, test_close_from_on_line);
     tcase_add_test(tc, test_half_close_flushes);
     tcase_add_test(tc, test_server_close);

@@ -16,6 +16,8 @@ struct agentp {
     char sock[600];
     char log[600];
     char cache[600];
+    long nofile; /* > 0: the agent starts with RLIMIT_NOFILE (soft and hard) at this,
+                  * through prlimit(1); set it after agentp_config() */
 };
 
 /* Writes DIR/agent.yaml: etcd endpoints (comma-separated), ttl in seconds,
