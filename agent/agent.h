@@ -40,6 +40,7 @@ struct agent {
     bool stopping;
     uint64_t started; /* uv_now at start */
     uint64_t reloads;
+    uint64_t renders; /* lists rendered for clients (protocol.c), for status */
     int exit_code;
 };
 

@@ -47,6 +47,8 @@ struct service {
     bool notify_pending;   /* queued for the next loop turn */
     struct service *notify_next;
     etcd_call *confirm;    /* range read after a reconnect (see watch_cb) */
+    void *derived;         /* see service_set_derived() */
+    void (*derived_free)(void *derived);
     struct service *hnext; /* hash chain */
 };
 
@@ -288,10 +290,24 @@ static void notify_due(uv_timer_t *t)
     }
 }
 
+static void drop_derived(service *s)
+{
+    void *d = s->derived;
+
+    if (!d)
+        return;
+    s->derived = NULL;
+    s->derived_free(d);
+}
+
+/* Every change of a service's list, revision, staleness or readiness comes
+ * through here, so what users derived from the old list goes now, before
+ * anyone (a resolve in this same turn) can be answered from it. */
 static void schedule_notify(service *s)
 {
     cache *c = s->c;
 
+    drop_derived(s);
     if (s->notify_pending)
         return;
     s->notify_pending = true;
@@ -493,6 +509,7 @@ static void load_from_disk(service *s)
 static void service_free(service *s)
 {
     unschedule_notify(s);
+    drop_derived(s);
     etcd_call_cancel(s->confirm);
     etcd_watch_stop(s->watch);
     entries_clear(s);
@@ -633,6 +650,14 @@ bool service_ready(const service *s) { return s->ready; }
 bool service_stale(const service *s) { return s->stale; }
 size_t service_skipped(const service *s) { return s->skipped; }
 size_t service_subscribers(const service *s) { return s->n_subs; }
+void *service_derived(const service *s) { return s->derived; }
+
+void service_set_derived(service *s, void *derived, void (*free_fn)(void *derived))
+{
+    drop_derived(s);
+    s->derived = derived;
+    s->derived_free = free_fn;
+}
 
 const struct instance *const *service_instances(const service *s, size_t *n)
 {

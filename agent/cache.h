@@ -57,6 +57,14 @@ const struct instance *const *service_instances(const service *s, size_t *n);
 bool service_entry(const service *s, const char *address, const char **value, size_t *vlen,
                    int64_t *lease);
 size_t service_subscribers(const service *s);
+/* One object a user of the cache derives from a service's current list
+ * (the socket protocol keeps its rendered lists there). The service owns it
+ * (stolen) and calls free_fn on it at the next change of the list,
+ * revision, staleness or readiness, and when the service goes, so nothing
+ * derived outlives the list it was made from; setting another frees the
+ * one before. service_derived() is NULL after each change. */
+void service_set_derived(service *s, void *derived, void (*free_fn)(void *derived));
+void *service_derived(const service *s); /* borrowed */
 
 /* Every service in the cache, in no particular order. */
 void cache_foreach(cache *c, void (*fn)(service *svc, void *arg), void *arg);

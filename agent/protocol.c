@@ -279,82 +279,139 @@ static bool seen_same(const struct seen *a, const struct seen *b)
 }
 
 /* One change of a service is rendered once per group and reused for every
- * watcher of that group: with a thousand watchers of a large service,
- * rendering per watcher was what stalled the loop. The key is the service
- * (name and pointer), its revision and staleness, and the group. */
-static struct {
-    const service *svc;
-    char *name;
-    char *group;
-    int64_t revision;
-    bool stale, ready;
-    char *list; /* {"service",..,"revision",..,"stale",..,"instances":[..]} */
+ * watcher of that group and every resolve: with a thousand watchers of a
+ * large service, rendering per watcher was what stalled the loop. The
+ * renders of the service's current list are kept with the service, one per
+ * group asked for (the cache frees them at its next change), so watchers of
+ * different groups no longer evict each other's render: one slot shared by
+ * every group rendered 20,000 instances once per watcher when groups
+ * alternated. */
+struct render {
+    char *group; /* NULL: every group */
+    char *list;  /* {"service",..,"revision",..,"stale",..,"instances":[..]} */
     struct seen *seen; /* the same without the revision: what a watcher sees change */
-} rendered;
+    struct render *next;
+};
 
-static bool render(service *svc, const char *group)
+/* A service's renders, most recently used first. */
+struct renders {
+    struct render *head;
+    size_t n;
+};
+
+/* Renders kept per service beyond one per subscriber: the groups watched
+ * are at most the subscribers, so a change never evicts a group its
+ * watchers still need, and resolves of any other groups share these few
+ * (a client asking for a thousand made-up groups cannot grow the table). */
+#define RENDERS_SPARE 8
+
+static void render_free(struct render *r)
 {
-    json_t *o;
+    free(r->group);
+    free(r->list);
+    seen_unref(r->seen);
+    free(r);
+}
 
-    if (rendered.list && rendered.svc == svc && !strcmp(rendered.name, service_name(svc)) &&
-        rendered.revision == service_revision(svc) && rendered.stale == service_stale(svc) &&
-        rendered.ready == service_ready(svc) &&
-        ((!group && !rendered.group) || (group && rendered.group && !strcmp(group, rendered.group))))
-        return true;
-    free(rendered.list);
-    seen_unref(rendered.seen);
-    free(rendered.name);
-    free(rendered.group);
-    memset(&rendered, 0, sizeof rendered);
-    o = json_object();
-    if (!o)
-        return false;
+static void renders_free(void *arg)
+{
+    struct renders *t = arg;
+
+    while (t->head) {
+        struct render *r = t->head;
+        t->head = r->next;
+        render_free(r);
+    }
+    free(t);
+}
+
+static struct render *render_new(service *svc, const char *group)
+{
+    struct render *r = calloc(1, sizeof *r);
+    json_t *o = json_object();
+
+    if (!r || !o)
+        goto fail;
     add_list(o, svc, group);
-    rendered.list = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    r->list = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     /* Revisions are left out of what a watcher "sees": a change elsewhere
      * in the service moves the revision but not this group's list. */
     json_object_del(o, "revision");
-    rendered.seen = seen_new(json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER));
+    r->seen = seen_new(json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER));
+    r->group = group ? strdup(group) : NULL;
+    if (!r->list || !r->seen || (group && !r->group))
+        goto fail;
     json_decref(o);
-    rendered.name = strdup(service_name(svc));
-    rendered.group = group ? strdup(group) : NULL;
-    if (!rendered.list || !rendered.seen || !rendered.name || (group && !rendered.group)) {
-        free(rendered.list);
-        seen_unref(rendered.seen);
-        free(rendered.name);
-        free(rendered.group);
-        memset(&rendered, 0, sizeof rendered);
-        return false;
+    return r;
+fail:
+    json_decref(o);
+    if (r)
+        render_free(r);
+    return NULL;
+}
+
+/* The service's list for group (NULL: all), rendered at most once per
+ * change; borrowed until the service next changes. NULL when out of
+ * memory. */
+static const struct render *render(struct agent *a, service *svc, const char *group)
+{
+    struct renders *t = service_derived(svc);
+    struct render **pp, *r;
+    size_t cap = service_subscribers(svc) + RENDERS_SPARE;
+
+    if (!t) {
+        if (!(t = calloc(1, sizeof *t)))
+            return NULL;
+        service_set_derived(svc, t, renders_free);
     }
-    rendered.svc = svc;
-    rendered.revision = service_revision(svc);
-    rendered.stale = service_stale(svc);
-    rendered.ready = service_ready(svc);
-    return true;
+    for (pp = &t->head; (r = *pp) != NULL; pp = &r->next)
+        if ((!group && !r->group) || (group && r->group && !strcmp(group, r->group))) {
+            *pp = r->next; /* to the front */
+            r->next = t->head;
+            t->head = r;
+            return r;
+        }
+    if (!(r = render_new(svc, group)))
+        return NULL;
+    a->renders++;
+    /* Over the cap, the least recently used goes (a watcher still holds
+     * the seen it was sent). */
+    while (t->n >= cap && t->head) {
+        for (pp = &t->head; (*pp)->next; pp = &(*pp)->next)
+            ;
+        render_free(*pp);
+        *pp = NULL;
+        t->n--;
+    }
+    r->next = t->head;
+    t->head = r;
+    t->n++;
+    return r;
 }
 
 static void watch_update(service *svc, void *arg)
 {
     struct cwatch *w = arg;
+    const struct render *r;
     char head[64];
     size_t hlen, llen;
     char *line;
 
-    if (w->cs->dead || !render(svc, w->group))
+    if (w->cs->dead || !(r = render(w->cs->a, svc, w->group)))
         return;
-    if (w->last && seen_same(w->last, rendered.seen))
+    if (w->last && seen_same(w->last, r->seen))
         return; /* nothing this watcher sees has changed */
     seen_unref(w->last);
-    w->last = seen_ref(rendered.seen);
+    w->last = seen_ref(r->seen);
     /* {"event":"update","watch":N, + the list without its opening brace */
     hlen = (size_t)snprintf(head, sizeof head, "{\"event\":\"update\",\"watch\":%llu,",
                             (unsigned long long)w->id);
-    llen = strlen(rendered.list);
+    llen = strlen(r->list);
     line = malloc(hlen + llen + 1);
     if (!line)
         return;
     memcpy(line, head, hlen);
-    memcpy(line + hlen, rendered.list + 1, llen - 1);
+    memcpy(line + hlen, r->list + 1, llen - 1);
     line[hlen + llen - 1] = '\n';
     if (server_send(w->cs->c, line, hlen + llen) != 0)
         w->cs->dead = true;
@@ -374,6 +431,7 @@ static void watch_begin(struct pending *p)
 {
     struct conn_state *cs = p->cs;
     struct cwatch *w = calloc(1, sizeof *w);
+    const struct render *r;
     json_t *o;
 
     if (!w || (p->group && !(w->group = strdup(p->group)))) {
@@ -392,7 +450,8 @@ static void watch_begin(struct pending *p)
     }
     w->next = cs->watches;
     cs->watches = w;
-    w->last = render(p->svc, w->group) ? seen_ref(rendered.seen) : NULL;
+    r = render(cs->a, p->svc, w->group);
+    w->last = r ? seen_ref(r->seen) : NULL;
     o = reply_new(p->id, true);
     if (o) {
         json_object_set_new(o, "watch", json_integer((json_int_t)w->id));
@@ -420,12 +479,13 @@ static char *put_i64(char *p, int64_t v)
     return p;
 }
 
-/* Answers a resolve with the list render() just made: {"id":ID,"ok":true,
- * then the rendered list without its opening brace. id_text is the id as
- * JSON text (id_len bytes), or NULL for a request without one. */
-static void send_rendered(struct conn_state *cs, const char *id_text, size_t id_len)
+/* Answers a resolve with a list render() made: {"id":ID,"ok":true, then the
+ * rendered list without its opening brace. id_text is the id as JSON text
+ * (id_len bytes), or NULL for a request without one. */
+static void send_rendered(struct conn_state *cs, const struct render *r, const char *id_text,
+                          size_t id_len)
 {
-    size_t llen = strlen(rendered.list), hlen;
+    size_t llen = strlen(r->list), hlen;
     char stack[4096], *buf = stack, *p;
 
     if (cs->dead)
@@ -446,7 +506,7 @@ static void send_rendered(struct conn_state *cs, const char *id_text, size_t id_
         p += 11;
     }
     hlen = (size_t)(p - buf);
-    memcpy(p, rendered.list + 1, llen - 1);
+    memcpy(p, r->list + 1, llen - 1);
     buf[hlen + llen - 1] = '\n';
     if (server_send(cs->c, buf, hlen + llen) != 0)
         cs->dead = true;
@@ -459,19 +519,20 @@ static void send_rendered(struct conn_state *cs, const char *id_text, size_t id_
  * that is a string too long for the stack). */
 static bool resolve_now(struct conn_state *cs, json_t *id, service *svc, const char *group)
 {
+    const struct render *r = render(cs->a, svc, group);
     char num[24], *ids = NULL;
     bool done = false;
 
-    if (!render(svc, group))
+    if (!r)
         return false;
     if (!id) {
-        send_rendered(cs, NULL, 0);
+        send_rendered(cs, r, NULL, 0);
         done = true;
     } else if (json_is_integer(id)) {
-        send_rendered(cs, num, (size_t)(put_i64(num, json_integer_value(id)) - num));
+        send_rendered(cs, r, num, (size_t)(put_i64(num, json_integer_value(id)) - num));
         done = true;
     } else if ((ids = json_dumps(id, JSON_ENCODE_ANY | JSON_COMPACT)) != NULL) {
-        send_rendered(cs, ids, strlen(ids));
+        send_rendered(cs, r, ids, strlen(ids));
         done = true;
     }
     free(ids);
@@ -1003,6 +1064,7 @@ static void status_done(int err, const struct etcd_result *r, void *arg)
     json_object_set_new(o, "services", svcs);
     json_object_set_new(o, "clients", json_integer((json_int_t)server_clients(a->server)));
     json_object_set_new(o, "skipped", json_integer((json_int_t)cache_skipped_total(a->cache)));
+    json_object_set_new(o, "renders", json_integer((json_int_t)a->renders));
     json_object_set_new(o, "stale", json_boolean(any_stale));
     json_object_set_new(o, "xds", xds_status(a->xds));
     send_json(p->cs, o);
@@ -1413,6 +1475,7 @@ static bool fast_resolve(struct conn_state *cs, const char *line, size_t len)
     struct fast_str key, op = {0}, svc = {0}, grp = {0}, id = {0};
     bool have_op = false, have_svc = false, have_grp = false, have_id = false;
     char name[256], group[256];
+    const struct render *r;
     service *sv;
     int err;
 
@@ -1484,9 +1547,9 @@ static bool fast_resolve(struct conn_state *cs, const char *line, size_t len)
     group[grp.n] = '\0';
     sv = cache_get(cs->a->cache, name, &err);
     if (!sv || !answerable(sv, registry_written_revision(cs->a->registry, name)) ||
-        !render(sv, have_grp ? group : NULL))
+        !(r = render(cs->a, sv, have_grp ? group : NULL)))
         return false;
-    send_rendered(cs, have_id ? id.p : NULL, have_id ? id.n : 0);
+    send_rendered(cs, r, have_id ? id.p : NULL, have_id ? id.n : 0);
     return true;
 }
 

@@ -322,6 +322,96 @@ START_TEST(test_malformed_values_skipped)
 }
 END_TEST
 
+/* status's "renders": lists rendered for clients since the agent started. */
+static json_int_t renders(struct fx *f)
+{
+    json_t *r = call(f, "{\"op\":\"status\"}");
+    json_int_t n;
+
+    ck_assert(json_is_integer(json_object_get(r, "renders")));
+    n = json_integer_value(json_object_get(r, "renders"));
+    json_decref(r);
+    return n;
+}
+
+/* Watchers of one service with different groups, subscribed in alternating
+ * order: one change is rendered once per (service, group), not once per
+ * watcher (a render slot shared by every group made watchers of A and of
+ * all groups evict each other's render, 20,000 instances once per watcher),
+ * and a resolve after it reuses those renders. Counted, not timed. */
+START_TEST(test_one_render_per_group_per_change)
+{
+    enum { N = 12, GROUPS = 3 };
+    static const char *const watch_req[GROUPS] = {
+        "{\"op\":\"watch\",\"service\":\"big\",\"group\":\"A\"}",
+        "{\"op\":\"watch\",\"service\":\"big\"}",
+        "{\"op\":\"watch\",\"service\":\"big\",\"group\":\"B\"}",
+    };
+    static const char *const want[GROUPS] = {
+        "10.0.0.1:80,10.0.0.3:80,10.0.0.5:80",
+        "10.0.0.1:80,10.0.0.2:80,10.0.0.3:80,10.0.0.4:80,10.0.0.5:80",
+        "10.0.0.2:80,10.0.0.4:80",
+    };
+    struct fx f;
+    int fds[N];
+    char key[64], value[160], buf[512];
+    json_int_t before, after;
+    json_t *r;
+
+    fx_up(&f, 10, "");
+    for (int i = 1; i <= 4; i++) {
+        snprintf(key, sizeof key, "/micro/big/10.0.0.%d:80", i);
+        snprintf(value, sizeof value,
+                 "{\"Name\":\"big\",\"Address\":\"10.0.0.%d:80\",\"Group\":\"%s\"}", i,
+                 i % 2 ? "A" : "B");
+        put(&f, key, value);
+    }
+    for (int i = 0; i < N; i++) {
+        fds[i] = sock_open(f.agent.sock);
+        ck_assert_int_ge(fds[i], 0);
+        r = sock_call(fds[i], watch_req[i % GROUPS], 5000);
+        ck_assert_ptr_nonnull(r);
+        ck_assert(json_is_true(json_object_get(r, "ok")));
+        json_decref(r);
+    }
+    before = renders(&f);
+
+    /* One change, in group A: watchers of A and of every group are sent it,
+     * watchers of B compare and are sent nothing. */
+    put(&f, "/micro/big/10.0.0.5:80",
+        "{\"Name\":\"big\",\"Address\":\"10.0.0.5:80\",\"Group\":\"A\"}");
+    for (int i = 0; i < N; i++) {
+        if (i % GROUPS == 2)
+            continue;
+        r = sock_recv(fds[i], 5000);
+        ck_assert_msg(r != NULL, "watcher %d got no update", i);
+        ck_assert_str_eq(json_string_value(json_object_get(r, "event")), "update");
+        ck_assert_str_eq(list_addresses(r, buf, sizeof buf), want[i % GROUPS]);
+        json_decref(r);
+    }
+    after = renders(&f);
+    ck_assert_msg(after - before == GROUPS,
+                  "one change of a service watched in %d groups by %d watchers was rendered "
+                  "%lld times",
+                  GROUPS, N, (long long)(after - before));
+    for (int i = 2; i < N; i += GROUPS)
+        ck_assert_ptr_null(sock_recv(fds[i], i == 2 ? 300 : 0));
+
+    /* Resolves of those groups are answered from the same renders. */
+    for (int g = 0; g < GROUPS; g++) {
+        r = call(&f, g == 1   ? "{\"op\":\"resolve\",\"service\":\"big\"}"
+                     : g == 0 ? "{\"op\":\"resolve\",\"service\":\"big\",\"group\":\"A\"}"
+                              : "{\"op\":\"resolve\",\"service\":\"big\",\"group\":\"B\"}");
+        ck_assert_str_eq(list_addresses(r, buf, sizeof buf), want[g]);
+        json_decref(r);
+    }
+    ck_assert_int_eq(renders(&f), after);
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    fx_down(&f);
+}
+END_TEST
+
 /* ---- etcd away ----------------------------------------------------------- */
 
 START_TEST(test_stale_while_down_and_after_restart)
@@ -1020,6 +1110,7 @@ static Suite *suite(void)
     tcase_add_test(list, test_resolve_watch_other_writer);
     tcase_add_test(list, test_malformed_values_skipped);
     tcase_add_test(list, test_stale_while_down_and_after_restart);
+    tcase_add_test(list, test_one_render_per_group_per_change);
     tcase_set_timeout(sock, 90);
     tcase_add_test(sock, test_bad_requests_keep_connection);
     tcase_add_test(sock, test_thousand_clients);
