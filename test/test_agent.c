@@ -883,7 +883,8 @@ START_TEST(test_fifo_in_cache_dir_does_not_block)
 END_TEST
 
 /* The longest valid names, ASCII and UTF-8, are saved and served, stale,
- * by an agent restarted while etcd is down. */
+ * by an agent restarted while etcd is down; so is a file an earlier
+ * version saved under its old name. */
 START_TEST(test_long_names_saved_and_served_after_restart)
 {
     struct fx f;
@@ -912,7 +913,22 @@ START_TEST(test_long_names_saved_and_served_after_restart)
     /* SIGTERM writes pending lists before the agent exits. */
     ck_assert(WIFEXITED(agentp_stop(&f.agent, 15000)));
     agentp_free(&f.agent);
+    /* A file an earlier version saved, under its escaped name. */
+    snprintf(key, sizeof key, "%s/old%%2Bsvc.json", f.agent.cache);
+    FILE *old = fopen(key, "w");
+    ck_assert_ptr_nonnull(old);
+    fputs("{\"service\":\"old+svc\",\"revision\":3,\"kvs\":[{\"key\":\"10.0.0.9:80\","
+          "\"value\":\"{\\\"Name\\\":\\\"old+svc\\\",\\\"Address\\\":\\\"10.0.0.9:80\\\"}\","
+          "\"lease\":0}]}",
+          old);
+    fclose(old);
     ck_assert_int_eq(agentp_start(&f.agent), 0);
+    r = call(&f, "{\"op\":\"resolve\",\"service\":\"old+svc\"}");
+    ck_assert(json_is_true(json_object_get(r, "stale")));
+    ck_assert_str_eq(list_addresses(r, buf, sizeof buf), "10.0.0.9:80");
+    json_decref(r);
+    ck_assert_int_ne(access(key, F_OK), 0); /* renamed to this version's name */
+    ck_assert_int_eq(access(list_file(&f, "old+svc", value, sizeof value), F_OK), 0);
     for (int i = 0; i < 2; i++) {
         char want[32];
         snprintf(req, sizeof req, "{\"op\":\"resolve\",\"service\":\"%s\"}", names[i]);
