@@ -39,6 +39,7 @@ struct service {
     size_t skipped;
     int64_t revision;
     bool ready, stale, dirty;
+    bool on_disk; /* its file is in cache.dir (loaded or saved) */
     etcd_watch *watch;
     uint64_t last_used;
     struct cache_sub *subs;
@@ -58,6 +59,9 @@ struct cache {
     char *prefix;
     char *dir;
     uint64_t idle_ms, save_delay_ms;
+    uint64_t started;  /* uv_now when the cache was made */
+    size_t n_files;    /* saved lists in dir, as of the last sweep */
+    bool full_warned;  /* "too many files" was logged since that sweep */
     struct service **buckets;
     size_t n_buckets, n_services;
     uv_timer_t save_timer; /* coalesced disk writes */
@@ -247,6 +251,16 @@ static void save_service(service *s)
     int rc;
 
     s->dirty = false;
+    /* A service's first file would pass the cap: the sweeps make room as
+     * files of services nobody follows grow old (see idle_check). */
+    if (!s->on_disk && s->c->n_files >= CACHE_DISK_FILES) {
+        if (!s->c->full_warned)
+            log_warn("cache: %s holds %zu saved lists, the most it may; %s and other new "
+                     "services are not saved until older ones are removed",
+                     s->c->dir, s->c->n_files, s->name);
+        s->c->full_warned = true;
+        return;
+    }
     kvs = calloc(s->n ? s->n : 1, sizeof *kvs);
     if (!kvs)
         return;
@@ -260,6 +274,10 @@ static void save_service(service *s)
     rc = cache_disk_save(s->c->dir, s->name, s->revision, kvs, s->n);
     if (rc < 0)
         log_warn("cache: cannot save %s in %s: %s", s->name, s->c->dir, da_strerror(rc));
+    else if (!s->on_disk) {
+        s->on_disk = true;
+        s->c->n_files++;
+    }
     free(kvs);
 }
 
@@ -441,13 +459,11 @@ static void watch_cb(etcd_watch *w, const struct etcd_watch_update *u, void *arg
 
 /* ---- services ----------------------------------------------------------- */
 
+/* The same hash names the service's file, so that a sweep of cache.dir
+ * finds whether a file's service is followed in the file's bucket. */
 static uint64_t hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-
-    while (*s)
-        h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    return h;
+    return cache_disk_hash(s);
 }
 
 static service *lookup(cache *c, const char *name)
@@ -498,6 +514,7 @@ static void load_from_disk(service *s)
         etcd_kv_clear(&kvs[i]);
     }
     free(kvs);
+    s->on_disk = true;
     s->revision = rev;
     s->ready = true;
     s->stale = true;
@@ -616,6 +633,34 @@ void cache_unsubscribe(cache_sub *sub)
     free(sub);
 }
 
+static bool followed(uint64_t h, void *arg)
+{
+    cache *c = arg;
+
+    for (service *s = c->buckets[h & (c->n_buckets - 1)]; s; s = s->hnext)
+        if (hash(s->name) == h)
+            return true;
+    return false;
+}
+
+/* Files of services this process does not follow: those not written for
+ * idle_ms go, once the process itself has run that long (so a restart
+ * after a long outage, etcd still down, serves every list its clients ask
+ * for in time), and beyond CACHE_DISK_FILES the oldest go at once. A
+ * sweep reads only the folder and unlinks; it opens no file. */
+static void sweep(cache *c)
+{
+    uint64_t now = uv_now(c->loop);
+    int rc;
+
+    rc = cache_disk_sweep(c->dir, now - c->started >= c->idle_ms ? c->idle_ms : 0,
+                          CACHE_DISK_FILES, followed, c, &c->n_files);
+    if (rc < 0)
+        log_debug("cache: cannot sweep %s: %s", c->dir, da_strerror(rc));
+    if (c->n_files < CACHE_DISK_FILES)
+        c->full_warned = false;
+}
+
 /* Drops services that nobody subscribes to and nobody asked about for
  * idle_ms; their files go too, so a restart does not serve them. */
 static void idle_check(uv_timer_t *t)
@@ -634,12 +679,16 @@ static void idle_check(uv_timer_t *t)
                 c->n_services--;
                 if (c->dir)
                     cache_disk_remove(c->dir, s->name);
+                if (s->on_disk && c->n_files)
+                    c->n_files--;
                 service_free(s);
             } else {
                 pp = &s->hnext;
             }
         }
     }
+    if (c->dir)
+        sweep(c);
 }
 
 /* ---- accessors ---------------------------------------------------------- */
@@ -711,6 +760,7 @@ int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cach
         return DA_ENOMEM;
     c->loop = loop;
     c->etcd = etcd;
+    c->started = uv_now(loop);
     c->idle_ms = o->idle_ms ? o->idle_ms : 600000;
     c->save_delay_ms = o->save_delay_ms ? o->save_delay_ms : 200;
     c->n_buckets = 64;
@@ -729,6 +779,8 @@ int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cach
         if (rc < 0)
             log_warn("cache: cannot create %s: %s; lists will not survive a restart", c->dir,
                      da_strerror(rc));
+        else
+            sweep(c);
     }
     uv_timer_init(loop, &c->save_timer);
     uv_timer_init(loop, &c->idle_timer);

@@ -1,5 +1,6 @@
 #include "cache_disk.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -8,13 +9,33 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "etcd_parse.h"
 
-/* Service names may hold any byte but '/', so they are escaped into file
- * names: letters, digits, '-', '_' and '.' stay, the rest become %XX. */
+uint64_t cache_disk_hash(const char *name)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+
+    while (*name)
+        h = (h ^ (unsigned char)*name++) * 1099511628211ull;
+    return h;
+}
+
+/* "<dir>/<16 hex>.list<suffix>": always short, whatever the name. */
 static int file_path(char *buf, size_t len, const char *dir, const char *name, const char *suffix)
+{
+    int n = snprintf(buf, len, "%s/%016llx.list%s", dir,
+                     (unsigned long long)cache_disk_hash(name), suffix);
+
+    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+/* The name earlier versions used: letters, digits, '-', '_' and '.' stay,
+ * the rest become %XX, then ".json". Long names do not fit in NAME_MAX
+ * this way, which is why it was replaced; such files were never written. */
+static int legacy_path(char *buf, size_t len, const char *dir, const char *name)
 {
     size_t o = (size_t)snprintf(buf, len, "%s/", dir);
 
@@ -25,10 +46,62 @@ static int file_path(char *buf, size_t len, const char *dir, const char *name, c
         else
             o += (size_t)snprintf(buf + o, len - o, "%%%02X", *p);
     }
-    if (o + strlen(suffix) + 1 > len)
+    if (o + sizeof ".json" > len)
         return -ENAMETOOLONG;
-    snprintf(buf + o, len - o, "%s", suffix);
+    snprintf(buf + o, len - o, ".json");
     return 0;
+}
+
+/* Reads a whole regular file without ever waiting on another process:
+ * O_NONBLOCK keeps the open of a FIFO from waiting for a writer,
+ * O_NOFOLLOW refuses links (to a device, say), and anything but a regular
+ * file is refused before the first read. New text, NUL-terminated. */
+static int read_regular(const char *path, char **text, size_t *len)
+{
+    struct stat st;
+    char *buf = NULL;
+    size_t off = 0;
+    int fd, rc;
+
+    fd = open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ELOOP ? -EINVAL : -errno;
+    if (fstat(fd, &st) < 0) {
+        rc = -errno;
+        goto out;
+    }
+    rc = -EINVAL;
+    if (!S_ISREG(st.st_mode))
+        goto out;
+    rc = -EFBIG;
+    if (st.st_size > (off_t)CACHE_DISK_MAX)
+        goto out;
+    rc = -ENOMEM;
+    if (!(buf = malloc((size_t)st.st_size + 1)))
+        goto out;
+    /* The size is the one fstat saw: a file that grows meanwhile is cut
+     * there, and fails to parse, rather than growing the buffer. */
+    while (off < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + off, (size_t)st.st_size - off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = -errno;
+            goto out;
+        }
+        if (r == 0)
+            break;
+        off += (size_t)r;
+    }
+    buf[off] = '\0';
+    *text = buf;
+    *len = off;
+    buf = NULL;
+    rc = 0;
+out:
+    free(buf);
+    close(fd);
+    return rc;
 }
 
 int cache_disk_prepare(const char *dir)
@@ -75,10 +148,16 @@ int cache_disk_save(const char *dir, const char *name, int64_t revision,
         goto out;
     if (!(text = json_dumps(o, JSON_COMPACT)))
         goto out;
-    if ((rc = file_path(path, sizeof path, dir, name, ".json")) ||
-        (rc = file_path(tmp, sizeof tmp, dir, name, ".json.tmp")))
+    if ((rc = file_path(path, sizeof path, dir, name, "")) ||
+        (rc = file_path(tmp, sizeof tmp, dir, name, ".tmp")))
         goto out;
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    /* A new file of our own, never whatever sits at that name: opening a
+     * FIFO or a link someone left there could wait or write elsewhere. */
+    if (unlink(tmp) < 0 && errno != ENOENT) {
+        rc = -errno;
+        goto out;
+    }
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0640);
     if (fd < 0) {
         rc = -errno;
         goto out;
@@ -105,7 +184,7 @@ int cache_disk_save(const char *dir, const char *name, int64_t revision,
         goto out;
     }
     /* The rename itself must reach the disk too. */
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NONBLOCK | O_CLOEXEC);
     if (dfd >= 0) {
         fsync(dfd);
         close(dfd);
@@ -125,23 +204,30 @@ out:
 int cache_disk_load(const char *dir, const char *name, int64_t *revision,
                     struct etcd_kv **kvs_out, size_t *n_out)
 {
-    char path[PATH_MAX];
+    char path[PATH_MAX], old[PATH_MAX], *text = NULL;
     json_t *o, *arr, *e;
     json_error_t jerr;
     struct etcd_kv *kvs = NULL;
-    struct stat st;
-    size_t i, n = 0;
+    size_t i, n = 0, len = 0;
+    bool migrated = false;
     int rc;
 
     *kvs_out = NULL;
     *n_out = 0;
-    if ((rc = file_path(path, sizeof path, dir, name, ".json")))
+    if ((rc = file_path(path, sizeof path, dir, name, "")))
         return rc;
-    if (stat(path, &st) < 0)
-        return -errno;
-    if (st.st_size > (off_t)CACHE_DISK_MAX)
-        return -EFBIG;
-    o = json_load_file(path, 0, &jerr);
+    rc = read_regular(path, &text, &len);
+    if (rc == -ENOENT && !legacy_path(old, sizeof old, dir, name)) {
+        rc = read_regular(old, &text, &len);
+        /* From now on under its new name; the name inside is checked
+         * below, and a file that is not this service's goes back. */
+        if (rc == 0)
+            migrated = rename(old, path) == 0;
+    }
+    if (rc < 0)
+        return rc;
+    o = json_loadb(text, len, 0, &jerr);
+    free(text);
     if (!o)
         return -EINVAL;
     arr = json_object_get(o, "kvs");
@@ -149,6 +235,8 @@ int cache_disk_load(const char *dir, const char *name, int64_t *revision,
         !json_is_string(json_object_get(o, "service")) ||
         strcmp(json_string_value(json_object_get(o, "service")), name)) {
         json_decref(o);
+        if (migrated)
+            rename(path, old);
         return -EINVAL;
     }
     *revision = json_integer_value(json_object_get(o, "revision"));
@@ -181,6 +269,123 @@ void cache_disk_remove(const char *dir, const char *name)
 {
     char path[PATH_MAX];
 
-    if (!file_path(path, sizeof path, dir, name, ".json"))
+    if (!file_path(path, sizeof path, dir, name, ""))
         unlink(path);
+}
+
+/* What a name in cache.dir is to us. */
+enum file_kind { FILE_OTHER, FILE_LIST, FILE_LEGACY, FILE_TMP };
+
+static enum file_kind file_kind(const char *f, uint64_t *hash)
+{
+    size_t n = strlen(f);
+    char hex[17];
+
+    if (n == 16 + strlen(".list") || n == 16 + strlen(".list.tmp")) {
+        if (strspn(f, "0123456789abcdef") == 16 && !strncmp(f + 16, ".list", 5)) {
+            memcpy(hex, f, 16);
+            hex[16] = '\0';
+            *hash = strtoull(hex, NULL, 16);
+            return f[21] ? FILE_TMP : FILE_LIST;
+        }
+    }
+    /* Earlier versions: "<escaped name>.json" and ".json.tmp". */
+    if (n > strlen(".json.tmp") && !strcmp(f + n - strlen(".json.tmp"), ".json.tmp"))
+        return FILE_TMP;
+    if (n > strlen(".json") && !strcmp(f + n - strlen(".json"), ".json"))
+        return FILE_LEGACY;
+    return FILE_OTHER;
+}
+
+struct old_file {
+    char *name;
+    struct timespec mtime;
+};
+
+static int by_mtime(const void *a, const void *b)
+{
+    const struct old_file *x = a, *y = b;
+
+    if (x->mtime.tv_sec != y->mtime.tv_sec)
+        return x->mtime.tv_sec < y->mtime.tv_sec ? -1 : 1;
+    return (x->mtime.tv_nsec > y->mtime.tv_nsec) - (x->mtime.tv_nsec < y->mtime.tv_nsec);
+}
+
+int cache_disk_sweep(const char *dir, uint64_t max_age_ms, size_t cap,
+                     bool (*followed)(uint64_t hash, void *arg), void *arg, size_t *n_files)
+{
+    struct old_file *cand = NULL;
+    size_t n_cand = 0, cap_cand = 0, kept = 0;
+    struct timespec now;
+    struct dirent *de;
+    DIR *d;
+    int rc = 0;
+
+    *n_files = 0;
+    d = opendir(dir);
+    if (!d)
+        return -errno;
+    clock_gettime(CLOCK_REALTIME, &now);
+    while ((de = readdir(d))) {
+        uint64_t hash = 0;
+        enum file_kind k = file_kind(de->d_name, &hash);
+        struct stat st;
+
+        /* Never a link, never anything but a regular file: what is not
+         * ours stays, and nothing here opens a file. */
+        if (k == FILE_OTHER ||
+            fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+            continue;
+        /* Every save renames its temporary file before it returns, on the
+         * same thread as this sweep: one seen here was left by a crash. */
+        if (k == FILE_TMP) {
+            unlinkat(dirfd(d), de->d_name, 0);
+            continue;
+        }
+        if (k == FILE_LIST && followed && followed(hash, arg)) {
+            kept++;
+            continue;
+        }
+        int64_t age_ms = (int64_t)(now.tv_sec - st.st_mtim.tv_sec) * 1000 +
+                         (now.tv_nsec - st.st_mtim.tv_nsec) / 1000000;
+        if (max_age_ms && age_ms >= 0 && (uint64_t)age_ms >= max_age_ms) {
+            unlinkat(dirfd(d), de->d_name, 0);
+            continue;
+        }
+        if (n_cand == cap_cand) {
+            size_t c2 = cap_cand ? cap_cand * 2 : 64;
+            struct old_file *g = realloc(cand, c2 * sizeof *g);
+            if (!g) {
+                rc = -ENOMEM;
+                break;
+            }
+            cand = g;
+            cap_cand = c2;
+        }
+        if (!(cand[n_cand].name = strdup(de->d_name))) {
+            rc = -ENOMEM;
+            break;
+        }
+        cand[n_cand++].mtime = st.st_mtim;
+    }
+    /* Over the cap: the oldest go first. Followed services keep theirs. */
+    if (rc == 0 && kept + n_cand > cap) {
+        size_t drop = kept + n_cand - cap;
+        if (drop > n_cand)
+            drop = n_cand;
+        qsort(cand, n_cand, sizeof *cand, by_mtime);
+        for (size_t i = 0; i < drop; i++) {
+            unlinkat(dirfd(d), cand[i].name, 0);
+            free(cand[i].name);
+            cand[i].name = NULL;
+        }
+        *n_files = kept + n_cand - drop;
+    } else {
+        *n_files = kept + n_cand;
+    }
+    for (size_t i = 0; i < n_cand; i++)
+        free(cand[i].name);
+    free(cand);
+    closedir(d);
+    return rc;
 }

@@ -1,6 +1,8 @@
 /* Integration tests of the daemon: a real etcd, a real discovery-agent
  * process, its socket, and etcdctl as the other writer and the judge. */
 #include <check.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -17,6 +19,7 @@
 #include <unistd.h>
 
 #include "agentproc.h"
+#include "cache_disk.h"
 #include "etcd_proc.h"
 #include "proc.h"
 
@@ -1091,6 +1094,216 @@ START_TEST(test_idle_service_dropped)
 }
 END_TEST
 
+/* ---- saved lists on disk ------------------------------------------------ */
+
+/* Where the agent saves a service's list (cache_disk.c names the file). */
+static const char *list_file(const struct fx *f, const char *name, char *out, size_t len)
+{
+    snprintf(out, len, "%s/%016llx.list", f->agent.cache,
+             (unsigned long long)cache_disk_hash(name));
+    return out;
+}
+
+/* Entries in the agent's cache folder, whatever their names. */
+static size_t cache_files(const struct fx *f)
+{
+    DIR *d = opendir(f->agent.cache);
+    struct dirent *de;
+    size_t n = 0;
+
+    ck_assert_ptr_nonnull(d);
+    while ((de = readdir(d)))
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* Polls until the cache folder holds at most want entries; the count. */
+static size_t wait_cache_files(const struct fx *f, size_t want, int timeout_ms)
+{
+    long long t0 = now_ms();
+    size_t n;
+
+    while ((n = cache_files(f)) > want && now_ms() - t0 < timeout_ms)
+        usleep(100000);
+    return n;
+}
+
+/* A FIFO in cache.dir under a service's file name (this version's and the
+ * name earlier versions used) must not stop the loop when that service is
+ * asked for: once with etcd up, once with it down. */
+START_TEST(test_fifo_in_cache_dir_does_not_block)
+{
+    struct fx f;
+    char path[1200], buf[512];
+    json_t *r;
+
+    fx_up(&f, 10, "");
+    put(&f, "/micro/fifo-up/10.0.0.1:80", "{\"Name\":\"fifo-up\",\"Address\":\"10.0.0.1:80\"}");
+    ck_assert_int_eq(mkfifo(list_file(&f, "fifo-up", path, sizeof path), 0640), 0);
+    snprintf(path, sizeof path, "%s/fifo-up.json", f.agent.cache);
+    ck_assert_int_eq(mkfifo(path, 0640), 0);
+    ck_assert_int_eq(mkfifo(list_file(&f, "fifo-down", path, sizeof path), 0640), 0);
+    snprintf(path, sizeof path, "%s/fifo-down.json", f.agent.cache);
+    ck_assert_int_eq(mkfifo(path, 0640), 0);
+
+    r = call(&f, "{\"op\":\"resolve\",\"service\":\"fifo-up\"}");
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    ck_assert_str_eq(list_addresses(r, buf, sizeof buf), "10.0.0.1:80");
+    json_decref(r);
+    r = call(&f, "{\"op\":\"status\"}");
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
+
+    /* etcd down: an answer (no list to give) and the loop still turns. */
+    ck_assert_int_eq(etcd_member_kill(f.cluster, 0), 0);
+    json_decref(call(&f, "{\"op\":\"resolve\",\"service\":\"fifo-down\"}"));
+    r = call(&f, "{\"op\":\"ping\"}");
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
+    r = call(&f, "{\"op\":\"status\"}");
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
+    fx_down(&f);
+}
+END_TEST
+
+/* The longest valid names, ASCII and UTF-8, are saved and served, stale,
+ * by an agent restarted while etcd is down; so is a file an earlier
+ * version saved under its old name. */
+START_TEST(test_long_names_saved_and_served_after_restart)
+{
+    struct fx f;
+    char names[2][256], key[600], value[800], req[600], buf[512];
+    json_t *r;
+
+    memset(names[0], 'a', 250);
+    names[0][250] = '\0';
+    names[1][0] = '\0';
+    for (int i = 0; i < 40; i++)
+        strcat(names[1], "\xd1\x81\xd0\xb2\xc3\xa9"); /* "свé": 240 bytes in all */
+    ck_assert_uint_eq(strlen(names[1]), 240);
+
+    fx_up(&f, 10, "");
+    for (int i = 0; i < 2; i++) {
+        snprintf(key, sizeof key, "/micro/%s/10.0.0.%d:80", names[i], i + 1);
+        snprintf(value, sizeof value, "{\"Name\":\"%s\",\"Address\":\"10.0.0.%d:80\"}", names[i],
+                 i + 1);
+        put(&f, key, value);
+        snprintf(req, sizeof req, "{\"op\":\"resolve\",\"service\":\"%s\"}", names[i]);
+        r = call(&f, req);
+        ck_assert(json_is_true(json_object_get(r, "ok")));
+        json_decref(r);
+    }
+    ck_assert_int_eq(etcd_member_kill(f.cluster, 0), 0);
+    /* SIGTERM writes pending lists before the agent exits. */
+    ck_assert(WIFEXITED(agentp_stop(&f.agent, 15000)));
+    agentp_free(&f.agent);
+    /* A file an earlier version saved, under its escaped name. */
+    snprintf(key, sizeof key, "%s/old%%2Bsvc.json", f.agent.cache);
+    FILE *old = fopen(key, "w");
+    ck_assert_ptr_nonnull(old);
+    fputs("{\"service\":\"old+svc\",\"revision\":3,\"kvs\":[{\"key\":\"10.0.0.9:80\","
+          "\"value\":\"{\\\"Name\\\":\\\"old+svc\\\",\\\"Address\\\":\\\"10.0.0.9:80\\\"}\","
+          "\"lease\":0}]}",
+          old);
+    fclose(old);
+    ck_assert_int_eq(agentp_start(&f.agent), 0);
+    r = call(&f, "{\"op\":\"resolve\",\"service\":\"old+svc\"}");
+    ck_assert(json_is_true(json_object_get(r, "stale")));
+    ck_assert_str_eq(list_addresses(r, buf, sizeof buf), "10.0.0.9:80");
+    json_decref(r);
+    ck_assert_int_ne(access(key, F_OK), 0); /* renamed to this version's name */
+    ck_assert_int_eq(access(list_file(&f, "old+svc", value, sizeof value), F_OK), 0);
+    for (int i = 0; i < 2; i++) {
+        char want[32];
+        snprintf(req, sizeof req, "{\"op\":\"resolve\",\"service\":\"%s\"}", names[i]);
+        snprintf(want, sizeof want, "10.0.0.%d:80", i + 1);
+        r = call(&f, req);
+        ck_assert_msg(json_is_true(json_object_get(r, "ok")), "name %d not saved", i);
+        ck_assert(json_is_true(json_object_get(r, "stale")));
+        ck_assert_str_eq(list_addresses(r, buf, sizeof buf), want);
+        json_decref(r);
+    }
+    fx_down(&f);
+}
+END_TEST
+
+/* Saved lists of services nobody follows go once an agent has run for
+ * cache.idle, even when an earlier run saved them; a followed service keeps
+ * its file; and however many files there are, at most CACHE_DISK_FILES
+ * stay, the newest. */
+START_TEST(test_saved_lists_swept_and_capped)
+{
+    struct fx f;
+    struct etcd_cluster_opts co = {.members = 1};
+    char path[1200], text[256], name[64];
+    const int extra = 50, total = CACHE_DISK_FILES + extra;
+    struct timespec now;
+    int fd;
+
+    memset(&f, 0, sizeof f);
+    f.cluster = etcd_cluster_start(&co);
+    ck_assert_ptr_nonnull(f.cluster);
+    snprintf(f.dir, sizeof f.dir, "%s/agent", etcd_cluster_dir(f.cluster));
+    mkdir(f.dir, 0755);
+    ck_assert_int_eq(agentp_config_idle(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 1000,
+                                        "3s", ""),
+                     0);
+    ck_assert_int_eq(agentp_start(&f.agent), 0);
+    /* Followed (watched) until the agent stops, so saved, not dropped. */
+    fd = sock_open(f.agent.sock);
+    ck_assert_int_ge(fd, 0);
+    const char *const names[] = {"gone-1", "gone-2", "gone-3", "kept"};
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(text, sizeof text, "{\"op\":\"watch\",\"service\":\"%s\"}", names[i]);
+        json_decref(sock_call(fd, text, 5000));
+    }
+    ck_assert(WIFEXITED(agentp_stop(&f.agent, 15000)));
+    agentp_free(&f.agent);
+    close(fd);
+    ck_assert_uint_eq(cache_files(&f), 4);
+
+    /* A new run follows only "kept": the rest go after cache.idle. */
+    ck_assert_int_eq(agentp_start(&f.agent), 0);
+    fd = sock_open(f.agent.sock);
+    ck_assert_int_ge(fd, 0);
+    json_decref(sock_call(fd, "{\"op\":\"watch\",\"service\":\"kept\"}", 5000));
+    ck_assert_uint_eq(wait_cache_files(&f, 1, 20000), 1);
+    ck_assert_int_eq(access(list_file(&f, "kept", path, sizeof path), F_OK), 0);
+    ck_assert(WIFEXITED(agentp_stop(&f.agent, 15000)));
+    agentp_free(&f.agent);
+    close(fd);
+
+    /* Far more files than the cap, the oldest first (as a client resolving
+     * made-up names leaves them): a start keeps the newest. */
+    clock_gettime(CLOCK_REALTIME, &now);
+    for (int i = 0; i < total; i++) {
+        struct timespec t[2] = {{now.tv_sec - (total - i), 0}, {now.tv_sec - (total - i), 0}};
+        FILE *out;
+        snprintf(name, sizeof name, "junk-%d", i);
+        snprintf(text, sizeof text, "{\"service\":\"%s\",\"revision\":1,\"kvs\":[]}", name);
+        out = fopen(list_file(&f, name, path, sizeof path), "w");
+        ck_assert_ptr_nonnull(out);
+        fputs(text, out);
+        fclose(out);
+        ck_assert_int_eq(utimensat(AT_FDCWD, path, t, 0), 0);
+    }
+    ck_assert_uint_eq(cache_files(&f), (size_t)total + 1);
+    ck_assert_int_eq(agentp_config_idle(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 1000,
+                                        "10m", ""),
+                     0);
+    ck_assert_int_eq(agentp_start(&f.agent), 0);
+    ck_assert_uint_eq(wait_cache_files(&f, CACHE_DISK_FILES, 20000), CACHE_DISK_FILES);
+    ck_assert_int_ne(access(list_file(&f, "junk-0", path, sizeof path), F_OK), 0);
+    snprintf(name, sizeof name, "junk-%d", total - 1);
+    ck_assert_int_eq(access(list_file(&f, name, path, sizeof path), F_OK), 0);
+    ck_assert_int_eq(access(list_file(&f, "kept", path, sizeof path), F_OK), 0);
+    fx_down(&f);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("agent");
@@ -1098,6 +1311,7 @@ static Suite *suite(void)
     TCase *list = tcase_create("lists");
     TCase *sock = tcase_create("socket");
     TCase *fds = tcase_create("descriptors");
+    TCase *disk = tcase_create("disk");
 
     tcase_set_timeout(reg, 90);
     tcase_add_test(reg, test_register_exact_then_sigterm);
@@ -1129,6 +1343,11 @@ static Suite *suite(void)
     suite_add_tcase(s, list);
     suite_add_tcase(s, sock);
     suite_add_tcase(s, fds);
+    tcase_set_timeout(disk, 90);
+    tcase_add_test(disk, test_fifo_in_cache_dir_does_not_block);
+    tcase_add_test(disk, test_long_names_saved_and_served_after_restart);
+    tcase_add_test(disk, test_saved_lists_swept_and_capped);
+    suite_add_tcase(s, disk);
     return s;
 }
 
