@@ -51,7 +51,8 @@ int registry_new(registry **out, uv_loop_t *loop, etcd_client *etcd, cache *cach
  * configuration cannot be taken over by a connection (DA_EACCES, with a
  * reason in err); one owned by a connection passes to the new owner (a
  * client that reconnected). done, if set, is called once the key is written
- * (err 0) or the first write failed (err < 0; the registry keeps trying). */
+ * (err 0) or the first write failed (err < 0; the registry keeps trying).
+ * A name or an address that breaks the rules of validate.h is DA_EINVAL. */
 int registry_add(registry *r, const struct instance *inst, uint64_t owner,
                  const struct check_spec *check, void (*done)(int err, void *arg), void *arg,
                  char *err, size_t errlen);
