@@ -49,6 +49,10 @@ PROTO_OBJ   := $(PROTO_C:.c=.o)
 # libdiscovery: the socket client library applications link (lib/*.c).
 LIB_SRC     := $(wildcard lib/*.c)
 LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/%.o)
+# The one validation module (names, addresses, metadata) is compiled into
+# the library too: it cannot link agent code, and a client must refuse
+# what the agent would refuse. validate.c needs nothing but libc.
+LIB_OBJ     += $(BUILD)/lib/validate.o
 LIB_SONAME  := libdiscovery.so.0
 LIBS_OUT    :=
 ifneq ($(LIB_SRC),)
@@ -82,6 +86,9 @@ $(BUILD)/%.o: %.c
 $(BUILD)/test/%.o: CPPFLAGS += -Itest/harness $(CHECK_CFLAGS) -DTEST_DATA_DIR='"$(CURDIR)/test/data"' -DBUILD_DIR='"$(CURDIR)/$(BUILD)"'
 $(BUILD)/test/harness/%.o: CPPFLAGS += -Itest/harness $(CHECK_CFLAGS)
 $(BUILD)/lib/%.o: CPPFLAGS += $(GRPC_CFLAGS)
+$(BUILD)/lib/validate.o: agent/validate.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 $(BUILD)/examples/%.o: CPPFLAGS += $(GRPC_CFLAGS)
 
 $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/xds/%.proto

@@ -7,6 +7,7 @@
 #include "error.h"
 #include "etcd_parse.h"
 #include "log.h"
+#include "validate.h"
 
 /* One key under the service's prefix, as etcd holds it. */
 struct entry {
@@ -550,7 +551,7 @@ service *cache_get(cache *c, const char *name, int *err)
     int rc;
 
     *err = 0;
-    if (!instance_valid_name(name)) {
+    if (!validate_name(name, NULL, 0)) {
         *err = DA_EINVAL;
         return NULL;
     }

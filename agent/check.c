@@ -18,6 +18,7 @@
 #include "check_internal.h"
 #include "error.h"
 #include "log.h"
+#include "validate.h"
 
 #define RISE_FALL_MAX 1000
 #define URL_MAX 4096
@@ -241,43 +242,18 @@ bool check_spec_equal(const struct check_spec *a, const struct check_spec *b)
 
 int check__split_address(const char *addr, char *host, size_t hostlen, int *port)
 {
-    const char *p;
+    struct validate_hostport hp;
     size_t n;
-    long v = 0;
 
-    if (!addr)
+    /* The registry's own address rule (validate.h), so that every address
+     * it accepts can be probed. */
+    if (!addr || validate_hostport(addr, strlen(addr), 0, &hp, NULL, 0) != VALIDATE_OK)
         return DA_EINVAL;
-    if (addr[0] == '[') {
-        const char *close = strchr(addr, ']');
-        if (!close || close[1] != ':')
-            return DA_EINVAL;
-        n = (size_t)(close - addr - 1);
-        if (!n || n >= hostlen)
-            return DA_EINVAL;
-        memcpy(host, addr + 1, n);
-        p = close + 2;
-    } else {
-        const char *colon = strrchr(addr, ':');
-        if (!colon)
-            return DA_EINVAL;
-        n = (size_t)(colon - addr);
-        /* An IPv6 literal must be bracketed: "::1:80" is ambiguous. */
-        if (!n || n >= hostlen || memchr(addr, ':', n))
-            return DA_EINVAL;
-        memcpy(host, addr, n);
-        p = colon + 1;
-    }
-    host[n] = '\0';
-    if (!*p || strlen(p) > 5)
+    n = strlen(hp.host);
+    if (n >= hostlen)
         return DA_EINVAL;
-    for (; *p; p++) {
-        if (*p < '0' || *p > '9')
-            return DA_EINVAL;
-        v = v * 10 + (*p - '0');
-    }
-    if (v < 1 || v > 65535)
-        return DA_EINVAL;
-    *port = (int)v;
+    memcpy(host, hp.host, n + 1);
+    *port = hp.port;
     return 0;
 }
 

@@ -93,7 +93,8 @@ void check__report_k(checker *k, bool pass, const char *fmt, ...)
 /* Breaks the link between p and its checker (idempotent). */
 void check__detach(struct check__probe *p);
 
-/* Splits "host:port" or "[v6]:port" (port 1-65535). Returns 0 or DA_EINVAL. */
+/* Splits an address by the registry's rule (validate_hostport()) into host
+ * (brackets removed) and port. Returns 0 or DA_EINVAL. */
 int check__split_address(const char *addr, char *host, size_t hostlen, int *port);
 
 /* Copies the first line of data (up to '\r' or '\n', control bytes made

@@ -8,6 +8,7 @@
  * document API would resolve aliases silently). */
 #include "config.h"
 #include "duration.h"
+#include "validate.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -643,209 +644,49 @@ static int section_key(struct loader *ld, const struct node *map, size_t i,
 
 /* ---- Checking values -------------------------------------------------- */
 
-enum { HP_OK = 0, HP_BAD = -1, HP_PORT_RANGE = -2 };
-
-/* Checks a host name or IP literal of len bytes at p: an IPv4 address, an
- * IPv6 address in brackets, or a DNS name of letters, digits, '-' and '_'
- * (which some container platforms use) in dot-separated labels. */
-static int check_host(const char *p, size_t len, const char **why)
+/* Puts why into the caller's buffer for check_endpoint(). */
+static int fail_why(char *buf, size_t len, const char *why)
 {
-    char tmp[INET6_ADDRSTRLEN + 1];
-    unsigned char addr[sizeof(struct in6_addr)];
-    size_t label = 0;
-    int only_digits = 1;
-
-    *why = "the host must be an IPv4 address, an IPv6 address in brackets "
-           "or a host name";
-    if (len == 0) {
-        *why = "the host is missing";
-        return HP_BAD;
-    }
-    if (p[0] == '[') {
-        if (len < 3 || p[len - 1] != ']' || len - 2 >= sizeof(tmp))
-            return HP_BAD;
-        memcpy(tmp, p + 1, len - 2);
-        tmp[len - 2] = '\0';
-        return inet_pton(AF_INET6, tmp, addr) == 1 ? HP_OK : HP_BAD;
-    }
-    if (len > 253)
-        return HP_BAD;
-    for (size_t i = 0; i < len; i++) {
-        char c = p[i];
-
-        if (c == '.') {
-            if (label == 0 || p[i - 1] == '-')
-                return HP_BAD;
-            label = 0;
-            continue;
-        }
-        if (c >= '0' && c <= '9') {
-            label++;
-        } else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                   c == '_' || (c == '-' && label > 0)) {
-            only_digits = 0;
-            label++;
-        } else {
-            return HP_BAD;
-        }
-        if (label > 63)
-            return HP_BAD;
-    }
-    if (label == 0 || p[len - 1] == '-')
-        return HP_BAD;
-    /* Digits and dots alone are meant as an IPv4 address, and then they
-     * must be one: "10.0.0.256" or "10.1" is a typo, not a host name. */
-    if (only_digits) {
-        if (len >= sizeof(tmp))
-            return HP_BAD;
-        memcpy(tmp, p, len);
-        tmp[len] = '\0';
-        return inet_pton(AF_INET, tmp, addr) == 1 ? HP_OK : HP_BAD;
-    }
-    return HP_OK;
-}
-
-/* Checks a port of len bytes at p: decimal digits without a leading zero,
- * 1..65535. */
-static int check_port(const char *p, size_t len, const char **why)
-{
-    char tmp[16];
-    char *end;
-    long v;
-
-    for (size_t i = 0; i < len; i++) {
-        if (p[i] < '0' || p[i] > '9') {
-            *why = "the port must be a decimal number";
-            return HP_BAD;
-        }
-    }
-    if (len == 0) {
-        *why = "the port after ':' is missing";
-        return HP_BAD;
-    }
-    if (len > 1 && p[0] == '0') {
-        *why = "write the port without leading zeros";
-        return HP_BAD;
-    }
-    if (len >= sizeof(tmp))
-        return HP_PORT_RANGE;
-    memcpy(tmp, p, len);
-    tmp[len] = '\0';
-    errno = 0;
-    v = strtol(tmp, &end, 10);
-    if (errno != 0 || *end != '\0' || v < 1 || v > 65535)
-        return HP_PORT_RANGE;
-    return HP_OK;
-}
-
-/* Splits "host:port" (len bytes at s) and checks both halves. A port is
- * required unless port_optional. *port_at gets the port's offset, for
- * messages. */
-static int check_hostport(const char *s, size_t len, int port_optional,
-                          const char **why, size_t *port_at)
-{
-    const char *colon = NULL;
-    size_t host_len;
-    int r;
-
-    *why = "";
-    *port_at = len;
-    if (len > 0 && s[0] == '[') {
-        const char *close = memchr(s, ']', len);
-
-        if (close == NULL) {
-            *why = "the '[' of an IPv6 address has no ']'";
-            return HP_BAD;
-        }
-        if ((size_t)(close + 1 - s) < len) {
-            if (close[1] != ':') {
-                *why = "expected ':' and a port after ']'";
-                return HP_BAD;
-            }
-            colon = close + 1;
-        }
-    } else {
-        const char *first = memchr(s, ':', len);
-
-        for (size_t i = len; i > 0; i--) {
-            if (s[i - 1] == ':') {
-                colon = s + i - 1;
-                break;
-            }
-        }
-        if (colon != NULL && first != colon) {
-            *why = "write an IPv6 address in brackets, e.g. [::1]:50051";
-            return HP_BAD;
-        }
-    }
-    if (colon == NULL && !port_optional) {
-        *why = "the port is missing: write host:port, e.g. 10.0.0.5:8082";
-        return HP_BAD;
-    }
-    host_len = colon != NULL ? (size_t)(colon - s) : len;
-    r = check_host(s, host_len, why);
-    if (r != HP_OK)
-        return r;
-    if (colon == NULL)
-        return HP_OK;
-    *port_at = host_len + 1;
-    return check_port(colon + 1, len - host_len - 1, why);
+    snprintf(buf, len, "%s", why);
+    return VALIDATE_BAD;
 }
 
 /* Checks an etcd endpoint URL; on success *keep is the length without
- * trailing slashes. */
-static int check_endpoint(const char *url, const char **why, size_t *keep)
+ * trailing slashes. The reason for a refusal goes into why. */
+static int check_endpoint(const char *url, char *why, size_t whylen,
+                          size_t *keep)
 {
     size_t len = strlen(url), skip, auth;
-    size_t port_at;
     int r;
 
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)url[i];
-        if (c <= 0x20 || c == 0x7f) {
-            *why = "it may not contain spaces or control characters";
-            return HP_BAD;
-        }
+        if (c <= 0x20 || c == 0x7f)
+            return fail_why(why, whylen, "it may not contain spaces or "
+                            "control characters");
     }
-    if (strncmp(url, "http://", 7) == 0) {
+    if (strncmp(url, "http://", 7) == 0)
         skip = 7;
-    } else if (strncmp(url, "https://", 8) == 0) {
+    else if (strncmp(url, "https://", 8) == 0)
         skip = 8;
-    } else {
-        *why = "it must start with http:// or https://";
-        return HP_BAD;
-    }
-    if (strpbrk(url, "?#") != NULL) {
-        *why = "it may not have a query or fragment ('?' or '#')";
-        return HP_BAD;
-    }
+    else
+        return fail_why(why, whylen, "it must start with http:// or "
+                        "https://");
+    if (strpbrk(url, "?#") != NULL)
+        return fail_why(why, whylen, "it may not have a query or fragment "
+                        "('?' or '#')");
     auth = strcspn(url + skip, "/");
-    if (memchr(url + skip, '@', auth) != NULL) {
-        *why = "put the user in etcd.username and the password in "
-               "etcd.password_file, not in the URL";
-        return HP_BAD;
-    }
-    r = check_hostport(url + skip, auth, 1, why, &port_at);
-    if (r != HP_OK)
+    if (memchr(url + skip, '@', auth) != NULL)
+        return fail_why(why, whylen, "put the user in etcd.username and the "
+                        "password in etcd.password_file, not in the URL");
+    r = validate_hostport(url + skip, auth, VALIDATE_PORT_OPTIONAL, NULL,
+                          why, whylen);
+    if (r != VALIDATE_OK)
         return r;
     while (len > skip + auth && url[len - 1] == '/')
         len--;
     *keep = len;
-    return HP_OK;
-}
-
-/* A service name becomes one segment of an etcd key, so it may not hold
- * '/', and it is typed on command lines, so no blanks or control bytes. */
-static int check_service_name(const char *s)
-{
-    if (*s == '\0')
-        return -1;
-    for (; *s != '\0'; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c <= 0x20 || c == 0x7f || c == '/')
-            return -1;
-    }
-    return 0;
+    return VALIDATE_OK;
 }
 
 /* ---- Sections --------------------------------------------------------- */
@@ -887,17 +728,18 @@ static int load_endpoints(struct loader *ld, const struct node *key,
     c->n_endpoints = val->n_items;
     for (size_t i = 0; i < val->n_items; i++) {
         const struct node *item = val->items[i];
-        const char *text, *why;
+        const char *text;
+        char why[160];
         size_t keep;
 
         r = want_nonempty(ld, "an etcd.endpoints entry", item, item, &text);
         if (r < 0)
             return r;
-        r = check_endpoint(text, &why, &keep);
-        if (r == HP_PORT_RANGE)
+        r = check_endpoint(text, why, sizeof(why), &keep);
+        if (r == VALIDATE_PORT_RANGE)
             return fail_node(ld, item, "port out of range in endpoint '%s': "
                              "use 1..65535", show(&a, text));
-        if (r != HP_OK)
+        if (r != VALIDATE_OK)
             return fail_node(ld, item, "bad endpoint URL '%s' in "
                              "etcd.endpoints: %s", show(&a, text), why);
         c->endpoints[i] = strndup(text, keep);
@@ -933,6 +775,10 @@ static int load_prefix(struct loader *ld, const struct node *key,
     if (len == 1)
         return fail_node(ld, val, "bad etcd.prefix '%s': it needs a name "
                          "after '/', e.g. " DEFAULT_PREFIX, show(&a, text));
+    if (len > VALIDATE_PREFIX_MAX)
+        return fail_node(ld, val, "etcd.prefix is %zu bytes long: at most %d "
+                         "fit in the keys of every service", len,
+                         VALIDATE_PREFIX_MAX);
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)text[i];
         if (ch <= 0x20 || ch == 0x7f)
@@ -1383,7 +1229,8 @@ static int load_metadata(struct loader *ld, struct config_service *s,
     struct shown a, b;
     const struct node **keys = NULL;
     const struct node *dup = NULL, *first = NULL;
-    size_t n = val->n_items / 2;
+    size_t n = val->n_items / 2, total = 0;
+    char why[160];
     int r = want_map(ld, "metadata", val);
 
     if (r != 0 || n == 0)
@@ -1407,7 +1254,15 @@ static int load_metadata(struct loader *ld, struct config_service *s,
             return fail_node(ld, k, "metadata '%s' of service %s has no "
                              "value: give one, or write \"\" for empty text",
                              show(&a, k->text), show(&b, s->name));
+        if (!validate_meta_key(k->text, why, sizeof(why)) ||
+            !validate_meta_value(v->text, strlen(v->text), why, sizeof(why)))
+            return fail_node(ld, k, "bad metadata '%s' of service %s: %s",
+                             show(&a, k->text), show(&b, s->name), why);
+        total += strlen(k->text) + strlen(v->text);
     }
+    if (!validate_meta_size(total, why, sizeof(why)))
+        return fail_node(ld, val, "metadata of service %s is too large: %s",
+                         show(&a, s->name), why);
     /* Metadata may be long, so duplicates are found by sorting rather
      * than by comparing every pair; the one reported is the earliest
      * repeat in the file. */
@@ -1459,7 +1314,7 @@ static int parse_weight(const char *text, int32_t *weight)
     v = strtoll(text, &end, 10);
     if (*end != '\0')
         return -1;
-    if (errno == ERANGE || v < INT32_MIN || v > INT32_MAX)
+    if (errno == ERANGE || !validate_weight(v, NULL, 0))
         return -2;
     *weight = (int32_t)v;
     return 0;
@@ -1641,9 +1496,10 @@ static int load_service(struct loader *ld, const struct node *entry)
     const struct node *vals[ARRAY_SIZE(service_keys)] = { NULL };
     struct config *c = ld->cfg;
     struct config_service *s;
+    struct validate_hostport hp;
     struct shown a, b;
-    const char *text, *why;
-    size_t port_at;
+    const char *text;
+    char why[160];
     int r;
 
     if (entry->kind != NODE_MAP)
@@ -1686,10 +1542,9 @@ static int load_service(struct loader *ld, const struct node *entry)
                       &text);
     if (r < 0)
         return r;
-    if (check_service_name(text) < 0)
-        return fail_node(ld, vals[SVC_NAME], "bad service name '%s': a name "
-                         "may not contain '/', spaces or control characters",
-                         show(&a, text));
+    if (!validate_name(text, why, sizeof(why)))
+        return fail_node(ld, vals[SVC_NAME], "bad service name '%s': %s",
+                         show(&a, text), why);
     if ((s->name = dup_str(ld, text)) == NULL)
         return -ENOMEM;
 
@@ -1700,12 +1555,12 @@ static int load_service(struct loader *ld, const struct node *entry)
                       vals[SVC_ADDRESS], &text);
     if (r < 0)
         return r;
-    r = check_hostport(text, strlen(text), 0, &why, &port_at);
-    if (r == HP_PORT_RANGE)
+    r = validate_hostport(text, strlen(text), 0, &hp, why, sizeof(why));
+    if (r == VALIDATE_PORT_RANGE)
         return fail_node(ld, vals[SVC_ADDRESS], "port %s out of range in "
                          "address of service %s: use 1..65535",
-                         show(&a, text + port_at), show(&b, s->name));
-    if (r != HP_OK)
+                         show(&a, text + hp.port_at), show(&b, s->name));
+    if (r != VALIDATE_OK)
         return fail_node(ld, vals[SVC_ADDRESS], "bad address '%s' for "
                          "service %s: %s", show(&a, text), show(&b, s->name),
                          why);
@@ -1735,6 +1590,10 @@ static int load_service(struct loader *ld, const struct node *entry)
                       vals[SVC_GROUP], &text);
         if (r < 0)
             return r;
+        if (!validate_group(text, why, sizeof(why)))
+            return fail_node(ld, vals[SVC_GROUP], "bad group '%s' for "
+                             "service %s: %s", show(&a, text),
+                             show(&b, s->name), why);
     }
     if ((s->group = dup_str(ld, text)) == NULL)
         return -ENOMEM;
@@ -1851,7 +1710,8 @@ static int load_xds(struct loader *ld, const struct node *val)
     for (size_t i = 0; i < val->n_items / 2; i++) {
         const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
         const char *text, *why;
-        size_t port_at;
+        char reason[160];
+        struct validate_hostport hp;
         struct shown a;
         int key = section_key(ld, val, i, xds_keys, ARRAY_SIZE(xds_keys),
                               seen, "in xds");
@@ -1888,14 +1748,15 @@ static int load_xds(struct loader *ld, const struct node *val)
                                  show(&a, text));
             break;
         case XDS_TCP:
-            r = check_hostport(text, strlen(text), 0, &why, &port_at);
-            if (r == HP_PORT_RANGE)
+            r = validate_hostport(text, strlen(text), 0, &hp, reason,
+                                  sizeof(reason));
+            if (r == VALIDATE_PORT_RANGE)
                 return fail_node(ld, v, "port %s out of range in xds.tcp: use "
-                                 "1..65535", show(&a, text + port_at));
-            if (r != HP_OK)
+                                 "1..65535", show(&a, text + hp.port_at));
+            if (r != VALIDATE_OK)
                 return fail_node(ld, v, "bad xds.tcp '%s': %s", show(&a, text),
-                                 why);
-            if (!is_loopback_host(text, port_at - 1))
+                                 reason);
+            if (!is_loopback_host(text, hp.host_len))
                 return fail_node(ld, v, "xds.tcp '%s' is not a loopback "
                                  "address: the xDS server has no "
                                  "authentication, so use 127.0.0.1, [::1] or "

@@ -1,13 +1,11 @@
 #include "instance.h"
 
-#include <arpa/inet.h>
-#include <ctype.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
+#include "validate.h"
 
 void instance_clear(struct instance *i)
 {
@@ -78,8 +76,7 @@ static int read_fields(const json_t *o, const char *nname, const char *naddr, co
     }
     if (weight && !json_is_null(weight)) {
         json_int_t w;
-        if (!json_is_integer(weight) || (w = json_integer_value(weight)) < INT32_MIN ||
-            w > INT32_MAX) {
+        if (!json_is_integer(weight) || !validate_weight(w = json_integer_value(weight), NULL, 0)) {
             snprintf(err, errlen, "'%s' must be an integer in int32 range", nweight);
             return DA_EPROTO;
         }
@@ -157,6 +154,44 @@ json_t *instance_to_api(const struct instance *inst)
                      "metadata", m);
 }
 
+/* The rules of validate.h, which a configured instance obeys too. */
+static int check_api(const struct instance *i, char *err, size_t errlen)
+{
+    char why[128], a[VALIDATE_EXCERPT + 4];
+    size_t total = 0;
+
+    if (!validate_name(i->name, why, sizeof why)) {
+        snprintf(err, errlen, "bad service name '%s': %s",
+                 validate_excerpt(i->name, a, sizeof a), why);
+        return DA_EINVAL;
+    }
+    if (!validate_address(i->address, why, sizeof why)) {
+        snprintf(err, errlen, "bad address '%s': %s", validate_excerpt(i->address, a, sizeof a),
+                 why);
+        return DA_EINVAL;
+    }
+    if (!validate_group(i->group, why, sizeof why)) {
+        snprintf(err, errlen, "bad group '%s': %s", validate_excerpt(i->group, a, sizeof a), why);
+        return DA_EINVAL;
+    }
+    for (size_t k = 0; k < i->n_meta; k++) {
+        const struct instance_meta *m = &i->meta[k];
+
+        if (!validate_meta_key(m->key, why, sizeof why) ||
+            !validate_meta_value(m->value, strlen(m->value), why, sizeof why)) {
+            snprintf(err, errlen, "bad metadata '%s': %s", validate_excerpt(m->key, a, sizeof a),
+                     why);
+            return DA_EINVAL;
+        }
+        total += strlen(m->key) + strlen(m->value);
+    }
+    if (!validate_meta_size(total, why, sizeof why)) {
+        snprintf(err, errlen, "%s", why);
+        return DA_EINVAL;
+    }
+    return 0;
+}
+
 int instance_from_api(const json_t *o, struct instance *out, char *err, size_t errlen)
 {
     int rc;
@@ -174,69 +209,10 @@ int instance_from_api(const json_t *o, struct instance *out, char *err, size_t e
      * that Go readers see the same value either way. */
     if (!json_object_get(o, "weight"))
         out->weight = 1;
-    if (!instance_valid_name(out->name)) {
-        snprintf(err, errlen, "bad service name '%s'", out->name);
-        rc = DA_EINVAL;
-    } else if (!instance_valid_address(out->address)) {
-        snprintf(err, errlen, "bad address '%s': use host:port, [v6]:port", out->address);
-        rc = DA_EINVAL;
-    }
+    rc = check_api(out, err, errlen);
     if (rc)
         instance_clear(out);
     return rc;
-}
-
-bool instance_valid_name(const char *s)
-{
-    size_t n = strlen(s);
-
-    if (!n || n > 253 || !strcmp(s, ".") || !strcmp(s, ".."))
-        return false;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        if (*p == '/' || *p <= ' ' || *p == 0x7f)
-            return false;
-    return true;
-}
-
-bool instance_valid_address(const char *s)
-{
-    const char *colon, *host = s;
-    char buf[256], *end;
-    size_t hlen;
-    long port;
-
-    if (!instance_valid_name(s))
-        return false;
-    if (*s == '[') {
-        const char *close = strchr(s, ']');
-        if (!close || close[1] != ':')
-            return false;
-        hlen = (size_t)(close - s - 1);
-        if (hlen == 0 || hlen >= sizeof buf)
-            return false;
-        memcpy(buf, s + 1, hlen);
-        buf[hlen] = '\0';
-        struct in6_addr a6;
-        if (inet_pton(AF_INET6, buf, &a6) != 1)
-            return false;
-        colon = close + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (!colon || colon == s || memchr(s, ':', (size_t)(colon - s)))
-            return false;
-        hlen = (size_t)(colon - host);
-        if (hlen >= sizeof buf)
-            return false;
-        memcpy(buf, host, hlen);
-        buf[hlen] = '\0';
-        for (char *p = buf; *p; p++)
-            if (!isalnum((unsigned char)*p) && *p != '-' && *p != '.' && *p != '_')
-                return false;
-    }
-    errno = 0;
-    port = strtol(colon + 1, &end, 10);
-    return !errno && *end == '\0' && end != colon + 1 && port >= 1 && port <= 65535 &&
-           isdigit((unsigned char)colon[1]);
 }
 
 int instance_copy(struct instance *dst, const struct instance *src)

@@ -39,8 +39,9 @@ char *instance_to_value(const struct instance *inst);
 json_t *instance_to_api(const struct instance *inst);
 
 /* Parses the socket protocol's form (as instance_to_api writes it, with
- * "name" and "address" required). Returns 0 or DA_EINVAL with a reason in
- * err. */
+ * "name" and "address" required) and checks it by the rules of validate.h,
+ * the same as a configured instance's. Returns 0 or DA_EINVAL with a
+ * reason in err. */
 int instance_from_api(const json_t *o, struct instance *out, char *err, size_t errlen);
 
 /* A weight of 0 or less, or none, counts as 1. */
@@ -48,12 +49,6 @@ static inline int32_t instance_weight(const struct instance *i)
 {
     return i->weight > 0 ? i->weight : 1;
 }
-
-/* Checks a name or an address for use in an etcd key: non-empty, no '/',
- * no control bytes or spaces, at most 253 bytes. */
-bool instance_valid_name(const char *s);
-/* host:port with a port 1-65535; host an IPv4 literal, [IPv6], or a name. */
-bool instance_valid_address(const char *s);
 
 int instance_copy(struct instance *dst, const struct instance *src);
 bool instance_equal(const struct instance *a, const struct instance *b);

@@ -22,6 +22,7 @@
 #include <pwd.h>
 #include "error.h"
 #include "log.h"
+#include "validate.h"
 
 const char proto_too_long_reply[] =
     "{\"ok\":false,\"error\":{\"code\":\"line_too_long\",\"message\":\"request line over 65536 "
@@ -629,10 +630,18 @@ static void op_list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
     const char *group = opt_string(req, "group", &bad);
     service *svc;
     struct pending *p;
+    char why[128], shown[VALIDATE_EXCERPT + 4];
     int err;
 
     if (bad || !name) {
         send_error(cs, id, "bad_request", "'service' (a string) is required; 'group' is a string");
+        return;
+    }
+    /* The rule a registration obeys: a name that cannot be registered has
+     * no key range to watch either. */
+    if (!validate_name(name, why, sizeof why)) {
+        send_error(cs, id, "bad_name", "bad service name '%s': %s",
+                   validate_excerpt(name, shown, sizeof shown), why);
         return;
     }
     svc = cache_get(a->cache, name, &err);
@@ -1362,10 +1371,16 @@ static void op_xds(struct conn_state *cs, json_t *req, json_t *id)
     const char *name = opt_string(req, "service", &bad);
     json_t *now = NULL;
     struct pending *p;
+    char why[128], shown[VALIDATE_EXCERPT + 4];
     int rc;
 
     if (bad || !name) {
         send_error(cs, id, "bad_request", "'service' (a string) is required");
+        return;
+    }
+    if (!validate_name(name, why, sizeof why)) {
+        send_error(cs, id, "bad_name", "bad service name '%s': %s",
+                   validate_excerpt(name, shown, sizeof shown), why);
         return;
     }
     p = pending_new(cs, P_XDS, id, cs->a->cfg->timeout_ms);
@@ -1377,7 +1392,8 @@ static void op_xds(struct conn_state *cs, json_t *req, json_t *id)
     if (rc) {
         pending_end(p);
         if (rc == DA_EINVAL)
-            send_error(cs, id, "bad_name", "bad service name '%.256s'", name);
+            send_error(cs, id, "bad_name", "bad service name '%s'",
+                       validate_excerpt(name, shown, sizeof shown));
         else
             send_error(cs, id, "internal", "%s", da_strerror(rc));
         return;

@@ -6,6 +6,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "validate.h"
 
 #define RETRY_MIN_MS 500
 #define RETRY_MAX_MS 10000
@@ -521,8 +522,16 @@ int registry_add(registry *r, const struct instance *inst, uint64_t owner, pid_t
 {
     struct reg *g = find(r, inst->name, inst->address);
     bool created = false;
+    char why[128];
     int rc;
 
+    /* The config loader and the socket protocol have checked both by the
+     * same rules; this is the last line before a key is built from them. */
+    if (!validate_name(inst->name, why, sizeof why) ||
+        !validate_address(inst->address, why, sizeof why)) {
+        snprintf(err, errlen, "%s", why);
+        return DA_EINVAL;
+    }
     if (r->shutting_down) {
         snprintf(err, errlen, "the agent is shutting down");
         return DA_ECANCELED;

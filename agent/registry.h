@@ -60,7 +60,8 @@ int registry_new(registry **out, uv_loop_t *loop, etcd_client *etcd, cache *cach
  *
  * Writes and deletes of one key are never in flight together, and a delete
  * compares the revision of our write, so no delete can remove a newer write
- * (proved by test_registrations). */
+ * (proved by test_registrations). A name or an address that breaks the rules
+ * of validate.h is DA_EINVAL. */
 int registry_add(registry *r, const struct instance *inst, uint64_t owner, pid_t pid,
                  const struct check_spec *check, void (*done)(int err, void *arg), void *arg,
                  char *err, size_t errlen);

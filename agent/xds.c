@@ -22,6 +22,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "validate.h"
 #include "xds_dns.h"
 #include "xds_grpc.h"
 #include "xds_resources.h"
@@ -765,7 +766,7 @@ int xds_describe(xds *x, const char *name, json_t **now, xds_query_cb cb, void *
 
     *now = NULL;
     *out = NULL;
-    if (strchr(name, '/') || strlen(name) > MAX_NAME_LEN || !*name)
+    if (!validate_name(name, NULL, 0))
         return DA_EINVAL;
     if (!(s = svc_get(x, name)))
         return DA_ENOMEM;

@@ -21,6 +21,7 @@
 #include "status.pb-c.h"
 
 #include "error.h"
+#include "validate.h"
 
 /* The generated names spell out the whole package; these are the ones
  * used here. */
@@ -112,40 +113,6 @@ static int pack(const ProtobufCMessage *m, struct xds_blob *out)
 
 /* ---- the model ---------------------------------------------------------- */
 
-int xds_split_address(const char *address, char *host, size_t hostlen, uint16_t *port)
-{
-    const char *colon, *p;
-    size_t hl;
-    long v = 0;
-
-    if (address[0] == '[') {
-        const char *close = strchr(address, ']');
-        if (!close || close[1] != ':')
-            return -1;
-        colon = close + 1;
-        address++;
-        hl = (size_t)(close - address);
-    } else {
-        colon = strrchr(address, ':');
-        if (!colon || memchr(address, ':', (size_t)(colon - address)))
-            return -1;
-        hl = (size_t)(colon - address);
-    }
-    if (!hl || hl >= hostlen)
-        return -1;
-    for (p = colon + 1; *p; p++) {
-        if (*p < '0' || *p > '9' || p - colon > 5)
-            return -1;
-        v = v * 10 + (*p - '0');
-    }
-    if (p == colon + 1 || v < 1 || v > 65535)
-        return -1;
-    memcpy(host, address, hl);
-    host[hl] = '\0';
-    *port = (uint16_t)v;
-    return 0;
-}
-
 /* An IP literal in its canonical text ("::1" for "0:0::1"), so that two
  * spellings of one address are seen as duplicates. 1, or 0 if not one. */
 static int canonical_ip(const char *host, char *out, size_t outlen)
@@ -210,14 +177,18 @@ int xds_model_build(struct xds_model *m, const char *name, const struct instance
         goto fail;
 
     for (size_t i = 0; i < n; i++) {
-        char host[XDS_HOST_MAX];
+        struct validate_hostport hp;
+        const char *host = hp.host;
         struct cand *x = &c[k];
 
-        if (xds_split_address(v[i]->address, host, sizeof host, &x->ep.port) < 0) {
+        /* The agent's one address rule: what it would refuse to register
+         * (a port with a leading zero, say) is not served either. */
+        if (validate_hostport(v[i]->address, strlen(v[i]->address), 0, &hp, NULL, 0)) {
             if (add_dropped(m, v[i]->address, "not host:port"))
                 goto fail;
             continue;
         }
+        x->ep.port = hp.port;
         if (!canonical_ip(host, x->ep.ip, sizeof x->ep.ip)) {
             m->uses_names = true;
             if (!lookup) {

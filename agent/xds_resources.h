@@ -89,10 +89,6 @@ void xds_model_clear(struct xds_model *m);
 /* Same endpoints, weights and groups (dropped instances are not compared). */
 bool xds_model_equal(const struct xds_model *a, const struct xds_model *b);
 
-/* Splits "host:port" as the registry stores it (host an IPv4 literal, a
- * name, or [IPv6]) into host (brackets removed) and port. 0 or -1. */
-int xds_split_address(const char *address, char *host, size_t hostlen, uint16_t *port);
-
 /* ---- resources ---------------------------------------------------------- */
 
 /* Each writes one resource's message (not wrapped in an Any) into out.

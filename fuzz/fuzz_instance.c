@@ -6,8 +6,8 @@
  *     wrote, and a difference would make it rewrite its key forever);
  *   - instance_copy() gives an equal instance;
  *   - the socket form (instance_to_api) read back with instance_from_api()
- *     gives the same instance with the effective weight, whenever the name
- *     and address are valid for the socket protocol. */
+ *     gives the same instance with the effective weight, whenever the
+ *     instance obeys the rules of validate.h, and an error otherwise. */
 #include <jansson.h>
 #include <stdint.h>
 #include <string.h>
@@ -15,6 +15,7 @@
 #include "error.h"
 #include "fuzz.h"
 #include "instance.h"
+#include "validate.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -36,6 +37,23 @@ static void check_shape(const struct instance *i)
     }
 }
 
+/* Every rule a registration must obey, checked one by one. */
+static bool obeys_rules(const struct instance *a)
+{
+    size_t total = 0;
+
+    if (!validate_name(a->name, NULL, 0) || !validate_address(a->address, NULL, 0) ||
+        !validate_group(a->group, NULL, 0))
+        return false;
+    for (size_t k = 0; k < a->n_meta; k++) {
+        if (!validate_meta_key(a->meta[k].key, NULL, 0) ||
+            !validate_meta_value(a->meta[k].value, strlen(a->meta[k].value), NULL, 0))
+            return false;
+        total += strlen(a->meta[k].key) + strlen(a->meta[k].value);
+    }
+    return validate_meta_size(total, NULL, 0);
+}
+
 static void api_round_trip(const struct instance *a)
 {
     struct instance b;
@@ -46,7 +64,7 @@ static void api_round_trip(const struct instance *a)
     FUZZ_CHECK(o != NULL);
     rc = instance_from_api(o, &b, err, sizeof err);
     json_decref(o);
-    if (!instance_valid_name(a->name) || !instance_valid_address(a->address)) {
+    if (!obeys_rules(a)) {
         /* The socket refuses what it could not register either. */
         FUZZ_CHECK(rc == DA_EINVAL);
         FUZZ_CHECK(memchr(err, '\0', sizeof err) && err[0]);
@@ -74,8 +92,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_shape(&a);
     FUZZ_CHECK(instance_weight(&a) >= 1);
     /* Any name and address, valid or not, must not crash the checks. */
-    (void)instance_valid_name(a.name);
-    (void)instance_valid_address(a.address);
+    (void)validate_name(a.name, NULL, 0);
+    (void)validate_address(a.address, NULL, 0);
 
     value = instance_to_value(&a);
     FUZZ_CHECK(value != NULL);

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "validate.h"
 
 #define SUN_PATH_MAX (sizeof(((struct sockaddr_un *)0)->sun_path))
 
@@ -1004,17 +1005,19 @@ static void reg_drop(disc_client *c, const char *name, const char *address)
 static json_t *reg_body(disc_client *c, const struct disc_registration *r, int *rc)
 {
     json_t *b, *meta = NULL;
+    char why[128], shown[VALIDATE_EXCERPT + 4];
 
     *rc = DISC_EINVAL;
-    if (!disc__valid_name(r->name)) {
-        fail(c, DISC_EINVAL, "", "bad service name '%.253s': 1 to 253 bytes, no '/', spaces or "
-                                 "control characters",
-             r->name ? r->name : "");
+    /* The agent's rules (validate.h), so that a bad registration fails
+     * here with the same reason the agent would give. */
+    if (!validate_name(r->name, why, sizeof why)) {
+        fail(c, DISC_EINVAL, "", "bad service name '%s': %s",
+             validate_excerpt(r->name ? r->name : "", shown, sizeof shown), why);
         return NULL;
     }
-    if (!disc__valid_name(r->address) || !strchr(r->address, ':')) {
-        fail(c, DISC_EINVAL, "", "bad address '%.253s': use host:port or [v6]:port",
-             r->address ? r->address : "");
+    if (!validate_address(r->address, why, sizeof why)) {
+        fail(c, DISC_EINVAL, "", "bad address '%s': %s",
+             validate_excerpt(r->address ? r->address : "", shown, sizeof shown), why);
         return NULL;
     }
     if (r->n_meta && (!r->meta_keys || !r->meta_values)) {

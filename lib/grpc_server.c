@@ -63,6 +63,7 @@
 
 #include "discovery/grpc.h"
 #include "internal.h"
+#include "validate.h"
 
 /* The agent answers a registration once etcd has it, or after its own etcd
  * timeout (5 s by default) with "accepted, not yet written": wait a bit
@@ -111,43 +112,6 @@ static bool is_wildcard(const char *host)
     return !*host || !strcmp(host, "0.0.0.0") || !strcmp(host, "::");
 }
 
-/* Splits "host:port", "[v6]:port" or ":port" into host (without brackets)
- * and port text. Returns 0 or DISC_EINVAL. */
-static int split_host_port(const char *addr, char *host, size_t hostlen, const char **port)
-{
-    const char *colon;
-    size_t n;
-
-    if (addr[0] == '[') {
-        const char *close = strchr(addr, ']');
-        if (!close || close[1] != ':')
-            return DISC_EINVAL;
-        n = (size_t)(close - addr - 1);
-        if (n >= hostlen)
-            return DISC_EINVAL;
-        memcpy(host, addr + 1, n);
-        host[n] = '\0';
-        *port = close + 2;
-    } else {
-        colon = strrchr(addr, ':');
-        if (!colon)
-            return DISC_EINVAL;
-        n = (size_t)(colon - addr);
-        /* An IPv6 literal must be bracketed: "::1:50051" is ambiguous. */
-        if (n >= hostlen || memchr(addr, ':', n))
-            return DISC_EINVAL;
-        memcpy(host, addr, n);
-        host[n] = '\0';
-        *port = colon + 1;
-    }
-    if (!**port)
-        return DISC_EINVAL;
-    for (const char *p = *port; *p; p++)
-        if (*p < '0' || *p > '9')
-            return DISC_EINVAL;
-    return 0;
-}
-
 /* The host clients are told: the listening host, or for a wildcard the
  * caller's advertise_host, else the loopback of the wildcard's family. */
 static const char *advertised_host(const char *listen_host, const char *advertise_host)
@@ -160,7 +124,8 @@ static const char *advertised_host(const char *listen_host, const char *advertis
 }
 
 /* host:port, with an IPv6 host in brackets (also when the caller already
- * wrote them). Returns 0 or DISC_EINVAL when it does not fit. */
+ * wrote them). Returns 0, or DISC_EINVAL when it does not fit or is not an
+ * address the agent would register (validate.h). */
 static int format_address(char *out, size_t outlen, const char *host, int port)
 {
     size_t n = strlen(host);
@@ -172,7 +137,7 @@ static int format_address(char *out, size_t outlen, const char *host, int port)
         w = snprintf(out, outlen, "[%s]:%d", host, port);
     else
         w = snprintf(out, outlen, "%s:%d", host, port);
-    return w < 0 || (size_t)w >= outlen ? DISC_EINVAL : 0;
+    return w < 0 || (size_t)w >= outlen || !validate_address(out, NULL, 0) ? DISC_EINVAL : 0;
 }
 
 /* ---- the helper thread ---------------------------------------------------- */
@@ -355,8 +320,7 @@ int disc_server_start(grpc_server *server, const char *name, const char *listen_
                       const struct disc_server_options *o, disc_server **out)
 {
     static const struct disc_server_options defaults = {0};
-    char host[256];
-    const char *port_text;
+    struct validate_hostport listen;
     grpc_server_credentials *creds;
     struct disc_registration reg;
     disc_server *s;
@@ -370,8 +334,9 @@ int disc_server_start(grpc_server *server, const char *name, const char *listen_
         o = &defaults;
     if (o->n_meta && (!o->meta_keys || !o->meta_values))
         return DISC_EINVAL;
-    /* Only TCP addresses can be registered: not unix:, vsock: and such. */
-    if (split_host_port(listen_addr, host, sizeof host, &port_text))
+    /* Only TCP addresses can be registered: not unix:, vsock: and such.
+     * The agent's own parser, which also allows ":port" and port 0 here. */
+    if (validate_hostport(listen_addr, strlen(listen_addr), VALIDATE_LISTEN, &listen, NULL, 0))
         return DISC_EINVAL;
     if (o->advertise_host && (strchr(o->advertise_host, '/') || strlen(o->advertise_host) > 253))
         return DISC_EINVAL;
@@ -408,7 +373,7 @@ int disc_server_start(grpc_server *server, const char *name, const char *listen_
         goto fail;
     }
     rc = format_address(s->address, sizeof s->address,
-                        advertised_host(host, o->advertise_host), port);
+                        advertised_host(listen.host, o->advertise_host), port);
     if (rc)
         goto fail;
 

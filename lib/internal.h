@@ -27,8 +27,8 @@ struct disc__list {
  * DISC_ENOMEM. */
 DISC__HIDDEN int disc__list_from_json(json_t *o, struct disc__list **out, char *why, size_t whylen);
 
-/* A service name or address as the agent takes it in an etcd key:
- * 1..253 bytes, no '/', no spaces or control bytes, not "." or "..". */
+/* A service name as the agent takes it: validate_name() of validate.h, the
+ * agent's own rule, compiled into the library. */
 DISC__HIDDEN bool disc__valid_name(const char *s);
 
 #endif

@@ -527,6 +527,114 @@ START_TEST(test_bad_requests_keep_connection)
 }
 END_TEST
 
+/* Issue 12 item 6: a socket registration obeys the configuration's rules
+ * (validate.h), so that one endpoint has one key and every key can be
+ * watched: refused with the reason, nothing written to etcd. */
+static void expect_refusal(int fd, const char *req, const char *code, const char *reason)
+{
+    json_t *r = sock_call(fd, req, 5000);
+    json_t *e = json_object_get(r, "error");
+    const char *msg = json_string_value(json_object_get(e, "message"));
+
+    ck_assert_msg(r != NULL, "no reply to %s", req);
+    ck_assert_msg(json_is_false(json_object_get(r, "ok")), "%s was accepted", req);
+    ck_assert_str_eq(json_string_value(json_object_get(e, "code")), code);
+    ck_assert_msg(msg && strstr(msg, reason), "%s: '%s' has no '%s'", req, msg ? msg : "",
+                  reason);
+    json_decref(r);
+}
+
+START_TEST(test_register_same_rules_as_config)
+{
+    static const struct {
+        const char *address, *reason;
+    } bad[] = {
+        {"1.2.3.4:05", "bad address '1.2.3.4:05': write the port without leading zeros"},
+        {"-:5", "bad address '-:5': the host must be an IPv4 address"},
+        {"..:5", "bad address '..:5': the host must be an IPv4 address"},
+        {"1.2.3.4:0", "bad address '1.2.3.4:0': the port must be 1..65535"},
+    };
+    char req[1024], out[4096], name[301];
+    struct fx f;
+    json_t *r;
+    int fd;
+
+    fx_up(&f, 10, "");
+    fd = sock_open(f.agent.sock);
+    ck_assert_int_ge(fd, 0);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(req, sizeof req, "{\"op\":\"register\",\"name\":\"s\",\"address\":\"%s\"}",
+                 bad[i].address);
+        expect_refusal(fd, req, "bad_request", bad[i].reason);
+    }
+    expect_refusal(fd, "{\"op\":\"register\",\"name\":\"..\",\"address\":\"1.2.3.4:5\"}",
+                   "bad_request", "bad service name '..': a name may not be '.' or '..'");
+    expect_refusal(fd, "{\"op\":\"register\",\"name\":\".\",\"address\":\"1.2.3.4:5\"}",
+                   "bad_request", "bad service name '.': a name may not be '.' or '..'");
+    memset(name, 'n', 300);
+    name[300] = '\0';
+    snprintf(req, sizeof req, "{\"op\":\"register\",\"name\":\"%s\",\"address\":\"1.2.3.4:5\"}",
+             name);
+    expect_refusal(fd, req, "bad_request", "a name is at most 253 bytes, not 300");
+    expect_refusal(fd,
+                   "{\"op\":\"register\",\"name\":\"s\",\"address\":\"1.2.3.4:5\","
+                   "\"metadata\":{\"\":\"x\"}}",
+                   "bad_request", "a metadata key may not be empty");
+    expect_refusal(fd,
+                   "{\"op\":\"register\",\"name\":\"s\",\"address\":\"1.2.3.4:5\","
+                   "\"group\":\"a\\nb\"}",
+                   "bad_request", "a group may not contain control characters");
+    /* resolve and watch give the same reason for a name. */
+    expect_refusal(fd, "{\"op\":\"resolve\",\"service\":\"..\"}", "bad_name",
+                   "bad service name '..': a name may not be '.' or '..'");
+    expect_refusal(fd, "{\"op\":\"watch\",\"service\":\".\"}", "bad_name",
+                   "a name may not be '.' or '..'");
+
+    /* The one spelling is taken, and it is the only key written. */
+    r = sock_call(fd, "{\"op\":\"register\",\"name\":\"s\",\"address\":\"1.2.3.4:5\"}", 5000);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_msg(json_is_true(json_object_get(r, "ok")), "refused: %s",
+                  json_string_value(json_object_get(json_object_get(r, "error"), "message")));
+    json_decref(r);
+    const char *args[] = {"get", "/micro/", "--prefix", "--keys-only", NULL};
+    ck_assert_int_eq(etcdctl(f.cluster, out, sizeof out, args), 0);
+    ck_assert_str_eq(out, "/micro/s/1.2.3.4:5\n\n");
+    close(fd);
+    fx_down(&f);
+}
+END_TEST
+
+/* A configuration with a name the registry cannot use is refused at start
+ * with file:line:column, not written as /micro/../ADDR. */
+START_TEST(test_config_name_dotdot_refused)
+{
+    char dir[] = "/tmp/da-cfg-XXXXXX", path[256], errpath[300], out[2048];
+    FILE *cf;
+    size_t n;
+
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/dots.yaml", dir);
+    snprintf(errpath, sizeof errpath, "%s/err", dir);
+    cf = fopen(path, "w");
+    fputs("etcd:\n  endpoints: [http://127.0.0.1:1]\nservices:\n  - name: \"..\"\n"
+          "    address: 10.0.0.5:8082\n",
+          cf);
+    fclose(cf);
+    const char *run[] = {BUILD_DIR "/discovery-agent", "-c", path, NULL};
+    ck_assert_int_eq(proc_run_full(out, sizeof out, 5000, run, NULL, errpath), 1);
+    cf = fopen(errpath, "r");
+    n = fread(out, 1, sizeof out - 1, cf);
+    out[n] = '\0';
+    fclose(cf);
+    ck_assert_msg(strstr(out, "dots.yaml:4:11: bad service name '..': a name may not be '.' "
+                              "or '..'"),
+                  "got: %s", out);
+    unlink(path);
+    unlink(errpath);
+    rmdir(dir);
+}
+END_TEST
+
 START_TEST(test_register_owned_by_connection)
 {
     struct fx f;
@@ -1312,6 +1420,7 @@ static Suite *suite(void)
     TCase *sock = tcase_create("socket");
     TCase *fds = tcase_create("descriptors");
     TCase *disk = tcase_create("disk");
+    TCase *rules = tcase_create("rules");
 
     tcase_set_timeout(reg, 90);
     tcase_add_test(reg, test_register_exact_then_sigterm);
@@ -1326,6 +1435,8 @@ static Suite *suite(void)
     tcase_add_test(list, test_stale_while_down_and_after_restart);
     tcase_add_test(list, test_one_render_per_group_per_change);
     tcase_set_timeout(sock, 90);
+    tcase_add_test(rules, test_register_same_rules_as_config);
+    tcase_add_test(rules, test_config_name_dotdot_refused);
     tcase_add_test(sock, test_bad_requests_keep_connection);
     tcase_add_test(sock, test_thousand_clients);
     tcase_add_test(sock, test_bad_config_and_check);
@@ -1348,6 +1459,8 @@ static Suite *suite(void)
     tcase_add_test(disk, test_long_names_saved_and_served_after_restart);
     tcase_add_test(disk, test_saved_lists_swept_and_capped);
     suite_add_tcase(s, disk);
+    tcase_set_timeout(rules, 90);
+    suite_add_tcase(s, rules);
     return s;
 }
 

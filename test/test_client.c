@@ -358,11 +358,21 @@ START_TEST(test_resolve_register_deregister)
     ck_assert_ptr_null(l);
     r.address = "nocolon";
     ck_assert_int_eq(disc_register(c, &r, 5000), DISC_EINVAL);
+    /* The library applies the agent's own address rule (validate.h). */
     r.address = "host:notaport";
+    ck_assert_int_eq(disc_register(c, &r, 5000), DISC_EINVAL);
+    ck_assert_int_eq(disc_client_last_error(c, &code, &msg), DISC_EINVAL);
+    ck_assert_ptr_nonnull(strstr(msg, "bad address 'host:notaport'"));
+    r.address = "1.2.3.4:05";
+    ck_assert_int_eq(disc_register(c, &r, 5000), DISC_EINVAL);
+    /* What only the agent checks comes back as its refusal. */
+    r.address = "1.2.3.4:5";
+    r.group = "a\tb";
     ck_assert_int_eq(disc_register(c, &r, 5000), DISC_EREFUSED);
     ck_assert_int_eq(disc_client_last_error(c, &code, &msg), DISC_EREFUSED);
     ck_assert_str_eq(code, "bad_request");
-    ck_assert_ptr_nonnull(strstr(msg, "host:notaport"));
+    ck_assert_ptr_nonnull(strstr(msg, "a group may not contain control characters"));
+    r.group = "A";
 
     /* Deregister: gone from etcd; a second time the agent has nothing. */
     ck_assert_int_eq(disc_deregister(c, "svc", "127.0.0.1:9001", 5000), 0);
