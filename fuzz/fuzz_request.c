@@ -240,7 +240,7 @@ static void remove_runtime(void)
 
     registry_foreach(A.registry, collect_runtime, &l);
     for (size_t i = 0; i < l.n; i++) {
-        registry_remove(A.registry, l.names[i], l.addrs[i], REG_OWNER_RUNTIME, NULL, NULL);
+        registry_remove(A.registry, l.names[i], l.addrs[i], REG_OWNER_RUNTIME, 0, NULL, NULL);
         free(l.names[i]);
         free(l.addrs[i]);
     }
