@@ -9,21 +9,6 @@
 
 #include "internal.h"
 
-bool disc__valid_name(const char *s)
-{
-    size_t n;
-
-    if (!s)
-        return false;
-    n = strlen(s);
-    if (!n || n > 253 || !strcmp(s, ".") || !strcmp(s, ".."))
-        return false;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        if (*p == '/' || *p <= ' ' || *p == 0x7f)
-            return false;
-    return true;
-}
-
 struct disc_list *disc_list_free(struct disc_list *list)
 {
     struct disc__list *l = (struct disc__list *)list;
