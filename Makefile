@@ -1,21 +1,46 @@
-# discovery-agent: one Makefile for the daemon, agentctl, libdiscovery and tests.
+# discovery-agent: one Makefile for the daemon, agentctl, the two client
+# libraries, the man pages and the tests.
 #
-#   make          build everything into build/
-#   make test     install missing packages, build, run every test (and each
-#                 fuzzer for 10 s: see the fuzz section at the end)
-#   make fuzz     each fuzzer for FUZZ_SECONDS (300); fuzz/README.md
-#   make run      install missing packages, build, run a demo etcd + agent
-#   make asan     the tests under AddressSanitizer and UBSan (build-asan/)
-#   make install  DESTDIR=... PREFIX=/usr/local
+#   make            build everything into build/ (needs no root, installs nothing)
+#   make test       install missing packages, build, run every test (and each
+#                   fuzzer for 10 s: see the fuzz section at the end)
+#   make fuzz       each fuzzer for FUZZ_SECONDS (300); fuzz/README.md
+#   make run        install missing packages, build, run a demo etcd + agent
+#   make asan       the tests under AddressSanitizer and UBSan (build-asan/)
+#   make bench      the benchmark suite (docs/benchmarks.md)
+#   make install    DESTDIR=... PREFIX=/usr/local (and BINDIR, LIBDIR, ...)
+#   make uninstall  the same variables: removes what install put in place
+#   make deb        Debian packages into build-deb/ (debian/, dh)
+#
+# Packagers: CFLAGS, CPPFLAGS and LDFLAGS are yours (`make CFLAGS=-O2`);
+# the flags the code needs are kept apart in DA_CFLAGS, DA_CPPFLAGS and
+# DA_LDFLAGS. WERROR= builds with warnings that do not stop the build.
 
-CC       ?= cc
+# The version's one home is the file VERSION: the programs (DA_VERSION),
+# the pkg-config files, the installed header and the Debian packages all
+# take it from there.
+VERSION  := $(shell cat VERSION)
+
 BUILD    ?= build
-PREFIX   ?= /usr/local
 SAN      ?=
+WERROR   ?= -Werror
+
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+LIBDIR      ?= $(PREFIX)/lib
+INCLUDEDIR  ?= $(PREFIX)/include
+MANDIR      ?= $(PREFIX)/share/man
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+# The configuration, the unit and the sysusers.d file go where systemd and
+# the agent look for them, whatever PREFIX is (DESTDIR still comes first).
+SYSCONFDIR  ?= /etc
+UNITDIR     ?= /lib/systemd/system
+SYSUSERSDIR ?= /usr/lib/sysusers.d
 
 PKGS      := libuv libcurl jansson yaml-0.1
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+JANSSON_LIBS := $(shell pkg-config --libs jansson 2>/dev/null)
 GRPC_CFLAGS := $(shell pkg-config --cflags grpc 2>/dev/null)
 GRPC_LIBS   := $(shell pkg-config --libs grpc 2>/dev/null)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
@@ -26,12 +51,15 @@ PROTOBUF_C_LIBS   := $(shell pkg-config --libs libprotobuf-c 2>/dev/null)
 CFLAGS   ?= -O2 -g
 # snprintf is our bounded copy: truncating into a fixed buffer is intended
 # wherever it is used, so GCC's guess that it might truncate is not an error.
-CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-format-truncation \
-	-MMD -MP -fPIC $(SAN)
+DA_CFLAGS   := -std=c11 -D_GNU_SOURCE -fPIC -MMD -MP -Wall -Wextra $(WERROR) \
+	-Wno-format-truncation $(SAN)
 # -iquote: agent headers are included with quotes, so none of them (check.h,
 # say) can shadow a system header of the same name such as Check's <check.h>.
-CPPFLAGS += -iquote agent -Ilib/include $(PKG_CFLAGS)
-LDFLAGS  += $(SAN)
+DA_CPPFLAGS := -iquote agent -Ilib/include -DDA_VERSION='"$(VERSION)"' $(PKG_CFLAGS)
+DA_LDFLAGS  := $(SAN)
+
+COMPILE = $(CC) $(DA_CPPFLAGS) $(CPPFLAGS) $(DA_CFLAGS) $(CFLAGS)
+LINK    = $(CC) $(DA_LDFLAGS) $(CFLAGS) $(LDFLAGS)
 
 # The daemon's modules go into one archive that the daemon, agentctl and
 # the tests link; main.c and agentctl.c hold the two programs' main().
@@ -46,28 +74,45 @@ PROTO_C     := $(PROTO_SRC:proto/xds/%.proto=$(BUILD)/gen/%.pb-c.c)
 PROTO_H     := $(PROTO_C:.c=.h)
 PROTO_OBJ   := $(PROTO_C:.c=.o)
 
-# libdiscovery: the socket client library applications link (lib/*.c).
-LIB_SRC     := $(wildcard lib/*.c)
+# Two libraries, each a .a and a .so (libNAME.so.VERSION, with the soname
+# link libNAME.so.0 and the link libNAME.so beside it):
+#  - libdiscovery: the socket client (lib/*.c but grpc_*.c). It needs
+#    jansson and nothing of gRPC: test/check-libdeps holds it to that.
+#  - libdiscovery-grpc: the gRPC C-core shim and the server helper
+#    (lib/grpc_*.c), linked with libdiscovery and gRPC.
+# lib/name.c holds a check that both use and neither exports, so it goes
+# into both.
+LIB_SOVER   := 0
+LIB_SRC     := $(filter-out lib/grpc_%.c,$(wildcard lib/*.c))
 LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/%.o)
 # The one validation module (names, addresses, metadata) is compiled into
-# the library too: it cannot link agent code, and a client must refuse
+# both libraries too: they cannot link agent code, and a client must refuse
 # what the agent would refuse. validate.c needs nothing but libc.
 LIB_OBJ     += $(BUILD)/lib/validate.o
-LIB_SONAME  := libdiscovery.so.0
-LIBS_OUT    :=
-ifneq ($(LIB_SRC),)
-LIBS_OUT    += $(BUILD)/libdiscovery.a $(BUILD)/libdiscovery.so $(BUILD)/libdiscovery.pc
-endif
+LIBG_SRC    := $(wildcard lib/grpc_*.c)
+LIBG_OBJ    := $(LIBG_SRC:%.c=$(BUILD)/%.o) $(BUILD)/lib/name.o $(BUILD)/lib/validate.o
+LIB_NAMES   := libdiscovery libdiscovery-grpc
+LIB_A       := $(BUILD)/libdiscovery-grpc.a $(BUILD)/libdiscovery.a
+LIB_SO      := $(LIB_NAMES:%=$(BUILD)/%.so.$(VERSION))
+LIB_LINKS   := $(LIB_NAMES:%=$(BUILD)/%.so.$(LIB_SOVER)) $(LIB_NAMES:%=$(BUILD)/%.so)
+LIBS_OUT    := $(LIB_A) $(LIB_SO) $(LIB_LINKS)
 
-# Example programs (examples/NAME.c -> build/NAME), linked with
-# libdiscovery and gRPC C-core.
+# Example programs (examples/NAME.c -> build/NAME), linked with both
+# libraries and gRPC C-core. They are not installed.
 EXAMPLE_SRC := $(wildcard examples/*.c)
 EXAMPLES    := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/%)
+
+# Man pages: man/NAME.SECTION.scd -> build/man/NAME.SECTION with scdoc.
+MAN_SRC     := $(wildcard man/*.scd)
+MAN_PAGES   := $(MAN_SRC:man/%.scd=$(BUILD)/man/%)
 
 HARNESS_SRC := $(wildcard test/harness/*.c)
 HARNESS_OBJ := $(HARNESS_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC    := $(wildcard test/test_*.c)
 TEST_BIN    := $(TEST_SRC:test/%.c=$(BUILD)/test/%)
+# Checks of the build's products, run by test/run-tests beside the Check
+# binaries; check-deb only under `make test` (it builds the packages).
+TEST_SCRIPTS := test/check-libdeps test/check-man
 
 PROGRAMS :=
 ifneq ($(wildcard agent/main.c),)
@@ -77,31 +122,34 @@ ifneq ($(wildcard agent/agentctl.c),)
 PROGRAMS += $(BUILD)/agentctl
 endif
 
-all: $(LIBS_OUT) $(PROGRAMS) $(EXAMPLES) $(TEST_BIN)
+all: installable $(EXAMPLES) $(TEST_BIN)
+
+# What `make install` installs, and no more: the Debian build makes this.
+installable: $(PROGRAMS) $(LIBS_OUT) $(MAN_PAGES)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+	$(COMPILE) -c $< -o $@
 
-$(BUILD)/test/%.o: CPPFLAGS += -Itest/harness $(CHECK_CFLAGS) -DTEST_DATA_DIR='"$(CURDIR)/test/data"' -DBUILD_DIR='"$(CURDIR)/$(BUILD)"'
-$(BUILD)/test/harness/%.o: CPPFLAGS += -Itest/harness $(CHECK_CFLAGS)
-$(BUILD)/lib/%.o: CPPFLAGS += $(GRPC_CFLAGS)
+$(BUILD)/test/%.o: DA_CPPFLAGS += -Itest/harness $(CHECK_CFLAGS) -DTEST_DATA_DIR='"$(CURDIR)/test/data"' -DBUILD_DIR='"$(CURDIR)/$(BUILD)"'
+$(BUILD)/test/harness/%.o: DA_CPPFLAGS += -Itest/harness $(CHECK_CFLAGS)
+$(BUILD)/lib/grpc_%.o: DA_CPPFLAGS += $(GRPC_CFLAGS)
 $(BUILD)/lib/validate.o: agent/validate.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
-$(BUILD)/examples/%.o: CPPFLAGS += $(GRPC_CFLAGS)
+	$(COMPILE) -c $< -o $@
+$(BUILD)/examples/%.o: DA_CPPFLAGS += $(GRPC_CFLAGS)
 
 $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/xds/%.proto
 	@mkdir -p $(BUILD)/gen
 	protoc-c --c_out=$(BUILD)/gen -Iproto/xds $<
 
 $(BUILD)/gen/%.o: $(BUILD)/gen/%.c
-	$(CC) $(CPPFLAGS) $(PROTOBUF_C_CFLAGS) $(CFLAGS) -c $< -o $@
+	$(COMPILE) $(PROTOBUF_C_CFLAGS) -c $< -o $@
 
 # xds*.c and the tests that include them read the generated headers, which
 # must exist before the first compile (-MMD records them after it).
 XDS_OBJ := $(filter $(BUILD)/agent/xds%,$(AGENT_OBJ)) $(BUILD)/test/test_xds.o
-$(XDS_OBJ): CPPFLAGS += -I$(BUILD)/gen $(PROTOBUF_C_CFLAGS) $(GRPC_CFLAGS)
+$(XDS_OBJ): DA_CPPFLAGS += -I$(BUILD)/gen $(PROTOBUF_C_CFLAGS) $(GRPC_CFLAGS)
 $(XDS_OBJ): | $(PROTO_H)
 
 $(BUILD)/libagent.a: $(AGENT_OBJ) $(PROTO_OBJ)
@@ -112,30 +160,49 @@ $(BUILD)/libdiscovery.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/libdiscovery.so: $(LIB_OBJ)
-	$(CC) $(LDFLAGS) -shared -Wl,-soname,$(LIB_SONAME) $^ $(PKG_LIBS) $(GRPC_LIBS) -pthread -o $@
+$(BUILD)/libdiscovery-grpc.a: $(LIBG_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
 
-$(BUILD)/%: $(BUILD)/examples/%.o $(BUILD)/libdiscovery.a
-	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(GRPC_LIBS) -pthread -o $@
+# -z defs: a library must name every library it takes symbols from.
+$(BUILD)/libdiscovery.so.$(VERSION): $(LIB_OBJ)
+	$(LINK) -shared -Wl,-soname,libdiscovery.so.$(LIB_SOVER) -Wl,-z,defs \
+		$^ $(JANSSON_LIBS) -pthread -o $@
 
-$(BUILD)/libdiscovery.pc: lib/libdiscovery.pc.in
-	sed -e 's#@PREFIX@#$(PREFIX)#g' -e 's#@VERSION@#0.1.0#g' $< > $@
+$(BUILD)/libdiscovery-grpc.so.$(VERSION): $(LIBG_OBJ) $(BUILD)/libdiscovery.so
+	$(LINK) -shared -Wl,-soname,libdiscovery-grpc.so.$(LIB_SOVER) -Wl,-z,defs \
+		$(LIBG_OBJ) -L$(BUILD) -ldiscovery $(GRPC_LIBS) $(JANSSON_LIBS) -pthread -o $@
+
+$(BUILD)/%.so.$(LIB_SOVER): $(BUILD)/%.so.$(VERSION)
+	ln -sf $(notdir $<) $@
+
+$(BUILD)/%.so: $(BUILD)/%.so.$(LIB_SOVER)
+	ln -sf $(notdir $<) $@
+
+$(BUILD)/%: $(BUILD)/examples/%.o $(LIB_A)
+	$(LINK) $^ $(PKG_LIBS) $(GRPC_LIBS) -pthread -o $@
 
 $(BUILD)/discovery-agent: $(BUILD)/agent/main.o $(BUILD)/libagent.a
-	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) -pthread -o $@
+	$(LINK) $^ $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) -pthread -o $@
 
 $(BUILD)/agentctl: $(BUILD)/agent/agentctl.o $(BUILD)/libdiscovery.a $(BUILD)/libagent.a
-	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) -pthread -o $@
+	$(LINK) $^ $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) -pthread -o $@
 
-$(BUILD)/test/%: $(BUILD)/test/%.o $(HARNESS_OBJ) $(BUILD)/libagent.a $(filter %.a,$(LIBS_OUT))
-	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) $(CHECK_LIBS) -pthread -o $@
+$(BUILD)/test/%: $(BUILD)/test/%.o $(HARNESS_OBJ) $(BUILD)/libagent.a $(LIB_A)
+	$(LINK) $^ $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) $(CHECK_LIBS) -pthread -o $@
+
+$(BUILD)/man/%: man/%.scd
+	@mkdir -p $(dir $@)
+	scdoc < $< > $@
 
 # Debian packages the build, the tests and the demo need. `make deps` asks
 # dpkg first, so it does nothing (and needs no network) when all are there.
+# scdoc writes the man pages; debhelper, devscripts and lintian build and
+# check the Debian packages (make deb, test/check-deb).
 DEB_PKGS := build-essential pkg-config libuv1-dev libcurl4-openssl-dev \
 	libjansson-dev libyaml-dev libgrpc-dev check etcd-server etcd-client \
 	openssl curl protobuf-c-compiler libprotobuf-c-dev python3-grpcio \
-	clang libclang-rt-14-dev gnuplot-nox
+	clang libclang-rt-14-dev gnuplot-nox scdoc debhelper lintian
 
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do \
@@ -151,43 +218,96 @@ deps:
 # prints one summary line at the end.
 test: deps
 	$(MAKE) all fuzz-build
-	BUILD=$(BUILD) test/run-tests $(TEST_BIN) $(FUZZ_QUICK)
+	BUILD=$(BUILD) test/run-tests $(TEST_BIN) $(TEST_SCRIPTS) test/check-deb $(FUZZ_QUICK)
 
 asan: deps
 	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" test-only
 
 test-only: all
-	BUILD=$(BUILD) test/run-tests $(TEST_BIN)
+	BUILD=$(BUILD) test/run-tests $(TEST_BIN) $(TEST_SCRIPTS)
 
 run: deps
 	$(MAKE) all
 	test/demo-run $(BUILD)
 
-# Binaries, library, headers and pkg-config file under PREFIX; the example
-# configuration (never over an existing one) and the unit at their fixed
-# places. DESTDIR stages everything for a package.
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
-		$(DESTDIR)$(PREFIX)/include/discovery \
-		$(DESTDIR)/etc/discovery-agent/conf.d $(DESTDIR)/lib/systemd/system
-	install -m 755 $(PROGRAMS) $(EXAMPLES) $(DESTDIR)$(PREFIX)/bin/
-	if [ -n "$(LIBS_OUT)" ]; then \
-		install -m 644 $(BUILD)/libdiscovery.a $(DESTDIR)$(PREFIX)/lib/ && \
-		install -m 755 $(BUILD)/libdiscovery.so $(DESTDIR)$(PREFIX)/lib/$(LIB_SONAME) && \
-		ln -sf $(LIB_SONAME) $(DESTDIR)$(PREFIX)/lib/libdiscovery.so && \
-		install -m 644 lib/include/discovery/*.h $(DESTDIR)$(PREFIX)/include/discovery/ && \
-		install -m 644 $(BUILD)/libdiscovery.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/; \
-	fi
-	test -e $(DESTDIR)/etc/discovery-agent/agent.yaml || \
-		install -m 644 conf/agent.yaml $(DESTDIR)/etc/discovery-agent/agent.yaml
-	sed 's#/usr/local#$(PREFIX)#g' systemd/discovery-agent.service > \
-		$(DESTDIR)/lib/systemd/system/discovery-agent.service
-	chmod 644 $(DESTDIR)/lib/systemd/system/discovery-agent.service
+# ---- install ---------------------------------------------------------------
+# The programs, both libraries (with their soname links), the headers, the
+# pkg-config files and the man pages under PREFIX; the configuration (never
+# over an existing one), the unit and the sysusers.d file that creates the
+# unit's user at their fixed places. DESTDIR stages everything for a
+# package. The examples are not installed. The .pc files and the header's
+# version are written here, so that they name the PREFIX and LIBDIR of this
+# install whatever `make` was given.
+INSTALLED_BIN  := $(PROGRAMS:$(BUILD)/%=$(BINDIR)/%)
+INSTALLED_LIB  := $(foreach l,$(LIB_NAMES),$(LIBDIR)/$(l).a $(LIBDIR)/$(l).so \
+	$(LIBDIR)/$(l).so.$(LIB_SOVER) $(LIBDIR)/$(l).so.$(VERSION) $(PKGCONFIGDIR)/$(l).pc)
+INSTALLED_HDR  := $(patsubst lib/include/%,$(INCLUDEDIR)/%,$(wildcard lib/include/discovery/*.h))
+INSTALLED_MAN  := $(foreach p,$(MAN_PAGES),$(MANDIR)/man$(subst .,,$(suffix $(p)))/$(notdir $(p)))
+INSTALLED_SYS  := $(UNITDIR)/discovery-agent.service $(SYSUSERSDIR)/discovery-agent.conf
+
+install: installable
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR) \
+		$(DESTDIR)$(INCLUDEDIR)/discovery $(DESTDIR)$(SYSCONFDIR)/discovery-agent/conf.d \
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
+		$(addprefix $(DESTDIR)$(MANDIR)/man,1 5 8)
+	install -m 755 $(PROGRAMS) $(DESTDIR)$(BINDIR)/
+	set -e; for l in $(LIB_NAMES); do \
+		install -m 644 $(BUILD)/$$l.a $(BUILD)/$$l.so.$(VERSION) $(DESTDIR)$(LIBDIR)/; \
+		ln -sf $$l.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$$l.so.$(LIB_SOVER); \
+		ln -sf $$l.so.$(LIB_SOVER) $(DESTDIR)$(LIBDIR)/$$l.so; \
+		sed -e 's#@PREFIX@#$(PREFIX)#g' -e 's#@LIBDIR@#$(LIBDIR)#g' \
+			-e 's#@INCLUDEDIR@#$(INCLUDEDIR)#g' -e 's#@VERSION@#$(VERSION)#g' \
+			lib/$$l.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/$$l.pc; \
+		chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/$$l.pc; \
+	done
+	install -m 644 lib/include/discovery/*.h $(DESTDIR)$(INCLUDEDIR)/discovery/
+	sed -i 's#^\#define DISC_VERSION DA_VERSION$$#\#define DISC_VERSION "$(VERSION)"#' \
+		$(DESTDIR)$(INCLUDEDIR)/discovery/discovery.h
+	set -e; for p in $(MAN_PAGES); do \
+		s=$${p##*.}; install -m 644 $$p $(DESTDIR)$(MANDIR)/man$$s/; \
+	done
+	test -e $(DESTDIR)$(SYSCONFDIR)/discovery-agent/agent.yaml || \
+		install -m 644 conf/agent.yaml $(DESTDIR)$(SYSCONFDIR)/discovery-agent/agent.yaml
+	sed 's#/usr/local/bin#$(BINDIR)#g' systemd/discovery-agent.service > \
+		$(DESTDIR)$(UNITDIR)/discovery-agent.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/discovery-agent.service
+	install -m 644 systemd/discovery-agent.sysusers $(DESTDIR)$(SYSUSERSDIR)/discovery-agent.conf
+
+# Removes what install put in place, but never the configuration: that is
+# the operator's (remove /etc/discovery-agent by hand), as a package's
+# conffiles outlive its removal. Neither is the user removed.
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED_BIN) $(INSTALLED_LIB) $(INSTALLED_HDR) \
+		$(INSTALLED_MAN) $(INSTALLED_SYS))
+	-rmdir $(DESTDIR)$(INCLUDEDIR)/discovery
+
+# ---- deb -------------------------------------------------------------------
+# Debian packages (debian/): discovery-agent (daemon, agentctl, man pages,
+# configuration, unit, user), libdiscovery0, libdiscovery-grpc0 and
+# libdiscovery-dev. The sources are copied into build-deb/src, where
+# debian/changelog is written with the version of VERSION, and built there
+# with dpkg-buildpackage: build/ is left alone, and the packages come from
+# a clean tree. The .deb files land in build-deb/.
+DEB_DIR   := build-deb
+DEB_FILES := Makefile VERSION agent lib conf systemd man proto debian
+
+deb:
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	tar -cf - $(DEB_FILES) | tar -xf - -C $(DEB_DIR)/src
+	sed -e 's#@VERSION@#$(VERSION)#g' -e "s#@DATE@#$$(date -R)#g" \
+		debian/changelog.in > $(DEB_DIR)/src/debian/changelog
+	rm $(DEB_DIR)/src/debian/changelog.in
+	cd $(DEB_DIR)/src && DEB_BUILD_OPTIONS="nocheck parallel=$${DEB_JOBS:-2} $$DEB_BUILD_OPTIONS" \
+		dpkg-buildpackage -b -us -uc
+	@ls $(DEB_DIR)/*.deb
+
+lintian: deb
+	lintian --tag-display-limit 0 $(DEB_DIR)/*.changes
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan $(DEB_DIR)
 
-.PHONY: all deps test asan test-only run install clean
+.PHONY: all installable deps test asan test-only run install uninstall deb lintian clean
 .DELETE_ON_ERROR:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
@@ -213,7 +333,7 @@ FUZZ_SAN       := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 # fuzzers. The fuzzers' own files get -Werror.
 FUZZ_CFLAGS    := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -MMD -MP $(FUZZ_SAN) \
 	-fsanitize=fuzzer-no-link
-FUZZ_CPPFLAGS  := -iquote agent -I$(FUZZ_BUILD)/gen $(PKG_CFLAGS) $(PROTOBUF_C_CFLAGS) $(GRPC_CFLAGS)
+FUZZ_CPPFLAGS  := -iquote agent -Ilib/include -I$(FUZZ_BUILD)/gen -DDA_VERSION='"$(VERSION)"' $(PKG_CFLAGS) $(PROTOBUF_C_CFLAGS) $(GRPC_CFLAGS)
 FUZZ_LIBS      := -Wl,--as-needed $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) -pthread
 
 FUZZ_TARGETS   := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
@@ -294,10 +414,10 @@ BENCH_SRC     := $(wildcard bench/*.c)
 BENCH_OBJ     := $(BENCH_SRC:%.c=$(BUILD)/%.o)
 BENCH_HARNESS := $(addprefix $(BUILD)/test/harness/,proc.o etcd_proc.o agentproc.o)
 
-$(BENCH_OBJ): CPPFLAGS += -Itest/harness $(GRPC_CFLAGS) -DBUILD_DIR='"$(CURDIR)/$(BUILD)"'
+$(BENCH_OBJ): DA_CPPFLAGS += -Itest/harness $(GRPC_CFLAGS) -DBUILD_DIR='"$(CURDIR)/$(BUILD)"'
 
-$(BUILD)/bench/bench: $(BENCH_OBJ) $(BENCH_HARNESS) $(BUILD)/libdiscovery.a
-	$(CC) $(LDFLAGS) $^ $(PKG_LIBS) $(GRPC_LIBS) -lm -pthread -o $@
+$(BUILD)/bench/bench: $(BENCH_OBJ) $(BENCH_HARNESS) $(LIB_A)
+	$(LINK) $^ $(PKG_LIBS) $(GRPC_LIBS) -lm -pthread -o $@
 
 bench: deps
 	$(MAKE) $(BUILD)/discovery-agent $(BUILD)/echo-server $(BUILD)/bench/bench
@@ -305,3 +425,10 @@ bench: deps
 	gnuplot -e "datadir='$(BUILD)/bench'; outdir='docs'" bench/plots.gp
 
 .PHONY: bench
+
+# No file of the build is an intermediate that make may delete once the
+# program is linked: a second `make` must find every object and rebuild
+# nothing. (A bare .SECONDARY: would do, but the fuzz section names its
+# own, and any name turns the bare form off.)
+.SECONDARY: $(EXAMPLE_SRC:%.c=$(BUILD)/%.o) $(TEST_SRC:%.c=$(BUILD)/%.o) $(HARNESS_OBJ) \
+	$(PROTO_C) $(PROTO_H) $(BENCH_OBJ)

@@ -18,7 +18,8 @@
 #include "session.h"
 #include "xds.h"
 
-#define AGENT_VERSION "0.1.0"
+/* The file VERSION, passed by the Makefile as DA_VERSION. */
+#define AGENT_VERSION DA_VERSION
 
 struct agent {
     uv_loop_t *loop;

@@ -8,12 +8,6 @@
 #include <string.h>
 
 #include "internal.h"
-#include "validate.h"
-
-bool disc__valid_name(const char *s)
-{
-    return validate_name(s, NULL, 0);
-}
 
 struct disc_list *disc_list_free(struct disc_list *list)
 {

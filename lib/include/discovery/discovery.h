@@ -59,7 +59,9 @@
 extern "C" {
 #endif
 
-#define DISC_VERSION "0.1.0"
+/* The library's version. The build passes the file VERSION as DA_VERSION;
+ * `make install` writes the version itself into the installed header. */
+#define DISC_VERSION DA_VERSION
 
 /* Where the agent listens unless $DISCOVERY_SOCKET or the caller says. */
 #define DISC_DEFAULT_SOCKET "/run/discovery-agent/agent.sock"
