@@ -55,7 +55,15 @@ DA_CFLAGS   := -std=c11 -D_GNU_SOURCE -fPIC -MMD -MP -Wall -Wextra $(WERROR) \
 	-Wno-format-truncation $(SAN)
 # -iquote: agent headers are included with quotes, so none of them (check.h,
 # say) can shadow a system header of the same name such as Check's <check.h>.
-DA_CPPFLAGS := -iquote agent -Ilib/include -DDA_VERSION='"$(VERSION)"' $(PKG_CFLAGS)
+#
+# agent/ is flat but for module families with private headers, one folder
+# each (agent/etcd/, agent/check/, ...). Every folder is on the quote path,
+# so a module's public header is included by its name alone wherever it
+# lives; a family's private headers (*_internal.h) are included only by
+# the files beside them.
+AGENT_DIRS  := agent $(patsubst %/,%,$(sort $(dir $(wildcard agent/*/*.c agent/*/*.h))))
+AGENT_IQUOTE := $(AGENT_DIRS:%=-iquote %)
+DA_CPPFLAGS := $(AGENT_IQUOTE) -Ilib/include -DDA_VERSION='"$(VERSION)"' $(PKG_CFLAGS)
 DA_LDFLAGS  := $(SAN)
 
 COMPILE = $(CC) $(DA_CPPFLAGS) $(CPPFLAGS) $(DA_CFLAGS) $(CFLAGS)
@@ -64,7 +72,7 @@ LINK    = $(CC) $(DA_LDFLAGS) $(CFLAGS) $(LDFLAGS)
 # The daemon's modules go into one archive that the daemon, agentctl and
 # the tests link; main.c and agentctl.c hold the two programs' main().
 AGENT_MAINS := agent/main.c agent/agentctl.c
-AGENT_SRC   := $(filter-out $(AGENT_MAINS),$(wildcard agent/*.c))
+AGENT_SRC   := $(filter-out $(AGENT_MAINS),$(wildcard agent/*.c agent/*/*.c))
 AGENT_OBJ   := $(AGENT_SRC:%.c=$(BUILD)/%.o)
 
 # The xDS server's messages: protoc-c turns proto/xds/*.proto into C in
@@ -333,7 +341,7 @@ FUZZ_SAN       := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 # fuzzers. The fuzzers' own files get -Werror.
 FUZZ_CFLAGS    := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -MMD -MP $(FUZZ_SAN) \
 	-fsanitize=fuzzer-no-link
-FUZZ_CPPFLAGS  := -iquote agent -Ilib/include -I$(FUZZ_BUILD)/gen -DDA_VERSION='"$(VERSION)"' $(PKG_CFLAGS) $(PROTOBUF_C_CFLAGS) $(GRPC_CFLAGS)
+FUZZ_CPPFLAGS  := $(AGENT_IQUOTE) -Ilib/include -I$(FUZZ_BUILD)/gen -DDA_VERSION='"$(VERSION)"' $(PKG_CFLAGS) $(PROTOBUF_C_CFLAGS) $(GRPC_CFLAGS)
 FUZZ_LIBS      := -Wl,--as-needed $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) -pthread
 
 FUZZ_TARGETS   := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
