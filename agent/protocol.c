@@ -15,8 +15,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "agent.h"
+#include "protocol.h"
+
+#include "check.h"
 #include "duration.h"
+#include "instance.h"
 
 #include <grp.h>
 #include <pwd.h>
@@ -76,8 +79,15 @@ struct cwatch {
     struct cwatch *next;
 };
 
+/* What the protocol has beside its dependencies. */
+struct proto {
+    struct proto_deps d;
+    uint64_t renders; /* lists rendered for clients, for status */
+};
+
 struct conn_state {
-    struct agent *a;
+    proto *p;
+    server *s; /* the server c belongs to, for status's client count */
     server_conn *c;
     uint64_t id;
     bool dead; /* a send failed: on_close is coming */
@@ -190,7 +200,7 @@ static void pending_end(struct pending *p)
     xds_query_cancel(p->xq);
     p->xq = NULL;
     if (p->in_registry)
-        registry_forget(cs->a->registry, p);
+        registry_forget(cs->p->d.registry, p);
     uv_close((uv_handle_t *)&p->timer, pending_closed);
     maybe_end(cs);
 }
@@ -214,7 +224,7 @@ static struct pending *pending_new(struct conn_state *cs, enum pending_kind kind
     p->cs = cs;
     p->kind = kind;
     p->id = id ? json_incref(id) : NULL;
-    uv_timer_init(cs->a->loop, &p->timer);
+    uv_timer_init(cs->p->d.loop, &p->timer);
     p->timer.data = p;
     if (timeout_ms)
         uv_timer_start(&p->timer, pending_timeout, timeout_ms, 0);
@@ -354,7 +364,7 @@ fail:
 /* The service's list for group (NULL: all), rendered at most once per
  * change; borrowed until the service next changes. NULL when out of
  * memory. */
-static const struct render *render(struct agent *a, service *svc, const char *group)
+static const struct render *render(proto *pr, service *svc, const char *group)
 {
     struct renders *t = service_derived(svc);
     struct render **pp, *r;
@@ -374,7 +384,7 @@ static const struct render *render(struct agent *a, service *svc, const char *gr
         }
     if (!(r = render_new(svc, group)))
         return NULL;
-    a->renders++;
+    pr->renders++;
     /* Over the cap, the least recently used goes (a watcher still holds
      * the seen it was sent). */
     while (t->n >= cap && t->head) {
@@ -398,7 +408,7 @@ static void watch_update(service *svc, void *arg)
     size_t hlen, llen;
     char *line;
 
-    if (w->cs->dead || !(r = render(w->cs->a, svc, w->group)))
+    if (w->cs->dead || !(r = render(w->cs->p, svc, w->group)))
         return;
     if (w->last && seen_same(w->last, r->seen))
         return; /* nothing this watcher sees has changed */
@@ -451,7 +461,7 @@ static void watch_begin(struct pending *p)
     }
     w->next = cs->watches;
     cs->watches = w;
-    r = render(cs->a, p->svc, w->group);
+    r = render(cs->p, p->svc, w->group);
     w->last = r ? seen_ref(r->seen) : NULL;
     o = reply_new(p->id, true);
     if (o) {
@@ -520,7 +530,7 @@ static void send_rendered(struct conn_state *cs, const struct render *r, const c
  * that is a string too long for the stack). */
 static bool resolve_now(struct conn_state *cs, json_t *id, service *svc, const char *group)
 {
-    const struct render *r = render(cs->a, svc, group);
+    const struct render *r = render(cs->p, svc, group);
     char num[24], *ids = NULL;
     bool done = false;
 
@@ -573,7 +583,7 @@ static void pending_timeout(uv_timer_t *t)
 {
     struct pending *p = t->data;
     struct conn_state *cs = p->cs;
-    const char *why = etcd_client_last_error(cs->a->etcd);
+    const char *why = etcd_client_last_error(cs->p->d.etcd);
 
     switch (p->kind) {
     case P_WATCH:
@@ -624,7 +634,7 @@ static const char *opt_string(json_t *req, const char *name, bool *bad)
 
 static void op_list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
 {
-    struct agent *a = cs->a;
+    const struct proto_deps *d = &cs->p->d;
     bool bad = false;
     const char *name = opt_string(req, "service", &bad);
     const char *group = opt_string(req, "group", &bad);
@@ -644,7 +654,7 @@ static void op_list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
                    validate_excerpt(name, shown, sizeof shown), why);
         return;
     }
-    svc = cache_get(a->cache, name, &err);
+    svc = cache_get(d->cache, name, &err);
     if (!svc) {
         if (err == DA_EINVAL)
             send_error(cs, id, "bad_name", "bad service name '%s'", name);
@@ -652,11 +662,11 @@ static void op_list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
             send_error(cs, id, "internal", "%s", da_strerror(err));
         return;
     }
-    int64_t min_rev = registry_written_revision(a->registry, name);
+    int64_t min_rev = registry_written_revision(d->registry, name);
     bool now = answerable(svc, min_rev);
     if (now && !watch && resolve_now(cs, id, svc, group))
         return;
-    p = pending_new(cs, watch ? P_WATCH : P_RESOLVE, id, now ? 0 : a->cfg->timeout_ms);
+    p = pending_new(cs, watch ? P_WATCH : P_RESOLVE, id, now ? 0 : d->timeout_ms);
     if (!p || (group && !(p->group = strdup(group)))) {
         if (p)
             pending_end(p);
@@ -729,7 +739,7 @@ static void reg_done(int err, void *arg)
         else if (err)
             json_object_set_new(o, "message",
                                 json_pack("s+", "accepted; the write failed and is retried: ",
-                                          etcd_client_last_error(p->cs->a->etcd)));
+                                          etcd_client_last_error(p->cs->p->d.etcd)));
     }
     send_json(p->cs, o);
     p->in_registry = false; /* the registry is done with p */
@@ -751,7 +761,7 @@ static pid_t peer_pid(const struct conn_state *cs)
 
 static void op_register(struct conn_state *cs, json_t *req, json_t *id)
 {
-    struct agent *a = cs->a;
+    const struct proto_deps *d = &cs->p->d;
     struct instance inst;
     char err[256];
     json_t *persist = json_object_get(req, "persist");
@@ -771,12 +781,12 @@ static void op_register(struct conn_state *cs, json_t *req, json_t *id)
     }
     struct check_spec spec = {0};
     json_t *chk = json_object_get(req, "check");
-    if (chk && (rc = check_from_json(chk, a->cfg->checks_exec, &spec, err, sizeof err))) {
+    if (chk && (rc = check_from_json(chk, d->checks_exec, &spec, err, sizeof err))) {
         instance_clear(&inst);
         send_error(cs, id, "bad_request", "%s", err);
         return;
     }
-    p = pending_new(cs, P_REGISTER, id, a->cfg->timeout_ms);
+    p = pending_new(cs, P_REGISTER, id, d->timeout_ms);
     if (!p) {
         instance_clear(&inst);
         check_spec_clear(&spec);
@@ -785,7 +795,7 @@ static void op_register(struct conn_state *cs, json_t *req, json_t *id)
     }
     p->in_registry = true;
     err[0] = '\0';
-    rc = registry_add(a->registry, &inst, json_is_true(persist) ? REG_OWNER_RUNTIME : cs->id,
+    rc = registry_add(d->registry, &inst, json_is_true(persist) ? REG_OWNER_RUNTIME : cs->id,
                       peer_pid(cs), chk ? &spec : NULL, reg_done, p, err, sizeof err);
     instance_clear(&inst);
     check_spec_clear(&spec);
@@ -805,7 +815,7 @@ static void dereg_done(int err, void *arg)
 
     if (err) {
         send_error(p->cs, p->id, "unavailable", "delete failed: %s (%s)", da_strerror(err),
-                   etcd_client_last_error(p->cs->a->etcd));
+                   etcd_client_last_error(p->cs->p->d.etcd));
     } else {
         send_json(p->cs, reply_new(p->id, true));
     }
@@ -827,13 +837,13 @@ static void op_deregister(struct conn_state *cs, json_t *req, json_t *id)
     }
     if (!may_change(cs, id, "deregister"))
         return;
-    p = pending_new(cs, P_DEREGISTER, id, cs->a->cfg->timeout_ms);
+    p = pending_new(cs, P_DEREGISTER, id, cs->p->d.timeout_ms);
     if (!p) {
         send_error(cs, id, "internal", "out of memory");
         return;
     }
     p->in_registry = true;
-    rc = registry_remove(cs->a->registry, name, address, cs->id, peer_pid(cs), dereg_done, p);
+    rc = registry_remove(cs->p->d.registry, name, address, cs->id, peer_pid(cs), dereg_done, p);
     if (rc) {
         pending_end(p);
         if (rc == DA_ENOENT)
@@ -881,15 +891,15 @@ static void mark_watched(service *svc, void *arg)
 static void services_done(int err, const struct etcd_result *r, void *arg)
 {
     struct pending *p = arg;
-    struct agent *a = p->cs->a;
-    size_t plen = strlen(a->cfg->prefix) + 1, n = 0;
+    const struct proto_deps *d = &p->cs->p->d;
+    size_t plen = strlen(d->prefix) + 1, n = 0;
     struct svc_count *v = NULL;
     json_t *o, *arr, *regs;
 
     p->call = NULL;
     if (err) {
         send_error(p->cs, p->id, "unavailable", "cannot list services: %s (%s)",
-                   da_strerror(err), etcd_client_last_error(a->etcd));
+                   da_strerror(err), etcd_client_last_error(d->etcd));
         pending_end(p);
         return;
     }
@@ -917,7 +927,7 @@ static void services_done(int err, const struct etcd_result *r, void *arg)
     }
     qsort(v, n, sizeof *v, by_name);
     regs = json_object();
-    registry_foreach(a->registry, note_reg, regs);
+    registry_foreach(d->registry, note_reg, regs);
     o = reply_new(p->id, true);
     arr = json_array();
     for (size_t i = 0; i < n; i++) {
@@ -930,7 +940,7 @@ static void services_done(int err, const struct etcd_result *r, void *arg)
     free(v);
     json_decref(regs);
     /* "watched": this agent follows the service in its cache. */
-    cache_foreach(a->cache, mark_watched, arr);
+    cache_foreach(d->cache, mark_watched, arr);
     if (o) {
         json_object_set_new(o, "revision", json_integer(r->revision));
         json_object_set_new(o, "services", arr);
@@ -943,9 +953,9 @@ static void services_done(int err, const struct etcd_result *r, void *arg)
 
 static void op_services(struct conn_state *cs, json_t *id)
 {
-    struct agent *a = cs->a;
+    const struct proto_deps *d = &cs->p->d;
     char key[1024], end[1024];
-    size_t klen = (size_t)snprintf(key, sizeof key, "%s/", a->cfg->prefix), elen;
+    size_t klen = (size_t)snprintf(key, sizeof key, "%s/", d->prefix), elen;
     struct pending *p = pending_new(cs, P_SERVICES, id, 0);
     int rc;
 
@@ -954,7 +964,7 @@ static void op_services(struct conn_state *cs, json_t *id)
         return;
     }
     elen = etcd_prefix_end(key, klen, end);
-    rc = etcd_range(a->etcd, key, klen, end, elen, ETCD_RANGE_KEYS_ONLY, 0, services_done, p,
+    rc = etcd_range(d->etcd, key, klen, end, elen, ETCD_RANGE_KEYS_ONLY, 0, services_done, p,
                     &p->call);
     if (rc) {
         pending_end(p);
@@ -1004,7 +1014,8 @@ static void hex(char *buf, size_t len, uint64_t v)
 static void status_done(int err, const struct etcd_result *r, void *arg)
 {
     struct pending *p = arg;
-    struct agent *a = p->cs->a;
+    const struct proto_deps *d = &p->cs->p->d;
+    const struct proto_status_deps *sd = &d->status;
     json_t *o = reply_new(p->id, true), *etcd, *lease, *regs, *svcs, *eps;
     char buf[32];
     bool any_stale = false;
@@ -1014,19 +1025,19 @@ static void status_done(int err, const struct etcd_result *r, void *arg)
         pending_end(p);
         return;
     }
-    json_object_set_new(o, "version", json_string(AGENT_VERSION));
+    json_object_set_new(o, "version", json_string(DA_VERSION));
     json_object_set_new(o, "pid", json_integer(getpid()));
-    json_object_set_new(o, "uptime_ms", json_integer((json_int_t)(uv_now(a->loop) - a->started)));
-    json_object_set_new(o, "config", json_string(a->cfg->path));
-    json_object_set_new(o, "prefix", json_string(a->cfg->prefix));
+    json_object_set_new(o, "uptime_ms", json_integer((json_int_t)(uv_now(d->loop) - sd->started)));
+    json_object_set_new(o, "config", json_string(sd->config_path));
+    json_object_set_new(o, "prefix", json_string(d->prefix));
 
     etcd = json_object();
     eps = json_array();
-    for (size_t i = 0; i < a->cfg->n_endpoints; i++)
-        json_array_append_new(eps, json_string(a->cfg->endpoints[i]));
-    json_object_set_new(etcd, "endpoint", json_string(etcd_client_endpoint(a->etcd)));
+    for (size_t i = 0; i < sd->n_endpoints; i++)
+        json_array_append_new(eps, json_string(sd->endpoints[i]));
+    json_object_set_new(etcd, "endpoint", json_string(etcd_client_endpoint(d->etcd)));
     json_object_set_new(etcd, "endpoints", eps);
-    json_object_set_new(etcd, "connected", json_boolean(!err && etcd_client_connected(a->etcd)));
+    json_object_set_new(etcd, "connected", json_boolean(!err && etcd_client_connected(d->etcd)));
     if (!err && r->leader) {
         hex(buf, sizeof buf, r->leader);
         json_object_set_new(etcd, "leader", json_string(buf));
@@ -1037,33 +1048,33 @@ static void status_done(int err, const struct etcd_result *r, void *arg)
     } else {
         json_object_set_new(etcd, "leader", json_null());
     }
-    json_object_set_new(etcd, "last_error", json_string(etcd_client_last_error(a->etcd)));
-    json_object_set_new(etcd, "requests", json_integer((json_int_t)etcd_client_requests(a->etcd)));
+    json_object_set_new(etcd, "last_error", json_string(etcd_client_last_error(d->etcd)));
+    json_object_set_new(etcd, "requests", json_integer((json_int_t)etcd_client_requests(d->etcd)));
     json_object_set_new(o, "etcd", etcd);
 
     lease = json_object();
-    if (session_lease(a->session)) {
-        hex(buf, sizeof buf, (uint64_t)session_lease(a->session));
+    if (session_lease(sd->session)) {
+        hex(buf, sizeof buf, (uint64_t)session_lease(sd->session));
         json_object_set_new(lease, "id", json_string(buf));
     } else {
         json_object_set_new(lease, "id", json_null());
     }
-    json_object_set_new(lease, "ttl_s", json_integer(session_ttl(a->session)));
-    json_object_set_new(lease, "remaining_ms", json_integer(session_remaining_ms(a->session)));
+    json_object_set_new(lease, "ttl_s", json_integer(session_ttl(sd->session)));
+    json_object_set_new(lease, "remaining_ms", json_integer(session_remaining_ms(sd->session)));
     json_object_set_new(lease, "since_keepalive_ms",
-                        json_integer(session_since_keepalive(a->session)));
-    json_object_set_new(lease, "grants", json_integer((json_int_t)session_grants(a->session)));
+                        json_integer(session_since_keepalive(sd->session)));
+    json_object_set_new(lease, "grants", json_integer((json_int_t)session_grants(sd->session)));
     json_object_set_new(o, "lease", lease);
 
     regs = json_array();
-    struct checks_ctx x = {regs, uv_now(a->loop)};
-    registry_foreach(a->registry, status_reg, &x);
+    struct checks_ctx x = {regs, uv_now(d->loop)};
+    registry_foreach(d->registry, status_reg, &x);
     json_object_set_new(o, "registrations", regs);
     const char *reason;
-    bool maint = registry_in_maint(a->registry, &reason);
+    bool maint = registry_in_maint(d->registry, &reason);
     json_object_set_new(o, "maint", json_pack("{s:b, s:s}", "on", maint, "reason", reason));
     svcs = json_array();
-    cache_foreach(a->cache, status_svc, svcs);
+    cache_foreach(d->cache, status_svc, svcs);
     size_t k;
     json_t *e;
     json_array_foreach(svcs, k, e) {
@@ -1071,11 +1082,11 @@ static void status_done(int err, const struct etcd_result *r, void *arg)
             any_stale = true;
     }
     json_object_set_new(o, "services", svcs);
-    json_object_set_new(o, "clients", json_integer((json_int_t)server_clients(a->server)));
-    json_object_set_new(o, "skipped", json_integer((json_int_t)cache_skipped_total(a->cache)));
-    json_object_set_new(o, "renders", json_integer((json_int_t)a->renders));
+    json_object_set_new(o, "clients", json_integer((json_int_t)server_clients(p->cs->s)));
+    json_object_set_new(o, "skipped", json_integer((json_int_t)cache_skipped_total(d->cache)));
+    json_object_set_new(o, "renders", json_integer((json_int_t)p->cs->p->renders));
     json_object_set_new(o, "stale", json_boolean(any_stale));
-    json_object_set_new(o, "xds", xds_status(a->xds));
+    json_object_set_new(o, "xds", xds_status(d->xds));
     send_json(p->cs, o);
     pending_end(p);
 }
@@ -1091,11 +1102,11 @@ static void op_status(struct conn_state *cs, json_t *id)
     }
     /* With etcd known to be unreachable, answer now rather than after a
      * timeout per endpoint: status is what an operator runs at 3 a.m. */
-    if (!etcd_client_connected(cs->a->etcd)) {
+    if (!etcd_client_connected(cs->p->d.etcd)) {
         status_done(DA_EUNAVAIL, NULL, p);
         return;
     }
-    rc = etcd_member_status(cs->a->etcd, status_done, p, &p->call);
+    rc = etcd_member_status(cs->p->d.etcd, status_done, p, &p->call);
     if (rc)
         status_done(rc, NULL, p);
 }
@@ -1188,13 +1199,13 @@ fail:
  * and the user's other groups). Decided once per connection. */
 static bool may_change(struct conn_state *cs, json_t *id, const char *op)
 {
-    const struct config *cfg = cs->a->cfg;
+    const struct proto_access *acc = &cs->p->d.access;
     pid_t pid;
     uid_t uid = (uid_t)-1;
     gid_t gid = (gid_t)-1;
     bool have_peer;
 
-    if (!cfg->register_limited)
+    if (!acc->limited)
         return true;
     /* Read every time, not only when the verdict is made: the refusal
      * names the peer, and a cached verdict must not name an unset uid. */
@@ -1202,8 +1213,8 @@ static bool may_change(struct conn_state *cs, json_t *id, const char *op)
     if (cs->may_change == 0) {
         cs->may_change = -1;
         if (have_peer) {
-            for (size_t i = 0; i < cfg->n_register_uids; i++)
-                if (cfg->register_uids[i] == (unsigned)uid)
+            for (size_t i = 0; i < acc->n_uids; i++)
+                if (acc->uids[i] == (unsigned)uid)
                     cs->may_change = 1;
             gid_t groups[256];
             int ng = 1;
@@ -1216,8 +1227,8 @@ static bool may_change(struct conn_state *cs, json_t *id, const char *op)
                     ng = 1;
             }
             for (int k = 0; k < ng && cs->may_change < 0; k++)
-                for (size_t i = 0; i < cfg->n_register_gids; i++)
-                    if (cfg->register_gids[i] == (unsigned)groups[k])
+                for (size_t i = 0; i < acc->n_gids; i++)
+                    if (acc->gids[i] == (unsigned)groups[k])
                         cs->may_change = 1;
         }
     }
@@ -1265,7 +1276,7 @@ static void op_check_report(struct conn_state *cs, json_t *req, json_t *id)
         send_error(cs, id, "bad_request", "'status' must be \"pass\" or \"fail\"");
         return;
     }
-    rc = registry_check_report(cs->a->registry, name, address, !strcmp(status, "pass"), output);
+    rc = registry_check_report(cs->p->d.registry, name, address, !strcmp(status, "pass"), output);
     if (rc == DA_ENOENT)
         send_error(cs, id, "not_found", "%s %s is not registered by this agent", name, address);
     else if (rc)
@@ -1281,7 +1292,7 @@ static void op_drain(struct conn_state *cs, json_t *req, json_t *id, bool on)
     if (!name_address(cs, req, id, &name, &address) ||
         !may_change(cs, id, on ? "drain" : "undrain"))
         return;
-    if (registry_drain(cs->a->registry, name, address, on))
+    if (registry_drain(cs->p->d.registry, name, address, on))
         send_error(cs, id, "not_found", "%s %s is not registered by this agent", name, address);
     else
         send_json(cs, reply_new(id, true));
@@ -1299,7 +1310,7 @@ static void op_maint(struct conn_state *cs, json_t *req, json_t *id)
     }
     if (!may_change(cs, id, "switch maintenance"))
         return;
-    registry_maint(cs->a->registry, json_is_true(on), reason);
+    registry_maint(cs->p->d.registry, json_is_true(on), reason);
     send_json(cs, reply_new(id, true));
 }
 
@@ -1334,12 +1345,12 @@ static void checks_reg(const struct reg_info *ri, void *arg)
 
 static void op_checks(struct conn_state *cs, json_t *id)
 {
-    struct checks_ctx x = {json_array(), uv_now(cs->a->loop)};
+    struct checks_ctx x = {json_array(), uv_now(cs->p->d.loop)};
     json_t *o = reply_new(id, true);
     const char *reason;
-    bool maint = registry_in_maint(cs->a->registry, &reason);
+    bool maint = registry_in_maint(cs->p->d.registry, &reason);
 
-    registry_foreach(cs->a->registry, checks_reg, &x);
+    registry_foreach(cs->p->d.registry, checks_reg, &x);
     if (o) {
         json_object_set_new(o, "maint", json_pack("{s:b, s:s}", "on", maint, "reason", reason));
         json_object_set_new(o, "instances", x.arr);
@@ -1383,12 +1394,12 @@ static void op_xds(struct conn_state *cs, json_t *req, json_t *id)
                    validate_excerpt(name, shown, sizeof shown), why);
         return;
     }
-    p = pending_new(cs, P_XDS, id, cs->a->cfg->timeout_ms);
+    p = pending_new(cs, P_XDS, id, cs->p->d.timeout_ms);
     if (!p) {
         send_error(cs, id, "internal", "out of memory");
         return;
     }
-    rc = xds_describe(cs->a->xds, name, &now, xds_ready, p, &p->xq);
+    rc = xds_describe(cs->p->d.xds, name, &now, xds_ready, p, &p->xq);
     if (rc) {
         pending_end(p);
         if (rc == DA_EINVAL)
@@ -1405,7 +1416,7 @@ static void op_xds(struct conn_state *cs, json_t *req, json_t *id)
 /* The bootstrap JSON gRPC clients need (GRPC_XDS_BOOTSTRAP). */
 static void op_xds_bootstrap(struct conn_state *cs, json_t *id)
 {
-    json_t *b = xds_bootstrap(cs->a->xds), *o;
+    json_t *b = xds_bootstrap(cs->p->d.xds), *o;
 
     if (!b) {
         send_error(cs, id, "disabled", "the xDS server is disabled (xds.enabled: false)");
@@ -1414,7 +1425,7 @@ static void op_xds_bootstrap(struct conn_state *cs, json_t *id)
     o = reply_new(id, true);
     if (o) {
         json_object_set_new(o, "bootstrap", b);
-        json_object_set_new(o, "file", json_string(xds_bootstrap_path(cs->a->xds)));
+        json_object_set_new(o, "file", json_string(xds_bootstrap_path(cs->p->d.xds)));
     } else {
         json_decref(b);
     }
@@ -1423,7 +1434,7 @@ static void op_xds_bootstrap(struct conn_state *cs, json_t *id)
 
 /* ---- dispatch ----------------------------------------------------------- */
 
-static struct conn_state *state_of(struct agent *a, server_conn *c)
+static struct conn_state *state_of(proto *pr, server *s, server_conn *c)
 {
     struct conn_state *cs = server_conn_data(c);
 
@@ -1432,7 +1443,8 @@ static struct conn_state *state_of(struct agent *a, server_conn *c)
     cs = calloc(1, sizeof *cs);
     if (!cs)
         return NULL;
-    cs->a = a;
+    cs->p = pr;
+    cs->s = s;
     cs->c = c;
     cs->id = server_conn_id(c);
     server_conn_set_data(c, cs);
@@ -1561,9 +1573,9 @@ static bool fast_resolve(struct conn_state *cs, const char *line, size_t len)
     if (have_grp)
         memcpy(group, grp.p, grp.n);
     group[grp.n] = '\0';
-    sv = cache_get(cs->a->cache, name, &err);
-    if (!sv || !answerable(sv, registry_written_revision(cs->a->registry, name)) ||
-        !(r = render(cs->a, sv, have_grp ? group : NULL)))
+    sv = cache_get(cs->p->d.cache, name, &err);
+    if (!sv || !answerable(sv, registry_written_revision(cs->p->d.registry, name)) ||
+        !(r = render(cs->p, sv, have_grp ? group : NULL)))
         return false;
     send_rendered(cs, r, have_id ? id.p : NULL, have_id ? id.n : 0);
     return true;
@@ -1571,13 +1583,11 @@ static bool fast_resolve(struct conn_state *cs, const char *line, size_t len)
 
 void proto_on_line(server *s, server_conn *c, char *line, size_t len, void *arg)
 {
-    struct agent *a = arg;
-    struct conn_state *cs = state_of(a, c);
+    struct conn_state *cs = state_of(arg, s, c);
     json_error_t jerr;
     json_t *req, *id, *op;
     const char *name;
 
-    (void)s;
     if (!cs) {
         server_conn_close(c);
         return;
@@ -1663,7 +1673,7 @@ void proto_on_eof(server *s, server_conn *c, void *arg)
 
 void proto_on_close(server *s, server_conn *c, void *arg)
 {
-    struct agent *a = arg;
+    proto *pr = arg;
     struct conn_state *cs = server_conn_data(c);
 
     (void)s;
@@ -1679,6 +1689,28 @@ void proto_on_close(server *s, server_conn *c, void *arg)
     }
     /* Registrations made by this connection leave with it. */
     cs->eof = false; /* nothing to end any more */
-    registry_remove_owner(a->registry, cs->id);
+    registry_remove_owner(pr->d.registry, cs->id);
     free(cs);
+}
+
+int proto_new(proto **out, const struct proto_deps *d)
+{
+    proto *p = calloc(1, sizeof *p);
+
+    *out = p;
+    if (!p)
+        return DA_ENOMEM;
+    p->d = *d;
+    return 0;
+}
+
+proto *proto_free(proto *p)
+{
+    free(p);
+    return NULL;
+}
+
+void proto_set_checks_exec(proto *p, bool on)
+{
+    p->d.checks_exec = on;
 }
