@@ -632,7 +632,7 @@ static const char *opt_string(json_t *req, const char *name, bool *bad)
     return json_string_value(v);
 }
 
-static void op_list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
+static void list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
 {
     const struct proto_deps *d = &cs->p->d;
     bool bad = false;
@@ -682,6 +682,16 @@ static void op_list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
         return;
     }
     p->sub = cache_subscribe(svc, first_list, p);
+}
+
+static void op_resolve(struct conn_state *cs, json_t *req, json_t *id)
+{
+    list(cs, req, id, false);
+}
+
+static void op_watch(struct conn_state *cs, json_t *req, json_t *id)
+{
+    list(cs, req, id, true);
 }
 
 static void op_unwatch(struct conn_state *cs, json_t *req, json_t *id)
@@ -746,8 +756,6 @@ static void reg_done(int err, void *arg)
     pending_end(p);
 }
 
-static bool may_change(struct conn_state *cs, json_t *id, const char *op);
-
 /* The connection's peer process (0 if the kernel did not say), which owns
  * its registrations together with every other connection it opens. */
 static pid_t peer_pid(const struct conn_state *cs)
@@ -768,8 +776,6 @@ static void op_register(struct conn_state *cs, json_t *req, json_t *id)
     struct pending *p;
     int rc;
 
-    if (!may_change(cs, id, "register"))
-        return;
     if (persist && !json_is_boolean(persist)) {
         send_error(cs, id, "bad_request", "'persist' must be true or false");
         return;
@@ -835,8 +841,6 @@ static void op_deregister(struct conn_state *cs, json_t *req, json_t *id)
         send_error(cs, id, "bad_request", "'name' and 'address' (strings) are required");
         return;
     }
-    if (!may_change(cs, id, "deregister"))
-        return;
     p = pending_new(cs, P_DEREGISTER, id, cs->p->d.timeout_ms);
     if (!p) {
         send_error(cs, id, "internal", "out of memory");
@@ -951,7 +955,7 @@ static void services_done(int err, const struct etcd_result *r, void *arg)
     pending_end(p);
 }
 
-static void op_services(struct conn_state *cs, json_t *id)
+static void op_services(struct conn_state *cs, json_t *req, json_t *id)
 {
     const struct proto_deps *d = &cs->p->d;
     char key[1024], end[1024];
@@ -959,6 +963,7 @@ static void op_services(struct conn_state *cs, json_t *id)
     struct pending *p = pending_new(cs, P_SERVICES, id, 0);
     int rc;
 
+    (void)req;
     if (!p) {
         send_error(cs, id, "internal", "out of memory");
         return;
@@ -1091,11 +1096,12 @@ static void status_done(int err, const struct etcd_result *r, void *arg)
     pending_end(p);
 }
 
-static void op_status(struct conn_state *cs, json_t *id)
+static void op_status(struct conn_state *cs, json_t *req, json_t *id)
 {
     struct pending *p = pending_new(cs, P_STATUS, id, 0);
     int rc;
 
+    (void)req;
     if (!p) {
         send_error(cs, id, "internal", "out of memory");
         return;
@@ -1236,12 +1242,12 @@ static bool may_change(struct conn_state *cs, json_t *id, const char *op)
         return true;
     if (have_peer)
         send_error(cs, id, "forbidden",
-                   "uid %ld may not %s: socket.register_users and register_groups in the "
-                   "agent's configuration say who may; this connection may only read",
+                   "uid %ld may not use '%s': socket.register_users and register_groups in "
+                   "the agent's configuration say who may; this connection may only read",
                    (long)uid, op);
     else
         send_error(cs, id, "forbidden",
-                   "a peer whose credentials the kernel did not give may not %s: "
+                   "a peer whose credentials the kernel did not give may not use '%s': "
                    "socket.register_users and register_groups in the agent's configuration "
                    "say who may; this connection may only read",
                    op);
@@ -1270,7 +1276,7 @@ static void op_check_report(struct conn_state *cs, json_t *req, json_t *id)
     const char *output = opt_string(req, "output", &bad);
     int rc;
 
-    if (!name_address(cs, req, id, &name, &address) || !may_change(cs, id, "report checks"))
+    if (!name_address(cs, req, id, &name, &address))
         return;
     if (bad || !status || (strcmp(status, "pass") && strcmp(status, "fail"))) {
         send_error(cs, id, "bad_request", "'status' must be \"pass\" or \"fail\"");
@@ -1285,17 +1291,26 @@ static void op_check_report(struct conn_state *cs, json_t *req, json_t *id)
         send_json(cs, reply_new(id, true));
 }
 
-static void op_drain(struct conn_state *cs, json_t *req, json_t *id, bool on)
+static void drain(struct conn_state *cs, json_t *req, json_t *id, bool on)
 {
     const char *name, *address;
 
-    if (!name_address(cs, req, id, &name, &address) ||
-        !may_change(cs, id, on ? "drain" : "undrain"))
+    if (!name_address(cs, req, id, &name, &address))
         return;
     if (registry_drain(cs->p->d.registry, name, address, on))
         send_error(cs, id, "not_found", "%s %s is not registered by this agent", name, address);
     else
         send_json(cs, reply_new(id, true));
+}
+
+static void op_drain(struct conn_state *cs, json_t *req, json_t *id)
+{
+    drain(cs, req, id, true);
+}
+
+static void op_undrain(struct conn_state *cs, json_t *req, json_t *id)
+{
+    drain(cs, req, id, false);
 }
 
 static void op_maint(struct conn_state *cs, json_t *req, json_t *id)
@@ -1308,8 +1323,6 @@ static void op_maint(struct conn_state *cs, json_t *req, json_t *id)
         send_error(cs, id, "bad_request", "'on' (true or false) is required; 'reason' is a string");
         return;
     }
-    if (!may_change(cs, id, "switch maintenance"))
-        return;
     registry_maint(cs->p->d.registry, json_is_true(on), reason);
     send_json(cs, reply_new(id, true));
 }
@@ -1343,8 +1356,9 @@ static void checks_reg(const struct reg_info *ri, void *arg)
     json_array_append_new(x->arr, o);
 }
 
-static void op_checks(struct conn_state *cs, json_t *id)
+static void op_checks(struct conn_state *cs, json_t *req, json_t *id)
 {
+    (void)req;
     struct checks_ctx x = {json_array(), uv_now(cs->p->d.loop)};
     json_t *o = reply_new(id, true);
     const char *reason;
@@ -1414,10 +1428,11 @@ static void op_xds(struct conn_state *cs, json_t *req, json_t *id)
 }
 
 /* The bootstrap JSON gRPC clients need (GRPC_XDS_BOOTSTRAP). */
-static void op_xds_bootstrap(struct conn_state *cs, json_t *id)
+static void op_xds_bootstrap(struct conn_state *cs, json_t *req, json_t *id)
 {
     json_t *b = xds_bootstrap(cs->p->d.xds), *o;
 
+    (void)req;
     if (!b) {
         send_error(cs, id, "disabled", "the xDS server is disabled (xds.enabled: false)");
         return;
@@ -1433,6 +1448,56 @@ static void op_xds_bootstrap(struct conn_state *cs, json_t *id)
 }
 
 /* ---- dispatch ----------------------------------------------------------- */
+
+static void op_ping(struct conn_state *cs, json_t *req, json_t *id)
+{
+    (void)req;
+    send_json(cs, reply_new(id, true));
+}
+
+/* Every operation of the socket: its name, its handler, and whether it
+ * changes registrations (then only a peer that may_change() may use it,
+ * and it is refused before its members are read). The unknown_op error
+ * lists these names in this order; proto/agent-protocol.md lists them
+ * too. A new operation is one line here. */
+static const struct op {
+    const char *name;
+    void (*handler)(struct conn_state *cs, json_t *req, json_t *id);
+    bool write;
+} ops[] = {
+    {"resolve", op_resolve, false},
+    {"watch", op_watch, false},
+    {"unwatch", op_unwatch, false},
+    {"register", op_register, true},
+    {"deregister", op_deregister, true},
+    {"status", op_status, false},
+    {"services", op_services, false},
+    {"ping", op_ping, false},
+    {"check", op_check_report, true},
+    {"checks", op_checks, false},
+    {"drain", op_drain, true},
+    {"undrain", op_undrain, true},
+    {"maint", op_maint, true},
+    {"xds", op_xds, false},
+    {"xds_bootstrap", op_xds_bootstrap, false},
+};
+
+static void dispatch(struct conn_state *cs, json_t *req, json_t *id, const char *name)
+{
+    char known[512];
+    size_t n = 0;
+
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+        if (!strcmp(name, ops[i].name)) {
+            if (!ops[i].write || may_change(cs, id, name))
+                ops[i].handler(cs, req, id);
+            return;
+        }
+    known[0] = '\0';
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0] && n < sizeof known; i++)
+        n += (size_t)snprintf(known + n, sizeof known - n, "%s%s", i ? ", " : "", ops[i].name);
+    send_error(cs, id, "unknown_op", "unknown op '%.64s': use %s", name, known);
+}
 
 static struct conn_state *state_of(proto *pr, server *s, server_conn *c)
 {
@@ -1618,42 +1683,8 @@ void proto_on_line(server *s, server_conn *c, char *line, size_t len, void *arg)
     name = json_is_string(op) ? json_string_value(op) : NULL;
     if (!name)
         send_error(cs, id, "bad_request", "'op' (a string) is required");
-    else if (!strcmp(name, "resolve"))
-        op_list(cs, req, id, false);
-    else if (!strcmp(name, "watch"))
-        op_list(cs, req, id, true);
-    else if (!strcmp(name, "unwatch"))
-        op_unwatch(cs, req, id);
-    else if (!strcmp(name, "register"))
-        op_register(cs, req, id);
-    else if (!strcmp(name, "deregister"))
-        op_deregister(cs, req, id);
-    else if (!strcmp(name, "status"))
-        op_status(cs, id);
-    else if (!strcmp(name, "services"))
-        op_services(cs, id);
-    else if (!strcmp(name, "ping"))
-        send_json(cs, reply_new(id, true));
-    else if (!strcmp(name, "check"))
-        op_check_report(cs, req, id);
-    else if (!strcmp(name, "drain"))
-        op_drain(cs, req, id, true);
-    else if (!strcmp(name, "undrain"))
-        op_drain(cs, req, id, false);
-    else if (!strcmp(name, "maint"))
-        op_maint(cs, req, id);
-    else if (!strcmp(name, "checks"))
-        op_checks(cs, id);
-    else if (!strcmp(name, "xds"))
-        op_xds(cs, req, id);
-    else if (!strcmp(name, "xds_bootstrap"))
-        op_xds_bootstrap(cs, id);
     else
-        send_error(cs, id, "unknown_op",
-                   "unknown op '%.64s': use resolve, watch, unwatch, register, deregister, "
-                   "status, services, ping, check, checks, drain, undrain, maint, xds, "
-                   "xds_bootstrap",
-                   name);
+        dispatch(cs, req, id, name);
     json_decref(req);
 }
 
