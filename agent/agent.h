@@ -1,6 +1,6 @@
 /* The daemon as a whole: one of each part, wired together on one loop.
  * main.c parses the command line and hands over; agent.c starts, reloads and
- * stops the parts in order; protocol.c answers the socket. */
+ * stops the parts in order; protocol/ answers the socket (protocol.h). */
 #ifndef DA_AGENT_H
 #define DA_AGENT_H
 
