@@ -1320,44 +1320,24 @@ static int parse_weight(const char *text, int32_t *weight)
     return 0;
 }
 
-/* A service's check: mapping. Types and their own keys are in check.h;
- * exec being allowed is checked once every file is read (checks.exec may
- * come later in the file). */
-static const char *const check_keys[] = {
-    "type", "interval", "timeout", "rise", "fall", "service", "url",
-    "command", "ttl"
-};
-enum { CK_TYPE, CK_INTERVAL, CK_TIMEOUT, CK_RISE, CK_FALL, CK_SERVICE,
-       CK_URL, CK_COMMAND, CK_TTL };
-
-static int load_count(struct loader *ld, const char *what,
-                      const struct node *key, const struct node *val,
-                      int *out)
-{
-    struct shown a;
-    const char *text;
-    char *end;
-    long v;
-    int r = want_text(ld, what, key, val, &text);
-
-    if (r < 0)
-        return r;
-    errno = 0;
-    v = strtol(text, &end, 10);
-    if (!val->plain || errno || *end || end == text || v < 1 || v > 100)
-        return fail_node(ld, val, "%s must be a whole number from 1 to 100, "
-                         "not '%s'", what, show(&a, text));
-    *out = (int)v;
-    return 0;
-}
-
+/* A service's check: mapping. This reads the YAML shapes (one value per
+ * key, a list for command) and leaves every rule of the schema to
+ * check_spec_build(), which the socket's JSON reader calls too. Exec being
+ * allowed is checked once every file is read (checks.exec may come later
+ * in the file). */
 static int load_check(struct loader *ld, struct config_service *s,
                       const struct node *map)
 {
-    const struct node *seen[ARRAY_SIZE(check_keys)] = { NULL };
-    const struct node *vals[ARRAY_SIZE(check_keys)] = { NULL };
-    struct check_spec *ck = &s->check;
-    struct shown a, b;
+    size_t n_keys;
+    const char *const *keys = check_spec_keys(&n_keys);
+    const struct node *seen[CHECK_KEY_COUNT] = { NULL };
+    const struct node *vals[CHECK_KEY_COUNT] = { NULL };
+    const char *argv[CHECK_ARGV_MAX];
+    struct check_input in = { .owner = NULL };
+    struct check_error why;
+    const struct node *at;
+    char owner[96];
+    struct shown a;
     const char *text;
     int r = want_map(ld, "check", map);
 
@@ -1366,78 +1346,51 @@ static int load_check(struct loader *ld, struct config_service *s,
     s->check_line = map->line;
     s->check_column = map->column;
     for (size_t i = 0; i < map->n_items / 2; i++) {
-        int k = section_key(ld, map, i, check_keys, ARRAY_SIZE(check_keys),
-                            seen, "in a check");
+        int k = section_key(ld, map, i, keys, n_keys, seen, "in a check");
         if (k < 0)
             return k;
         vals[k] = map->items[2 * i + 1];
     }
-    if (vals[CK_TYPE] == NULL)
-        return fail_node(ld, map, "the check of service %s has no type: add "
-                         "'type: grpc' (or tcp, http, exec, ttl)",
-                         show(&a, s->name));
-    r = want_nonempty(ld, "check type", seen[CK_TYPE], vals[CK_TYPE], &text);
-    if (r < 0)
-        return r;
-    if (check_type_parse(text, &ck->type) < 0 || ck->type == CHECK_NONE)
-        return fail_node(ld, vals[CK_TYPE], "unknown check type '%s' for "
-                         "service %s: use grpc, tcp, http, exec or ttl",
-                         show(&a, text), show(&b, s->name));
-    if (vals[CK_INTERVAL] && (r = load_duration(ld, "check.interval",
-            seen[CK_INTERVAL], vals[CK_INTERVAL], &ck->interval_ms)) < 0)
-        return r;
-    if (vals[CK_TIMEOUT] && (r = load_duration(ld, "check.timeout",
-            seen[CK_TIMEOUT], vals[CK_TIMEOUT], &ck->timeout_ms)) < 0)
-        return r;
-    if (vals[CK_TTL] && (r = load_duration(ld, "check.ttl", seen[CK_TTL],
-            vals[CK_TTL], &ck->ttl_ms)) < 0)
-        return r;
-    if (vals[CK_RISE] && (r = load_count(ld, "check.rise", seen[CK_RISE],
-            vals[CK_RISE], &ck->rise)) < 0)
-        return r;
-    if (vals[CK_FALL] && (r = load_count(ld, "check.fall", seen[CK_FALL],
-            vals[CK_FALL], &ck->fall)) < 0)
-        return r;
-    if (vals[CK_SERVICE]) {
-        if ((r = want_text(ld, "check.service", seen[CK_SERVICE],
-                           vals[CK_SERVICE], &text)) < 0)
-            return r;
-        if ((ck->grpc_service = dup_str(ld, text)) == NULL)
-            return -ENOMEM;
-    }
-    if (vals[CK_URL]) {
-        if ((r = want_nonempty(ld, "check.url", seen[CK_URL], vals[CK_URL],
-                               &text)) < 0)
-            return r;
-        if (strncmp(text, "http://", 7) && strncmp(text, "https://", 8))
-            return fail_node(ld, vals[CK_URL], "check.url '%s' must start "
-                             "with http:// or https://", show(&a, text));
-        if ((ck->http_url = dup_str(ld, text)) == NULL)
-            return -ENOMEM;
-    }
-    if (vals[CK_COMMAND]) {
-        const struct node *cmd = vals[CK_COMMAND];
-        if ((r = want_seq(ld, "check.command", cmd)) < 0)
-            return r;
-        if (r > 0 || cmd->n_items == 0)
-            return fail_node(ld, cmd, "check.command must be a list of "
-                             "strings, the program first: [/bin/check, arg]");
-        ck->exec_argv = calloc(cmd->n_items + 1, sizeof(*ck->exec_argv));
-        if (ck->exec_argv == NULL)
-            return fail_oom(ld);
-        for (size_t i = 0; i < cmd->n_items; i++) {
-            if ((r = want_nonempty(ld, "each check.command item", NULL,
-                                   cmd->items[i], &text)) < 0)
+    for (size_t k = 0; k < n_keys; k++) {
+        const struct node *v = vals[k];
+        char what[32];
+
+        if (v == NULL)
+            continue;
+        if (k == CHECK_KEY_COMMAND) {
+            if ((r = want_seq(ld, "check.command", v)) < 0)
                 return r;
-            if ((ck->exec_argv[i] = dup_str(ld, text)) == NULL)
-                return -ENOMEM;
+            in.has_command = true;
+            in.n_command = r > 0 ? 0 : v->n_items;
+            in.command = argv;
+            /* A longer list is refused by check_spec_build() by its
+             * length alone. */
+            for (size_t i = 0; i < in.n_command && i < CHECK_ARGV_MAX; i++) {
+                if ((r = want_text(ld, "each check.command item",
+                                   v->items[i], v->items[i], &argv[i])) < 0)
+                    return r;
+            }
+            continue;
         }
+        snprintf(what, sizeof(what), "check.%s", keys[k]);
+        if ((r = want_text(ld, what, seen[k], v, &text)) < 0)
+            return r;
+        in.value[k].text = text;
+        in.value[k].quoted = !v->plain;
     }
-    /* Everything but exec's permission is validated now, with defaults. */
-    char why[256];
-    if (check_spec_normalize(ck, true, why, sizeof(why)) < 0)
-        return fail_node(ld, map, "bad check for service %s: %s",
-                         show(&a, s->name), why);
+    snprintf(owner, sizeof(owner), "service %s", show(&a, s->name));
+    in.owner = owner;
+    r = check_spec_build(&s->check, &in, true, &why);
+    if (r == -ENOMEM)
+        return fail_oom(ld);
+    if (r < 0) {
+        at = map;
+        if (why.key == CHECK_KEY_COMMAND && why.item < vals[why.key]->n_items)
+            at = vals[why.key]->items[why.item];
+        else if (why.key < CHECK_KEY_COUNT)
+            at = vals[why.key];
+        return fail_node(ld, at, "%s", why.msg);
+    }
     return 0;
 }
 

@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "check.h"
+#include "check_spec.h"
 
 /* A config file larger than this is refused rather than parsed. */
 #define CONFIG_FILE_MAX (1024 * 1024)

@@ -477,6 +477,101 @@ START_TEST(test_types_and_specs)
 }
 END_TEST
 
+/* check_spec_build(): the one reader behind the YAML and the JSON front
+ * ends, with every limit of the schema. */
+START_TEST(test_spec_build)
+{
+    struct check_input in = {.owner = "service a"};
+    struct check_spec s;
+    struct check_error why;
+    const char *argv[CHECK_ARGV_MAX + 1];
+    size_t n;
+    const char *const *keys = check_spec_keys(&n);
+
+    ck_assert_uint_eq(n, CHECK_KEY_COUNT);
+    ck_assert_str_eq(keys[CHECK_KEY_COMMAND], "command");
+
+    /* No type: the check as a whole is wrong. */
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_COUNT);
+    ck_assert_ptr_nonnull(strstr(why.msg, "the check of service a has no type"));
+
+    in.value[CHECK_KEY_TYPE] = (struct check_value){"tcp", false};
+    in.value[CHECK_KEY_INTERVAL] = (struct check_value){"1s", true};
+    in.value[CHECK_KEY_RISE] = (struct check_value){"100", false};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), 0);
+    ck_assert_int_eq(s.type, CHECK_TCP);
+    ck_assert_uint_eq(s.interval_ms, 1000);
+    ck_assert_uint_eq(s.timeout_ms, 500);
+    ck_assert_int_eq(s.rise, 100);
+    ck_assert_int_eq(s.fall, CHECK_DEFAULT_FALL);
+    check_spec_clear(&s);
+
+    /* rise and fall: 1..100, written as bare numbers. */
+    in.value[CHECK_KEY_RISE] = (struct check_value){"101", false};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_RISE);
+    in.value[CHECK_KEY_RISE] = (struct check_value){"3", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_RISE);
+    in.value[CHECK_KEY_RISE] = (struct check_value){NULL, false};
+    in.value[CHECK_KEY_FALL] = (struct check_value){"0", false};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_FALL);
+    ck_assert_ptr_null(s.http_url);
+    in.value[CHECK_KEY_FALL] = (struct check_value){NULL, false};
+
+    in.value[CHECK_KEY_TIMEOUT] = (struct check_value){"soon", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_TIMEOUT);
+    in.value[CHECK_KEY_TIMEOUT] = (struct check_value){"2s", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_COUNT);
+    ck_assert_ptr_nonnull(strstr(why.msg, "bad check for service a: tcp check: timeout"));
+    in.value[CHECK_KEY_TIMEOUT] = (struct check_value){NULL, false};
+
+    /* exec: a command of 1..64 non-empty items, and only when enabled. */
+    in.value[CHECK_KEY_TYPE] = (struct check_value){"exec", false};
+    for (size_t i = 0; i <= CHECK_ARGV_MAX; i++)
+        argv[i] = "x";
+    in.has_command = true;
+    in.command = argv;
+    in.n_command = CHECK_ARGV_MAX;
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), 0);
+    ck_assert_str_eq(s.exec_argv[CHECK_ARGV_MAX - 1], "x");
+    ck_assert_ptr_null(s.exec_argv[CHECK_ARGV_MAX]);
+    check_spec_clear(&s);
+    ck_assert_int_eq(check_spec_build(&s, &in, false, &why), DA_EINVAL);
+    ck_assert_ptr_nonnull(strstr(why.msg, "exec checks are disabled"));
+    in.n_command = CHECK_ARGV_MAX + 1;
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_COMMAND);
+    in.n_command = 0;
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    argv[1] = "";
+    in.n_command = 2;
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_COMMAND);
+    ck_assert_uint_eq(why.item, 1);
+    ck_assert_ptr_null(s.exec_argv);
+
+    /* http: the url's scheme. */
+    in = (struct check_input){.owner = NULL};
+    in.value[CHECK_KEY_TYPE] = (struct check_value){"http", true};
+    in.value[CHECK_KEY_URL] = (struct check_value){"ftp://x/", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_URL);
+    in.value[CHECK_KEY_URL] = (struct check_value){"https://x/health", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, NULL), 0);
+    ck_assert_str_eq(s.http_url, "https://x/health");
+    check_spec_clear(&s);
+
+    in.value[CHECK_KEY_TYPE] = (struct check_value){"none", false};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_TYPE);
+}
+END_TEST
+
 START_TEST(test_bad_starts)
 {
     struct fx f;
@@ -1171,6 +1266,7 @@ static Suite *suite(void)
     TCase *grpc = tcase_create("grpc");
 
     tcase_add_test(unit, test_types_and_specs);
+    tcase_add_test(unit, test_spec_build);
     tcase_add_test(unit, test_bad_starts);
     tcase_add_test(unit, test_ttl_expires_and_recovers);
     tcase_add_test(unit, test_ttl_flapping_no_change);
