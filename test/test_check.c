@@ -446,9 +446,13 @@ START_TEST(test_types_and_specs)
     ck_assert_int_eq(check_spec_normalize(&s, false, err, sizeof err), 0);
     ck_assert_uint_eq(s.timeout_ms, 500);
 
+    /* A timeout may equal the interval, not exceed it. */
     s = (struct check_spec){.type = CHECK_TCP, .interval_ms = 1000, .timeout_ms = 1000};
+    ck_assert_int_eq(check_spec_normalize(&s, false, err, sizeof err), 0);
+    ck_assert_uint_eq(s.timeout_ms, 1000);
+    s = (struct check_spec){.type = CHECK_TCP, .interval_ms = 1000, .timeout_ms = 1001};
     ck_assert_int_eq(check_spec_normalize(&s, false, err, sizeof err), DA_EINVAL);
-    ck_assert_ptr_nonnull(strstr(err, "shorter than interval"));
+    ck_assert_ptr_nonnull(strstr(err, "must not be longer than interval"));
 
     s = (struct check_spec){.type = CHECK_TTL};
     ck_assert_int_eq(check_spec_normalize(&s, false, err, sizeof err), DA_EINVAL);
@@ -1224,6 +1228,55 @@ START_TEST(test_slow_probes_do_not_delay_others)
 }
 END_TEST
 
+/* A timeout equal to the interval (issue 13): the probe that hangs for a
+ * whole interval is counted as failed when the next one is due, and that
+ * one starts then, rather than being skipped for an interval. Measured
+ * against a timer of the same interval on the same loop, so that a slow
+ * machine slows both alike. */
+struct ticker {
+    uv_timer_t t;
+    int ticks;
+};
+
+static void ticker_cb(uv_timer_t *t)
+{
+    ((struct ticker *)t->data)->ticks++;
+}
+
+START_TEST(test_timeout_equal_to_interval)
+{
+    static const char *const hang[] = {"@HANG"};
+    struct responder *r = responder_start(hang, 1);
+    struct check_spec spec = {.type = CHECK_HTTP, .interval_ms = 100, .timeout_ms = 100, .fall = 100};
+    struct ticker tk = {.ticks = 0};
+    struct check_state st;
+    struct obs o = {0};
+    struct fx f;
+    checker *k;
+
+    ck_assert_ptr_nonnull(r);
+    fx_init(&f, false);
+    uv_timer_init(&f.loop, &tk.t);
+    tk.t.data = &tk;
+    uv_timer_start(&tk.t, ticker_cb, 100, 100);
+    k = start(&f, &spec, addr_of(responder_port(r)), &o);
+    ck_assert(wait_probes(&f, k, 12, 10000));
+    st = state(k);
+    fprintf(stderr, "measure: timeout == interval: %llu results in %d intervals, %d requests\n",
+            (unsigned long long)st.probes, tk.ticks, responder_requests(r));
+    ck_assert_str_eq(st.output, "timed out after 100 ms");
+    ck_assert_int_eq(st.failures, (int)st.probes);
+    /* One result per interval: skipping every other probe would give
+     * about 12 results in 24 intervals. */
+    ck_assert_int_le(tk.ticks, 12 + 4);
+    ck_assert_int_ge(responder_requests(r), 12);
+    uv_close((uv_handle_t *)&tk.t, NULL);
+    checker_stop(k);
+    fx_finish(&f);
+    responder_stop(r);
+}
+END_TEST
+
 /* ---- lifetime ---------------------------------------------------------------------------------- */
 
 /* A callback may stop its own checker; the context stops what is left. */
@@ -1278,6 +1331,7 @@ static Suite *suite(void)
     tcase_add_test(probes, test_exec_results);
     tcase_add_test(probes, test_exec_timeout_kills_group);
     tcase_add_test(probes, test_slow_probes_do_not_delay_others);
+    tcase_add_test(probes, test_timeout_equal_to_interval);
     tcase_set_timeout(grpc, 30);
     tcase_add_test(grpc, test_grpc_not_serving_and_back);
     tcase_add_test(grpc, test_grpc_service_name);

@@ -916,6 +916,17 @@ START_TEST(values_that_load)
                      0);
     ck_assert_int_eq(c->log_level, 2);  /* warn */
     config_free(c);
+    /* A check's timeout may equal its interval (issue 13). */
+    ck_assert_int_eq(load_text(
+        "services:\n"
+        "  - name: a\n"
+        "    address: 127.0.0.1:1\n"
+        "    check: {type: tcp, interval: 1s, timeout: 1s}\n",
+        &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(c->services[0].check.type, CHECK_TCP);
+    ck_assert_uint_eq(c->services[0].check.interval_ms, 1000);
+    ck_assert_uint_eq(c->services[0].check.timeout_ms, 1000);
+    config_free(c);
 }
 END_TEST
 

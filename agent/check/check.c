@@ -187,15 +187,12 @@ void check__report_k(checker *k, bool pass, const char *fmt, ...)
 
 /* ---- scheduling ------------------------------------------------------------- */
 
-static void deadline_cb(uv_timer_t *t)
+/* The running probe is over its timeout: counted as a failure now, and
+ * let go of. */
+static void time_out(checker *k)
 {
-    checker *k = t->data;
     struct check__probe *p = k->probe;
 
-    if (k->spec.type == CHECK_TTL) {
-        record(k, false, "ttl expired");
-        return;
-    }
     if (!p || k->reported)
         return;
     k->reported = true;
@@ -204,11 +201,34 @@ static void deadline_cb(uv_timer_t *t)
     check__report_k(k, false, "timed out after %llu ms", (unsigned long long)k->spec.timeout_ms);
 }
 
+static void deadline_cb(uv_timer_t *t)
+{
+    checker *k = t->data;
+
+    if (k->spec.type == CHECK_TTL) {
+        record(k, false, "ttl expired");
+        return;
+    }
+    time_out(k);
+}
+
 static void tick_cb(uv_timer_t *t)
 {
     checker *k = t->data;
     struct check__probe *p;
 
+    /* With a timeout equal to the interval, the running probe's deadline
+     * is due in the same loop turn as this tick, and libuv runs the tick
+     * first (it was armed first). Time the probe out here, so that the
+     * next one starts on time instead of being skipped for a whole
+     * interval. */
+    if (k->probe && uv_is_active((uv_handle_t *)&k->deadline) &&
+        !uv_timer_get_due_in(&k->deadline)) {
+        uv_timer_stop(&k->deadline);
+        time_out(k);
+        if (k->stopped)
+            return; /* the callback stopped it */
+    }
     if (k->probe) {
         /* Only an exec probe whose killed process has not exited yet can
          * still be here: never run two at once. */

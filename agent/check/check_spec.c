@@ -151,10 +151,13 @@ int check_spec_normalize(struct check_spec *s, bool exec_enabled, char *err, siz
         if (!s->timeout_ms)
             s->timeout_ms = 1;
     }
-    /* A probe must end (by itself or by its timeout) before the next one is
-     * due; otherwise every probe of a hanging instance would be skipped. */
-    if (s->timeout_ms >= s->interval_ms)
-        return fail(err, errlen, "%s check: timeout (%llu ms) must be shorter than interval (%llu ms)",
+    /* A probe must end (by itself or by its timeout) by the time the next
+     * one is due; otherwise every probe of a hanging instance would be
+     * skipped. A timeout equal to the interval is what an operator writing
+     * "interval: 1s, timeout: 1s" means: the checker counts the late probe
+     * as failed when the next one is due, and starts that one. */
+    if (s->timeout_ms > s->interval_ms)
+        return fail(err, errlen, "%s check: timeout (%llu ms) must not be longer than interval (%llu ms)",
                     t, (unsigned long long)s->timeout_ms, (unsigned long long)s->interval_ms);
     /* libuv timers and libcurl take longs of milliseconds. */
     if (s->interval_ms > (uint64_t)LONG_MAX / 2)
