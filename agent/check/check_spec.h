@@ -15,12 +15,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "defaults.h"
+
 enum check_type { CHECK_NONE = 0, CHECK_GRPC, CHECK_TCP, CHECK_HTTP, CHECK_EXEC, CHECK_TTL };
 
-#define CHECK_DEFAULT_INTERVAL_MS 10000
-#define CHECK_DEFAULT_TIMEOUT_MS 2000
-#define CHECK_DEFAULT_RISE 2
-#define CHECK_DEFAULT_FALL 3
+/* The defaults' home is defaults.h; these are their names here. */
+#define CHECK_DEFAULT_INTERVAL_MS DA_DEFAULT_CHECK_INTERVAL_MS
+#define CHECK_DEFAULT_TIMEOUT_MS DA_DEFAULT_CHECK_TIMEOUT_MS
+#define CHECK_DEFAULT_RISE DA_DEFAULT_CHECK_RISE
+#define CHECK_DEFAULT_FALL DA_DEFAULT_CHECK_FALL
 
 /* Limits on what a check may ask for. */
 #define CHECK_RISE_FALL_MAX 100 /* rise and fall: 1..100 */

@@ -225,19 +225,20 @@ static int set_defaults(struct loader *ld, const char *path)
 {
     struct config *c = ld->cfg;
 
-    c->timeout_ms = DEFAULT_TIMEOUT_MS;
-    c->session_ttl_ms = DEFAULT_TTL_MS;
-    c->socket_mode = DEFAULT_SOCKET_MODE;
-    c->cache_idle_ms = DEFAULT_CACHE_IDLE_MS;
-    c->xds_enabled = true;
+    c->timeout_ms = DA_DEFAULT_ETCD_TIMEOUT_MS;
+    c->session_ttl_ms = DA_DEFAULT_SESSION_TTL_MS;
+    c->socket_mode = DA_DEFAULT_SOCKET_MODE;
+    c->cache_idle_ms = DA_DEFAULT_CACHE_IDLE_MS;
+    c->xds_enabled = DA_DEFAULT_XDS_ENABLED;
     c->xds_mode = UINT_MAX;  /* unset: socket.mode's, see config__default_xds_path() */
-    c->xds_idle_ms = DEFAULT_XDS_IDLE_MS;
-    c->log_level = 1;  /* info: the index in log_levels[] */
+    c->xds_idle_ms = DA_DEFAULT_XDS_IDLE_MS;
+    c->log_level = DA_DEFAULT_LOG_LEVEL;
+    c->checks_exec = DA_DEFAULT_CHECKS_EXEC;
     if (!(c->path = config__dup_str(ld, path)) ||
-        !(c->prefix = config__dup_str(ld, DEFAULT_PREFIX)) ||
-        !(c->socket_path = config__dup_str(ld, DEFAULT_SOCKET_PATH)) ||
-        !(c->cache_dir = config__dup_str(ld, DEFAULT_CACHE_DIR)) ||
-        !(c->xds_group_header = config__dup_str(ld, DEFAULT_XDS_GROUP_HEADER)))
+        !(c->prefix = config__dup_str(ld, DA_DEFAULT_ETCD_PREFIX)) ||
+        !(c->socket_path = config__dup_str(ld, DA_DEFAULT_SOCKET_PATH)) ||
+        !(c->cache_dir = config__dup_str(ld, DA_DEFAULT_CACHE_DIR)) ||
+        !(c->xds_group_header = config__dup_str(ld, DA_DEFAULT_XDS_GROUP_HEADER)))
         return DA_ENOMEM;
     return 0;
 }
@@ -252,7 +253,7 @@ static int default_endpoints(struct loader *ld)
     if (!c->endpoints)
         return config__fail_oom(ld);
     c->n_endpoints = 1;
-    c->endpoints[0] = config__dup_str(ld, DEFAULT_ENDPOINT);
+    c->endpoints[0] = config__dup_str(ld, DA_DEFAULT_ETCD_ENDPOINT);
     return !c->endpoints[0] ? DA_ENOMEM : 0;
 }
 

@@ -24,23 +24,11 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "defaults.h"
 
 /* A password file holds one password; a cap stops a wrong path (a log file,
  * say) from being read into memory and sent to etcd. */
 #define CONFIG_PASSWORD_MAX 4096
-
-/* Defaults of the keys that have one (conf/agent.yaml). */
-#define DEFAULT_ENDPOINT "http://127.0.0.1:2379"
-#define DEFAULT_PREFIX "/micro"
-#define DEFAULT_TIMEOUT_MS 5000u
-#define DEFAULT_TTL_MS 10000u
-#define DEFAULT_SOCKET_PATH "/run/discovery-agent/agent.sock"
-#define DEFAULT_SOCKET_MODE 0660u
-#define DEFAULT_CACHE_DIR "/var/lib/discovery-agent"
-#define DEFAULT_CACHE_IDLE_MS (10u * 60u * 1000u)
-#define DEFAULT_XDS_SOCKET_NAME "xds.sock"  /* beside socket.path */
-#define DEFAULT_XDS_GROUP_HEADER "x-group"
-#define DEFAULT_XDS_IDLE_MS (60u * 1000u)
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 

@@ -95,7 +95,7 @@ static int load_endpoints(struct loader *ld, const struct node *key,
         return r;
     if (r == 1 || val->n_items == 0)
         return config__fail_node(ld, key, "etcd.endpoints is empty: list at least "
-                         "one etcd member, e.g. [" DEFAULT_ENDPOINT "]");
+                         "one etcd member, e.g. [" DA_DEFAULT_ETCD_ENDPOINT "]");
     if (val->n_items > MAX_ENDPOINTS)
         return config__fail_node(ld, val, "etcd.endpoints lists %zu URLs: at most %d "
                          "are supported", val->n_items, MAX_ENDPOINTS);
@@ -148,10 +148,10 @@ static int load_prefix(struct loader *ld, const struct node *key,
         len--;
     if (text[0] != '/')
         return config__fail_node(ld, val, "bad etcd.prefix '%s': it must start "
-                         "with '/', e.g. " DEFAULT_PREFIX, config__show(&a, text));
+                         "with '/', e.g. " DA_DEFAULT_ETCD_PREFIX, config__show(&a, text));
     if (len == 1)
         return config__fail_node(ld, val, "bad etcd.prefix '%s': it needs a name "
-                         "after '/', e.g. " DEFAULT_PREFIX, config__show(&a, text));
+                         "after '/', e.g. " DA_DEFAULT_ETCD_PREFIX, config__show(&a, text));
     if (len > VALIDATE_PREFIX_MAX)
         return config__fail_node(ld, val, "etcd.prefix is %zu bytes long: at most %d "
                          "fit in the keys of every service", len,
@@ -781,7 +781,7 @@ int config__default_xds_path(struct loader *ld)
     struct config *c = ld->cfg;
     const char *slash = strrchr(c->socket_path, '/');
     size_t dir_len = slash ? (size_t)(slash - c->socket_path) + 1 : 0;
-    size_t len = dir_len + sizeof(DEFAULT_XDS_SOCKET_NAME) - 1;
+    size_t len = dir_len + sizeof(DA_DEFAULT_XDS_SOCKET_NAME) - 1;
 
     if (c->xds_mode == UINT_MAX)
         c->xds_mode = c->socket_mode;
@@ -796,8 +796,8 @@ int config__default_xds_path(struct loader *ld)
     if (!c->xds_path)
         return config__fail_oom(ld);
     memcpy(c->xds_path, c->socket_path, dir_len);
-    memcpy(c->xds_path + dir_len, DEFAULT_XDS_SOCKET_NAME,
-           sizeof(DEFAULT_XDS_SOCKET_NAME));
+    memcpy(c->xds_path + dir_len, DA_DEFAULT_XDS_SOCKET_NAME,
+           sizeof(DA_DEFAULT_XDS_SOCKET_NAME));
     return 0;
 }
 
