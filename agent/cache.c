@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cache_disk.h"
+#include "defaults.h"
 #include "error.h"
 #include "etcd_parse.h"
 #include "log.h"
@@ -762,11 +763,11 @@ int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cach
     c->loop = loop;
     c->etcd = etcd;
     c->started = uv_now(loop);
-    c->idle_ms = o->idle_ms ? o->idle_ms : 600000;
+    c->idle_ms = o->idle_ms ? o->idle_ms : DA_DEFAULT_CACHE_IDLE_MS;
     c->save_delay_ms = o->save_delay_ms ? o->save_delay_ms : 200;
     c->n_buckets = 64;
     c->buckets = calloc(c->n_buckets, sizeof *c->buckets);
-    c->prefix = strdup(o->prefix ? o->prefix : "/micro");
+    c->prefix = strdup(o->prefix ? o->prefix : DA_DEFAULT_ETCD_PREFIX);
     c->dir = o->dir ? strdup(o->dir) : NULL;
     if (!c->buckets || !c->prefix || (o->dir && !c->dir)) {
         free(c->buckets);

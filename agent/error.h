@@ -15,6 +15,7 @@
     XX(CANCELED, -ECANCELED, "canceled")                                     \
     XX(MSGSIZE, -EMSGSIZE, "reply too large")                                \
     XX(ACCES, -EACCES, "permission denied")                                  \
+    XX(FBIG, -EFBIG, "file too large")                                       \
     XX(PROTO, -4001, "malformed reply")                                      \
     XX(TRANSPORT, -4002, "connection to etcd failed")                        \
     XX(NOLEADER, -4003, "etcd member has no leader")                         \

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "b64.h"
+#include "defaults.h"
 #include "error.h"
 #include "etcd_internal.h"
 #include "etcd_parse.h"
@@ -655,7 +656,7 @@ int etcd_client_new(etcd_client **out, uv_loop_t *loop, http_client *http,
         free(c);
         return DA_ENOMEM;
     }
-    c->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 5000;
+    c->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : DA_DEFAULT_ETCD_TIMEOUT_MS;
     c->max_reply = o->max_reply ? o->max_reply : 64u << 20;
     c->ka_idle = o->watch_keepalive_idle_s > 0 ? o->watch_keepalive_idle_s : 2;
     c->ka_intvl = o->watch_keepalive_intvl_s > 0 ? o->watch_keepalive_intvl_s : 1;

@@ -39,14 +39,15 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "defaults.h"
 #include "error.h"
 #include "fdlimit.h"
 #include "log.h"
 
-#define DEFAULT_MAX_LINE ((size_t)64 * 1024)
+#define DEFAULT_MAX_LINE DA_SOCKET_MAX_LINE
 #define DEFAULT_MAX_OUTPUT ((size_t)8 * 1024 * 1024)
 #define DEFAULT_MAX_CLIENTS ((size_t)16384)
-#define DEFAULT_MODE 0660u
+#define DEFAULT_MODE DA_DEFAULT_SOCKET_MODE
 
 #define IN_INITIAL ((size_t)4096) /* first size of a line buffer */
 #define IN_MIN_FREE ((size_t)1024) /* grow before reading into less than this */

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "defaults.h"
 #include "error.h"
 #include "log.h"
 #include "validate.h"
@@ -946,7 +947,7 @@ int xds_new(xds **out, uv_loop_t *loop, cache *c, const struct xds_options *o)
     x->idle_ms = o->idle_ms;
     x->path = strdup(o->path);
     x->tcp = o->tcp ? strdup(o->tcp) : NULL;
-    x->group_header = strdup(o->group_header ? o->group_header : "x-group");
+    x->group_header = strdup(o->group_header ? o->group_header : DA_DEFAULT_XDS_GROUP_HEADER);
     x->abs_path = x->path ? absolute(x->path) : NULL;
     if (!x->path || (o->tcp && !x->tcp) || !x->group_header || !x->abs_path)
         goto fail;

@@ -43,6 +43,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "defaults.h"
 #include "error.h"
 #include "fdlimit.h"
 #include "log.h"
@@ -50,7 +51,7 @@
 
 #define DEFAULT_MAX_STREAMS 1024
 #define DEFAULT_MAX_MESSAGE (1024 * 1024)
-#define DEFAULT_IDLE_MS 60000
+#define DEFAULT_IDLE_MS DA_DEFAULT_XDS_IDLE_MS
 /* TCP addresses one xds.tcp may stand for ("localhost": 127.0.0.1, ::1). */
 #define MAX_TCP 4
 /* Connections that have sent nothing yet while no core runs; past it the

@@ -446,9 +446,13 @@ START_TEST(test_types_and_specs)
     ck_assert_int_eq(check_spec_normalize(&s, false, err, sizeof err), 0);
     ck_assert_uint_eq(s.timeout_ms, 500);
 
+    /* A timeout may equal the interval, not exceed it. */
     s = (struct check_spec){.type = CHECK_TCP, .interval_ms = 1000, .timeout_ms = 1000};
+    ck_assert_int_eq(check_spec_normalize(&s, false, err, sizeof err), 0);
+    ck_assert_uint_eq(s.timeout_ms, 1000);
+    s = (struct check_spec){.type = CHECK_TCP, .interval_ms = 1000, .timeout_ms = 1001};
     ck_assert_int_eq(check_spec_normalize(&s, false, err, sizeof err), DA_EINVAL);
-    ck_assert_ptr_nonnull(strstr(err, "shorter than interval"));
+    ck_assert_ptr_nonnull(strstr(err, "must not be longer than interval"));
 
     s = (struct check_spec){.type = CHECK_TTL};
     ck_assert_int_eq(check_spec_normalize(&s, false, err, sizeof err), DA_EINVAL);
@@ -474,6 +478,101 @@ START_TEST(test_types_and_specs)
     ck_assert(!check_spec_equal(&c, &s));
     check_spec_clear(&c);
     check_spec_clear(NULL);
+}
+END_TEST
+
+/* check_spec_build(): the one reader behind the YAML and the JSON front
+ * ends, with every limit of the schema. */
+START_TEST(test_spec_build)
+{
+    struct check_input in = {.owner = "service a"};
+    struct check_spec s;
+    struct check_error why;
+    const char *argv[CHECK_ARGV_MAX + 1];
+    size_t n;
+    const char *const *keys = check_spec_keys(&n);
+
+    ck_assert_uint_eq(n, CHECK_KEY_COUNT);
+    ck_assert_str_eq(keys[CHECK_KEY_COMMAND], "command");
+
+    /* No type: the check as a whole is wrong. */
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_COUNT);
+    ck_assert_ptr_nonnull(strstr(why.msg, "the check of service a has no type"));
+
+    in.value[CHECK_KEY_TYPE] = (struct check_value){"tcp", false};
+    in.value[CHECK_KEY_INTERVAL] = (struct check_value){"1s", true};
+    in.value[CHECK_KEY_RISE] = (struct check_value){"100", false};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), 0);
+    ck_assert_int_eq(s.type, CHECK_TCP);
+    ck_assert_uint_eq(s.interval_ms, 1000);
+    ck_assert_uint_eq(s.timeout_ms, 500);
+    ck_assert_int_eq(s.rise, 100);
+    ck_assert_int_eq(s.fall, CHECK_DEFAULT_FALL);
+    check_spec_clear(&s);
+
+    /* rise and fall: 1..100, written as bare numbers. */
+    in.value[CHECK_KEY_RISE] = (struct check_value){"101", false};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_RISE);
+    in.value[CHECK_KEY_RISE] = (struct check_value){"3", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_RISE);
+    in.value[CHECK_KEY_RISE] = (struct check_value){NULL, false};
+    in.value[CHECK_KEY_FALL] = (struct check_value){"0", false};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_FALL);
+    ck_assert_ptr_null(s.http_url);
+    in.value[CHECK_KEY_FALL] = (struct check_value){NULL, false};
+
+    in.value[CHECK_KEY_TIMEOUT] = (struct check_value){"soon", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_TIMEOUT);
+    in.value[CHECK_KEY_TIMEOUT] = (struct check_value){"2s", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_COUNT);
+    ck_assert_ptr_nonnull(strstr(why.msg, "bad check for service a: tcp check: timeout"));
+    in.value[CHECK_KEY_TIMEOUT] = (struct check_value){NULL, false};
+
+    /* exec: a command of 1..64 non-empty items, and only when enabled. */
+    in.value[CHECK_KEY_TYPE] = (struct check_value){"exec", false};
+    for (size_t i = 0; i <= CHECK_ARGV_MAX; i++)
+        argv[i] = "x";
+    in.has_command = true;
+    in.command = argv;
+    in.n_command = CHECK_ARGV_MAX;
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), 0);
+    ck_assert_str_eq(s.exec_argv[CHECK_ARGV_MAX - 1], "x");
+    ck_assert_ptr_null(s.exec_argv[CHECK_ARGV_MAX]);
+    check_spec_clear(&s);
+    ck_assert_int_eq(check_spec_build(&s, &in, false, &why), DA_EINVAL);
+    ck_assert_ptr_nonnull(strstr(why.msg, "exec checks are disabled"));
+    in.n_command = CHECK_ARGV_MAX + 1;
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_COMMAND);
+    in.n_command = 0;
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    argv[1] = "";
+    in.n_command = 2;
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_COMMAND);
+    ck_assert_uint_eq(why.item, 1);
+    ck_assert_ptr_null(s.exec_argv);
+
+    /* http: the url's scheme. */
+    in = (struct check_input){.owner = NULL};
+    in.value[CHECK_KEY_TYPE] = (struct check_value){"http", true};
+    in.value[CHECK_KEY_URL] = (struct check_value){"ftp://x/", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_URL);
+    in.value[CHECK_KEY_URL] = (struct check_value){"https://x/health", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, NULL), 0);
+    ck_assert_str_eq(s.http_url, "https://x/health");
+    check_spec_clear(&s);
+
+    in.value[CHECK_KEY_TYPE] = (struct check_value){"none", false};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_TYPE);
 }
 END_TEST
 
@@ -1129,6 +1228,55 @@ START_TEST(test_slow_probes_do_not_delay_others)
 }
 END_TEST
 
+/* A timeout equal to the interval (issue 13): the probe that hangs for a
+ * whole interval is counted as failed when the next one is due, and that
+ * one starts then, rather than being skipped for an interval. Measured
+ * against a timer of the same interval on the same loop, so that a slow
+ * machine slows both alike. */
+struct ticker {
+    uv_timer_t t;
+    int ticks;
+};
+
+static void ticker_cb(uv_timer_t *t)
+{
+    ((struct ticker *)t->data)->ticks++;
+}
+
+START_TEST(test_timeout_equal_to_interval)
+{
+    static const char *const hang[] = {"@HANG"};
+    struct responder *r = responder_start(hang, 1);
+    struct check_spec spec = {.type = CHECK_HTTP, .interval_ms = 100, .timeout_ms = 100, .fall = 100};
+    struct ticker tk = {.ticks = 0};
+    struct check_state st;
+    struct obs o = {0};
+    struct fx f;
+    checker *k;
+
+    ck_assert_ptr_nonnull(r);
+    fx_init(&f, false);
+    uv_timer_init(&f.loop, &tk.t);
+    tk.t.data = &tk;
+    uv_timer_start(&tk.t, ticker_cb, 100, 100);
+    k = start(&f, &spec, addr_of(responder_port(r)), &o);
+    ck_assert(wait_probes(&f, k, 12, 10000));
+    st = state(k);
+    fprintf(stderr, "measure: timeout == interval: %llu results in %d intervals, %d requests\n",
+            (unsigned long long)st.probes, tk.ticks, responder_requests(r));
+    ck_assert_str_eq(st.output, "timed out after 100 ms");
+    ck_assert_int_eq(st.failures, (int)st.probes);
+    /* One result per interval: skipping every other probe would give
+     * about 12 results in 24 intervals. */
+    ck_assert_int_le(tk.ticks, 12 + 4);
+    ck_assert_int_ge(responder_requests(r), 12);
+    uv_close((uv_handle_t *)&tk.t, NULL);
+    checker_stop(k);
+    fx_finish(&f);
+    responder_stop(r);
+}
+END_TEST
+
 /* ---- lifetime ---------------------------------------------------------------------------------- */
 
 /* A callback may stop its own checker; the context stops what is left. */
@@ -1171,6 +1319,7 @@ static Suite *suite(void)
     TCase *grpc = tcase_create("grpc");
 
     tcase_add_test(unit, test_types_and_specs);
+    tcase_add_test(unit, test_spec_build);
     tcase_add_test(unit, test_bad_starts);
     tcase_add_test(unit, test_ttl_expires_and_recovers);
     tcase_add_test(unit, test_ttl_flapping_no_change);
@@ -1182,6 +1331,7 @@ static Suite *suite(void)
     tcase_add_test(probes, test_exec_results);
     tcase_add_test(probes, test_exec_timeout_kills_group);
     tcase_add_test(probes, test_slow_probes_do_not_delay_others);
+    tcase_add_test(probes, test_timeout_equal_to_interval);
     tcase_set_timeout(grpc, 30);
     tcase_add_test(grpc, test_grpc_not_serving_and_back);
     tcase_add_test(grpc, test_grpc_service_name);

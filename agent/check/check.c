@@ -20,36 +20,6 @@
 #include "log.h"
 #include "validate.h"
 
-#define RISE_FALL_MAX 1000
-#define URL_MAX 4096
-
-/* ---- names ------------------------------------------------------------------ */
-
-static const char *const type_names[] = {
-    [CHECK_NONE] = "none", [CHECK_GRPC] = "grpc", [CHECK_TCP] = "tcp",
-    [CHECK_HTTP] = "http", [CHECK_EXEC] = "exec", [CHECK_TTL] = "ttl",
-};
-
-const char *check_type_name(enum check_type t)
-{
-    if ((unsigned)t < sizeof type_names / sizeof type_names[0])
-        return type_names[t];
-    return "unknown";
-}
-
-int check_type_parse(const char *s, enum check_type *out)
-{
-    if (!s)
-        return DA_EINVAL;
-    for (unsigned i = 0; i < sizeof type_names / sizeof type_names[0]; i++) {
-        if (!strcmp(s, type_names[i])) {
-            *out = (enum check_type)i;
-            return 0;
-        }
-    }
-    return DA_EINVAL;
-}
-
 static const struct check__type *type_ops(enum check_type t)
 {
     switch (t) {
@@ -66,57 +36,6 @@ static const struct check__type *type_ops(enum check_type t)
     }
 }
 
-/* ---- specs ------------------------------------------------------------------ */
-
-void check_spec_clear(struct check_spec *s)
-{
-    if (!s)
-        return;
-    free(s->grpc_service);
-    free(s->http_url);
-    if (s->exec_argv) {
-        for (char **a = s->exec_argv; *a; a++)
-            free(*a);
-        free(s->exec_argv);
-    }
-    memset(s, 0, sizeof *s);
-}
-
-static int dup_str(char **dst, const char *src)
-{
-    *dst = NULL;
-    if (!src)
-        return 0;
-    *dst = strdup(src);
-    return *dst ? 0 : DA_ENOMEM;
-}
-
-int check_spec_copy(struct check_spec *dst, const struct check_spec *src)
-{
-    *dst = *src;
-    dst->grpc_service = NULL;
-    dst->http_url = NULL;
-    dst->exec_argv = NULL;
-    if (dup_str(&dst->grpc_service, src->grpc_service) < 0 ||
-        dup_str(&dst->http_url, src->http_url) < 0)
-        goto nomem;
-    if (src->exec_argv) {
-        size_t n = 0;
-        while (src->exec_argv[n])
-            n++;
-        dst->exec_argv = calloc(n + 1, sizeof *dst->exec_argv);
-        if (!dst->exec_argv)
-            goto nomem;
-        for (size_t i = 0; i < n; i++)
-            if (dup_str(&dst->exec_argv[i], src->exec_argv[i]) < 0)
-                goto nomem;
-    }
-    return 0;
-nomem:
-    check_spec_clear(dst);
-    return DA_ENOMEM;
-}
-
 static int fail(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -130,112 +49,6 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
         va_end(ap);
     }
     return DA_EINVAL;
-}
-
-int check_spec_normalize(struct check_spec *s, bool exec_enabled, char *err, size_t errlen)
-{
-    const char *t = check_type_name(s->type);
-
-    if (s->type == CHECK_NONE)
-        return fail(err, errlen, "a checker needs a check type");
-    if ((unsigned)s->type > CHECK_TTL)
-        return fail(err, errlen, "unknown check type %d", (int)s->type);
-    if (s->rise < 0 || s->rise > RISE_FALL_MAX)
-        return fail(err, errlen, "%s check: rise must be between 1 and %d", t, RISE_FALL_MAX);
-    if (s->fall < 0 || s->fall > RISE_FALL_MAX)
-        return fail(err, errlen, "%s check: fall must be between 1 and %d", t, RISE_FALL_MAX);
-    if (!s->rise)
-        s->rise = CHECK_DEFAULT_RISE;
-    if (!s->fall)
-        s->fall = CHECK_DEFAULT_FALL;
-
-    if (s->type == CHECK_TTL) {
-        if (!s->ttl_ms)
-            return fail(err, errlen, "ttl check: ttl must be set");
-        return 0;
-    }
-    if (!s->interval_ms)
-        s->interval_ms = CHECK_DEFAULT_INTERVAL_MS;
-    if (!s->timeout_ms) {
-        s->timeout_ms = s->interval_ms > CHECK_DEFAULT_TIMEOUT_MS ? CHECK_DEFAULT_TIMEOUT_MS
-                                                                  : s->interval_ms / 2;
-        if (!s->timeout_ms)
-            s->timeout_ms = 1;
-    }
-    /* A probe must end (by itself or by its timeout) before the next one is
-     * due; otherwise every probe of a hanging instance would be skipped. */
-    if (s->timeout_ms >= s->interval_ms)
-        return fail(err, errlen, "%s check: timeout (%llu ms) must be shorter than interval (%llu ms)",
-                    t, (unsigned long long)s->timeout_ms, (unsigned long long)s->interval_ms);
-    /* libuv timers and libcurl take longs of milliseconds. */
-    if (s->interval_ms > (uint64_t)LONG_MAX / 2)
-        return fail(err, errlen, "%s check: interval too long", t);
-
-    switch (s->type) {
-    case CHECK_GRPC:
-        if (s->grpc_service && strlen(s->grpc_service) > CHECK_SERVICE_MAX)
-            return fail(err, errlen, "grpc check: service name longer than %d bytes",
-                        CHECK_SERVICE_MAX);
-        break;
-    case CHECK_HTTP:
-        if (s->http_url && strncmp(s->http_url, "http://", 7) && strncmp(s->http_url, "https://", 8))
-            return fail(err, errlen, "http check: url must start with http:// or https://");
-        if (s->http_url && strlen(s->http_url) > URL_MAX)
-            return fail(err, errlen, "http check: url longer than %d bytes", URL_MAX);
-        break;
-    case CHECK_EXEC:
-        if (!exec_enabled)
-            return fail(err, errlen,
-                        "exec checks are disabled (the agent's configuration must enable them)");
-        if (!s->exec_argv || !s->exec_argv[0] || !s->exec_argv[0][0])
-            return fail(err, errlen, "exec check: a command is needed");
-        break;
-    default:
-        break;
-    }
-    return 0;
-}
-
-static bool str_eq0(const char *a, const char *b)
-{
-    return !strcmp(a ? a : "", b ? b : "");
-}
-
-bool check_spec_equal(const struct check_spec *a, const struct check_spec *b)
-{
-    struct check_spec x = *a, y = *b; /* shallow: normalize allocates nothing */
-
-    check_spec_normalize(&x, true, NULL, 0);
-    check_spec_normalize(&y, true, NULL, 0);
-    if (x.type != y.type || x.rise != y.rise || x.fall != y.fall)
-        return false;
-    switch (x.type) {
-    case CHECK_TTL:
-        return x.ttl_ms == y.ttl_ms;
-    case CHECK_NONE:
-        return true;
-    default:
-        break;
-    }
-    if (x.interval_ms != y.interval_ms || x.timeout_ms != y.timeout_ms)
-        return false;
-    switch (x.type) {
-    case CHECK_GRPC:
-        return str_eq0(x.grpc_service, y.grpc_service);
-    case CHECK_HTTP:
-        return str_eq0(x.http_url, y.http_url);
-    case CHECK_EXEC:
-        if (!x.exec_argv || !y.exec_argv)
-            return x.exec_argv == y.exec_argv;
-        for (size_t i = 0;; i++) {
-            if (!x.exec_argv[i] || !y.exec_argv[i])
-                return x.exec_argv[i] == y.exec_argv[i];
-            if (strcmp(x.exec_argv[i], y.exec_argv[i]))
-                return false;
-        }
-    default:
-        return true;
-    }
 }
 
 /* ---- small helpers for the probe types ------------------------------------ */
@@ -374,15 +187,12 @@ void check__report_k(checker *k, bool pass, const char *fmt, ...)
 
 /* ---- scheduling ------------------------------------------------------------- */
 
-static void deadline_cb(uv_timer_t *t)
+/* The running probe is over its timeout: counted as a failure now, and
+ * let go of. */
+static void time_out(checker *k)
 {
-    checker *k = t->data;
     struct check__probe *p = k->probe;
 
-    if (k->spec.type == CHECK_TTL) {
-        record(k, false, "ttl expired");
-        return;
-    }
     if (!p || k->reported)
         return;
     k->reported = true;
@@ -391,11 +201,34 @@ static void deadline_cb(uv_timer_t *t)
     check__report_k(k, false, "timed out after %llu ms", (unsigned long long)k->spec.timeout_ms);
 }
 
+static void deadline_cb(uv_timer_t *t)
+{
+    checker *k = t->data;
+
+    if (k->spec.type == CHECK_TTL) {
+        record(k, false, "ttl expired");
+        return;
+    }
+    time_out(k);
+}
+
 static void tick_cb(uv_timer_t *t)
 {
     checker *k = t->data;
     struct check__probe *p;
 
+    /* With a timeout equal to the interval, the running probe's deadline
+     * is due in the same loop turn as this tick, and libuv runs the tick
+     * first (it was armed first). Time the probe out here, so that the
+     * next one starts on time instead of being skipped for a whole
+     * interval. */
+    if (k->probe && uv_is_active((uv_handle_t *)&k->deadline) &&
+        !uv_timer_get_due_in(&k->deadline)) {
+        uv_timer_stop(&k->deadline);
+        time_out(k);
+        if (k->stopped)
+            return; /* the callback stopped it */
+    }
     if (k->probe) {
         /* Only an exec probe whose killed process has not exited yet can
          * still be here: never run two at once. */

@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "check.h"
+#include "check_spec.h"
 
 /* A config file larger than this is refused rather than parsed. */
 #define CONFIG_FILE_MAX (1024 * 1024)
@@ -66,7 +66,7 @@ struct config {
     int log_level;              /* log.level: 0 debug, 1 info, 2 warn,
                                  * 3 error; the logger owns the names */
     /* xds: the xDS (ADS) server for gRPC clients; see docs/xds.md. */
-    int xds_enabled;            /* xds.enabled, default 1 */
+    bool xds_enabled;           /* xds.enabled, default true */
     char *xds_path;             /* xds.path; default xds.sock in the folder
                                  * of socket.path; fits in sun_path */
     unsigned xds_mode;          /* xds.mode, <= 0777; default socket.mode */
@@ -76,8 +76,8 @@ struct config {
                                  * name, default "x-group" */
     uint64_t xds_idle_ms;       /* xds.idle: gRPC stops after this long
                                  * without an ADS stream; > 0, default 60s */
-    int xds_test_host_names;    /* xds.test_send_host_names: TEST ONLY,
-                                 * default 0: endpoint host names are sent
+    bool xds_test_host_names;   /* xds.test_send_host_names: TEST ONLY,
+                                 * default false: endpoint host names are sent
                                  * unresolved, which clients NACK */
     struct config_service *services;  /* main file's, then conf.d's */
     size_t n_services;
@@ -100,9 +100,9 @@ struct config {
  * frees with config_free(). On failure stores NULL in *out, writes one
  * message "FILE:LINE:COLUMN: what is wrong" (or "FILE: reason" when the
  * file itself cannot be read) into err, truncated to errlen, and returns
- * -EINVAL for bad content, -EFBIG for a file over CONFIG_FILE_MAX, -ENOMEM,
- * or the negative errno of a main or conf.d file that cannot be read. It
- * never prints and never exits. path is borrowed; err may be NULL if errlen
+ * DA_EINVAL for bad content, DA_EFBIG for a file over CONFIG_FILE_MAX,
+ * DA_ENOMEM, or the negative errno of a main or conf.d file that cannot be
+ * read (error.h). It never prints and never exits. path is borrowed; err may be NULL if errlen
  * is 0. */
 int config_load(const char *path, struct config **out, char *err,
                 size_t errlen);

@@ -22,7 +22,6 @@
 
 /* Bounds on what outside input can make us keep. */
 #define CHECK_OUTPUT_MAX 256     /* == sizeof(struct check_state.output) */
-#define CHECK_SERVICE_MAX 1024   /* grpc_service */
 #define CHECK_ADDRESS_MAX 300    /* "[v6]:port" or a 253-byte name + ":port" */
 
 struct check__probe;

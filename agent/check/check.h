@@ -16,49 +16,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "check_spec.h"
 #include "http.h"
-
-enum check_type { CHECK_NONE = 0, CHECK_GRPC, CHECK_TCP, CHECK_HTTP, CHECK_EXEC, CHECK_TTL };
-
-#define CHECK_DEFAULT_INTERVAL_MS 10000
-#define CHECK_DEFAULT_TIMEOUT_MS 2000
-#define CHECK_DEFAULT_RISE 2
-#define CHECK_DEFAULT_FALL 3
-
-/* What to check and how often. A zero interval_ms, timeout_ms, rise or fall
- * means its default; the default timeout is 2 s, or half the interval when
- * the interval is 2 s or less. interval_ms, timeout_ms are unused by ttl. */
-struct check_spec {
-    enum check_type type;
-    uint64_t interval_ms; /* default 10s */
-    uint64_t timeout_ms;  /* default 2s, and < interval */
-    int rise;             /* consecutive passes to become healthy; default 2 */
-    int fall;             /* consecutive failures to become unhealthy; default 3 */
-    char *grpc_service;   /* grpc: the service name asked in HealthCheckRequest; NULL/"" = server overall */
-    char *http_url;       /* http: full URL; NULL = http://<address>/health */
-    char **exec_argv;     /* exec: argv, NULL-terminated (run without a shell) */
-    uint64_t ttl_ms;      /* ttl: the application must report pass at least this often */
-};
-
-/* Helpers for owners of specs (configuration, registry). A spec filled by
- * check_spec_copy() owns its strings; check_spec_clear() frees them and
- * zeroes the spec (any spec whose strings are heap-allocated, NULL-safe).
- * check_spec_copy returns 0 or DA_ENOMEM (dst is then cleared). */
-int check_spec_copy(struct check_spec *dst, const struct check_spec *src);
-void check_spec_clear(struct check_spec *s);
-/* Same check once defaults are applied (a reload can keep a checker). */
-bool check_spec_equal(const struct check_spec *a, const struct check_spec *b);
-
-/* Applies the defaults to *s in place and validates it, as checker_start
- * does, without needing an address (so the configuration can refuse a bad
- * check when it is loaded). exec_enabled: whether exec checks are allowed.
- * Returns 0 or DA_EINVAL with a reason in err. */
-int check_spec_normalize(struct check_spec *s, bool exec_enabled, char *err, size_t errlen);
-
-const char *check_type_name(enum check_type t); /* "grpc", ..., "none"; static */
-/* "grpc", "tcp", "http", "exec", "ttl", "none" (exact, lower case).
- * Returns 0 or DA_EINVAL. */
-int check_type_parse(const char *s, enum check_type *out);
 
 /* ---- the context shared by every checker ---------------------------------- */
 
