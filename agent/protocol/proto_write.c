@@ -13,6 +13,62 @@
 
 /* ---- register and deregister -------------------------------------------- */
 
+/* {"type","interval","timeout","rise","fall","service","url","command","ttl"},
+ * as a service's check: in the configuration. This reads the JSON shapes
+ * (strings, integers, a list of strings for command) and leaves every rule
+ * of the schema to check_spec_build(), which the configuration calls too. */
+static int check_from_json(json_t *o, bool exec_enabled, struct check_spec *spec, char *err,
+                           size_t errlen)
+{
+    size_t n_keys;
+    const char *const *keys = check_spec_keys(&n_keys);
+    char nums[CHECK_KEY_COUNT][24];
+    const char *argv[CHECK_ARGV_MAX];
+    struct check_input in = {.owner = NULL};
+    struct check_error why;
+    int rc;
+
+    memset(spec, 0, sizeof *spec);
+    if (!json_is_object(o)) {
+        snprintf(err, errlen, "check must be an object with \"type\": grpc, tcp, http, exec or ttl");
+        return DA_EINVAL;
+    }
+    for (size_t k = 0; k < n_keys; k++) {
+        json_t *v = json_object_get(o, keys[k]);
+
+        if (!v)
+            continue;
+        if (k == CHECK_KEY_COMMAND) {
+            if (!json_is_array(v)) {
+                snprintf(err, errlen, "check.command must be a list of strings, the program first");
+                return DA_EINVAL;
+            }
+            in.has_command = true;
+            in.n_command = json_array_size(v);
+            in.command = argv;
+            /* A longer list is refused by check_spec_build() by its length. */
+            for (size_t i = 0; i < in.n_command && i < CHECK_ARGV_MAX; i++) {
+                if (!(argv[i] = json_string_value(json_array_get(v, i)))) {
+                    snprintf(err, errlen, "check.command must be a list of strings");
+                    return DA_EINVAL;
+                }
+            }
+        } else if (json_is_string(v)) {
+            in.value[k] = (struct check_value){json_string_value(v), true};
+        } else if (json_is_integer(v)) {
+            snprintf(nums[k], sizeof nums[k], "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+            in.value[k] = (struct check_value){nums[k], false};
+        } else {
+            snprintf(err, errlen, "check.%s must be %s", keys[k],
+                     k == CHECK_KEY_RISE || k == CHECK_KEY_FALL ? "a whole number" : "a string");
+            return DA_EINVAL;
+        }
+    }
+    rc = check_spec_build(spec, &in, exec_enabled, &why);
+    if (rc < 0)
+        snprintf(err, errlen, "%s", why.msg);
+    return rc;
+}
 
 static void reg_done(int err, void *arg)
 {
