@@ -189,8 +189,9 @@ START_TEST(test_reregisters_after_etcd_wipe)
     fx_up(&f, 3, user_server_yaml);
     ck_assert_int_ge(wait_key(&f, user_key, user_value, 5000), 0);
     ck_assert_int_eq(etcd_member_wipe(f.cluster, 0), 0);
-    ck_assert_str_eq(get(&f, user_key, (char[64]){0}, 64), "");
-    /* The keep-alive finds the lease gone; a new one, and the key again. */
+    /* The keep-alive finds the lease gone; a new one, and the key again.
+     * (Whether the key is seen absent in between depends on when the next
+     * keep-alive falls: the log says it was lost.) */
     ck_assert_int_ge(wait_key(&f, user_key, user_value, 15000), 0);
     ck_assert(agentp_log_has(&f.agent, "is gone"));
     fx_down(&f);
