@@ -1,4 +1,4 @@
-/* Integration tests of the etcd client (agent/etcd.c, etcd_watch.c) against
+/* Integration tests of the etcd client (agent/etcd/etcd.c, etcd_watch.c) against
  * real etcd members started by the harness, and against a scripted HTTP
  * responder for replies etcd cannot be made to send. */
 #include <check.h>
