@@ -420,7 +420,7 @@ clean: fuzz-clean
 
 BENCH_SRC     := $(wildcard bench/*.c)
 BENCH_OBJ     := $(BENCH_SRC:%.c=$(BUILD)/%.o)
-BENCH_HARNESS := $(addprefix $(BUILD)/test/harness/,proc.o etcd_proc.o agentproc.o)
+BENCH_HARNESS := $(addprefix $(BUILD)/test/harness/,proc.o etcd_proc.o agentproc.o testutil.o)
 
 $(BENCH_OBJ): DA_CPPFLAGS += -Itest/harness $(GRPC_CFLAGS) -DBUILD_DIR='"$(CURDIR)/$(BUILD)"'
 

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "testutil.h"
+
 #define RUNS 5 /* every figure is a median over this many runs */
 
 /* ---- clocks and samples (util.c) ------------------------------------------ */
@@ -21,7 +23,7 @@
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t now_ns(void);
 static inline double ns_to_us(uint64_t ns) { return (double)ns / 1e3; }
-void sleep_ms(int ms);
+/* now_ms() and sleep_ms() are the tests' (test/harness/testutil.h). */
 
 /* A growing array of doubles (latencies in microseconds, say). */
 struct samples {
@@ -64,8 +66,7 @@ long raise_nofile(void);
 int write_file(const char *path, const char *text);
 /* mkdir -p. */
 int make_dirs(const char *path);
-/* rm -rf, for the bench's own folders only. */
-void remove_tree(const char *path);
+/* rm -rf is the tests' rm_rf(). */
 
 /* ---- /proc (procstat.c) --------------------------------------------------- */
 

@@ -74,7 +74,7 @@ int agent_up(struct bench *b, struct agentp *a, const char *name)
 
     memset(a, 0, sizeof *a);
     snprintf(a->dir, sizeof a->dir, "%s/%s", b->dir, name);
-    remove_tree(a->dir);
+    rm_rf(a->dir);
     if (make_dirs(a->dir) < 0)
         return -1;
     snprintf(a->conf, sizeof a->conf, "%s/agent.yaml", a->dir);
@@ -227,6 +227,6 @@ int main(int argc, char **argv)
     note(&b, "The whole suite took %.0f s.", (double)(now_ns() - b.started) / 1e9);
     rc = report_write(&b, out, notes);
     etcd_cluster_stop(b.etcd);
-    remove_tree(b.dir);
+    rm_rf(b.dir);
     return rc < 0 ? 1 : 0;
 }

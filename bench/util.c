@@ -1,6 +1,5 @@
 /* Clocks, samples and their statistics, and small file helpers. */
 #include <errno.h>
-#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,14 +17,6 @@ uint64_t now_ns(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
 }
 
 /* ---- samples -------------------------------------------------------------- */
@@ -207,18 +198,4 @@ int make_dirs(const char *path)
     if (mkdir(buf, 0755) != 0 && errno != EEXIST)
         return -errno;
     return 0;
-}
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
-void remove_tree(const char *path)
-{
-    nftw(path, rm_one, 32, FTW_DEPTH | FTW_PHYS);
 }

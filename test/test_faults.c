@@ -39,24 +39,9 @@
 #include "agentproc.h"
 #include "etcd_proc.h"
 #include "proc.h"
+#include "testutil.h"
 
 #define TIMEOUT_MS 1000 /* the agent's etcd.timeout */
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
 
 /* ---- base64 (the gateway's keys and values) ----------------------------- */
 
