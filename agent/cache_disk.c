@@ -14,6 +14,7 @@
 
 #include "etcd_parse.h"
 #include "hash.h"
+#include "mkdir_p.h"
 
 uint64_t cache_disk_hash(const char *name)
 {

@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "mkdir_p.h"
 #include "testutil.h"
 
 #define RUNS 5 /* every figure is a median over this many runs */
@@ -64,9 +65,8 @@ void b64(const void *in, size_t len, char *out);
 long raise_nofile(void);
 /* Writes a whole file; 0 or -errno. */
 int write_file(const char *path, const char *text);
-/* mkdir -p. */
-int make_dirs(const char *path);
-/* rm -rf is the tests' rm_rf(). */
+/* mkdir -p is the agent's mkdir_p() (agent/mkdir_p.h), rm -rf the tests'
+ * rm_rf(). */
 
 /* ---- /proc (procstat.c) --------------------------------------------------- */
 
