@@ -583,8 +583,3 @@ const struct check_spec *checker_spec(const checker *k)
 {
     return &k->spec;
 }
-
-const char *checker_address(const checker *k)
-{
-    return k->address;
-}

@@ -26,8 +26,6 @@ struct etcd_client {
     bool connected;
     char last_error[256];
     size_t requests;
-    etcd_state_cb state_cb;
-    void *state_arg;
 
     struct etcd_call *calls;    /* every call in flight or waiting */
     /* Range reads in flight (at most ETCD_MAX_READS), those queued behind
