@@ -1,5 +1,6 @@
 /* etcd requests: building the JSON bodies, choosing the endpoint, failing
- * over, authenticating, and parsing replies. Watches are in etcd_watch.c. */
+ * over, authenticating, and parsing replies. Watches are in etcd_watch.c
+ * and etcd_watch_stream.c. */
 #include "etcd.h"
 
 #include <inttypes.h>
