@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "b64.h"
 #include "mkdir_p.h"
 #include "testutil.h"
 
@@ -57,9 +58,7 @@ int samples_write_quantiles(struct samples *s, const char *path);
 
 /* ---- small helpers (util.c) ----------------------------------------------- */
 
-/* Standard base64 of len bytes of in, NUL-terminated, into out (room for
- * 4 * ((len + 2) / 3) + 1). */
-void b64(const void *in, size_t len, char *out);
+/* Base64 is the agent's b64_encode() (agent/etcd/b64.h). */
 /* Raises RLIMIT_NOFILE's soft limit to the hard one; returns the new soft
  * limit. */
 long raise_nofile(void);
