@@ -420,11 +420,14 @@ clean: fuzz-clean
 
 BENCH_SRC     := $(wildcard bench/*.c)
 BENCH_OBJ     := $(BENCH_SRC:%.c=$(BUILD)/%.o)
-BENCH_HARNESS := $(addprefix $(BUILD)/test/harness/,proc.o etcd_proc.o agentproc.o)
+BENCH_HARNESS := $(addprefix $(BUILD)/test/harness/,proc.o etcd_proc.o agentproc.o testutil.o)
+# The bench is no client of libagent.a, but makes its folders and writes
+# base64 as the agent does.
+BENCH_AGENT   := $(BUILD)/agent/mkdir_p.o $(BUILD)/agent/etcd/b64.o
 
 $(BENCH_OBJ): DA_CPPFLAGS += -Itest/harness $(GRPC_CFLAGS) -DBUILD_DIR='"$(CURDIR)/$(BUILD)"'
 
-$(BUILD)/bench/bench: $(BENCH_OBJ) $(BENCH_HARNESS) $(LIB_A)
+$(BUILD)/bench/bench: $(BENCH_OBJ) $(BENCH_HARNESS) $(BENCH_AGENT) $(LIB_A)
 	$(LINK) $^ $(PKG_LIBS) $(GRPC_LIBS) -lm -pthread -o $@
 
 bench: deps

@@ -1,12 +1,16 @@
 /* Starting, reloading and stopping the daemon's parts in the right order.
  *
- * Start: etcd client, cache, session, registry, socket, xDS server; READY=1
- * once the socket listens and every configured instance is written (or, if etcd does
- * not answer, after twice the request timeout, so that a host whose etcd is
- * down still gets its cached lists served).
- * Stop: delete our keys, revoke the lease (both bounded by the timeout),
- * then close the socket and the xDS server (its clients keep their last
- * endpoints) and free the rest. */
+ * Start: HTTP client, etcd client, cache, session, health checks, registry,
+ * xDS server, then the socket listens, then the xDS server does (so that a
+ * second agent is told about the socket first), then the configured
+ * instances are added and the session asks for its lease. READY=1 once the
+ * socket listens and every configured instance is written (or, if etcd
+ * does not answer, after twice the request timeout, so that a host whose
+ * etcd is down still gets its cached lists served).
+ * Stop: close the socket and the xDS server first (their clients keep
+ * their last lists, rather than see our own deregistrations), then delete
+ * our keys and revoke the lease (bounded by a timer; a second signal stops
+ * waiting), then free the rest from a fresh loop turn. */
 #include "agent.h"
 
 #include <signal.h>

@@ -739,8 +739,6 @@ void cache_foreach(cache *c, void (*fn)(service *svc, void *arg), void *arg)
         }
 }
 
-size_t cache_size(const cache *c) { return c->n_services; }
-
 size_t cache_skipped_total(const cache *c)
 {
     size_t n = 0;

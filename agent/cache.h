@@ -68,7 +68,6 @@ void *service_derived(const service *s); /* borrowed */
 
 /* Every service in the cache, in no particular order. */
 void cache_foreach(cache *c, void (*fn)(service *svc, void *arg), void *arg);
-size_t cache_size(const cache *c);
 size_t cache_skipped_total(const cache *c);
 
 #endif

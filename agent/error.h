@@ -33,8 +33,7 @@ enum {
 #undef XX
 };
 
-/* Both return a static string; an unknown code gives a generic text. */
+/* A static string; an unknown code gives a generic text. */
 const char *da_strerror(int err);
-const char *da_err_name(int err);
 
 #endif

@@ -10,116 +10,28 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "error.h"
+#include "unix_listen.h"
 
-static int mkdirs(const char *path)
-{
-    char buf[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    size_t len = strlen(path);
-
-    if (len >= sizeof buf)
-        return -ENAMETOOLONG;
-    memcpy(buf, path, len + 1);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    return 0;
-}
-
-/* Refuses a live socket or a file that is no socket; removes a stale
- * socket. */
+/* The checks and the socket are the socket server's too: unix_listen.c. */
 int xlisten_check_path(const char *path, char *err, size_t errlen)
 {
-    struct sockaddr_un sa;
-    struct stat st;
-    int fd, rc;
-
-    if (strlen(path) >= sizeof sa.sun_path) {
-        snprintf(err, errlen, "xds.path %s is too long for a unix socket", path);
-        return -ENAMETOOLONG;
-    }
-    if ((rc = mkdirs(path)) < 0) {
-        snprintf(err, errlen, "cannot create the folder of %s: %s", path, strerror(-rc));
-        return rc;
-    }
-    if (lstat(path, &st) < 0)
-        return errno == ENOENT ? 0 : -errno;
-    if (!S_ISSOCK(st.st_mode)) {
-        snprintf(err, errlen, "%s exists and is not a socket; not removing it", path);
-        return -EEXIST;
-    }
-    memset(&sa, 0, sizeof sa);
-    sa.sun_family = AF_UNIX;
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd >= 0) {
-        rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
-        close(fd);
-        if (rc == 0) {
-            snprintf(err, errlen, "another agent is listening on %s", path);
-            return -EADDRINUSE;
-        }
-    }
-    if (unlink(path) < 0 && errno != ENOENT) {
-        snprintf(err, errlen, "cannot remove the stale socket %s: %s", path, strerror(errno));
-        return -errno;
-    }
-    return 0;
+    return unix_listen_prepare(path, err, errlen);
 }
 
 int xlisten_unix(const char *path, unsigned mode, dev_t *dev, ino_t *ino, char *err,
                  size_t errlen)
 {
-    struct sockaddr_un sa;
-    struct stat st;
-    mode_t old;
-    int fd, rc;
+    struct unix_listener ul;
+    int rc = unix_listen_open(path, mode, SOMAXCONN, &ul, err, errlen);
 
-    memset(&sa, 0, sizeof sa);
-    sa.sun_family = AF_UNIX;
-    memcpy(sa.sun_path, path, strlen(path) + 1); /* xlisten_check_path() checked the length */
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        rc = -errno;
-        snprintf(err, errlen, "cannot create the xDS socket: %s", strerror(-rc));
+    if (rc < 0)
         return rc;
-    }
-    /* The umask gives the socket its mode from the start, so no client
-     * connects through wider permissions. */
-    old = umask(~mode & 0777);
-    rc = bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ? -errno : 0;
-    umask(old);
-    if (rc) {
-        snprintf(err, errlen, "cannot listen on unix:%s: %s", path, strerror(-rc));
-        close(fd);
-        return rc;
-    }
-    if (chmod(path, mode) < 0 || lstat(path, &st) < 0) {
-        rc = -errno;
-        snprintf(err, errlen, "cannot set the mode of %s: %s", path, strerror(-rc));
-        unlink(path);
-        close(fd);
-        return rc;
-    }
-    if (listen(fd, SOMAXCONN) < 0) {
-        rc = -errno;
-        snprintf(err, errlen, "cannot listen on unix:%s: %s", path, strerror(-rc));
-        unlink(path); /* ours: made just now */
-        close(fd);
-        return rc;
-    }
-    *dev = st.st_dev;
-    *ino = st.st_ino;
-    return fd;
+    *dev = ul.dev;
+    *ino = ul.ino;
+    return ul.fd;
 }
 
 /* A listening socket on one resolved address: fd, or -errno. */

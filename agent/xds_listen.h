@@ -6,12 +6,14 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-/* Makes path's folders; refuses a live socket or a file that is no socket
- * there, and removes a stale socket. 0 or -errno, with err filled. */
+/* unix_listen_prepare() (unix_listen.h): makes path's folders; refuses a
+ * live socket or a file that is no socket there, and removes a stale
+ * socket. 0 or -errno, with err filled. */
 int xlisten_check_path(const char *path, char *err, size_t errlen);
 
-/* Binds and listens (non-blocking) on the unix socket path with mode, set
- * through the umask so that it never has wider permissions. Returns the fd,
+/* unix_listen_open(): binds and listens (non-blocking) on the unix socket
+ * path with mode, set through the umask so that it never has wider
+ * permissions. Returns the fd,
  * with the socket file's device and inode (so that only our own file is
  * removed later), or -errno with err filled. */
 int xlisten_unix(const char *path, unsigned mode, dev_t *dev, ino_t *ino, char *err,

@@ -1,6 +1,6 @@
 /* The xDS resources of a service: model, protobuf encoding, JSON.
  * See xds_resources.h for the contract and docs/xds.md for the mapping;
- * /work/shared/xds-facts.md records what gRPC 1.51's client accepts, which
+ * docs/xds-facts.md records what gRPC 1.51's client accepts, which
  * is why some choices below look arbitrary (comments say which fact). */
 #include "xds_resources.h"
 

@@ -22,6 +22,7 @@
 #include "cache_disk.h"
 #include "etcd_proc.h"
 #include "proc.h"
+#include "testutil.h"
 
 struct fx {
     struct etcd_cluster *cluster;
@@ -87,13 +88,6 @@ static void del(struct fx *f, const char *key)
     char out[256];
     const char *args[] = {"del", key, NULL};
     ck_assert_int_eq(etcdctl(f->cluster, out, sizeof out, args), 0);
-}
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Polls until key is present (want non-NULL: with that value) or absent;

@@ -126,7 +126,8 @@ static int64_t del(struct fx *f, const char *name, const char *suffix)
     char key[256];
 
     snprintf(key, sizeof key, "%s/%s/%s", PREFIX, name, suffix);
-    ck_assert_int_eq(etcd_delete(f->etcd, key, strlen(key), NULL, 0, res_cb, &s, NULL), 0);
+    struct etcd_op op = {.type = ETCD_OP_DELETE, .key = key, .klen = strlen(key)};
+    ck_assert_int_eq(etcd_txn(f->etcd, NULL, 0, &op, 1, NULL, 0, res_cb, &s, NULL), 0);
     return finish(f, &s);
 }
 

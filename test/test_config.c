@@ -24,7 +24,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -35,6 +34,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 #include <yaml.h>
+
+#include "testutil.h"
 
 /* ---- Allocation failure injection ------------------------------------ */
 
@@ -153,15 +154,6 @@ static const char *tmp_path(char *buf, const char *name)
     return buf;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag,
-                        struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void tmp_setup(void)
 {
     const char *base = getenv("TMPDIR");
@@ -178,7 +170,7 @@ static void tmp_teardown(void)
     char p[PATH_MAX];
 
     chmod(tmp_path(p, "conf.d"), 0700);
-    nftw(tmp_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    rm_rf(tmp_dir);
 }
 
 /* Loads the config text written to a temporary agent.yaml; returns what

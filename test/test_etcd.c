@@ -1,4 +1,4 @@
-/* Integration tests of the etcd client (agent/etcd.c, etcd_watch.c) against
+/* Integration tests of the etcd client (agent/etcd/etcd.c, etcd_watch.c) against
  * real etcd members started by the harness, and against a scripted HTTP
  * responder for replies etcd cannot be made to send. */
 #include <check.h>
@@ -68,7 +68,7 @@ static void fx_stop(struct fx *f)
 struct res {
     bool done;
     int err;
-    int64_t revision, lease_id, ttl, count, deleted;
+    int64_t revision, lease_id, ttl, count;
     bool succeeded;
     size_t n_kvs;
     char key[256], value[256];
@@ -87,7 +87,6 @@ static void res_cb(int err, const struct etcd_result *r, void *arg)
     s->lease_id = r->lease_id;
     s->ttl = r->ttl;
     s->count = r->count;
-    s->deleted = r->deleted;
     s->succeeded = r->succeeded;
     s->n_kvs = r->n_kvs;
     if (r->n_kvs) {
@@ -147,11 +146,14 @@ START_TEST(test_kv_binary_keys)
     ck_assert_uint_eq(s.value_len, sizeof val);
     ck_assert_mem_eq(s.value, val, sizeof val);
 
+    /* The agent deletes only in transactions (a key it wrote, compared by
+     * revision), so binary keys go through one too. */
     memset(&s, 0, sizeof s);
-    ck_assert_int_eq(etcd_delete(f.etcd, key, sizeof key, NULL, 0, res_cb, &s, NULL), 0);
+    struct etcd_op del = {.type = ETCD_OP_DELETE, .key = key, .klen = sizeof key};
+    ck_assert_int_eq(etcd_txn(f.etcd, NULL, 0, &del, 1, NULL, 0, res_cb, &s, NULL), 0);
     wait_res(&f, &s, 5000);
     ck_assert_int_eq(s.err, 0);
-    ck_assert_int_eq(s.deleted, 1);
+    ck_assert(s.succeeded);
 
     memset(&s, 0, sizeof s);
     ck_assert_int_eq(etcd_range(f.etcd, key, sizeof key, NULL, 0, 0, 0, res_cb, &s, NULL), 0);
@@ -258,10 +260,6 @@ START_TEST(test_lease_lifecycle)
     wait_res(&f, &s, 5000);
     id = s.lease_id;
     ck_assert_int_eq(put_sync(&f, "/t/leased", "v", id), 0);
-    memset(&s, 0, sizeof s);
-    ck_assert_int_eq(etcd_lease_ttl(f.etcd, id, res_cb, &s, NULL), 0);
-    wait_res(&f, &s, 5000);
-    ck_assert_int_gt(s.ttl, 25);
     memset(&s, 0, sizeof s);
     ck_assert_int_eq(etcd_lease_revoke(f.etcd, id, res_cb, &s, NULL), 0);
     wait_res(&f, &s, 5000);

@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../agent/etcd_watch.c"
-#include "../agent/etcd_watch_stream.c"
+#include "etcd_watch.c"
+#include "etcd_watch_stream.c"
 
 /* ---- FUZZ REGRESSION 1: watch events out of revision order --------------
  * Found by fuzz_watch_stream (and fuzz_watch_line). A watch response whose

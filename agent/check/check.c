@@ -416,8 +416,3 @@ const struct check_spec *checker_spec(const checker *k)
 {
     return &k->spec;
 }
-
-const char *checker_address(const checker *k)
-{
-    return k->address;
-}

@@ -86,9 +86,8 @@ struct check_state {
 };
 void checker_state(const checker *k, struct check_state *out);
 
-/* The checker's spec with defaults applied, and its address (NULL if it
- * has none); borrowed, valid until checker_stop(). */
+/* The checker's spec with defaults applied; borrowed, valid until
+ * checker_stop(). */
 const struct check_spec *checker_spec(const checker *k);
-const char *checker_address(const checker *k);
 
 #endif

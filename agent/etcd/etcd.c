@@ -1,5 +1,6 @@
 /* etcd requests: building the JSON bodies, choosing the endpoint, failing
- * over, authenticating, and parsing replies. Watches are in etcd_watch.c. */
+ * over, authenticating, and parsing replies. Watches are in etcd_watch.c
+ * and etcd_watch_stream.c. */
 #include "etcd.h"
 
 #include <inttypes.h>
@@ -116,8 +117,6 @@ void etcd__endpoint_ok(etcd_client *c)
     if (!c->connected) {
         c->connected = true;
         log_info("etcd: connected to %s", c->endpoints[c->cur]);
-        if (c->state_cb)
-            c->state_cb(c, true, c->state_arg);
     }
 }
 
@@ -134,11 +133,7 @@ void etcd__endpoint_failed(etcd_client *c, size_t idx, int err, const char *why)
     } else if (c->connected) {
         log_warn("etcd: %s failed (%s)", c->endpoints[idx], why && *why ? why : da_strerror(err));
     }
-    if (c->connected) {
-        c->connected = false;
-        if (c->state_cb)
-            c->state_cb(c, false, c->state_arg);
-    }
+    c->connected = false;
 }
 
 /* ---- the read queue ----------------------------------------------------- */
@@ -513,13 +508,6 @@ int etcd_put(etcd_client *c, const char *key, size_t klen, const char *val, size
     return call_start(c, "/v3/kv/put", o, cb, arg, out);
 }
 
-int etcd_delete(etcd_client *c, const char *key, size_t klen, const char *range_end,
-                size_t relen, etcd_cb cb, void *arg, etcd_call **out)
-{
-    return call_start(c, "/v3/kv/deleterange", range_body(key, klen, range_end, relen), cb, arg,
-                      out);
-}
-
 static json_t *txn_op(const struct etcd_op *op)
 {
     json_t *inner = json_object(), *wrap = json_object();
@@ -623,11 +611,6 @@ int etcd_lease_revoke(etcd_client *c, int64_t id, etcd_cb cb, void *arg, etcd_ca
     return call_start(c, "/v3/kv/lease/revoke", id_body("ID", id), cb, arg, out);
 }
 
-int etcd_lease_ttl(etcd_client *c, int64_t id, etcd_cb cb, void *arg, etcd_call **out)
-{
-    return call_start(c, "/v3/kv/lease/timetolive", id_body("ID", id), cb, arg, out);
-}
-
 int etcd_member_status(etcd_client *c, etcd_cb cb, void *arg, etcd_call **out)
 {
     return call_start(c, "/v3/maintenance/status", json_object(), cb, arg, out);
@@ -711,12 +694,6 @@ etcd_client *etcd_client_free(etcd_client *c)
     free(c->key_file);
     free(c);
     return NULL;
-}
-
-void etcd_client_on_state(etcd_client *c, etcd_state_cb cb, void *arg)
-{
-    c->state_cb = cb;
-    c->state_arg = arg;
 }
 
 const char *etcd_client_endpoint(const etcd_client *c)

@@ -442,8 +442,3 @@ bool etcd_watch_live(const etcd_watch *w)
 {
     return w->live;
 }
-
-int64_t etcd_watch_revision(const etcd_watch *w)
-{
-    return w->next_rev - 1;
-}

@@ -1,5 +1,6 @@
-/* What etcd.c (requests, endpoints, auth) and etcd_watch.c (streams) share.
- * Nothing outside those two files includes this. */
+/* What etcd.c (requests, endpoints, auth), etcd_watch.c (each watch) and
+ * etcd_watch_stream.c (the stream they share) share. Nothing outside
+ * agent/etcd/ includes this. */
 #ifndef DA_ETCD_INTERNAL_H
 #define DA_ETCD_INTERNAL_H
 
@@ -26,8 +27,6 @@ struct etcd_client {
     bool connected;
     char last_error[256];
     size_t requests;
-    etcd_state_cb state_cb;
-    void *state_arg;
 
     struct etcd_call *calls;    /* every call in flight or waiting */
     /* Range reads in flight (at most ETCD_MAX_READS), those queued behind

@@ -56,11 +56,9 @@ struct etcd_result {
     size_t n_kvs;
     int64_t count;
     bool more;
-    int64_t deleted;
     bool succeeded; /* txn */
     int64_t lease_id;
-    int64_t ttl;         /* lease grant, keepalive, timetolive: -1 when gone */
-    int64_t granted_ttl; /* timetolive */
+    int64_t ttl;         /* lease grant, keepalive: -1 when gone */
     uint64_t leader;     /* maintenance status */
     char version[32];    /* maintenance status */
     char *token;         /* authenticate */
@@ -73,16 +71,11 @@ typedef void (*etcd_cb)(int err, const struct etcd_result *r, void *arg);
 
 enum { ETCD_RANGE_KEYS_ONLY = 1, ETCD_RANGE_COUNT_ONLY = 2 };
 
-/* Called on every change of endpoint (failover), and with connected false
- * when a request found no endpoint reachable. */
-typedef void (*etcd_state_cb)(etcd_client *c, bool connected, void *arg);
-
 int etcd_client_new(etcd_client **out, uv_loop_t *loop, http_client *http,
                     const struct etcd_options *o);
 /* Cancels every request and watch (no callbacks) and frees the client.
  * Accepts NULL; returns NULL. */
 etcd_client *etcd_client_free(etcd_client *c);
-void etcd_client_on_state(etcd_client *c, etcd_state_cb cb, void *arg);
 
 const char *etcd_client_endpoint(const etcd_client *c); /* the one in use */
 bool etcd_client_connected(const etcd_client *c);       /* last request reached etcd */
@@ -105,8 +98,6 @@ int etcd_range(etcd_client *c, const char *key, size_t klen, const char *range_e
                etcd_call **out);
 int etcd_put(etcd_client *c, const char *key, size_t klen, const char *val, size_t vlen,
              int64_t lease, etcd_cb cb, void *arg, etcd_call **out);
-int etcd_delete(etcd_client *c, const char *key, size_t klen, const char *range_end,
-                size_t relen, etcd_cb cb, void *arg, etcd_call **out);
 
 /* A compare-and-put: put key=val (with lease) only if the key's current
  * value differs from val or its lease differs from lease... expressed as
@@ -139,7 +130,6 @@ int etcd_txn(etcd_client *c, const struct etcd_cmp *cmp, size_t n_cmp,
 int etcd_lease_grant(etcd_client *c, int64_t ttl, etcd_cb cb, void *arg, etcd_call **out);
 int etcd_lease_keepalive(etcd_client *c, int64_t id, etcd_cb cb, void *arg, etcd_call **out);
 int etcd_lease_revoke(etcd_client *c, int64_t id, etcd_cb cb, void *arg, etcd_call **out);
-int etcd_lease_ttl(etcd_client *c, int64_t id, etcd_cb cb, void *arg, etcd_call **out);
 
 /* The status of the member in use: leader, version, member id. */
 int etcd_member_status(etcd_client *c, etcd_cb cb, void *arg, etcd_call **out);
@@ -190,6 +180,5 @@ int etcd_watch_start(etcd_client *c, const char *key, size_t klen, const char *r
                      etcd_watch **out);
 void etcd_watch_stop(etcd_watch *w); /* no callback after this; NULL-safe */
 bool etcd_watch_live(const etcd_watch *w);
-int64_t etcd_watch_revision(const etcd_watch *w);
 
 #endif

@@ -225,12 +225,11 @@ static int parse_result(json_t *o, struct etcd_result *r)
         return rc;
     if (!r->kvs && (rc = parse_kvs(json_object_get(o, "prev_kvs"), &r->kvs, &r->n_kvs)))
         return rc;
-    if ((rc = get_i64(o, "count", &r->count)) || (rc = get_i64(o, "deleted", &r->deleted)) ||
-        (rc = get_i64(o, "ID", &r->lease_id)) || (rc = get_i64(o, "grantedTTL", &r->granted_ttl)) ||
+    if ((rc = get_i64(o, "count", &r->count)) || (rc = get_i64(o, "ID", &r->lease_id)) ||
         (rc = get_u64(o, "leader", &r->leader)))
         return rc;
     /* A lease reply without TTL means the lease is gone (the gateway drops
-     * zero fields, and etcd answers -1 in timetolive). */
+     * zero fields). */
     if (json_object_get(o, "TTL")) {
         if ((rc = get_i64(o, "TTL", &r->ttl)))
             return rc;
