@@ -1,35 +1,28 @@
 /* The xDS server's gRPC transport; see xds_grpc.h for the contract.
  *
- * gRPC runs only while somebody uses it. C-core's threads (timers,
- * executors, event engine) wake up about once a second each and hold a
- * few MiB, whether or not a client ever comes, and most agents have no
- * xDS client most of the time. So the agent listens itself, on plain
- * non-blocking sockets polled by the loop, and a "core" (grpc_init(), a
- * server, its completion queue and the thread that drains it) starts only
- * when a connection has sent its first bytes; each accepted socket is
- * handed to that server with grpc_server_add_channel_from_fd(). Once no
- * ADS stream has been open and no connection has come for idle_ms, the
- * core is shut down and grpc_shutdown() ends C-core's threads (1.51 joins
- * them before returning when it is called from a thread of ours); the
- * next connection starts another core. Only one core exists at a time:
- * a connection that comes while one is shutting down waits for the end.
+ * gRPC runs only while somebody uses it, and is mapped only once somebody
+ * has. C-core's threads (timers, executors, event engine) wake up about
+ * once a second each and hold a few MiB, and its libraries (gRPC, abseil,
+ * libstdc++) cost more MiB the moment they are loaded, whether or not a
+ * client ever comes; most agents have no xDS client most of the time. So
+ * the agent listens itself, on plain non-blocking sockets polled by the
+ * loop, and a "core" (the gRPC module's server: grpc_init(), a server,
+ * its completion queue and the thread that drains it; grpc_module.h)
+ * starts only when a connection has sent its first bytes, the module
+ * being loaded the first time; each accepted socket is handed to that
+ * server. Once no ADS stream has been open and no connection has come for
+ * idle_ms, the core is shut down and grpc_shutdown() ends C-core's threads
+ * (the module stays mapped: gRPC's libraries do not unload cleanly); the
+ * next connection starts another core. Only one core exists at a time: a
+ * connection that comes while one is shutting down waits for the end.
  *
- * Each stream owns one tag per kind of batch (new call, receive, send,
- * status, close), and each kind has at most one batch in flight, so a tag
- * can carry its own link for the hand-over list: the completion thread
- * never allocates. A stream is freed once its call has closed (the
- * RECV_CLOSE_ON_SERVER batch completed) and no batch of it is in flight. */
+ * Without the module (not installed, or of another version), every
+ * connection that speaks is closed with the reason logged; the agent and
+ * its other front ends go on. */
 #include "xds_grpc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <grpc/byte_buffer.h>
-#include <grpc/byte_buffer_reader.h>
-#include <grpc/grpc.h>
-#include <grpc/grpc_posix.h>
-#include <grpc/grpc_security.h>
-#include <grpc/support/alloc.h>
-#include <grpc/support/time.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -45,6 +38,7 @@
 
 #include "error.h"
 #include "fdlimit.h"
+#include "grpc_module.h"
 #include "log.h"
 #include "xds_listen.h"
 
@@ -63,58 +57,6 @@
 /* At most one line per this long about connections refused. */
 #define ACCEPT_WARN_MS 10000
 #define PEER_MAX (sizeof(((struct sockaddr_un *)0)->sun_path) + 16)
-
-enum tag_kind { T_NEW, T_RECV, T_SEND, T_STATUS, T_CLOSE, T_SHUTDOWN };
-
-struct core;
-
-struct tag {
-    enum tag_kind kind;
-    xgrpc_stream *st;  /* NULL for T_SHUTDOWN */
-    int ok;
-    struct tag *next;  /* on the hand-over list */
-};
-
-struct xgrpc_stream {
-    struct core *c;
-    grpc_call *call;
-    grpc_call_details details;
-    grpc_metadata_array md;
-    struct tag t_new, t_recv, t_send, t_status, t_close;
-    grpc_byte_buffer *recv_buf;
-    grpc_byte_buffer *send_buf;
-    grpc_slice status_details;
-    int cancelled;
-    int pending;       /* batches in flight */
-    bool linked;       /* on c->streams */
-    bool open;         /* an ADS stream whose on_close has not run */
-    bool closed;       /* the call is over */
-    bool md_sent;      /* initial metadata went out */
-    bool sending;
-    bool finishing, status_started;
-    int status_code;
-    char *peer;        /* ours (malloc) */
-    void *data;
-    xgrpc_stream *prev, *next;
-};
-
-/* One run of C-core, from the connection that started it to the end of
- * the linger after its last stream. */
-struct core {
-    xgrpc *g;
-    grpc_server *server;
-    grpc_completion_queue *cq;
-    grpc_server_credentials *creds;
-    uv_thread_t thread;
-    uv_async_t async;
-    uv_mutex_t mu;
-    struct tag *head, *tail; /* completed, for the loop; under mu */
-    bool cq_done;            /* the thread has seen the queue's end; under mu */
-    struct tag t_shutdown;
-    xgrpc_stream *streams;
-    size_t n_open;           /* ADS streams whose on_close has not run */
-    bool stopping;
-};
 
 struct listener {
     xgrpc *g;
@@ -150,10 +92,10 @@ struct xgrpc {
     size_t refused;          /* connections refused since the last warning */
     struct pending *pending; /* newest first */
     size_t n_pending;
-    struct core *core;       /* running, or NULL */
-    struct core *stopping;   /* shutting down, or NULL */
-    char **peers;            /* by fd: who is on a socket given to C-core */
-    size_t n_peers;
+    const struct da_grpc_module *m; /* loaded with the first core */
+    gm_xds *core;            /* running, or NULL */
+    gm_xds *stopping;        /* shutting down, or NULL */
+    size_t n_open;           /* ADS streams whose on_close has not run */
     uint64_t starts;
     int handles;             /* uv handles whose close callback has not run */
     bool closing;
@@ -165,37 +107,6 @@ struct xgrpc {
 };
 
 static void idle_arm(xgrpc *g);
-
-/* ---- the completion thread ---------------------------------------------- */
-
-static void cq_thread(void *arg)
-{
-    struct core *c = arg;
-
-    for (;;) {
-        grpc_event ev =
-            grpc_completion_queue_next(c->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-        bool end = ev.type == GRPC_QUEUE_SHUTDOWN;
-
-        uv_mutex_lock(&c->mu);
-        if (end) {
-            c->cq_done = true;
-        } else if (ev.type == GRPC_OP_COMPLETE) {
-            struct tag *t = ev.tag;
-            t->ok = ev.success;
-            t->next = NULL;
-            if (c->tail)
-                c->tail->next = t;
-            else
-                c->head = t;
-            c->tail = t;
-        }
-        uv_mutex_unlock(&c->mu);
-        uv_async_send(&c->async);
-        if (end)
-            return;
-    }
-}
 
 /* ---- peers -------------------------------------------------------------- */
 
@@ -225,485 +136,108 @@ static char *peer_name(const struct sockaddr_storage *ss, socklen_t len)
     return strdup(out);
 }
 
-/* C-core knows a socket handed to it only as "fd:N": remember who is on
- * fd. The table grows to the highest fd handed over; an entry is replaced
- * when its number comes back. Steals peer. */
-static void peer_set(xgrpc *g, int fd, char *peer)
-{
-    if ((size_t)fd >= g->n_peers) {
-        size_t n = g->n_peers ? g->n_peers : 16;
-        char **v;
+/* ---- the core: C-core's server in the module, while somebody uses it ---- */
 
-        while (n <= (size_t)fd)
-            n *= 2;
-        if (!(v = realloc(g->peers, n * sizeof *v))) {
-            free(peer);
-            return;
-        }
-        memset(v + g->n_peers, 0, (n - g->n_peers) * sizeof *v);
-        g->peers = v;
-        g->n_peers = n;
-    }
-    free(g->peers[fd]);
-    g->peers[fd] = peer;
-}
-
-/* The call's peer, "fd:N" turned back into the address accepted on N.
- * New (malloc), or NULL when out of memory. */
-static char *call_peer(xgrpc *g, grpc_call *call)
-{
-    char *p = grpc_call_get_peer(call), *end, *out;
-    const char *known = NULL;
-    long fd;
-
-    if (p && !strncmp(p, "fd:", 3)) {
-        errno = 0;
-        fd = strtol(p + 3, &end, 10);
-        if (!errno && end != p + 3 && !*end && fd >= 0 && (size_t)fd < g->n_peers)
-            known = g->peers[fd];
-    }
-    out = strdup(known ? known : p ? p : "?");
-    gpr_free(p);
-    return out;
-}
-
-/* ---- streams ------------------------------------------------------------ */
-
-static void stream_init_tags(xgrpc_stream *st)
-{
-    struct tag *tags[] = {&st->t_new, &st->t_recv, &st->t_send, &st->t_status, &st->t_close};
-    enum tag_kind kinds[] = {T_NEW, T_RECV, T_SEND, T_STATUS, T_CLOSE};
-
-    for (size_t i = 0; i < sizeof tags / sizeof *tags; i++) {
-        tags[i]->kind = kinds[i];
-        tags[i]->st = st;
-    }
-}
-
-static void stream_free(xgrpc_stream *st)
-{
-    struct core *c = st->c;
-
-    if (st->linked) {
-        if (st->prev)
-            st->prev->next = st->next;
-        else
-            c->streams = st->next;
-        if (st->next)
-            st->next->prev = st->prev;
-    }
-    if (st->call)
-        grpc_call_unref(st->call);
-    if (st->recv_buf)
-        grpc_byte_buffer_destroy(st->recv_buf);
-    if (st->send_buf)
-        grpc_byte_buffer_destroy(st->send_buf);
-    grpc_slice_unref(st->status_details);
-    grpc_call_details_destroy(&st->details);
-    grpc_metadata_array_destroy(&st->md);
-    free(st->peer);
-    free(st);
-}
-
-static void maybe_free(xgrpc_stream *st)
-{
-    if ((st->closed || !st->call) && st->pending == 0)
-        stream_free(st);
-}
-
-static bool batch(xgrpc_stream *st, const grpc_op *ops, size_t n, struct tag *t)
-{
-    grpc_call_error e = grpc_call_start_batch(st->call, ops, n, t, NULL);
-
-    if (e != GRPC_CALL_OK) {
-        log_error("xds: cannot start a gRPC batch on stream %s: error %d", xgrpc_stream_peer(st),
-                  (int)e);
-        grpc_call_cancel(st->call, NULL);
-        return false;
-    }
-    st->pending++;
-    return true;
-}
-
-/* Asks gRPC for the next incoming call. */
-static void request_next(struct core *c)
-{
-    xgrpc_stream *st = calloc(1, sizeof *st);
-    grpc_call_error e;
-
-    if (!st) {
-        log_error("xds: out of memory: no more xDS streams are accepted");
-        return;
-    }
-    st->c = c;
-    stream_init_tags(st);
-    st->status_details = grpc_empty_slice();
-    grpc_call_details_init(&st->details);
-    grpc_metadata_array_init(&st->md);
-    e = grpc_server_request_call(c->server, &st->call, &st->details, &st->md, c->cq, c->cq,
-                                 &st->t_new);
-    if (e != GRPC_CALL_OK) {
-        log_error("xds: cannot ask gRPC for calls: error %d", (int)e);
-        stream_free(st);
-        return;
-    }
-    st->pending = 1;
-}
-
-static void start_recv(xgrpc_stream *st)
-{
-    grpc_op op;
-
-    memset(&op, 0, sizeof op);
-    op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &st->recv_buf;
-    batch(st, &op, 1, &st->t_recv);
-}
-
-static void start_status(xgrpc_stream *st)
-{
-    grpc_op ops[2];
-    size_t n = 0;
-
-    st->status_started = true;
-    memset(ops, 0, sizeof ops);
-    if (!st->md_sent) {
-        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-        st->md_sent = true;
-    }
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = (grpc_status_code)st->status_code;
-    ops[n].data.send_status_from_server.status_details = &st->status_details;
-    n++;
-    batch(st, ops, n, &st->t_status);
-}
-
-/* Ends a call that is not an ADS stream we serve, in one batch. */
-static void reject(xgrpc_stream *st, grpc_status_code code, const char *why)
-{
-    grpc_op ops[3];
-
-    memset(ops, 0, sizeof ops);
-    grpc_slice_unref(st->status_details);
-    st->status_details = grpc_slice_from_copied_string(why);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[1].data.send_status_from_server.status = code;
-    ops[1].data.send_status_from_server.status_details = &st->status_details;
-    ops[2].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[2].data.recv_close_on_server.cancelled = &st->cancelled;
-    st->md_sent = st->status_started = st->finishing = true;
-    if (!batch(st, ops, 3, &st->t_close))
-        st->closed = true;
-}
-
-static void on_new(struct core *c, xgrpc_stream *st, int ok)
-{
-    xgrpc *g = c->g;
-    grpc_op op;
-
-    st->pending--;
-    if (!ok || c->stopping) {
-        /* The server is shutting down: unref cancels a call we got. */
-        stream_free(st);
-        return;
-    }
-    st->next = c->streams;
-    if (c->streams)
-        c->streams->prev = st;
-    c->streams = st;
-    st->linked = true;
-    request_next(c);
-    st->peer = call_peer(g, st->call);
-    if (grpc_slice_str_cmp(st->details.method, XGRPC_METHOD)) {
-        char *m = grpc_slice_to_c_string(st->details.method);
-        log_debug("xds: %s called %s: UNIMPLEMENTED", xgrpc_stream_peer(st), m ? m : "?");
-        gpr_free(m);
-        reject(st, GRPC_STATUS_UNIMPLEMENTED, "this server serves only " XGRPC_METHOD);
-        maybe_free(st);
-        return;
-    }
-    if (c->n_open >= g->max_streams) {
-        log_warn("xds: %zu xDS streams are open, the most allowed: refusing %s", c->n_open,
-                 xgrpc_stream_peer(st));
-        reject(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "too many xDS streams on this agent");
-        maybe_free(st);
-        return;
-    }
-    memset(&op, 0, sizeof op);
-    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    op.data.recv_close_on_server.cancelled = &st->cancelled;
-    if (!batch(st, &op, 1, &st->t_close)) {
-        st->closed = true;
-        maybe_free(st);
-        return;
-    }
-    st->open = true;
-    c->n_open++;
-    start_recv(st);
-    g->cb.on_open(st, g->arg);
-}
-
-static void on_recv(struct core *c, xgrpc_stream *st, int ok)
-{
-    xgrpc *g = c->g;
-    grpc_byte_buffer *buf = st->recv_buf;
-
-    st->pending--;
-    st->recv_buf = NULL;
-    if (ok && buf) {
-        grpc_byte_buffer_reader r;
-        if (st->open && !st->finishing && grpc_byte_buffer_reader_init(&r, buf)) {
-            grpc_slice s = grpc_byte_buffer_reader_readall(&r);
-            grpc_byte_buffer_reader_destroy(&r);
-            g->cb.on_message(st, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s), g->arg);
-            grpc_slice_unref(s);
-        }
-        grpc_byte_buffer_destroy(buf);
-        if (st->open && !st->finishing && !st->closed && !c->stopping)
-            start_recv(st);
-    } else if (ok && st->open) {
-        /* The client half-closed: it wants nothing more. */
-        xgrpc_finish(st, GRPC_STATUS_OK, "");
-    }
-    maybe_free(st);
-}
-
-static void on_send(struct core *c, xgrpc_stream *st, int ok)
-{
-    st->pending--;
-    st->sending = false;
-    if (st->send_buf) {
-        grpc_byte_buffer_destroy(st->send_buf);
-        st->send_buf = NULL;
-    }
-    if (st->finishing && !st->status_started && !st->closed)
-        start_status(st);
-    else if (ok && st->open && !st->finishing)
-        c->g->cb.on_sent(st, c->g->arg);
-    maybe_free(st);
-}
-
-static void on_close(struct core *c, xgrpc_stream *st)
-{
-    xgrpc *g = c->g;
-
-    st->pending--;
-    st->closed = true;
-    if (st->open) {
-        st->open = false;
-        c->n_open--;
-        g->cb.on_close(st, g->arg);
-        idle_arm(g);
-    }
-    maybe_free(st);
-}
-
-/* ---- the core: C-core's server, while somebody uses it ------------------- */
-
-/* The last uv handle of g has closed: free it (after xgrpc_close()). */
+/* The last uv handle of g has closed: free it (after xgrpc_close()). A
+ * core counts as one handle until the module says it has stopped. */
 static void handle_closed(xgrpc *g)
 {
     if (--g->handles > 0 || !g->closing)
         return;
-    for (size_t i = 0; i < g->n_peers; i++)
-        free(g->peers[i]);
-    free(g->peers);
     free(g->path);
     free(g);
 }
 
 static void pending_serve(xgrpc *g);
 
-static void core_closed(uv_handle_t *h)
+/* The module's callbacks: streams go to the caller's, counted here for
+ * the linger. */
+static void core_on_open(xgrpc_stream *st, void *arg)
 {
-    struct core *c = h->data;
-    xgrpc *g = c->g;
-    bool was_stopping = g->stopping == c;
+    xgrpc *g = arg;
 
-    uv_mutex_destroy(&c->mu);
-    grpc_server_credentials_release(c->creds);
-    free(c);
-    /* The last reference (unless a gRPC health check holds one): C-core's
-     * threads end here. */
-    grpc_shutdown();
-    if (was_stopping) {
-        g->stopping = NULL;
-        /* A connection that came meanwhile starts the next core. */
-        pending_serve(g);
-    }
+    g->n_open++;
+    g->cb.on_open(st, g->arg);
+}
+
+static void core_on_message(xgrpc_stream *st, const uint8_t *data, size_t len, void *arg)
+{
+    xgrpc *g = arg;
+
+    g->cb.on_message(st, data, len, g->arg);
+}
+
+static void core_on_sent(xgrpc_stream *st, void *arg)
+{
+    xgrpc *g = arg;
+
+    g->cb.on_sent(st, g->arg);
+}
+
+static void core_on_close(xgrpc_stream *st, void *arg)
+{
+    xgrpc *g = arg;
+
+    g->n_open--;
+    g->cb.on_close(st, g->arg);
+    idle_arm(g);
+}
+
+/* The core that was stopping is gone, its threads with it (unless a gRPC
+ * health check holds gRPC too). */
+static void core_on_stopped(void *arg)
+{
+    xgrpc *g = arg;
+
+    g->stopping = NULL;
+    /* A connection that came meanwhile starts the next core. */
+    pending_serve(g);
     handle_closed(g);
 }
 
-/* The thread has drained the queue: nothing of gRPC's can call us now. */
-static void finish_close(struct core *c)
+/* Loads the module (the first time) and starts a server with no port: its
+ * connections come from hand_over(). 0 with g->core set, or a negative
+ * code with the reason in err and nothing left running. */
+static int core_start(xgrpc *g, char *err, size_t errlen)
 {
-    uv_thread_join(&c->thread);
-    while (c->streams) {
-        xgrpc_stream *st = c->streams;
-        st->pending = 0;
-        st->closed = true;
-        stream_free(st);
+    static const struct gm_xds_callbacks cb = {
+        core_on_open, core_on_message, core_on_sent, core_on_close, core_on_stopped,
+    };
+    int rc;
+
+    if (!g->m && !(g->m = grpc_module_get("xDS", err, errlen)))
+        return DA_ENOENT;
+    if ((rc = g->m->xds_start(&g->core, g->loop, g->max_streams, g->max_message, &cb, g)) < 0) {
+        snprintf(err, errlen, "cannot start gRPC: %s", da_strerror(rc));
+        return rc;
     }
-    grpc_server_destroy(c->server);
-    grpc_completion_queue_destroy(c->cq);
-    uv_close((uv_handle_t *)&c->async, core_closed);
-}
-
-/* Runs the completions the thread has handed over. */
-static void core_drain(struct core *c)
-{
-    struct tag *list;
-    bool done;
-
-    uv_mutex_lock(&c->mu);
-    list = c->head;
-    c->head = c->tail = NULL;
-    done = c->cq_done;
-    uv_mutex_unlock(&c->mu);
-
-    while (list) {
-        struct tag *t = list;
-        list = t->next;
-        switch (t->kind) {
-        case T_NEW:
-            on_new(c, t->st, t->ok);
-            break;
-        case T_RECV:
-            on_recv(c, t->st, t->ok);
-            break;
-        case T_SEND:
-            on_send(c, t->st, t->ok);
-            break;
-        case T_STATUS:
-            t->st->pending--;
-            maybe_free(t->st);
-            break;
-        case T_CLOSE:
-            on_close(c, t->st);
-            break;
-        case T_SHUTDOWN:
-            /* Every call has been cancelled; what they still have in
-             * flight completes before the queue reports its end. */
-            grpc_completion_queue_shutdown(c->cq);
-            break;
-        }
-    }
-    if (done)
-        finish_close(c);
-}
-
-static void on_async(uv_async_t *h)
-{
-    core_drain(h->data);
-}
-
-/* Shuts down a server whose thread never started, on this thread. */
-static void teardown_sync(grpc_server *server, grpc_completion_queue *cq)
-{
-    struct tag t = {.kind = T_SHUTDOWN};
-    grpc_event ev;
-
-    grpc_server_shutdown_and_notify(server, cq, &t);
-    do
-        ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-    while (!(ev.type == GRPC_OP_COMPLETE && ev.tag == &t));
-    grpc_server_destroy(server);
-    grpc_completion_queue_shutdown(cq);
-    do
-        ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-    while (ev.type != GRPC_QUEUE_SHUTDOWN);
-    grpc_completion_queue_destroy(cq);
-}
-
-/* Initializes gRPC and starts a server with no port: its connections
- * come from hand_over(). 0 with g->core set, or a negative code with
- * nothing left running. */
-static int core_start(xgrpc *g)
-{
-    struct core *c = calloc(1, sizeof *c);
-    grpc_arg args[2];
-    grpc_channel_args ca = {2, args};
-
-    if (!c)
-        return DA_ENOMEM;
-    if (uv_mutex_init(&c->mu) < 0) {
-        free(c);
-        return DA_ENOMEM;
-    }
-    c->g = g;
-    c->t_shutdown.kind = T_SHUTDOWN;
-    grpc_init();
-    memset(args, 0, sizeof args);
-    args[0].type = GRPC_ARG_INTEGER;
-    args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-    args[0].value.integer = (int)g->max_message;
-    /* Idle clients keep their stream for good; a dead peer on TCP is
-     * found by keepalive pings rather than never. Sockets handed over
-     * take the server's arguments. */
-    args[1].type = GRPC_ARG_INTEGER;
-    args[1].key = (char *)GRPC_ARG_KEEPALIVE_TIME_MS;
-    args[1].value.integer = 60000;
-    c->server = grpc_server_create(&ca, NULL);
-    c->cq = grpc_completion_queue_create_for_next(NULL);
-    grpc_server_register_completion_queue(c->server, c->cq, NULL);
-    grpc_server_start(c->server);
-    /* grpc_server_add_channel_from_fd() takes insecure credentials only:
-     * the socket's permissions (and loopback) are the access control. */
-    c->creds = grpc_insecure_server_credentials_create();
-    if (uv_async_init(g->loop, &c->async, on_async) < 0)
-        goto fail;
-    c->async.data = c;
     g->handles++;
-    if (uv_thread_create(&c->thread, cq_thread, c) < 0) {
-        teardown_sync(c->server, c->cq);
-        uv_close((uv_handle_t *)&c->async, core_closed); /* frees c, grpc_shutdown() */
-        return DA_ENOMEM;
-    }
-    request_next(c);
-    g->core = c;
     g->starts++;
     return 0;
-fail:
-    teardown_sync(c->server, c->cq);
-    grpc_server_credentials_release(c->creds);
-    uv_mutex_destroy(&c->mu);
-    free(c);
-    grpc_shutdown();
-    return DA_ENOMEM;
 }
 
 /* Cancels every stream (on_close for each open one, now) and shuts the
- * server down; core_closed() ends it once the queue is drained. */
+ * server down; core_on_stopped() follows once it is gone. */
 static void core_stop(xgrpc *g)
 {
-    struct core *c = g->core;
+    gm_xds *c = g->core;
 
     g->core = NULL;
     g->stopping = c;
-    c->stopping = true;
     uv_timer_stop(&g->idle);
-    for (xgrpc_stream *st = c->streams; st; st = st->next) {
-        if (st->open) {
-            st->open = false;
-            c->n_open--;
-            g->cb.on_close(st, g->arg);
-        }
-    }
-    grpc_server_shutdown_and_notify(c->server, c->cq, &c->t_shutdown);
-    grpc_server_cancel_all_calls(c->server);
+    g->m->xds_stop(c);
 }
 
 static void on_idle(uv_timer_t *t)
 {
     xgrpc *g = t->data;
-    struct core *c = g->core;
+    gm_xds *c = g->core;
 
     if (!c)
         return;
     /* Completions already handed over may open a stream: run them first. */
-    core_drain(c);
-    if (g->core != c || c->n_open > 0)
+    g->m->xds_run(c);
+    if (g->core != c || g->n_open > 0)
         return;
     log_info("xds: no xDS stream for %llu ms: gRPC stops until the next connection",
              (unsigned long long)g->idle_ms);
@@ -714,7 +248,7 @@ static void on_idle(uv_timer_t *t)
  * connection, so that a client connecting just as it ends is not cut. */
 static void idle_arm(xgrpc *g)
 {
-    if (g->core && g->core->n_open == 0 && !g->closing)
+    if (g->core && g->n_open == 0 && !g->closing)
         uv_timer_start(&g->idle, on_idle, g->idle_ms, 0);
 }
 
@@ -722,8 +256,7 @@ static void idle_arm(xgrpc *g)
 static void hand_over(xgrpc *g, int fd, char *peer)
 {
     log_debug("xds: connection from %s", peer ? peer : "?");
-    peer_set(g, fd, peer);
-    grpc_server_add_channel_from_fd(g->core->server, fd, g->core->creds);
+    g->m->xds_add_fd(g->core, fd, peer);
     idle_arm(g);
 }
 
@@ -761,7 +294,7 @@ static void pending_close(struct pending *p)
 static void pending_serve(xgrpc *g)
 {
     struct pending *p, *ready = NULL;
-    int rc;
+    char why[1024];
 
     if (g->closing || g->stopping || !g->pending)
         return;
@@ -771,9 +304,8 @@ static void pending_serve(xgrpc *g)
     if (!g->core && !ready)
         return;
     if (!g->core) {
-        if ((rc = core_start(g)) < 0) {
-            log_error("xds: cannot start gRPC: %s; closing %zu xDS connection(s)",
-                      da_strerror(rc), g->n_pending);
+        if (core_start(g, why, sizeof why) < 0) {
+            log_error("xds: %s; closing %zu xDS connection(s)", why, g->n_pending);
             while (g->pending)
                 pending_close(g->pending);
             return;
@@ -1073,61 +605,36 @@ int xgrpc_start(xgrpc **out, uv_loop_t *loop, const struct xgrpc_options *o,
 
 /* ---- streams: the caller's side ----------------------------------------- */
 
+/* A stream exists only while a core runs, so the module is loaded and this
+ * returns it at once (one module serves every xgrpc). */
+static const struct da_grpc_module *mod(void)
+{
+    return grpc_module_get("xDS", NULL, 0);
+}
+
 int xgrpc_send(xgrpc_stream *st, const uint8_t *data, size_t len)
 {
-    grpc_op ops[2];
-    grpc_slice s;
-    size_t n = 0;
-
-    if (!st->open || st->finishing || st->closed || st->c->stopping)
-        return DA_ECANCELED;
-    if (st->sending)
-        return DA_EINVAL;
-    s = grpc_slice_from_copied_buffer((const char *)data, len);
-    st->send_buf = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
-    memset(ops, 0, sizeof ops);
-    if (!st->md_sent) {
-        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-        st->md_sent = true;
-    }
-    ops[n].op = GRPC_OP_SEND_MESSAGE;
-    ops[n].data.send_message.send_message = st->send_buf;
-    n++;
-    if (!batch(st, ops, n, &st->t_send)) {
-        grpc_byte_buffer_destroy(st->send_buf);
-        st->send_buf = NULL;
-        return DA_ECANCELED;
-    }
-    st->sending = true;
-    return 0;
+    return mod()->stream_send(st, data, len);
 }
 
 void xgrpc_finish(xgrpc_stream *st, int code, const char *message)
 {
-    if (st->finishing || st->closed)
-        return;
-    st->finishing = true;
-    st->status_code = code;
-    grpc_slice_unref(st->status_details);
-    st->status_details = grpc_slice_from_copied_string(message ? message : "");
-    if (!st->sending)
-        start_status(st);
+    mod()->stream_finish(st, code, message);
 }
 
 void xgrpc_stream_set_data(xgrpc_stream *st, void *data)
 {
-    st->data = data;
+    mod()->stream_set_data(st, data);
 }
 
 void *xgrpc_stream_data(const xgrpc_stream *st)
 {
-    return st->data;
+    return mod()->stream_data(st);
 }
 
 const char *xgrpc_stream_peer(const xgrpc_stream *st)
 {
-    return st->peer ? st->peer : "?";
+    return mod()->stream_peer(st);
 }
 
 int xgrpc_tcp_port(const xgrpc *g)
