@@ -25,7 +25,8 @@ struct check_ctx; /* shared by all checkers: the loop, the http client, the gRPC
 
 /* loop and http are borrowed and must outlive the context (free it before
  * http_client_close(), which would drop running http probes). The gRPC thread
- * (and grpc_init()) starts with the first gRPC checker. Returns 0 or
+ * (and grpc_init(), in the gRPC module that it loads: grpc_module.h) starts
+ * with the first gRPC checker. Returns 0 or
  * DA_ENOMEM. */
 int check_ctx_new(struct check_ctx **out, uv_loop_t *loop, http_client *http, bool exec_enabled);
 /* For a reload: applies to checkers started afterwards (running exec

@@ -100,8 +100,8 @@ int check__split_address(const char *addr, char *host, size_t hostlen, int *port
  * '?') into out, bounded. */
 void check__first_line(char *out, size_t outlen, const char *data, size_t len);
 
-/* The gRPC side of the context (check_grpc.c): joins the thread, drops
- * queued results, closes the async handle (ctx->grpc freed by the loop). */
+/* The gRPC side of the context (check_grpc.c): the module joins its thread
+ * and drops queued results; its async handle is freed by the loop. */
 void check__grpc_ctx_free(struct check_ctx *ctx);
 
 #endif

@@ -5,20 +5,23 @@
  * driven from the libuv loop. It knows nothing of xDS: each request
  * message goes to a callback as bytes, and the caller sends bytes back.
  *
- * gRPC runs only while it is used. The sockets are the agent's own; the
- * first connection that sends something initializes gRPC and starts the
- * server (and the completion thread below), and every connection is
- * handed to it. After idle_ms without an open stream and without a new
- * connection, the server is shut down and gRPC with it (its threads end);
- * the next connection starts it again. Streams cut by that shutdown get
- * on_close like any other.
+ * gRPC runs only while it is used, and is loaded only once it is. The
+ * sockets are the agent's own; the first connection that sends something
+ * loads the gRPC module (grpc_module.h) if it is not yet, initializes
+ * gRPC and starts the module's server (and its completion thread), and
+ * every connection is handed to it. After idle_ms without an open stream
+ * and without a new connection, the server is shut down and gRPC with it
+ * (its threads end; the module stays mapped); the next connection starts
+ * it again. Streams cut by that shutdown get on_close like any other.
+ * Without the module, connections that speak are closed and the reason
+ * logged ("xDS needs discovery-agent-grpc.so: ...").
  *
  * Threads. C-core delivers completions on a completion queue, which one
- * thread of ours drains; that thread only hands each completed tag to the
- * loop (a mutex-protected list and a uv_async_t) and touches nothing else.
- * Everything else, starting batches included (grpc_call_start_batch is
- * thread-safe), happens on the loop thread, so the callbacks below run on
- * the loop and the caller's state needs no locks.
+ * thread of the module drains; that thread only hands each completed tag
+ * to the loop (the module's one bridge, cq_bridge.c) and touches nothing
+ * else. Everything else, starting batches included (grpc_call_start_batch
+ * is thread-safe), happens on the loop thread, so the callbacks below run
+ * on the loop and the caller's state needs no locks.
  *
  * A stream has at most one message being sent: xgrpc_send() is refused
  * while one is in flight, and on_sent says when the next may go. Callers
