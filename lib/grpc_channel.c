@@ -9,7 +9,11 @@
  * - The same channel args on every channel, so unchanged backends keep
  *   their connections across a swap.
  * - The new channel connects first and is swapped in when READY (or after
- *   connect_timeout_ms); bursts of changes are coalesced (settle_ms).
+ *   connect_timeout_ms). The poller learns READY from a connectivity watch
+ *   on its own queue and swaps at once, so no thread polls the state.
+ * - A change is built at once; only the changes that follow it within
+ *   settle_ms wait, and leave together (bursts become one channel, and the
+ *   first change of a quiet service pays no delay).
  * - A replaced channel is destroyed only after retire_ms and never while it
  *   is CONNECTING (destroying a channel mid-connect leaks sockets).
  * - Somebody must poll: a thread of ours sits in
@@ -20,7 +24,8 @@
  *   UNAVAILABLE); the agent going away changes nothing.
  *
  * Threads: the caller's (create_call, info, wait), the follower (owns the
- * disc_client, builds and swaps channels) and the poller. mu guards each
+ * disc_client, builds channels, swaps on a connect timeout, reaps) and the
+ * poller (drives C-core, swaps a new channel in when it reports READY). mu guards each
  * route's channel fields and the route list. */
 #include <arpa/inet.h>
 #include <discovery/discovery.h>
@@ -65,6 +70,8 @@ struct route {
     bool next_stale;
     int next_instances, next_addresses;
     int64_t next_deadline;
+    uint64_t next_gen; /* bumped per next channel; names its connectivity watch */
+    int64_t built_at;  /* follower: when the last channel was built; 0: never */
     struct retired *retired;
     uint64_t swaps;
     struct route *link;
@@ -431,6 +438,38 @@ static void on_list(struct disc_watch *w, const struct disc_list *list, int err,
         r->dirty_at = now_ms();
 }
 
+/* Follower: when r's pending change may be built. The first change after
+ * a quiet settle_ms is built at once; one that follows a build closer than
+ * that waits for the rest of the burst. */
+static int64_t due_at(const disc_channel *ch, const struct route *r)
+{
+    int64_t after_last = r->built_at ? r->built_at + ch->o.settle_ms : 0;
+
+    return r->dirty_at > after_last ? r->dirty_at : after_last;
+}
+
+/* Under mu: the poller is told (ev_tag) when next's state changes, so that
+ * READY swaps it in at once. The tag is the route and the channel's
+ * generation, packed in a small heap block the poller frees. */
+struct next_watch {
+    struct route *r;
+    uint64_t gen;
+};
+
+static void watch_next(disc_channel *ch, struct route *r, grpc_connectivity_state from)
+{
+    struct next_watch *w = malloc(sizeof *w);
+    gpr_timespec deadline;
+
+    if (!w)
+        return; /* the follower's connect timeout still swaps it in */
+    w->r = r;
+    w->gen = r->next_gen;
+    deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                            gpr_time_from_millis(r->next_deadline - now_ms() + 1, GPR_TIMESPAN));
+    grpc_channel_watch_connectivity_state(r->next, from, deadline, ch->cq, w);
+}
+
 /* Follower: a rebuild is due for r. */
 static void rebuild(disc_channel *ch, struct route *r, int64_t now)
 {
@@ -452,6 +491,7 @@ static void rebuild(disc_channel *ch, struct route *r, int64_t now)
         return;
     }
     r->dirty_at = 0;
+    r->built_at = now;
     pthread_mutex_lock(&ch->mu);
     const char *aim = r->next_target ? r->next_target : r->target;
     if (aim && !strcmp(aim, target) && r->current) {
@@ -483,6 +523,7 @@ static void rebuild(disc_channel *ch, struct route *r, int64_t now)
     r->next_instances = (int)r->list->n;
     r->next_addresses = addrs;
     r->next_deadline = now + ch->o.connect_timeout_ms;
+    r->next_gen++;
     if (!*target || !r->current) {
         /* Nothing to wait for: a lame channel, or the very first one
          * (callers are waiting, and calls queue while it connects). */
@@ -490,7 +531,11 @@ static void rebuild(disc_channel *ch, struct route *r, int64_t now)
             grpc_channel_check_connectivity_state(c, 1);
         swap_in(ch, r, now);
     } else {
-        grpc_channel_check_connectivity_state(c, 1);
+        grpc_connectivity_state s = grpc_channel_check_connectivity_state(c, 1);
+        if (s == GRPC_CHANNEL_READY)
+            swap_in(ch, r, now); /* its backends' connections were reused */
+        else
+            watch_next(ch, r, s);
     }
     pthread_mutex_unlock(&ch->mu);
 }
@@ -530,14 +575,17 @@ static void *follow(void *arg)
         }
         pthread_mutex_unlock(&ch->mu);
 
-        /* Poll closely while a channel connects or a rebuild waits, so a
-         * swap follows READY within a few ms; idle, 20 ms is enough. */
+        /* The follower wakes for the agent's lines, for a rebuild held
+         * back by settle_ms, and every 20 ms to reap retired channels and
+         * to catch a connect timeout (the poller swaps on READY itself). */
         int wait_ms = 20;
-        pthread_mutex_lock(&ch->mu);
+        now = now_ms();
         for (r = ch->routes; r; r = r->link)
-            if (r->next || r->dirty_at)
-                wait_ms = 2;
-        pthread_mutex_unlock(&ch->mu);
+            if (r->list && r->dirty_at) {
+                int64_t in = due_at(ch, r) - now;
+                if (in < wait_ms)
+                    wait_ms = in < 0 ? 0 : (int)in;
+            }
         disc_client_wait(ch->client, wait_ms);
 
         now = now_ms();
@@ -550,7 +598,7 @@ static void *follow(void *arg)
                     r->dirty_at = now;
         }
         for (r = ch->routes; r; r = r->link)
-            if (r->list && r->dirty_at && now >= r->dirty_at + ch->o.settle_ms)
+            if (r->list && r->dirty_at && now >= due_at(ch, r))
                 rebuild(ch, r, now);
         pthread_mutex_lock(&ch->mu);
         for (r = ch->routes; r; r = r->link)
@@ -560,6 +608,27 @@ static void *follow(void *arg)
     return NULL;
 }
 
+/* Poller: the connectivity watch on a route's next channel fired (a state
+ * change, or its deadline). The route outlives the poller; a channel that
+ * is no longer next (its generation passed) is left alone. */
+static void next_changed(disc_channel *ch, struct next_watch *w)
+{
+    struct route *r = w->r;
+    uint64_t gen = w->gen;
+
+    free(w);
+    pthread_mutex_lock(&ch->mu);
+    if (!ch->stop && r->next && r->next_gen == gen) {
+        grpc_connectivity_state s = grpc_channel_check_connectivity_state(r->next, 0);
+        int64_t now = now_ms();
+        if (s == GRPC_CHANNEL_READY || now >= r->next_deadline)
+            swap_in(ch, r, now);
+        else
+            watch_next(ch, r, s);
+    }
+    pthread_mutex_unlock(&ch->mu);
+}
+
 /* The poller: connections progress only while some thread is inside
  * grpc_completion_queue_next. */
 static void *poll_core(void *arg)
@@ -567,11 +636,11 @@ static void *poll_core(void *arg)
     disc_channel *ch = arg;
 
     for (;;) {
-        grpc_event ev = grpc_completion_queue_next(
-            ch->cq, gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(200, GPR_TIMESPAN)),
-            NULL);
+        grpc_event ev = grpc_completion_queue_next(ch->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
+        if (ev.type == GRPC_OP_COMPLETE && ev.tag)
+            next_changed(ch, ev.tag);
     }
     return NULL;
 }
@@ -909,7 +978,10 @@ void disc_channel_destroy(disc_channel *ch)
     if (ch->follower_started)
         pthread_join(ch->follower, NULL);
     ch->client = disc_client_close(ch->client);
-    /* Channels first, while the poller still drives their closing. */
+    /* Channels first, while the poller still drives their closing (and
+     * completes their connectivity watches); under mu, which the poller
+     * takes to look at a route. */
+    pthread_mutex_lock(&ch->mu);
     for (struct route *r = ch->routes; r; r = r->link) {
         reap(ch, r, 0, true);
         if (r->next)
@@ -918,6 +990,7 @@ void disc_channel_destroy(disc_channel *ch)
             grpc_channel_destroy(r->current);
         r->next = r->current = NULL;
     }
+    pthread_mutex_unlock(&ch->mu);
     if (ch->cq) {
         grpc_completion_queue_shutdown(ch->cq);
         if (ch->poller_started)

@@ -36,7 +36,8 @@ struct disc_channel_options {
      * across swaps. Must not set grpc.service_config or grpc.lb_policy_name. */
     const grpc_channel_args *args;
     int max_addresses;      /* cap on the repeated address list; default 256 */
-    int settle_ms;          /* coalesce bursts of list changes; default 10 */
+    int settle_ms;          /* a change is built at once, but changes within this long
+                             * of the last build wait and leave together; default 10 */
     int connect_timeout_ms; /* a new channel not READY by then is swapped in anyway; default 2000 */
     int retire_ms;          /* a replaced channel lives this long at least; default 10000 */
     int resolve_refresh_ms; /* host names in the list are resolved again this often; default 30000 */
