@@ -240,17 +240,20 @@ static void write_cb(uv_write_t *req, int status)
         conn_close(c, true);
 }
 
-/* Writes what the socket takes now and queues a copy of the rest. On
- * failure c is closed and the code returned. */
-static int conn_write(server_conn *c, const char *data, size_t len)
+/* Writes what the socket takes now (one writev for all of bufs) and
+ * queues one copy of the rest. On failure c is closed and the code
+ * returned. */
+static int conn_writev(server_conn *c, const uv_buf_t *bufs, unsigned nbufs)
 {
     uv_stream_t *st = (uv_stream_t *)&c->pipe;
     size_t max = c->s->max_output;
-    size_t off = 0, queued;
+    size_t off = 0, len = 0, queued;
     struct wreq *w;
     uv_buf_t b;
     int r;
 
+    for (unsigned i = 0; i < nbufs; i++)
+        len += bufs[i].len;
     if (len == 0)
         return 0;
     /* A single message past the bound could never be queued; also keeps
@@ -261,8 +264,7 @@ static int conn_write(server_conn *c, const char *data, size_t len)
     }
     /* uv_try_write refuses (UV_EAGAIN) while older bytes are queued, which
      * keeps the order; when the queue is empty it saves the copy. */
-    b = uv_buf_init((char *)data, (unsigned int)len);
-    r = uv_try_write(st, &b, 1);
+    r = uv_try_write(st, bufs, nbufs);
     if (r >= 0) {
         off = (size_t)r;
     } else if (r != UV_EAGAIN) {
@@ -282,7 +284,18 @@ static int conn_write(server_conn *c, const char *data, size_t len)
         conn_close(c, true);
         return DA_ENOMEM;
     }
-    memcpy(w->data, data + off, len - off);
+    /* The bytes not written yet, from wherever in bufs the kernel stopped. */
+    size_t skip = off, at = 0;
+    for (unsigned i = 0; i < nbufs; i++) {
+        size_t n = bufs[i].len;
+        if (skip >= n) {
+            skip -= n;
+            continue;
+        }
+        memcpy(w->data + at, bufs[i].base + skip, n - skip);
+        at += n - skip;
+        skip = 0;
+    }
     w->c = c;
     w->req.data = w;
     b = uv_buf_init(w->data, (unsigned int)(len - off));
@@ -296,11 +309,29 @@ static int conn_write(server_conn *c, const char *data, size_t len)
     return 0;
 }
 
+static int conn_write(server_conn *c, const char *data, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned int)(len < UINT_MAX ? len : UINT_MAX));
+
+    if (len > UINT_MAX) {
+        conn_close(c, true);
+        return DA_EMSGSIZE;
+    }
+    return conn_writev(c, &b, 1);
+}
+
 int server_send(server_conn *c, const char *data, size_t len)
 {
     if (c->finishing)
         return 0;
     return conn_write(c, data, len);
+}
+
+int server_sendv(server_conn *c, const uv_buf_t *bufs, unsigned nbufs)
+{
+    if (c->finishing)
+        return 0;
+    return conn_writev(c, bufs, nbufs);
 }
 
 /* ---- input ------------------------------------------------------------ */

@@ -99,6 +99,12 @@ int server_start(server **out, uv_loop_t *loop, const struct server_options *o,
  * return except to recognize it in that on_close. */
 int server_send(server_conn *c, const char *data, size_t len);
 
+/* server_send() of the concatenation of bufs (borrowed for the call), in
+ * one writev when the socket takes it all: a caller sending one shared text
+ * to many connections passes it by reference and copies nothing unless a
+ * socket is full. Same returns as server_send(). */
+int server_sendv(server_conn *c, const uv_buf_t *bufs, unsigned nbufs);
+
 /* Closes now: unread input and pending output are discarded; on_close
  * follows from the loop. Safe to call on a connection already closing. */
 void server_conn_close(server_conn *c);

@@ -549,6 +549,55 @@ START_TEST(test_slow_reader_dropped)
 }
 END_TEST
 
+/* server_sendv writes its buffers in order, and when the socket is full
+ * mid-way it queues exactly the bytes not taken, whichever buffer the
+ * kernel stopped in: the reader gets the same stream as one send each. */
+START_TEST(test_sendv_partial_keeps_order)
+{
+    struct cli a;
+    server_conn *ca;
+    char head[32], body[1000];
+    size_t total = 0, expect_cap = 2u * 1024 * 1024, max_queued = 0;
+    char *expect = malloc(expect_cap);
+
+    start_default();
+    ck_assert_ptr_nonnull(expect);
+    for (size_t i = 0; i < sizeof body; i++)
+        body[i] = (char)('a' + i % 26);
+    cli_open(&a, F.path);
+    cli_sends(&a, "hello\n");
+    ck_assert(wait_count(&F.n_lines, 1, 2000));
+    ca = F.last_conn;
+    ck_assert(wait_for(&a, "hello\n", 2000));
+    a.len = 0;
+    for (int i = 0; total + 2 * sizeof body < expect_cap; i++) {
+        uv_buf_t b[3];
+        int hl = snprintf(head, sizeof head, "{\"n\":%d,", i);
+        b[0] = uv_buf_init(head, (unsigned)hl);
+        b[1] = uv_buf_init(body, (unsigned)(sizeof body - (size_t)(i % 7)));
+        b[2] = uv_buf_init((char *)"}\n", 2);
+        for (int k = 0; k < 3; k++) {
+            memcpy(expect + total, b[k].base, b[k].len);
+            total += b[k].len;
+        }
+        ck_assert_int_eq(server_sendv(ca, b, 3), 0);
+        size_t q = server_conn_queued(ca);
+        if (q > max_queued)
+            max_queued = q;
+    }
+    ck_assert_uint_gt(max_queued, 0); /* the socket did fill */
+    while (a.len < total) {
+        loop_for(&F.loop, 5);
+        cli_pump(&a);
+        ck_assert(!a.eof);
+    }
+    ck_assert_uint_eq(a.len, total);
+    ck_assert(memcmp(a.buf, expect, total) == 0);
+    free(expect);
+    cli_close(&a);
+}
+END_TEST
+
 /* ---- scale ------------------------------------------------------------- */
 
 #define N_MANY 1000
@@ -1081,6 +1130,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, test_too_long_line);
     tcase_add_test(tc, test_max_line_boundary);
     tcase_add_test(tc, test_partial_line_does_not_block);
+    tcase_add_test(tc, test_sendv_partial_keeps_order);
     tcase_add_test(tc, test_slow_reader_dropped);
     tcase_add_test(tc, test_thousand_clients);
     tcase_add_test(tc, test_max_clients);

@@ -116,7 +116,9 @@ bool proto__seen_same(const struct seen *a, const struct seen *b);
  * alternated. */
 struct render {
     char *group; /* NULL: every group */
-    char *list;  /* {"service",..,"revision",..,"stale",..,"instances":[..]} */
+    char *list;  /* {"service",..,"revision",..,"stale",..,"instances":[..]} then '\n',
+                  * so that every line sent from it can end with its last bytes */
+    size_t len;  /* of the JSON text, without that '\n' */
     struct seen *seen; /* the same without the revision: what a watcher sees change */
     struct render *next;
 };
