@@ -171,7 +171,8 @@ int cache_disk_save(const char *dir, const char *name, int64_t revision,
         }
         off += (size_t)w;
     }
-    if (fsync(fd) < 0 || close(fd) < 0) {
+    /* No fsync, here or of the folder after the rename: see cache_disk.h. */
+    if (close(fd) < 0) {
         fd = -1;
         rc = -errno;
         goto out;
@@ -180,12 +181,6 @@ int cache_disk_save(const char *dir, const char *name, int64_t revision,
     if (rename(tmp, path) < 0) {
         rc = -errno;
         goto out;
-    }
-    /* The rename itself must reach the disk too. */
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NONBLOCK | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
     }
     rc = 0;
 out:

@@ -1,8 +1,12 @@
 /* The cache's copy on disk: one JSON file per service in cache.dir, so that
  * an agent restarted while etcd is down serves the last known lists from
- * its first second. Files are written whole and atomically (temporary file,
- * fsync, rename, fsync of the folder), so a crash leaves the old file or
- * the new one, never half of one.
+ * its first second. Files are written whole and replaced atomically
+ * (temporary file, rename), so a crash of the agent leaves the old file or
+ * the new one, never half of one. They are not fsync'ed: the copy is a
+ * hint for a restart while etcd is down, and the two fsyncs cost more than
+ * the rest of an update delivered to 100 watchers (make bench, issue 18);
+ * after a power loss a file may be older than the last save or not whole,
+ * and one that is not whole fails its parse on load and is not served.
  *
  * A file is named after a hash of the service's name ("<16 hex>.list"), so
  * that every valid name fits in NAME_MAX; the name itself is inside the
