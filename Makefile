@@ -281,7 +281,8 @@ INSTALLED_LIB  := $(foreach l,$(LIB_NAMES),$(LIBDIR)/$(l).a $(LIBDIR)/$(l).so \
 	$(LIBDIR)/$(l).so.$(LIB_SOVER) $(LIBDIR)/$(l).so.$(VERSION) $(PKGCONFIGDIR)/$(l).pc)
 INSTALLED_HDR  := $(patsubst lib/include/%,$(INCLUDEDIR)/%,$(wildcard lib/include/discovery/*.h))
 INSTALLED_MAN  := $(foreach p,$(MAN_PAGES),$(MANDIR)/man$(subst .,,$(suffix $(p)))/$(notdir $(p)))
-INSTALLED_SYS  := $(UNITDIR)/discovery-agent.service $(SYSUSERSDIR)/discovery-agent.conf
+INSTALLED_SYS  := $(UNITDIR)/discovery-agent.service $(UNITDIR)/discovery-agent.socket \
+                  $(SYSUSERSDIR)/discovery-agent.conf
 INSTALLED_MOD  := $(MODULES:$(BUILD)/%=$(MODULEDIR)/%)
 
 install: installable
@@ -311,6 +312,7 @@ install: installable
 	sed 's#/usr/local/bin#$(BINDIR)#g' systemd/discovery-agent.service > \
 		$(DESTDIR)$(UNITDIR)/discovery-agent.service
 	chmod 644 $(DESTDIR)$(UNITDIR)/discovery-agent.service
+	install -m 644 systemd/discovery-agent.socket $(DESTDIR)$(UNITDIR)/discovery-agent.socket
 	install -m 644 systemd/discovery-agent.sysusers $(DESTDIR)$(SYSUSERSDIR)/discovery-agent.conf
 
 # Removes what install put in place, but never the configuration: that is

@@ -13,12 +13,14 @@
  * waiting), then free the rest from a fresh loop turn. */
 #include "agent.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
+#include "listen_fds.h"
 #include "log.h"
 #include "notify.h"
 
@@ -69,6 +71,22 @@ static void finish(struct agent *a);
 
 /* The protocol sees the parts it answers from and a few configuration
  * values, not the agent (protocol.h). */
+/* The socket systemd passed for one of our listeners (listen_fds.h), or 0
+ * to make it ourselves. */
+static int passed_socket(const char *name, const char *path)
+{
+    int fd = listen_fds_take(name, path);
+
+    if (fd == -ENOTSOCK)
+        log_warn("agent: the descriptor systemd passed for %s is not a listening unix stream "
+                 "socket; making %s instead",
+                 name, path);
+    if (fd < 0)
+        return 0;
+    log_info("agent: %s: the socket systemd passed (socket activation)", path);
+    return fd;
+}
+
 static int proto_start(struct agent *a)
 {
     const struct config *cfg = a->cfg;
@@ -198,6 +216,9 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     xo.send_host_names = cfg->xds_test_host_names;
     xo.hold_ms = 2 * cfg->timeout_ms;
     xo.idle_ms = cfg->xds_idle_ms;
+    if ((rc = listen_fds_init()) < 0)
+        log_warn("agent: ignoring $LISTEN_FDS: %s", da_strerror(rc));
+    xo.listen_fd = cfg->xds_enabled ? passed_socket("xds", cfg->xds_path) : 0;
     if ((rc = xds_new(&a->xds, loop, a->cache, &xo)) < 0)
         goto fail;
     if ((rc = proto_start(a)) < 0)
@@ -207,6 +228,7 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     so.mode = cfg->socket_mode;
     so.too_long_reply = proto_too_long_reply;
     so.busy_reply = proto_busy_reply;
+    so.listen_fd = passed_socket("agent", cfg->socket_path);
     rc = server_start(&a->server, loop, &so, &cb, a->proto, err, errlen);
     if (rc < 0) {
         a->server = NULL;
@@ -224,6 +246,11 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
         finish(a);
         return rc;
     }
+
+    if ((rc = listen_fds_close_rest()) > 0)
+        log_warn("agent: closed %d socket(s) systemd passed that the configuration does not "
+                 "use (their names or paths match neither socket.path nor xds.path)",
+                 rc);
 
     for (size_t i = 0; i < cfg->n_services; i++)
         add_configured(a, &cfg->services[i]);

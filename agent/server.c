@@ -605,13 +605,19 @@ int server_start(server **out, uv_loop_t *loop, const struct server_options *o,
 
     if (err && errlen > 0)
         err[0] = '\0';
-    if (!out || !loop || !o || !cb || !cb->on_line || !o->path || !o->path[0])
+    if (!out || !loop || !o || !cb || !cb->on_line || !o->path || !o->path[0]) {
+        if (o && o->listen_fd > 0)
+            close(o->listen_fd);
         return set_err(err, errlen, DA_EINVAL, "server_start: missing argument");
+    }
     *out = NULL;
 
     s = calloc(1, sizeof *s);
-    if (!s)
+    if (!s) {
+        if (o->listen_fd > 0)
+            close(o->listen_fd);
         return set_err(err, errlen, DA_ENOMEM, "out of memory");
+    }
     s->loop = loop;
     s->cb = *cb;
     s->arg = arg;
@@ -634,13 +640,19 @@ int server_start(server **out, uv_loop_t *loop, const struct server_options *o,
         goto fail;
     }
 
-    r = unix_listen_open(o->path, o->mode ? o->mode : DEFAULT_MODE, LISTEN_BACKLOG, &ul, err,
-                         errlen);
-    if (r != 0)
-        goto fail;
-    s->dev = ul.dev;
-    s->ino = ul.ino;
-    s->fd = ul.fd;
+    if (o->listen_fd > 0) {
+        /* Socket activation: systemd made the socket and keeps it; dev and
+         * ino stay 0, which no file has, so it is never unlinked here. */
+        s->fd = o->listen_fd;
+    } else {
+        r = unix_listen_open(o->path, o->mode ? o->mode : DEFAULT_MODE, LISTEN_BACKLOG, &ul, err,
+                             errlen);
+        if (r != 0)
+            goto fail;
+        s->dev = ul.dev;
+        s->ino = ul.ino;
+        s->fd = ul.fd;
+    }
     if ((r = uv_poll_init(loop, &s->listener, s->fd)) != 0) {
         set_err(err, errlen, r, "cannot use socket %s: %s", o->path, uv_strerror(r));
         unix_listen_unlink(s->path, s->dev, s->ino);
@@ -664,6 +676,8 @@ int server_start(server **out, uv_loop_t *loop, const struct server_options *o,
     return 0;
 
 fail:
+    if (o->listen_fd > 0 && s->fd != o->listen_fd)
+        close(o->listen_fd); /* stolen, even on failure */
     free(s->path);
     free(s->too_long);
     free(s->busy);

@@ -50,6 +50,10 @@ struct server_options {
     const char *busy_reply; /* a full line (with its \n) sent to a connection refused
                              * past max_clients or for want of descriptors (fdlimit.h);
                              * copied; NULL: close without one */
+    int listen_fd; /* > 0: a listening socket passed by systemd (listen_fds.h), used
+                    * instead of making one at path (given, for messages); stolen,
+                    * even when server_start fails: closed by the server, its file
+                    * never removed; 0: make one */
 };
 
 struct server_callbacks {

@@ -102,6 +102,7 @@ struct xds {
     char *path, *tcp, *group_header;
     unsigned mode;
     uint64_t hold_ms, idle_ms;
+    int listen_fd; /* passed by systemd, until xds_start hands it on; 0: none */
     char *abs_path, *bootstrap_file;
     char node_id[256];
     xgrpc *g;
@@ -945,6 +946,7 @@ int xds_new(xds **out, uv_loop_t *loop, cache *c, const struct xds_options *o)
     x->mode = o->mode;
     x->hold_ms = o->hold_ms ? o->hold_ms : DEFAULT_HOLD_MS;
     x->idle_ms = o->idle_ms;
+    x->listen_fd = o->listen_fd;
     x->path = strdup(o->path);
     x->tcp = o->tcp ? strdup(o->tcp) : NULL;
     x->group_header = strdup(o->group_header ? o->group_header : DA_DEFAULT_XDS_GROUP_HEADER);
@@ -989,6 +991,8 @@ int xds_start(xds *x, char *err, size_t errlen)
     go.mode = x->mode;
     go.tcp = x->tcp;
     go.idle_ms = x->idle_ms;
+    go.listen_fd = x->listen_fd;
+    x->listen_fd = 0; /* xgrpc_start steals it */
     rc = xgrpc_start(&x->g, x->loop, &go, &cb, x, err, errlen);
     if (rc)
         return rc;
@@ -1024,6 +1028,8 @@ xds *xds_free(xds *x)
     if (!x || x->closing)
         return NULL;
     x->closing = true;
+    if (x->listen_fd > 0)
+        close(x->listen_fd); /* passed, never started */
     /* Streams go first (their on_close drops their services), then the
      * queries; every cache subscription is gone when this returns. */
     xgrpc_close(x->g);

@@ -45,6 +45,8 @@ struct xds_options {
                                 * waits for a service's first list; 0: 5 s */
     uint64_t idle_ms;          /* gRPC stops after this long without an
                                 * ADS stream; 0: 60 s (xds_grpc.h) */
+    int listen_fd;             /* > 0: path's socket, passed by systemd; stolen
+                                * by xds_start (xds_grpc.h); 0: make it */
 };
 
 /* Creates the server's state (nothing listens yet). Strings are copied;

@@ -554,7 +554,7 @@ int xgrpc_start(xgrpc **out, uv_loop_t *loop, const struct xgrpc_options *o,
     *out = NULL;
     if (errlen)
         err[0] = '\0';
-    if ((rc = xlisten_check_path(o->path, err, errlen)) < 0) {
+    if (o->listen_fd <= 0 && (rc = xlisten_check_path(o->path, err, errlen)) < 0) {
         if (errlen && !err[0])
             snprintf(err, errlen, "cannot use %s: %s", o->path, strerror(-rc));
         return rc;
@@ -562,6 +562,8 @@ int xgrpc_start(xgrpc **out, uv_loop_t *loop, const struct xgrpc_options *o,
     g = calloc(1, sizeof *g);
     if (!g || !(g->path = strdup(o->path))) {
         free(g);
+        if (o->listen_fd > 0)
+            close(o->listen_fd);
         snprintf(err, errlen, "out of memory");
         return DA_ENOMEM;
     }
@@ -571,7 +573,11 @@ int xgrpc_start(xgrpc **out, uv_loop_t *loop, const struct xgrpc_options *o,
     g->max_streams = o->max_streams ? o->max_streams : DEFAULT_MAX_STREAMS;
     g->max_message = o->max_message ? o->max_message : DEFAULT_MAX_MESSAGE;
     g->idle_ms = o->idle_ms ? o->idle_ms : DEFAULT_IDLE_MS;
-    rc = listen_unix(g, o->path, o->mode, err, errlen);
+    rc = 0;
+    if (o->listen_fd > 0)
+        listener_add(g, o->listen_fd, false); /* socket activation: g->made stays false */
+    else
+        rc = listen_unix(g, o->path, o->mode, err, errlen);
     if (!rc && o->tcp)
         rc = listen_tcp(g, o->tcp, err, errlen);
     if (rc) {

@@ -56,6 +56,9 @@ struct xgrpc_options {
     size_t max_message; /* largest request accepted; default (0) 1 MiB */
     uint64_t idle_ms;   /* gRPC stops after this long without a stream;
                          * default (0) 60 s */
+    int listen_fd;      /* > 0: the unix socket for path, passed by systemd
+                         * (listen_fds.h); stolen, even on failure; its file is
+                         * never made or removed here. 0: make it */
 };
 
 struct xgrpc_callbacks {
