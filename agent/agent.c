@@ -275,13 +275,13 @@ static void finish(struct agent *a)
     a->proto = proto_free(a->proto);
     /* After the socket (its requests may wait on xDS queries) and before
      * the cache (xDS holds cache subscriptions). */
-    a->xds = xds_free(a->xds);
-    a->registry = registry_free(a->registry);
+    a->xds = xds_close(a->xds);
+    a->registry = registry_close(a->registry);
     if (a->checks)
         check_ctx_free(a->checks);
     a->checks = NULL;
-    a->cache = cache_free(a->cache);
-    a->session = session_free(a->session);
+    a->cache = cache_close(a->cache);
+    a->session = session_close(a->session);
     a->etcd = etcd_client_free(a->etcd);
     if (a->http)
         http_client_close(a->http);
@@ -342,11 +342,11 @@ void agent_stop(struct agent *a)
     a->server = NULL;
     /* Likewise xDS clients: with the server gone they keep their last
      * endpoints, rather than being pushed our deregistrations. */
-    a->xds = xds_free(a->xds);
+    a->xds = xds_close(a->xds);
     /* The deletes and the revoke are each one request, retried over the
      * endpoints; twice the timeout per step bounds the whole stop. */
     uv_timer_start(&a->stop_timer, stop_overdue, 4 * a->cfg->timeout_ms + 1000, 0);
-    registry_shutdown(a->registry, deregistered, a);
+    registry_stop(a->registry, deregistered, a);
 }
 
 /* ---- reload ------------------------------------------------------------- */

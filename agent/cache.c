@@ -530,7 +530,7 @@ static void service_free(service *s)
     unschedule_notify(s);
     drop_derived(s);
     etcd_call_cancel(s->confirm);
-    etcd_watch_stop(s->watch);
+    etcd_watch_close(s->watch);
     entries_clear(s);
     free(s->entries);
     free(s->sorted);
@@ -804,7 +804,7 @@ static void timer_closed(uv_handle_t *h)
         free(c);
 }
 
-cache *cache_free(cache *c)
+cache *cache_close(cache *c)
 {
     if (!c)
         return NULL;
