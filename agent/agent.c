@@ -1,6 +1,7 @@
 /* Starting, reloading and stopping the daemon's parts in the right order.
  *
- * Start: etcd client, cache, session, registry, socket, xDS server; READY=1
+ * Start: etcd client, cache, session, registry, socket, xDS server, DNS
+ * server; READY=1
  * once the socket listens and every configured instance is written (or, if etcd does
  * not answer, after twice the request timeout, so that a host whose etcd is
  * down still gets its cached lists served).
@@ -173,6 +174,19 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     xo.idle_ms = cfg->xds_idle_ms;
     if ((rc = xds_new(&a->xds, loop, a->cache, &xo)) < 0)
         goto fail;
+    if (cfg->dns_enabled) {
+        struct dns_options dno = {0};
+        dno.listen = (const char *const *)cfg->dns_listen;
+        dno.n_listen = cfg->n_dns_listen;
+        dno.domain = cfg->dns_domain;
+        dno.ttl = cfg->dns_ttl;
+        dno.max_answers = cfg->dns_max_answers;
+        if ((rc = dns_new(&a->dns, loop, a->cache, &dno, err, errlen)) < 0) {
+            a->stopping = true;
+            finish(a);
+            return rc;
+        }
+    }
 
     so.path = cfg->socket_path;
     so.mode = cfg->socket_mode;
@@ -188,6 +202,8 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     /* After the socket, so that a second agent is told about that first;
      * it also writes the bootstrap file beside xds.path. */
     rc = xds_start(a->xds, err, errlen);
+    if (rc == 0 && a->dns)
+        rc = dns_start(a->dns, err, errlen);
     if (rc < 0) {
         server_close(a->server);
         a->server = NULL;
@@ -245,6 +261,7 @@ static void finish(struct agent *a)
     /* After the socket (its requests may wait on xDS queries) and before
      * the cache (xDS holds cache subscriptions). */
     a->xds = xds_free(a->xds);
+    a->dns = dns_free(a->dns); /* before the cache: it holds subscriptions */
     a->registry = registry_free(a->registry);
     if (a->checks)
         check_ctx_free(a->checks);
@@ -312,6 +329,8 @@ void agent_stop(struct agent *a)
     /* Likewise xDS clients: with the server gone they keep their last
      * endpoints, rather than being pushed our deregistrations. */
     a->xds = xds_free(a->xds);
+    /* And DNS: a query now would see our own instances leave. */
+    a->dns = dns_free(a->dns);
     /* The deletes and the revoke are each one request, retried over the
      * endpoints; twice the timeout per step bounds the whole stop. */
     uv_timer_start(&a->stop_timer, stop_overdue, 4 * a->cfg->timeout_ms + 1000, 0);
@@ -341,7 +360,11 @@ static void warn_unapplied(const struct config *old, const struct config *new)
         old->xds_mode != new->xds_mode || !same(old->xds_tcp, new->xds_tcp) ||
         !same(old->xds_group_header, new->xds_group_header) ||
         old->xds_idle_ms != new->xds_idle_ms ||
-        old->xds_test_host_names != new->xds_test_host_names)
+        old->xds_test_host_names != new->xds_test_host_names ||
+        old->dns_enabled != new->dns_enabled || !same(old->dns_domain, new->dns_domain) ||
+        old->dns_ttl != new->dns_ttl || old->dns_max_answers != new->dns_max_answers ||
+        old->n_dns_listen != new->n_dns_listen ||
+        (old->n_dns_listen && strcmp(old->dns_listen[0], new->dns_listen[0])))
         log_warn("agent: reload applies services and log.level only; restart the agent to "
                  "apply the other changes");
 }

@@ -11,6 +11,7 @@
 #include "cache.h"
 #include "check.h"
 #include "config.h"
+#include "dns.h"
 #include "etcd.h"
 #include "http.h"
 #include "registry.h"
@@ -31,6 +32,7 @@ struct agent {
     registry *registry;
     server *server;
     xds *xds; /* the xDS server for gRPC clients (docs/xds.md) */
+    dns_server *dns; /* NULL when dns.enabled is false (docs/dns.md) */
     struct check_ctx *checks;
 
     uv_signal_t sig_term, sig_int, sig_hup;

@@ -7,6 +7,7 @@
  * so that anchors, aliases and tags are refused where they appear (libyaml's
  * document API would resolve aliases silently). */
 #include "config.h"
+#include "dns_rules.h"
 #include "duration.h"
 #include "validate.h"
 
@@ -1813,11 +1814,155 @@ static int default_xds_path(struct loader *ld)
     return 0;
 }
 
+/* ---- dns: the DNS server (docs/dns.md) -------------------------------- */
+
+static const char *const dns_keys[] = {
+    "enabled", "listen", "domain", "ttl", "max_answers"
+};
+enum { DNS_ENABLED, DNS_LISTEN, DNS_DOMAIN, DNS_TTL, DNS_MAX_ANSWERS };
+
+static int load_dns_listen(struct loader *ld, const struct node *key,
+                           const struct node *val)
+{
+    struct config *c = ld->cfg;
+    struct shown a;
+    int r = want_seq(ld, "dns.listen", val);
+
+    if (r < 0)
+        return r;
+    if (r == 1 || val->n_items == 0)
+        return fail_node(ld, key, "dns.listen is empty: list at least one "
+                         "address, e.g. [" DNS_DEFAULT_LISTEN "], or set "
+                         "dns.enabled: false");
+    if (val->n_items > DNS_MAX_LISTEN)
+        return fail_node(ld, val, "dns.listen lists %zu addresses: at most "
+                         "%d", val->n_items, DNS_MAX_LISTEN);
+    c->dns_listen = calloc(val->n_items, sizeof(*c->dns_listen));
+    if (c->dns_listen == NULL)
+        return fail_oom(ld);
+    c->n_dns_listen = val->n_items;
+    for (size_t i = 0; i < val->n_items; i++) {
+        const struct node *item = val->items[i];
+        struct validate_hostport hp;
+        unsigned char ip[16];
+        const char *text;
+        char why[160];
+
+        r = want_nonempty(ld, "a dns.listen entry", item, item, &text);
+        if (r < 0)
+            return r;
+        r = validate_hostport(text, strlen(text), 0, &hp, why, sizeof(why));
+        if (r == VALIDATE_PORT_RANGE)
+            return fail_node(ld, item, "port out of range in dns.listen "
+                             "'%s': use 1..65535", show(&a, text));
+        if (r != VALIDATE_OK)
+            return fail_node(ld, item, "bad dns.listen '%s': %s",
+                             show(&a, text), why);
+        if (inet_pton(hp.ipv6 ? AF_INET6 : AF_INET, hp.host, ip) != 1)
+            return fail_node(ld, item, "bad dns.listen '%s': give an IP "
+                             "address, such as " DNS_DEFAULT_LISTEN " or "
+                             "[::1]:8600", show(&a, text));
+        c->dns_listen[i] = strdup(text);
+        if (c->dns_listen[i] == NULL)
+            return fail_oom(ld);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(c->dns_listen[j], text) == 0)
+                return fail_node(ld, item, "'%s' is listed twice in "
+                                 "dns.listen: keep only one", show(&a, text));
+    }
+    return 0;
+}
+
+static int load_dns(struct loader *ld, const struct node *val)
+{
+    static const char *const what[] = {
+        "dns.enabled", "dns.listen", "dns.domain", "dns.ttl",
+        "dns.max_answers"
+    };
+    const struct node *seen[ARRAY_SIZE(dns_keys)] = { NULL };
+    struct config *c = ld->cfg;
+    int r = want_map(ld, "dns", val);
+
+    if (r != 0)
+        return r < 0 ? r : 0;
+    for (size_t i = 0; i < val->n_items / 2; i++) {
+        const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
+        const char *text;
+        char why[160], *end;
+        unsigned long long n;
+        uint64_t ms;
+        struct shown a;
+        int key = section_key(ld, val, i, dns_keys, ARRAY_SIZE(dns_keys),
+                              seen, "in dns");
+
+        if (key < 0)
+            return key;
+        if (key == DNS_LISTEN) {
+            if ((r = load_dns_listen(ld, k, v)) < 0)
+                return r;
+            continue;
+        }
+        r = want_nonempty(ld, what[key], k, v, &text);
+        if (r < 0)
+            return r;
+        switch (key) {
+        case DNS_ENABLED:
+            if (parse_bool(v, &c->dns_enabled) < 0)
+                return fail_node(ld, v, "bad dns.enabled '%s': write true or "
+                                 "false, without quotes", show(&a, text));
+            break;
+        case DNS_DOMAIN:
+            if (!dns_domain_valid(text, why, sizeof(why)))
+                return fail_node(ld, v, "bad dns.domain: %s", why);
+            r = set_str(ld, &c->dns_domain, text);
+            break;
+        case DNS_TTL:
+            r = load_duration(ld, what[key], k, v, &ms);
+            if (r == 0 && (ms % 1000 != 0 || ms / 1000 > DNS_MAX_TTL))
+                return fail_node(ld, v, "bad dns.ttl '%s': DNS counts whole "
+                                 "seconds, at most a day, e.g. 0s or 5s",
+                                 show(&a, text));
+            if (r == 0)
+                c->dns_ttl = (uint32_t)(ms / 1000);
+            break;
+        case DNS_MAX_ANSWERS:
+            errno = 0;
+            n = strtoull(text, &end, 10);
+            if (*text < '0' || *text > '9' || *end != '\0' || errno ||
+                n < 1 || n > DNS_MAX_ANSWERS_LIMIT)
+                return fail_node(ld, v, "bad dns.max_answers '%s': give a "
+                                 "number from 1 to %d", show(&a, text),
+                                 DNS_MAX_ANSWERS_LIMIT);
+            c->dns_max_answers = (size_t)n;
+            break;
+        }
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* Without dns.listen, the default address. */
+static int default_dns_listen(struct loader *ld)
+{
+    struct config *c = ld->cfg;
+
+    if (c->n_dns_listen > 0)
+        return 0;
+    c->dns_listen = calloc(1, sizeof(*c->dns_listen));
+    if (c->dns_listen == NULL)
+        return fail_oom(ld);
+    c->n_dns_listen = 1;
+    c->dns_listen[0] = dup_str(ld, DNS_DEFAULT_LISTEN);
+    return c->dns_listen[0] == NULL ? -ENOMEM : 0;
+}
+
 static const char *const top_keys[] = {
-    "etcd", "session", "socket", "cache", "log", "services", "xds", "checks"
+    "etcd", "session", "socket", "cache", "log", "services", "xds", "checks",
+    "dns"
 };
 enum { TOP_ETCD, TOP_SESSION, TOP_SOCKET, TOP_CACHE, TOP_LOG, TOP_SERVICES,
-       TOP_XDS, TOP_CHECKS };
+       TOP_XDS, TOP_CHECKS, TOP_DNS };
 
 static int load_root(struct loader *ld, const struct node *root, int is_main)
 {
@@ -1866,6 +2011,9 @@ static int load_root(struct loader *ld, const struct node *root, int is_main)
             break;
         case TOP_XDS:
             r = load_xds(ld, v);
+            break;
+        case TOP_DNS:
+            r = load_dns(ld, v);
             break;
         default:
             r = key;
@@ -2047,12 +2195,16 @@ static int set_defaults(struct loader *ld, const char *path)
     c->xds_enabled = 1;
     c->xds_mode = UINT_MAX;  /* unset: socket.mode's, see default_xds_path() */
     c->xds_idle_ms = DEFAULT_XDS_IDLE_MS;
+    c->dns_enabled = 1;
+    c->dns_ttl = DNS_DEFAULT_TTL;
+    c->dns_max_answers = DNS_DEFAULT_MAX_ANSWERS;
     c->log_level = 1;  /* info: the index in log_levels[] */
     if ((c->path = dup_str(ld, path)) == NULL ||
         (c->prefix = dup_str(ld, DEFAULT_PREFIX)) == NULL ||
         (c->socket_path = dup_str(ld, DEFAULT_SOCKET_PATH)) == NULL ||
         (c->cache_dir = dup_str(ld, DEFAULT_CACHE_DIR)) == NULL ||
-        (c->xds_group_header = dup_str(ld, DEFAULT_XDS_GROUP_HEADER)) == NULL)
+        (c->xds_group_header = dup_str(ld, DEFAULT_XDS_GROUP_HEADER)) == NULL ||
+        (c->dns_domain = dup_str(ld, DNS_DEFAULT_DOMAIN)) == NULL)
         return -ENOMEM;
     return 0;
 }
@@ -2103,6 +2255,8 @@ int config_load(const char *path, struct config **out, char *err,
         r = default_endpoints(&ld);
     if (r == 0)
         r = default_xds_path(&ld);
+    if (r == 0)
+        r = default_dns_listen(&ld);
     if (r < 0) {
         config_free(ld.cfg);
         return r;
@@ -2136,6 +2290,10 @@ struct config *config_free(struct config *c)
     free(c->xds_path);
     free(c->xds_tcp);
     free(c->xds_group_header);
+    for (size_t i = 0; c->dns_listen != NULL && i < c->n_dns_listen; i++)
+        free(c->dns_listen[i]);
+    free(c->dns_listen);
+    free(c->dns_domain);
     for (size_t i = 0; c->services != NULL && i < c->n_services; i++) {
         struct config_service *s = &c->services[i];
 

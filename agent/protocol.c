@@ -1076,6 +1076,7 @@ static void status_done(int err, const struct etcd_result *r, void *arg)
     json_object_set_new(o, "renders", json_integer((json_int_t)a->renders));
     json_object_set_new(o, "stale", json_boolean(any_stale));
     json_object_set_new(o, "xds", xds_status(a->xds));
+    json_object_set_new(o, "dns", dns_status(a->dns));
     send_json(p->cs, o);
     pending_end(p);
 }

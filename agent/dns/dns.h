@@ -25,14 +25,10 @@
 #include <uv.h>
 
 #include "cache.h"
+#include "dns_rules.h"
 
 typedef struct dns_server dns_server;
 
-/* The defaults of the dns section (conf/agent.yaml says why each). */
-#define DNS_DEFAULT_LISTEN "127.0.0.1:8600"
-#define DNS_DEFAULT_DOMAIN "disc"
-#define DNS_DEFAULT_TTL 0
-#define DNS_DEFAULT_MAX_ANSWERS 16
 /* How long a query for a service not yet cached waits for etcd: well
  * under the 5 s after which stub resolvers (glibc, dig) give up. */
 #define DNS_WAIT_MS 2000

@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 #include "dns_internal.h"
+#include "dns_rules.h"
 #include "error.h"
 #include "validate.h"
 
@@ -33,6 +34,14 @@ int dns_domain_parse(const char *domain, knot_dname_storage_t out, size_t *size,
         return DA_EINVAL;
     }
     return 0;
+}
+
+bool dns_domain_valid(const char *domain, char *err, size_t errlen)
+{
+    knot_dname_storage_t d;
+    size_t size;
+
+    return dns_domain_parse(domain, d, &size, err, errlen) == 0;
 }
 
 bool dns_label_is_service(const uint8_t *label, size_t len)
