@@ -12,8 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include "agentproc.h"
 #include "cache.h"
 #include "dns.h"
 #include "dns_internal.h"
@@ -943,11 +946,345 @@ START_TEST(test_server_bind_error)
 }
 END_TEST
 
+/* ---- real agents, real clients ------------------------------------------ */
+
+struct cx {
+    struct etcd_cluster *cluster;
+    struct agentp agent;
+    int port;
+    char dir[512];
+};
+
+static void cx_start(struct cx *x, const char *services_yaml)
+{
+    struct etcd_cluster_opts co = {.members = 1};
+    char yaml[2048];
+
+    memset(x, 0, sizeof *x);
+    x->cluster = etcd_cluster_start(&co);
+    ck_assert_ptr_nonnull(x->cluster);
+    snprintf(x->dir, sizeof x->dir, "%s/agent", etcd_cluster_dir(x->cluster));
+    ck_assert_int_eq(mkdir(x->dir, 0700), 0);
+    x->port = free_port();
+    snprintf(yaml, sizeof yaml, "dns:\n  listen: [127.0.0.1:%d]\n%s", x->port,
+             services_yaml ? services_yaml : "");
+    ck_assert_int_eq(agentp_config(&x->agent, x->dir, etcd_member_url(x->cluster, 0), 5, 2000,
+                                   yaml),
+                     0);
+    ck_assert_int_eq(agentp_start(&x->agent), 0);
+}
+
+static void cx_stop(struct cx *x)
+{
+    ck_assert_int_eq(agentp_free(&x->agent), 0);
+    etcd_cluster_stop(x->cluster);
+}
+
+/* dig @agent with options; its stdout in out. */
+static int dig(struct cx *x, char *out, size_t len, const char *a1, const char *a2, const char *a3,
+               const char *a4)
+{
+    char port[16];
+    const char *argv[] = {"dig", "@127.0.0.1", "-p", port, "+time=5", "+tries=1", a1, a2, a3, a4,
+                          NULL};
+
+    snprintf(port, sizeof port, "%d", x->port);
+    return proc_run(out, len, 20000, argv);
+}
+
+static size_t lines(const char *s)
+{
+    size_t n = 0;
+
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+static void cx_put(struct cx *x, const char *svc, const char *addr, int weight, const char *group)
+{
+    char key[256], val[512], out[256];
+    const char *args[] = {"put", key, val, NULL};
+
+    snprintf(key, sizeof key, "/micro/%s/%s", svc, addr);
+    snprintf(val, sizeof val, "{\"Name\":\"%s\",\"Address\":\"%s\",\"Weight\":%d,\"Group\":\"%s\"}",
+             svc, addr, weight, group);
+    ck_assert_int_eq(etcdctl(x->cluster, out, sizeof out, args), 0);
+}
+
+static void cx_del(struct cx *x, const char *svc, const char *addr)
+{
+    char key[256], out[256];
+    const char *args[] = {"del", key, NULL};
+
+    snprintf(key, sizeof key, "/micro/%s/%s", svc, addr);
+    ck_assert_int_eq(etcdctl(x->cluster, out, sizeof out, args), 0);
+}
+
+/* dig for every record type, against a real agent and etcd. */
+START_TEST(test_dig)
+{
+    struct cx x;
+    static char out[65536];
+
+    cx_start(&x, "services:\n  - name: web\n    address: 127.0.0.1:8080\n    weight: 70000\n"
+                 "    group: A\n");
+    cx_put(&x, "web", "10.0.0.2:8081", 2, "B");
+    cx_put(&x, "web", "[2001:db8::7]:8082", 3, "A");
+    cx_put(&x, "web", "backend.example.com:8083", 4, "B");
+
+    /* The configured instance is in etcd once the agent registered it:
+     * its first answer may wait for the list. */
+    bool all = false;
+    for (int i = 0; i < 50 && !all; i++) {
+        ck_assert_int_eq(dig(&x, out, sizeof out, "+short", "web.service.disc", "A", NULL), 0);
+        all = strstr(out, "127.0.0.1") && strstr(out, "10.0.0.2");
+        if (!all)
+            usleep(100000);
+    }
+    ck_assert_msg(all, "dig A: %s", out);
+    ck_assert_uint_eq(lines(out), 2);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+short", "WEB.service.disc", "AAAA", NULL), 0);
+    ck_assert_str_eq(out, "2001:db8::7\n");
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+short", "_web._tcp.service.disc", "SRV", NULL), 0);
+    ck_assert_uint_eq(lines(out), 4);
+    ck_assert_msg(strstr(out, "0 65535 8080 7f000001.addr.disc."), "%s", out);
+    ck_assert_msg(strstr(out, "0 4 8083 backend.example.com."), "%s", out);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+short", "7f000001.addr.disc", "A", NULL), 0);
+    ck_assert_str_eq(out, "127.0.0.1\n");
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+short", "b.web.service.disc", "SRV", NULL), 0);
+    ck_assert_uint_eq(lines(out), 2);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+short", "web.service.disc", "TXT", NULL), 0);
+    ck_assert_msg(strstr(out, "\"stale=false\"") && strstr(out, "\"instances=4\""), "%s", out);
+    /* SRV with the targets' addresses in the additional section. */
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+noall", "+additional", "web.service.disc", "SRV"),
+                     0);
+    ck_assert_msg(strstr(out, "7f000001.addr.disc.") && strstr(out, "A\t127.0.0.1"), "%s", out);
+    /* Negative answers. */
+    ck_assert_int_eq(dig(&x, out, sizeof out, "nobody.service.disc", "A", NULL, NULL), 0);
+    ck_assert_msg(strstr(out, "status: NXDOMAIN") && strstr(out, "SOA"), "%s", out);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "www.example.com", "A", NULL, NULL), 0);
+    ck_assert_msg(strstr(out, "status: REFUSED"), "%s", out);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "disc", "AXFR", NULL, NULL), 0);
+    ck_assert_msg(strstr(out, "Transfer failed"), "%s", out);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "web.service.disc", "TYPE65", NULL, NULL), 0);
+    ck_assert_msg(strstr(out, "status: NOERROR") && strstr(out, "ANSWER: 0"), "%s", out);
+    /* Over TCP, and without EDNS. */
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+tcp", "+short", "web.service.disc", "SRV"), 0);
+    ck_assert_uint_eq(lines(out), 4);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+noedns", "+short", "web.service.disc", "A"), 0);
+    ck_assert_uint_eq(lines(out), 2);
+
+    /* agentctl status shows the listener and the counts. */
+    char ctl[64], sock[700];
+    snprintf(ctl, sizeof ctl, "%s/agentctl", BUILD_DIR);
+    snprintf(sock, sizeof sock, "%s", x.agent.sock);
+    const char *argv[] = {ctl, "-s", sock, "status", NULL};
+    ck_assert_int_eq(proc_run(out, sizeof out, 10000, argv), 0);
+    ck_assert_msg(strstr(out, "dns            disc. on 127.0.0.1:") && strstr(out, "NXDOMAIN 1") &&
+                      strstr(out, "REFUSED"),
+                  "%s", out);
+    cx_stop(&x);
+}
+END_TEST
+
+/* ---- HAProxy ------------------------------------------------------------ */
+
+/* HAProxy's runtime API: one command, its whole answer. */
+static void haproxy_cmd(const char *sock, const char *cmd, char *out, size_t len)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    size_t have = 0;
+    ssize_t n;
+
+    out[0] = '\0';
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    ck_assert_int_eq(write(fd, cmd, strlen(cmd)), (ssize_t)strlen(cmd));
+    while (have + 1 < len && (n = read(fd, out + have, len - have - 1)) > 0)
+        have += (size_t)n;
+    out[have] = '\0';
+    close(fd);
+}
+
+/* "ADDR:PORT/WEIGHT ..." of the servers HAProxy has in backend be, from
+ * "show servers state" (fields: srv_addr 4, srv_uweight 7, srv_port 18),
+ * sorted; servers without an address are left out. */
+static void haproxy_servers(const char *sock, char *buf, size_t len)
+{
+    static char out[16384];
+    char rows[32][96];
+    size_t n = 0, o = 0;
+
+    haproxy_cmd(sock, "show servers state be\n", out, sizeof out);
+    for (char *line = strtok(out, "\n"); line && n < 32; line = strtok(NULL, "\n")) {
+        char *f[24];
+        int k = 0;
+        if (line[0] == '#' || !strchr(line, ' '))
+            continue;
+        for (char *t = strtok_r(line, " ", &line); t && k < 24; t = strtok_r(NULL, " ", &line))
+            f[k++] = t;
+        if (k < 19 || !strcmp(f[4], "-") || !strcmp(f[4], "0.0.0.0"))
+            continue;
+        snprintf(rows[n++], sizeof rows[0], "%s:%s/%s", f[4], f[18], f[7]);
+    }
+    qsort(rows, n, sizeof rows[0], (int (*)(const void *, const void *))strcmp);
+    buf[0] = '\0';
+    for (size_t i = 0; i < n; i++)
+        o += (size_t)snprintf(buf + o, len - o, "%s%s", i ? " " : "", rows[i]);
+}
+
+struct hx {
+    struct cx *x;
+    char sock[600];
+    const char *want;
+    char got[2048];
+};
+
+static bool haproxy_has(struct hx *h)
+{
+    for (int i = 0; i < 150; i++) {
+        haproxy_servers(h->sock, h->got, sizeof h->got);
+        if (!strcmp(h->got, h->want))
+            return true;
+        usleep(100000);
+    }
+    return false;
+}
+
+/* HAProxy with resolvers and server-template on the SRV name follows
+ * instances as they are put in and deleted from etcd, with their weights
+ * (HAProxy takes an SRV weight w as w / 256, at least 1). */
+START_TEST(test_haproxy)
+{
+    struct cx x;
+    struct hx h = {0};
+    char cfg[600], log[600], text[2048];
+    FILE *f;
+
+    cx_start(&x, NULL);
+    h.x = &x;
+    snprintf(h.sock, sizeof h.sock, "%s/haproxy.sock", x.dir);
+    snprintf(cfg, sizeof cfg, "%s/haproxy.cfg", x.dir);
+    snprintf(log, sizeof log, "%s/haproxy.log", x.dir);
+    snprintf(text, sizeof text,
+             "global\n  stats socket %s mode 600 level admin\n"
+             "defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 5s\n"
+             "  timeout server 5s\n"
+             "resolvers agent\n  nameserver dns1 127.0.0.1:%d\n  accepted_payload_size 1232\n"
+             "  hold valid 100ms\n  hold obsolete 0s\n  timeout resolve 100ms\n"
+             "  timeout retry 100ms\n"
+             "backend be\n  balance roundrobin\n"
+             "  server-template s 5 _api._tcp.service.disc resolvers agent init-addr none\n"
+             "listen fe\n  bind 127.0.0.1:%d\n  server x 127.0.0.1:1\n",
+             h.sock, x.port, free_port());
+    f = fopen(cfg, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+    cx_put(&x, "api", "127.0.0.10:9001", 512, "");
+    cx_put(&x, "api", "127.0.0.11:9002", 2560, "");
+    const char *argv[] = {"haproxy", "-db", "-f", cfg, NULL};
+    struct proc *hp = proc_spawn(argv, NULL, log);
+    ck_assert_ptr_nonnull(hp);
+
+    h.want = "127.0.0.10:9001/2 127.0.0.11:9002/10";
+    ck_assert_msg(haproxy_has(&h), "haproxy has: %s", h.got);
+    cx_put(&x, "api", "127.0.0.12:9003", 256, "");
+    h.want = "127.0.0.10:9001/2 127.0.0.11:9002/10 127.0.0.12:9003/1";
+    ck_assert_msg(haproxy_has(&h), "haproxy has: %s", h.got);
+    cx_del(&x, "api", "127.0.0.10:9001");
+    h.want = "127.0.0.11:9002/10 127.0.0.12:9003/1";
+    ck_assert_msg(haproxy_has(&h), "haproxy has: %s", h.got);
+    proc_free(hp);
+    cx_stop(&x);
+}
+END_TEST
+
+/* ---- the system resolver: dnsmasq, getent, curl ------------------------- */
+
+/* dnsmasq forwards the disc domain to the agent; getent and curl run in a
+ * private mount namespace whose /etc/resolv.conf names that dnsmasq, so
+ * the machine's own resolver is never touched. glibc asks port 53 only:
+ * dnsmasq listens there on an address of 127/8 chosen from our pid, so
+ * that tests running at once do not meet. Needs root (port 53, unshare). */
+START_TEST(test_system_resolver)
+{
+    struct cx x;
+    char ip[32], dm_log[600], resolv[600], http_port[16], addr[64], server[64], url[128];
+    char script[1024];
+    static char out[8192];
+    FILE *f;
+    int hport;
+
+    if (geteuid() != 0) {
+        fprintf(stderr, "test_system_resolver: skipped: needs root for port 53 and unshare\n");
+        return;
+    }
+    cx_start(&x, NULL);
+    snprintf(ip, sizeof ip, "127.77.%d.%d", (getpid() >> 8) & 255, (getpid() & 254) | 1);
+    snprintf(dm_log, sizeof dm_log, "%s/dnsmasq.log", x.dir);
+    snprintf(resolv, sizeof resolv, "%s/resolv.conf", x.dir);
+    snprintf(server, sizeof server, "--server=/disc/127.0.0.1#%d", x.port);
+    char listen[64], logf[640];
+    snprintf(listen, sizeof listen, "--listen-address=%s", ip);
+    snprintf(logf, sizeof logf, "--log-facility=%s", dm_log);
+    const char *dm_argv[] = {"dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                             "--bind-interfaces", listen, "--port=53", server, "--user=root",
+                             "--pid-file=", logf, "--log-queries", NULL};
+    struct proc *dm = proc_spawn(dm_argv, NULL, NULL);
+    ck_assert_ptr_nonnull(dm);
+    f = fopen(resolv, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "nameserver %s\noptions timeout:2 attempts:2\n", ip);
+    fclose(f);
+
+    /* A real HTTP server, registered as "web". */
+    hport = free_port();
+    snprintf(http_port, sizeof http_port, "%d", hport);
+    const char *http_argv[] = {"python3", "-m", "http.server", http_port, "--bind", "127.0.0.1",
+                               "--directory", x.dir, NULL};
+    struct proc *http = proc_spawn(http_argv, NULL, NULL);
+    ck_assert_ptr_nonnull(http);
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", hport);
+    cx_put(&x, "web", addr, 1, "");
+    snprintf(url, sizeof url, "http://web.service.disc:%d/resolv.conf", hport);
+
+    snprintf(script, sizeof script,
+             "mount --bind %s /etc/resolv.conf && getent hosts web.service.disc && "
+             "curl -sS --max-time 10 %s",
+             resolv, url);
+    const char *sh[] = {"unshare", "-m", "sh", "-c", script, NULL};
+    int rc = -1;
+    for (int i = 0; i < 50 && rc != 0; i++) {
+        rc = proc_run(out, sizeof out, 30000, sh);
+        if (rc != 0)
+            usleep(200000);
+    }
+    ck_assert_msg(rc == 0, "getent/curl: exit %d: %s", rc, out);
+    ck_assert_msg(strstr(out, "127.0.0.1       web.service.disc"), "%s", out);
+    ck_assert_msg(strstr(out, "nameserver 127.77."), "curl did not fetch the file: %s", out);
+    /* An unknown name fails the same way as any unknown host. */
+    snprintf(script, sizeof script,
+             "mount --bind %s /etc/resolv.conf && getent hosts nobody.service.disc", resolv);
+    ck_assert_int_eq(proc_run(out, sizeof out, 30000, sh), 2);
+    proc_free(http);
+    proc_free(dm);
+    cx_stop(&x);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("dns");
     TCase *eng = tcase_create("engine");
     TCase *srv = tcase_create("server");
+    TCase *cli = tcase_create("clients");
 
     tcase_add_checked_fixture(eng, engine_setup, engine_teardown);
     tcase_add_test(eng, test_names);
@@ -964,6 +1301,11 @@ static Suite *suite(void)
     tcase_add_test(srv, test_server_stale);
     tcase_add_test(srv, test_server_bind_error);
     suite_add_tcase(s, srv);
+    tcase_set_timeout(cli, 120);
+    tcase_add_test(cli, test_dig);
+    tcase_add_test(cli, test_haproxy);
+    tcase_add_test(cli, test_system_resolver);
+    suite_add_tcase(s, cli);
     return s;
 }
 
