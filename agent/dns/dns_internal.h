@@ -21,6 +21,8 @@
  * with a few options fit in far less). */
 #define DNS_MAX_QUERY 4096
 #define DNS_MAX_REPLY 65535
+/* Datagrams read by one recvmmsg(2). */
+#define DNS_UDP_BATCH 16
 /* TCP (RFC 7766): connections at once; a connection with no complete
  * query for this long is closed (a slow or half-open client holds
  * nothing longer); queries of one connection waiting for a first list;

@@ -91,7 +91,9 @@ struct dns_server {
     int open_handles; /* the server's own: the wait timer */
     bool started, closing;
     size_t udp_queued;
-    uint8_t udp_buf[65536];
+    /* recvmmsg(2) fills it with up to DNS_UDP_BATCH datagrams of 64 KiB at
+     * most each (libuv's chunks); only the bytes received are touched. */
+    uint8_t *udp_buf;
     /* counters for status */
     uint64_t queries, udp, tcp, truncated, dropped, tcp_refused, waited;
     uint64_t rcodes[RCODES];
@@ -360,7 +362,7 @@ static void udp_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     struct dns_listener *l = h->data;
 
     (void)suggested;
-    *buf = uv_buf_init((char *)l->d->udp_buf, sizeof l->d->udp_buf);
+    *buf = uv_buf_init((char *)l->d->udp_buf, DNS_UDP_BATCH * 65536);
 }
 
 static void udp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const struct sockaddr *peer,
@@ -368,6 +370,8 @@ static void udp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const stru
 {
     struct dns_listener *l = h->data;
 
+    /* With recvmmsg, a last call (nread 0, UV_UDP_MMSG_FREE) hands the
+     * buffer back: it is ours for good, nothing to do. */
     if (nread <= 0 || !peer)
         return;
     if (flags & UV_UDP_PARTIAL) {
@@ -570,7 +574,8 @@ int dns_new(dns_server **out, uv_loop_t *loop, cache *c, const struct dns_option
     d->zone.lookup = lookup;
     d->zone.arg = d;
     d->domain = strdup(o->domain ? o->domain : DNS_DEFAULT_DOMAIN);
-    if (!d->domain || dns_engine_new(&d->engine) < 0)
+    d->udp_buf = malloc(DNS_UDP_BATCH * 65536);
+    if (!d->domain || !d->udp_buf || dns_engine_new(&d->engine) < 0)
         goto fail;
     rc = dns_domain_parse(d->domain, d->zone.domain, &d->zone.domain_size, err, errlen);
     if (rc < 0)
@@ -598,6 +603,7 @@ int dns_new(dns_server **out, uv_loop_t *loop, cache *c, const struct dns_option
     return 0;
 fail:
     dns_engine_free(d->engine);
+    free(d->udp_buf);
     free(d->listeners);
     free(d->domain);
     free(d);
@@ -615,7 +621,8 @@ int dns_start(dns_server *d, char *err, size_t errlen)
         const struct sockaddr *sa = (const struct sockaddr *)&l->sa;
         const char *proto = "udp";
 
-        uv_udp_init(d->loop, &l->udp);
+        /* recvmmsg: one system call reads a burst of queries. */
+        uv_udp_init_ex(d->loop, &l->udp, l->sa.ss_family | UV_UDP_RECVMMSG);
         uv_tcp_init(d->loop, &l->tcp);
         l->udp.data = l->tcp.data = l;
         l->udp_open = l->tcp_open = true;
@@ -688,6 +695,8 @@ dns_server *dns_free(dns_server *d)
     d->closing = true;
     close_listeners(d);
     d->engine = dns_engine_free(d->engine);
+    free(d->udp_buf);
+    d->udp_buf = NULL;
     free(d->domain);
     d->domain = NULL;
     uv_close((uv_handle_t *)&d->wait_timer, server_timer_closed);
