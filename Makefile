@@ -420,7 +420,7 @@ clean: fuzz-clean
 # minutes on 2 cores), and writes docs/benchmarks.md and docs/*.png with
 # gnuplot. Nothing in `make test` runs it: benchmarks assert no time.
 #
-#   BENCH_ONLY=resolve,propagation,grpc,scale   run only these parts
+#   BENCH_ONLY=resolve,propagation,grpc,scale,dns   run only these parts
 #   BENCH_PERF=DIR    perf record the agent during each part, into DIR
 
 BENCH_SRC     := $(wildcard bench/*.c)
