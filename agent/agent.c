@@ -64,6 +64,29 @@ static void add_configured(struct agent *a, const struct config_service *s)
 
 static void finish(struct agent *a);
 
+/* The protocol sees the parts it answers from and a few configuration
+ * values, not the agent (protocol.h). */
+static int proto_start(struct agent *a)
+{
+    const struct config *cfg = a->cfg;
+    struct proto_deps d = {
+        .loop = a->loop,
+        .cache = a->cache,
+        .registry = a->registry,
+        .etcd = a->etcd,
+        .xds = a->xds,
+        .prefix = cfg->prefix,
+        .timeout_ms = cfg->timeout_ms,
+        .checks_exec = cfg->checks_exec,
+        .access = {cfg->register_limited, cfg->register_uids, cfg->n_register_uids,
+                   cfg->register_gids, cfg->n_register_gids},
+        .status = {a->session, cfg->path, (const char *const *)cfg->endpoints, cfg->n_endpoints,
+                   a->started, a->dns},
+    };
+
+    return proto_new(&a->proto, &d);
+}
+
 /* ---- readiness and watchdog --------------------------------------------- */
 
 static void ready_check(uv_timer_t *t)
@@ -187,12 +210,14 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
             return rc;
         }
     }
+    if ((rc = proto_start(a)) < 0)
+        goto fail;
 
     so.path = cfg->socket_path;
     so.mode = cfg->socket_mode;
     so.too_long_reply = proto_too_long_reply;
     so.busy_reply = proto_busy_reply;
-    rc = server_start(&a->server, loop, &so, &cb, a, err, errlen);
+    rc = server_start(&a->server, loop, &so, &cb, a->proto, err, errlen);
     if (rc < 0) {
         a->server = NULL;
         a->stopping = true;
@@ -258,6 +283,8 @@ static void finish(struct agent *a)
 {
     server_close(a->server);
     a->server = NULL;
+    /* After the socket: its connections' on_close needs the protocol. */
+    a->proto = proto_free(a->proto);
     /* After the socket (its requests may wait on xDS queries) and before
      * the cache (xDS holds cache subscriptions). */
     a->xds = xds_free(a->xds);
@@ -404,6 +431,7 @@ int agent_reload(struct agent *a)
     log_level = nc->log_level;
     a->cfg->checks_exec = nc->checks_exec;
     check_ctx_set_exec_enabled(a->checks, nc->checks_exec);
+    proto_set_checks_exec(a->proto, nc->checks_exec);
     config_free(nc);
     a->reloads++;
     log_info("agent: configuration reloaded: %zu configured instance(s)", a->cfg->n_services);

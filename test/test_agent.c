@@ -527,6 +527,68 @@ START_TEST(test_bad_requests_keep_connection)
 }
 END_TEST
 
+/* The unknown_op error lists every operation (the protocol's one table of
+ * them), each of which is known, and proto/agent-protocol.md lists the
+ * same ones: a new operation cannot be left out of the error or the doc. */
+START_TEST(test_unknown_op_lists_every_op)
+{
+    struct fx f;
+    char doc[256 * 1024], *row, *eol, *list, *tok, *next;
+    size_t n_doc = 0, n_listed = 0, len;
+    FILE *df = fopen("proto/agent-protocol.md", "r");
+    json_t *r;
+    int fd;
+
+    ck_assert_ptr_nonnull(df);
+    len = fread(doc, 1, sizeof doc - 1, df);
+    fclose(df);
+    doc[len] = '\0';
+    /* The "op" row of the request members' table, cut at its end. */
+    row = strstr(doc, "| `op` | string | yes | one of ");
+    ck_assert_ptr_nonnull(row);
+    eol = strchr(row, '\n');
+    ck_assert_ptr_nonnull(eol);
+    *eol = '\0';
+    for (const char *p = row; *p; p++)
+        n_doc += *p == '`';
+    n_doc = n_doc / 2 - 1; /* pairs of backquotes, less `op` itself */
+
+    fx_up(&f, 10, "");
+    fd = sock_open(f.agent.sock);
+    ck_assert_int_ge(fd, 0);
+    r = sock_call(fd, "{\"op\":\"fly\",\"id\":1}", 5000);
+    ck_assert_ptr_nonnull(r);
+    const char *msg =
+        json_string_value(json_object_get(json_object_get(r, "error"), "message"));
+    ck_assert_ptr_nonnull(msg);
+    ck_assert_ptr_nonnull(strstr(msg, "': use "));
+    list = strdup(strstr(msg, "': use ") + 7);
+    json_decref(r);
+    for (tok = list; tok; tok = next) {
+        if ((next = strstr(tok, ", ")) != NULL) {
+            *next = '\0';
+            next += 2;
+        }
+        char quoted[64], req[128];
+        snprintf(quoted, sizeof quoted, "`%s`", tok);
+        ck_assert_msg(strstr(row, quoted), "op %s is not in the protocol document", tok);
+        /* Known: whatever else is wrong with it, not unknown_op. */
+        snprintf(req, sizeof req, "{\"op\":\"%s\",\"id\":2}", tok);
+        r = sock_call(fd, req, 5000);
+        ck_assert_msg(r != NULL, "no reply to %s", req);
+        const char *code =
+            json_string_value(json_object_get(json_object_get(r, "error"), "code"));
+        ck_assert_msg(!code || strcmp(code, "unknown_op"), "%s: unknown_op", req);
+        json_decref(r);
+        n_listed++;
+    }
+    free(list);
+    ck_assert_uint_eq(n_listed, n_doc);
+    close(fd);
+    fx_down(&f);
+}
+END_TEST
+
 /* Issue 12 item 6: a socket registration obeys the configuration's rules
  * (validate.h), so that one endpoint has one key and every key can be
  * watched: refused with the reason, nothing written to etcd. */
@@ -1438,6 +1500,7 @@ static Suite *suite(void)
     tcase_add_test(rules, test_register_same_rules_as_config);
     tcase_add_test(rules, test_config_name_dotdot_refused);
     tcase_add_test(sock, test_bad_requests_keep_connection);
+    tcase_add_test(sock, test_unknown_op_lists_every_op);
     tcase_add_test(sock, test_thousand_clients);
     tcase_add_test(sock, test_bad_config_and_check);
     tcase_add_test(sock, test_socket_held_by_live_agent);
