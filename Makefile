@@ -41,7 +41,8 @@ SYSCONFDIR  ?= /etc
 UNITDIR     ?= /lib/systemd/system
 SYSUSERSDIR ?= /usr/lib/sysusers.d
 
-PKGS      := libuv libcurl jansson yaml-0.1
+# libknot (Knot DNS) parses and writes the DNS server's messages.
+PKGS      := libuv libcurl jansson yaml-0.1 libknot
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 JANSSON_LIBS := $(shell pkg-config --libs jansson 2>/dev/null)
@@ -236,11 +237,15 @@ $(BUILD)/man/%: man/%.scd
 # Debian packages the build, the tests and the demo need. `make deps` asks
 # dpkg first, so it does nothing (and needs no network) when all are there.
 # scdoc writes the man pages; debhelper, devscripts and lintian build and
-# check the Debian packages (make deb, test/check-deb).
+# check the Debian packages (make deb, test/check-deb). libknot-dev is the
+# DNS server's message library; dig (bind9-dnsutils), haproxy and
+# dnsmasq-base are the real DNS clients of test/test_dns.c, dnsperf and
+# unbound those of the DNS benchmark.
 DEB_PKGS := build-essential pkg-config libuv1-dev libcurl4-openssl-dev \
 	libjansson-dev libyaml-dev libgrpc-dev check etcd-server etcd-client \
 	openssl curl protobuf-c-compiler libprotobuf-c-dev python3-grpcio \
-	clang libclang-rt-14-dev gnuplot-nox scdoc debhelper lintian
+	clang libclang-rt-14-dev gnuplot-nox scdoc debhelper lintian \
+	libknot-dev bind9-dnsutils haproxy dnsmasq-base dnsperf unbound
 
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do \
@@ -449,7 +454,7 @@ clean: fuzz-clean
 # minutes on 2 cores), and writes docs/benchmarks.md and docs/*.png with
 # gnuplot. Nothing in `make test` runs it: benchmarks assert no time.
 #
-#   BENCH_ONLY=resolve,propagation,grpc,scale   run only these parts
+#   BENCH_ONLY=resolve,propagation,grpc,scale,dns   run only these parts
 #   BENCH_PERF=DIR    perf record the agent during each part, into DIR
 
 BENCH_SRC     := $(wildcard bench/*.c)
@@ -477,3 +482,10 @@ bench: deps
 # own, and any name turns the bare form off.)
 .SECONDARY: $(EXAMPLE_SRC:%.c=$(BUILD)/%.o) $(TEST_SRC:%.c=$(BUILD)/%.o) $(HARNESS_OBJ) \
 	$(PROTO_C) $(PROTO_H) $(BENCH_OBJ) $(GRPCMOD_OBJ)
+
+# The project's style (.clang-format) applied to every C file git tracks;
+# clang-format is Debian's (clang-format-14). Not part of the build.
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+.PHONY: format

@@ -218,7 +218,7 @@ static void closed(uv_handle_t *h)
     free(h->data);
 }
 
-session *session_free(session *s)
+session *session_close(session *s)
 {
     if (!s)
         return NULL;

@@ -161,7 +161,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #undef w
     /* Stopping the last watch closes the stream state; the loop frees the
      * watch (and cancels what it asked for). */
-    etcd_watch_stop(wp);
+    etcd_watch_close(wp);
     uv_run(loop, UV_RUN_NOWAIT);
     return 0;
 }

@@ -86,7 +86,7 @@ static void obs_cb(checker *k, bool healthy, void *arg)
     o->passes_at_change = st.passes;
     o->failures_at_change = st.failures;
     if (o->stop_self)
-        checker_stop(k);
+        checker_close(k);
 }
 
 struct until_changes {
@@ -603,7 +603,7 @@ START_TEST(test_bad_starts)
     /* Enabled later (a reload): new checkers may run commands. */
     check_ctx_set_exec_enabled(f.ctx, true);
     ck_assert_int_eq(checker_start(&k, f.ctx, &exec, NULL, obs_cb, &o, err, sizeof err), 0);
-    checker_stop(k);
+    checker_close(k);
     fx_finish(&f);
     ck_assert_int_eq(o.n, 0);
 }
@@ -648,7 +648,7 @@ START_TEST(test_tcp_not_answering_then_answering)
     ck_assert_uint_eq(state(k).changed_at_ms, o.at[0]);
     ck_assert_int_ge(l.accepted, 2);
 
-    checker_stop(k);
+    checker_close(k);
     listener_stop(&l);
     fx_finish(&f);
 }
@@ -674,7 +674,7 @@ START_TEST(test_tcp_host_name)
     k = start(&f, &spec, addr, &o);
     ck_assert(wait_changes(&f, &o, 1, 2000));
     ck_assert(o.healthy);
-    checker_stop(k);
+    checker_close(k);
 
     /* A name that does not resolve is a failure with the resolver's text. */
     o = (struct obs){0};
@@ -682,7 +682,7 @@ START_TEST(test_tcp_host_name)
     ck_assert(wait_probes(&f, k, 1, 5000));
     ck_assert_msg(!strncmp(state(k).output, "resolve no-such-host.invalid: ", 30), "%s",
                   state(k).output);
-    checker_stop(k);
+    checker_close(k);
     listener_stop(&l);
     fx_finish(&f);
 }
@@ -722,8 +722,8 @@ START_TEST(test_http_500_vs_200)
     ck_assert_str_eq(state(kb).output, "HTTP 500: database down");
     ck_assert(!strncmp(responder_last_request(bad), "GET /ready HTTP/1.1", 19));
 
-    checker_stop(kb);
-    checker_stop(kg);
+    checker_close(kb);
+    checker_close(kg);
     fx_finish(&f);
     responder_stop(bad);
     responder_stop(good);
@@ -757,7 +757,7 @@ START_TEST(test_http_flapping_no_change)
     ck_assert_int_eq(o.n, 1); /* the first change only */
     ck_assert(o.val[0]);
     ck_assert(state(k).healthy);
-    checker_stop(k);
+    checker_close(k);
     fx_finish(&f);
     responder_stop(r);
 }
@@ -818,8 +818,8 @@ START_TEST(test_ttl_expires_and_recovers)
     checker_pass(other);
     checker_fail(other, "x");
     ck_assert_uint_eq(state(other).probes, 0);
-    checker_stop(other);
-    checker_stop(k);
+    checker_close(other);
+    checker_close(k);
     fx_finish(&f);
 }
 END_TEST
@@ -856,7 +856,7 @@ START_TEST(test_ttl_flapping_no_change)
     ck_assert_int_eq(o.n, 2);
     ck_assert(!o.healthy);
     ck_assert_int_eq(o.failures_at_change, 3);
-    checker_stop(k);
+    checker_close(k);
     fx_finish(&f);
 }
 END_TEST
@@ -898,11 +898,11 @@ START_TEST(test_exec_results)
     ck_assert_str_eq(state(ke).output, "exit 2: oops");
     ck_assert_str_eq(state(kn).output, "spawn /nonexistent/cmd: No such file or directory");
     ck_assert_int_eq(of.n + oo.n + oe.n + on.n, 0);
-    checker_stop(kt);
-    checker_stop(kf);
-    checker_stop(ko);
-    checker_stop(ke);
-    checker_stop(kn);
+    checker_close(kt);
+    checker_close(kf);
+    checker_close(ko);
+    checker_close(ke);
+    checker_close(kn);
     fx_finish(&f);
 }
 END_TEST
@@ -962,7 +962,7 @@ START_TEST(test_exec_timeout_kills_group)
     unlink(pidfile);
     loop_for(&f.loop, 100);
     ck_assert_msg(pid_gone(pid), "background child %d survived", pid);
-    checker_stop(k);
+    checker_close(k);
     fx_finish(&f);
 }
 END_TEST
@@ -1011,7 +1011,7 @@ START_TEST(test_grpc_not_serving_and_back)
             "measure: grpc interval 200 fall 3 rise 2: start -> healthy %llu ms, "
             "NOT_SERVING -> unhealthy %llu ms, SERVING -> healthy %llu ms\n",
             (unsigned long long)up, (unsigned long long)down, (unsigned long long)back);
-    checker_stop(k);
+    checker_close(k);
     fx_finish(&f);
     hsrv_stop(srv);
 }
@@ -1038,12 +1038,12 @@ START_TEST(test_grpc_service_name)
     ck_assert(wait_probes(&f, ku, 3, 3000));
     ck_assert_int_eq(ou.n, 0);
     ck_assert_str_eq(state(ku).output, "rpc: NOT_FOUND: unknown service");
-    checker_stop(kk);
+    checker_close(kk);
     loop_for(&f.loop, 150);
     pthread_mutex_lock(&srv->mu);
     ck_assert_str_eq(srv->last_service, "other.Service");
     pthread_mutex_unlock(&srv->mu);
-    checker_stop(ku);
+    checker_close(ku);
     fx_finish(&f);
     hsrv_stop(srv);
 }
@@ -1077,7 +1077,7 @@ START_TEST(test_grpc_server_appears)
     fprintf(stderr, "measure: grpc server started -> healthy: %llu ms (interval 200, rise 2)\n",
             (unsigned long long)up);
     ck_assert_uint_le(up, 2 * 200 + 50);
-    checker_stop(k);
+    checker_close(k);
     fx_finish(&f);
     hsrv_stop(srv);
 }
@@ -1102,7 +1102,7 @@ START_TEST(test_grpc_stop_while_connecting)
      * 100 ms into that wait. */
     t0 = now_ms(&f);
     loop_for(&f.loop, (int)(3000 - (t0 - state(k).last_run_ms)) + 100);
-    checker_stop(k);
+    checker_close(k);
     clock_gettime(CLOCK_MONOTONIC, &a);
     check_ctx_free(f.ctx);
     clock_gettime(CLOCK_MONOTONIC, &b);
@@ -1217,10 +1217,10 @@ START_TEST(test_slow_probes_do_not_delay_others)
     ck_assert_int_eq(oh.n + og.n + oe.n, 0);
 
     /* Stopped with probes in flight: nothing leaks (loop_finish). */
-    checker_stop(kh);
-    checker_stop(kg);
-    checker_stop(ke);
-    checker_stop(kf);
+    checker_close(kh);
+    checker_close(kg);
+    checker_close(ke);
+    checker_close(kf);
     listener_stop(&l);
     fx_finish(&f);
     hsrv_stop(srv);
@@ -1271,7 +1271,7 @@ START_TEST(test_timeout_equal_to_interval)
     ck_assert_int_le(tk.ticks, 12 + 4);
     ck_assert_int_ge(responder_requests(r), 12);
     uv_close((uv_handle_t *)&tk.t, NULL);
-    checker_stop(k);
+    checker_close(k);
     fx_finish(&f);
     responder_stop(r);
 }

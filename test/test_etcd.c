@@ -491,7 +491,7 @@ START_TEST(test_watches_share_one_stream)
     wait_view(&f, &v[40], "/late/x", "1", 5000);
 
     /* Stop one; change every prefix; each other watch sees its own. */
-    etcd_watch_stop(m.w[7]);
+    etcd_watch_close(m.w[7]);
     for (size_t i = 0; i < m.n; i++) {
         snprintf(key, sizeof key, "/m%02zu/k", i);
         snprintf(val, sizeof val, "%zu", i);
@@ -513,8 +513,8 @@ START_TEST(test_watches_share_one_stream)
 
     for (size_t i = 0; i < m.n; i++)
         if (i != 7)
-            etcd_watch_stop(m.w[i]);
-    etcd_watch_stop(late);
+            etcd_watch_close(m.w[i]);
+    etcd_watch_close(late);
     /* The request connection may stay (curl keeps it); the stream goes. */
     ck_assert(loop_until_fn(&f.loop, fewer_connections, &fw, 3000));
     fx_stop(&f);
@@ -543,7 +543,7 @@ START_TEST(test_watch_events_in_order)
     wait_view(&f, &v, "/w/c", "3", 5000);
     ck_assert_str_eq(v.log, "S1;+/w/b=1;+/w/a=2;-/w/b=;+/w/c=3;");
     ck_assert(!v.backwards);
-    etcd_watch_stop(w);
+    etcd_watch_close(w);
     fx_stop(&f);
 }
 END_TEST
@@ -585,7 +585,7 @@ START_TEST(test_watch_resume_after_restart)
     ck_assert_str_eq(v.log, "S0;+/r/1=a;+/r/2=b;+/r/1=c;-/r/2=;");
     ck_assert_int_eq(v.snapshots, 1);
     ck_assert(!v.backwards);
-    etcd_watch_stop(w);
+    etcd_watch_close(w);
     fx_stop(&f);
 }
 END_TEST
@@ -638,7 +638,7 @@ START_TEST(test_watch_compaction_resync)
     /* And it goes on following changes. */
     ctl(&f, (const char *const[]){"put", "/c/after", "4", NULL});
     wait_view(&f, &v, "/c/after", "4", 5000);
-    etcd_watch_stop(w);
+    etcd_watch_close(w);
     fx_stop(&f);
 }
 END_TEST
@@ -666,7 +666,7 @@ START_TEST(test_failover_second_endpoint)
     ctl(&f, (const char *const[]){"put", "/f/3", "c", NULL});
     wait_view(&f, &v, "/f/3", "c", 10000);
     ck_assert_str_eq(v.log, "S0;+/f/1=a;+/f/2=b;+/f/3=c;");
-    etcd_watch_stop(w);
+    etcd_watch_close(w);
     fx_stop(&f);
 }
 END_TEST
@@ -685,7 +685,7 @@ START_TEST(test_auth)
     ck_assert_str_eq(view_get(&v, "/a/1"), "x");
     ck_assert_int_eq(put_sync(&f, "/a/2", "y", 0), 0);
     wait_view(&f, &v, "/a/2", "y", 5000);
-    etcd_watch_stop(w);
+    etcd_watch_close(w);
     f.etcd = etcd_client_free(f.etcd);
 
     /* A wrong password is refused with DA_EAUTH, and says so. */
@@ -845,7 +845,7 @@ START_TEST(test_watch_bad_stream)
     ck_assert_int_ge(v.downs, 1);
     ck_assert_int_ge(responder_requests(r), 2);
     ck_assert_int_eq(v.events, 0);
-    etcd_watch_stop(w);
+    etcd_watch_close(w);
     fx_stop(&f);
     responder_stop(r);
 }

@@ -85,7 +85,7 @@ START_TEST(test_watch_stream_events_out_of_order)
     (void)on_chunk(NULL, chunk, sizeof chunk, client->ws);
     ck_assert_int_le(w->next_rev, 3);
     ck_assert_int_ge(w->next_rev - 1, delivered);
-    etcd_watch_stop(w);
+    etcd_watch_close(w);
     etcd_client_free(client);
     uv_run(uv_default_loop(), UV_RUN_NOWAIT);
 }

@@ -78,7 +78,7 @@ static void fx_start_scripted(struct fx *f, const char *const *replies, size_t n
 
 static void fx_stop(struct fx *f)
 {
-    f->s = session_free(f->s);
+    f->s = session_close(f->s);
     f->etcd = etcd_client_free(f->etcd);
     http_client_close(f->http);
     ck_assert_int_eq(loop_finish(&f->loop), 0);

@@ -271,7 +271,7 @@ void check_ctx_free(struct check_ctx *ctx)
     if (!ctx)
         return;
     while (ctx->checkers)
-        checker_stop(ctx->checkers);
+        checker_close(ctx->checkers);
     /* Nothing of a detached probe refers to ctx except gRPC calls, which
      * this waits for; so ctx itself can go now. */
     check__grpc_ctx_free(ctx);
@@ -361,7 +361,7 @@ int checker_set_label(checker *k, const char *label)
     return 0;
 }
 
-void checker_stop(checker *k)
+void checker_close(checker *k)
 {
     struct check_ctx *ctx;
 

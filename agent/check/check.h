@@ -66,7 +66,7 @@ int checker_set_label(checker *k, const char *label);
 
 /* No callback after this; a running probe is abandoned (an exec probe's
  * process group is killed). The memory is freed by the loop. NULL-safe. */
-void checker_stop(checker *k);
+void checker_close(checker *k);
 
 /* ttl: the application says "pass" (counts as a passing probe; the ttl
  * timer restarts); other types: ignored. The change callback, when this
@@ -88,7 +88,7 @@ struct check_state {
 void checker_state(const checker *k, struct check_state *out);
 
 /* The checker's spec with defaults applied; borrowed, valid until
- * checker_stop(). */
+ * checker_close(). */
 const struct check_spec *checker_spec(const checker *k);
 
 #endif

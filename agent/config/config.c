@@ -2,6 +2,7 @@
  * defaults, and the public API of config.h. The files of agent/config/ and
  * how they share the work are described in config_internal.h. */
 #include "config_internal.h"
+#include "dns_rules.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -234,11 +235,15 @@ static int set_defaults(struct loader *ld, const char *path)
     c->xds_idle_ms = DA_DEFAULT_XDS_IDLE_MS;
     c->log_level = DA_DEFAULT_LOG_LEVEL;
     c->checks_exec = DA_DEFAULT_CHECKS_EXEC;
+    c->dns_enabled = true;
+    c->dns_ttl = DNS_DEFAULT_TTL;
+    c->dns_max_answers = DNS_DEFAULT_MAX_ANSWERS;
     if (!(c->path = config__dup_str(ld, path)) ||
         !(c->prefix = config__dup_str(ld, DA_DEFAULT_ETCD_PREFIX)) ||
         !(c->socket_path = config__dup_str(ld, DA_DEFAULT_SOCKET_PATH)) ||
         !(c->cache_dir = config__dup_str(ld, DA_DEFAULT_CACHE_DIR)) ||
-        !(c->xds_group_header = config__dup_str(ld, DA_DEFAULT_XDS_GROUP_HEADER)))
+        !(c->xds_group_header = config__dup_str(ld, DA_DEFAULT_XDS_GROUP_HEADER)) ||
+        !(c->dns_domain = config__dup_str(ld, DNS_DEFAULT_DOMAIN)))
         return DA_ENOMEM;
     return 0;
 }
@@ -289,6 +294,8 @@ int config_load(const char *path, struct config **out, char *err,
         r = default_endpoints(&ld);
     if (r == 0)
         r = config__default_xds_path(&ld);
+    if (r == 0)
+        r = config__default_dns_listen(&ld);
     if (r < 0) {
         config_free(ld.cfg);
         return r;
@@ -322,6 +329,10 @@ struct config *config_free(struct config *c)
     free(c->xds_path);
     free(c->xds_tcp);
     free(c->xds_group_header);
+    for (size_t i = 0; c->dns_listen && i < c->n_dns_listen; i++)
+        free(c->dns_listen[i]);
+    free(c->dns_listen);
+    free(c->dns_domain);
     for (size_t i = 0; c->services && i < c->n_services; i++) {
         struct config_service *s = &c->services[i];
 

@@ -178,7 +178,7 @@ typedef void (*etcd_watch_cb)(etcd_watch *w, const struct etcd_watch_update *u, 
 int etcd_watch_start(etcd_client *c, const char *key, size_t klen, const char *range_end,
                      size_t relen, int64_t start_revision, etcd_watch_cb cb, void *arg,
                      etcd_watch **out);
-void etcd_watch_stop(etcd_watch *w); /* no callback after this; NULL-safe */
+void etcd_watch_close(etcd_watch *w); /* no callback after this; NULL-safe */
 bool etcd_watch_live(const etcd_watch *w);
 
 #endif

@@ -364,7 +364,7 @@ static void watch_closed(uv_handle_t *h)
     free(w);
 }
 
-void etcd_watch_stop(etcd_watch *w)
+void etcd_watch_close(etcd_watch *w)
 {
     etcd_client *c;
 
@@ -391,7 +391,7 @@ void etcd_watch_stop(etcd_watch *w)
 void etcd__watches_free(etcd_client *c)
 {
     while (c->watches)
-        etcd_watch_stop(c->watches);
+        etcd_watch_close(c->watches);
     etcd__ws_free(c);
 }
 

@@ -149,6 +149,7 @@ static void status_done(int err, const struct etcd_result *r, void *arg)
     json_object_set_new(o, "renders", json_integer((json_int_t)p->cs->p->renders));
     json_object_set_new(o, "stale", json_boolean(any_stale));
     json_object_set_new(o, "xds", xds_status(d->xds));
+    json_object_set_new(o, "dns", dns_status(d->status.dns));
     proto__send_json(p->cs, o);
     proto__pending_end(p);
 }

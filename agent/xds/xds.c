@@ -1023,7 +1023,7 @@ static void tick_closed(uv_handle_t *h)
     free(x);
 }
 
-xds *xds_free(xds *x)
+xds *xds_close(xds *x)
 {
     if (!x || x->closing)
         return NULL;
@@ -1041,7 +1041,7 @@ xds *xds_free(xds *x)
         x->svcs = s->next;
         svc_free(s);
     }
-    x->dns = xdns_free(x->dns);
+    x->dns = xdns_close(x->dns);
     uv_close((uv_handle_t *)&x->tick, tick_closed);
     return NULL;
 }

@@ -61,7 +61,7 @@ int xds_start(xds *x, char *err, size_t errlen);
 /* Closes every stream and every subscription at once (the cache may be
  * freed right after); the rest goes as the loop runs. Accepts NULL;
  * returns NULL. */
-xds *xds_free(xds *x);
+xds *xds_close(xds *x);
 
 /* {"enabled","path","tcp","bootstrap","grpc_running","grpc_starts",
  * "streams","nacks","clients":[...]} for the status reply (new

@@ -186,7 +186,7 @@ int xdns_lookup(xdns *d, const char *host, char *ip)
     return 1;
 }
 
-xdns *xdns_free(xdns *d)
+xdns *xdns_close(xdns *d)
 {
     if (!d)
         return NULL;

@@ -36,6 +36,6 @@ int xdns_lookup(xdns *d, const char *host, char *ip);
 /* Stops: lookups in flight are cancelled, cb is not called again. The
  * memory goes when the last of them returns (run the loop). Accepts NULL;
  * returns NULL. */
-xdns *xdns_free(xdns *d);
+xdns *xdns_close(xdns *d);
 
 #endif
