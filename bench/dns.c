@@ -201,7 +201,7 @@ static struct proc *unbound_up(struct bench *b, int port)
     snprintf(dir, sizeof dir, "%s/unbound", b->dir);
     snprintf(conf, sizeof conf, "%s/unbound.conf", dir);
     snprintf(log, sizeof log, "%s/unbound.log", dir);
-    if (make_dirs(dir) < 0 || !(f = fopen(conf, "w")))
+    if (mkdir_p(dir, 0755) < 0 || !(f = fopen(conf, "w")))
         return NULL;
     fprintf(f,
             "server:\n  interface: 127.0.0.1@%d\n  num-threads: 1\n  do-daemonize: no\n"
