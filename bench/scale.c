@@ -453,7 +453,7 @@ void bench_scale(struct bench *b)
     F.rss10k = fig_new(b, "scale", "Resident memory, plus 10,000 watching clients", "MB", 1, NULL);
     F.cpu_upd = fig_new(b, "scale", "Agent CPU per update delivered to 100 watchers", "ms", 3,
                         "one process writing the same line to 100 unix sockets");
-    fig_goal(F.cpu_upd, GOAL_ABS_MAX, 1.0);
+    fig_goal(F.cpu_upd, GOAL_RATIO_MAX, 2.0); /* issue 18; issue 7 asked < 1 ms */
     F.conns = fig_new(b, "rest", "TCP connections to etcd at rest", "", 0,
                       "one connection");
     F.reqs = fig_new(b, "rest", "Requests to etcd at rest", "/s", 3,
@@ -464,7 +464,7 @@ void bench_scale(struct bench *b)
     F.idle_cpu = fig_new(b, "rest", "Agent CPU at rest", "ms/s", 3,
                          "the CPU of the keep-alives alone: a bare client's keep-alive "
                          "(200 in a row, averaged) times one per third of the TTL");
-    fig_goal(F.idle_cpu, GOAL_ABS_MAX, 0.1);
+    fig_goal(F.idle_cpu, GOAL_RATIO_MAX, 3.0); /* issue 18; issue 7 asked < 0.1 ms/s */
     F.idle_rss = fig_new(b, "rest", "Resident memory at rest (1,000 services, 10,000 clients)",
                          "MB", 1, NULL);
 
