@@ -184,5 +184,13 @@ double floor_fanout_cpu(const char *line, size_t len, int fanout, int count);
  * gateway (its own lease, count keep-alives on one keep-alive connection,
  * averaged): the least that staying registered costs. -1 on failure. */
 double floor_keepalive_cpu(const char *url, int count);
+/* The same paced as the agent paces them: a child process that makes
+ * count keep-alives, one every interval_ms (the first after one interval),
+ * each from an idle process, as the agent's are, so with cold caches and a
+ * wake-up each; floor_paced_keepalive_end() waits for it and returns the
+ * CPU seconds per keep-alive (-1 on failure). Run beside the agent's rest
+ * window, it sees the same moments of the machine. */
+pid_t floor_paced_keepalive_start(const char *url, int count, int interval_ms, int *rfd);
+double floor_paced_keepalive_end(pid_t pid, int rfd);
 
 #endif
