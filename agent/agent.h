@@ -17,6 +17,7 @@
 #include "registry.h"
 #include "server.h"
 #include "session.h"
+#include "web.h"
 #include "xds.h"
 
 /* The file VERSION, passed by the Makefile as DA_VERSION. */
@@ -33,6 +34,7 @@ struct agent {
     server *server;
     xds *xds; /* the xDS server for gRPC clients (docs/xds.md) */
     proto *proto; /* answers the socket */
+    web *web;     /* /metrics, /healthz, /readyz, the status page; NULL when off */
     struct check_ctx *checks;
 
     uv_signal_t sig_term, sig_int, sig_hup;

@@ -60,6 +60,16 @@
 #define DEFAULT_XDS_SOCKET_NAME "xds.sock"  /* beside socket.path */
 #define DEFAULT_XDS_GROUP_HEADER "x-group"
 #define DEFAULT_XDS_IDLE_MS (60u * 1000u)
+/* http: loopback only. Port 8608: beside the agent's DNS port (8600) and
+ * outside 9100-9999, where Prometheus exporters take theirs (node 9100,
+ * CoreDNS 9153, ...); Consul (8300-8302, 8500-8503, 8600), Nomad
+ * (4646-4648), Vault (8200-8201) and Istio's agent (15000-15090) use none
+ * of it. */
+#define DEFAULT_HTTP_LISTEN "127.0.0.1:8608"
+#define DEFAULT_HTTP_MAX_CONNECTIONS 64u
+#define DEFAULT_HTTP_MAX_REQUEST 16384u     /* request line and headers */
+#define DEFAULT_HTTP_TIMEOUT_MS (10u * 1000u) /* idle connection */
+#define MAX_HTTP_LISTEN 16
 /* A header name is one token of an HTTP/2 header block; a cap keeps it
  * readable in routes and messages. */
 #define XDS_HEADER_MAX 64
@@ -1174,9 +1184,11 @@ static int load_cache(struct loader *ld, const struct node *val)
     return 0;
 }
 
-static const char *const log_keys[] = { "level" };
+static const char *const log_keys[] = { "level", "format" };
 /* In the order of their numbers in struct config's log_level. */
 static const char *const log_levels[] = { "debug", "info", "warn", "error" };
+/* In the order of their numbers in struct config's log_format. */
+static const char *const log_formats[] = { "text", "json" };
 
 static int load_log(struct loader *ld, const struct node *val)
 {
@@ -1195,6 +1207,20 @@ static int load_log(struct loader *ld, const struct node *val)
 
         if (key < 0)
             return key;
+        if (key == 1) {
+            r = want_text(ld, "log.format", k, v, &text);
+            if (r < 0)
+                return r;
+            for (l = 0; l < ARRAY_SIZE(log_formats); l++) {
+                if (strcmp(text, log_formats[l]) == 0)
+                    break;
+            }
+            if (l == ARRAY_SIZE(log_formats))
+                return fail_node(ld, v, "bad log.format '%s': use text or "
+                                 "json", show(&a, text));
+            ld->cfg->log_format = (int)l;
+            continue;
+        }
         r = want_text(ld, "log.level", k, v, &text);
         if (r < 0)
             return r;
@@ -1813,11 +1839,167 @@ static int default_xds_path(struct loader *ld)
     return 0;
 }
 
+/* ---- http: the operators' listener (agent/web/, docs/operations.md) -- */
+
+static const char *const http_keys[] = {
+    "enabled", "listen", "max_connections", "max_request_bytes", "timeout"
+};
+enum { HTTP_ENABLED, HTTP_LISTEN, HTTP_MAX_CONNECTIONS, HTTP_MAX_REQUEST,
+       HTTP_TIMEOUT };
+
+/* A whole number in [lo, hi] for what. */
+static int load_number(struct loader *ld, const char *what,
+                       const struct node *key, const struct node *val,
+                       long lo, long hi, long *out)
+{
+    struct shown a;
+    const char *text;
+    char *end;
+    long v;
+    int r = want_text(ld, what, key, val, &text);
+
+    if (r < 0)
+        return r;
+    errno = 0;
+    v = strtol(text, &end, 10);
+    if (!val->plain || errno || *end || end == text || v < lo || v > hi)
+        return fail_node(ld, val, "%s must be a whole number from %ld to "
+                         "%ld, not '%s'", what, lo, hi, show(&a, text));
+    *out = v;
+    return 0;
+}
+
+/* http.listen: IP literals only (the listener binds them; a name would
+ * be resolved at every start to who knows what), each once. */
+static int load_http_listen(struct loader *ld, const struct node *key,
+                            const struct node *val)
+{
+    struct config *c = ld->cfg;
+    struct shown a;
+    int r = want_seq(ld, "http.listen", val);
+
+    if (r < 0)
+        return r;
+    if (r == 1 || val->n_items == 0)
+        return fail_node(ld, key, "http.listen is empty: list at least one "
+                         "address, e.g. [" DEFAULT_HTTP_LISTEN "], or set "
+                         "http.enabled: false");
+    if (val->n_items > MAX_HTTP_LISTEN)
+        return fail_node(ld, val, "http.listen lists %zu addresses: at most "
+                         "%d are supported", val->n_items, MAX_HTTP_LISTEN);
+    c->http_listen = calloc(val->n_items, sizeof(*c->http_listen));
+    if (c->http_listen == NULL)
+        return fail_oom(ld);
+    c->n_http_listen = val->n_items;
+    for (size_t i = 0; i < val->n_items; i++) {
+        const struct node *item = val->items[i];
+        const char *text;
+        char why[160];
+        struct validate_hostport hp;
+        unsigned char ip[sizeof(struct in6_addr)];
+
+        r = want_nonempty(ld, "an http.listen entry", item, item, &text);
+        if (r < 0)
+            return r;
+        r = validate_hostport(text, strlen(text), VALIDATE_LISTEN, &hp, why,
+                              sizeof(why));
+        if (r == VALIDATE_PORT_RANGE)
+            return fail_node(ld, item, "port out of range in http.listen "
+                             "'%s': use 1..65535", show(&a, text));
+        if (r != VALIDATE_OK)
+            return fail_node(ld, item, "bad http.listen '%s': %s",
+                             show(&a, text), why);
+        if (inet_pton(hp.ipv6 ? AF_INET6 : AF_INET, hp.host, ip) != 1)
+            return fail_node(ld, item, "bad http.listen '%s': give an IP "
+                             "address and a port, e.g. 127.0.0.1:8608 or "
+                             "[::1]:8608", show(&a, text));
+        if ((c->http_listen[i] = dup_str(ld, text)) == NULL)
+            return -ENOMEM;
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(c->http_listen[j], text) == 0)
+                return fail_node(ld, item, "'%s' is listed twice in "
+                                 "http.listen: keep only one",
+                                 show(&a, text));
+        }
+    }
+    return 0;
+}
+
+static int load_http(struct loader *ld, const struct node *val)
+{
+    static const char *const what[] = {
+        "http.enabled", "http.listen", "http.max_connections",
+        "http.max_request_bytes", "http.timeout"
+    };
+    const struct node *seen[ARRAY_SIZE(http_keys)] = { NULL };
+    struct config *c = ld->cfg;
+    int r = want_map(ld, "http", val);
+
+    if (r != 0)
+        return r < 0 ? r : 0;
+    for (size_t i = 0; i < val->n_items / 2; i++) {
+        const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
+        struct shown a;
+        long n;
+        int key = section_key(ld, val, i, http_keys, ARRAY_SIZE(http_keys),
+                              seen, "in http");
+
+        if (key < 0)
+            return key;
+        switch (key) {
+        case HTTP_ENABLED:
+            if (parse_bool(v, &c->http_enabled) < 0)
+                return fail_node(ld, v, "bad http.enabled '%s': write true "
+                                 "or false, without quotes",
+                                 show(&a, v->text ? v->text : ""));
+            break;
+        case HTTP_LISTEN:
+            r = load_http_listen(ld, k, v);
+            break;
+        case HTTP_MAX_CONNECTIONS:
+            r = load_number(ld, what[key], k, v, 1, 10000, &n);
+            c->http_max_connections = (unsigned)n;
+            break;
+        case HTTP_MAX_REQUEST:
+            r = load_number(ld, what[key], k, v, 4096, 1048576, &n);
+            c->http_max_request_bytes = (size_t)n;
+            break;
+        case HTTP_TIMEOUT:
+            r = load_duration(ld, what[key], k, v, &c->http_timeout_ms);
+            if (r == 0 && (c->http_timeout_ms < 1000 ||
+                           c->http_timeout_ms % 1000 != 0))
+                r = fail_node(ld, v, "http.timeout must be whole seconds, "
+                              "at least 1s, e.g. 10s");
+            break;
+        }
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* Without http.listen, the listener serves on the loopback address only. */
+static int default_http_listen(struct loader *ld)
+{
+    struct config *c = ld->cfg;
+
+    if (c->http_listen != NULL)
+        return 0;
+    c->http_listen = calloc(1, sizeof(*c->http_listen));
+    if (c->http_listen == NULL)
+        return fail_oom(ld);
+    if ((c->http_listen[0] = dup_str(ld, DEFAULT_HTTP_LISTEN)) == NULL)
+        return -ENOMEM;
+    c->n_http_listen = 1;
+    return 0;
+}
+
 static const char *const top_keys[] = {
-    "etcd", "session", "socket", "cache", "log", "services", "xds", "checks"
+    "etcd", "session", "socket", "cache", "log", "services", "xds", "checks",
+    "http"
 };
 enum { TOP_ETCD, TOP_SESSION, TOP_SOCKET, TOP_CACHE, TOP_LOG, TOP_SERVICES,
-       TOP_XDS, TOP_CHECKS };
+       TOP_XDS, TOP_CHECKS, TOP_HTTP };
 
 static int load_root(struct loader *ld, const struct node *root, int is_main)
 {
@@ -1866,6 +2048,9 @@ static int load_root(struct loader *ld, const struct node *root, int is_main)
             break;
         case TOP_XDS:
             r = load_xds(ld, v);
+            break;
+        case TOP_HTTP:
+            r = load_http(ld, v);
             break;
         default:
             r = key;
@@ -2048,6 +2233,10 @@ static int set_defaults(struct loader *ld, const char *path)
     c->xds_mode = UINT_MAX;  /* unset: socket.mode's, see default_xds_path() */
     c->xds_idle_ms = DEFAULT_XDS_IDLE_MS;
     c->log_level = 1;  /* info: the index in log_levels[] */
+    c->http_enabled = 1;
+    c->http_max_connections = DEFAULT_HTTP_MAX_CONNECTIONS;
+    c->http_max_request_bytes = DEFAULT_HTTP_MAX_REQUEST;
+    c->http_timeout_ms = DEFAULT_HTTP_TIMEOUT_MS;
     if ((c->path = dup_str(ld, path)) == NULL ||
         (c->prefix = dup_str(ld, DEFAULT_PREFIX)) == NULL ||
         (c->socket_path = dup_str(ld, DEFAULT_SOCKET_PATH)) == NULL ||
@@ -2103,6 +2292,8 @@ int config_load(const char *path, struct config **out, char *err,
         r = default_endpoints(&ld);
     if (r == 0)
         r = default_xds_path(&ld);
+    if (r == 0)
+        r = default_http_listen(&ld);
     if (r < 0) {
         config_free(ld.cfg);
         return r;
@@ -2136,6 +2327,9 @@ struct config *config_free(struct config *c)
     free(c->xds_path);
     free(c->xds_tcp);
     free(c->xds_group_header);
+    for (size_t i = 0; c->http_listen != NULL && i < c->n_http_listen; i++)
+        free(c->http_listen[i]);
+    free(c->http_listen);
     for (size_t i = 0; c->services != NULL && i < c->n_services; i++) {
         struct config_service *s = &c->services[i];
 

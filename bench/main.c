@@ -88,7 +88,8 @@ int agent_up(struct bench *b, struct agentp *a, const char *name)
              "session:\n  ttl: 10s\n"
              "socket:\n  path: %s\n"
              "cache:\n  dir: %s\n  idle: 10m\n"
-             "log:\n  level: info\n%s",
+             "log:\n  level: info\n"
+             "http:\n  enabled: false\n%s",
              b->url, a->sock, a->cache, b->agent_yaml ? b->agent_yaml : "");
     if (write_file(a->conf, yaml) < 0)
         return -1;

@@ -95,7 +95,8 @@ static void fx_start(struct fx *f, const char *extra_yaml)
             "session:\n  ttl: 2s\n"
             "socket:\n  path: %s\n"
             "cache:\n  dir: %s/cache\n"
-            "log:\n  level: debug\n%s",
+            "log:\n  level: debug\n"
+            "http:\n  enabled: false\n%s",
             etcd_member_url(f->cluster, 0), f->sock, dir, extra_yaml ? extra_yaml : "");
     fclose(cf);
     agent_start(f);

@@ -55,8 +55,14 @@ int agentp_config_idle(struct agentp *a, const char *dir, const char *endpoints,
             "session:\n  ttl: %ds\n"
             "socket:\n  path: %s\n"
             "cache:\n  dir: %s\n  idle: %s\n"
-            "log:\n  level: debug\n%s",
-            eps, timeout_ms, ttl_s, a->sock, a->cache, idle, extra_yaml ? extra_yaml : "");
+            "log:\n  level: debug\n%s%s",
+            eps, timeout_ms, ttl_s, a->sock, a->cache, idle,
+            /* Test agents would all bind the default HTTP port: off unless
+             * the test configures http itself (on a port of its own). */
+            extra_yaml && (!strncmp(extra_yaml, "http:", 5) || strstr(extra_yaml, "\nhttp:"))
+                ? ""
+                : "http:\n  enabled: false\n",
+            extra_yaml ? extra_yaml : "");
     fclose(f);
     return 0;
 }
