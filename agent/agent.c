@@ -1,12 +1,16 @@
 /* Starting, reloading and stopping the daemon's parts in the right order.
  *
- * Start: etcd client, cache, session, registry, socket, xDS server; READY=1
- * once the socket listens and every configured instance is written (or, if etcd does
- * not answer, after twice the request timeout, so that a host whose etcd is
- * down still gets its cached lists served).
- * Stop: delete our keys, revoke the lease (both bounded by the timeout),
- * then close the socket and the xDS server (its clients keep their last
- * endpoints) and free the rest. */
+ * Start: HTTP client, etcd client, cache, session, health checks, registry,
+ * xDS server, then the socket listens, then the xDS server does (so that a
+ * second agent is told about the socket first), then the configured
+ * instances are added and the session asks for its lease. READY=1 once the
+ * socket listens and every configured instance is written (or, if etcd
+ * does not answer, after twice the request timeout, so that a host whose
+ * etcd is down still gets its cached lists served).
+ * Stop: close the socket and the xDS server first (their clients keep
+ * their last lists, rather than see our own deregistrations), then delete
+ * our keys and revoke the lease (bounded by a timer; a second signal stops
+ * waiting), then free the rest from a fresh loop turn. */
 #include "agent.h"
 
 #include <signal.h>
@@ -339,13 +343,13 @@ static void finish(struct agent *a)
     a->proto = proto_free(a->proto);
     /* After the socket (its requests may wait on xDS queries) and before
      * the cache (xDS holds cache subscriptions). */
-    a->xds = xds_free(a->xds);
-    a->registry = registry_free(a->registry);
+    a->xds = xds_close(a->xds);
+    a->registry = registry_close(a->registry);
     if (a->checks)
         check_ctx_free(a->checks);
     a->checks = NULL;
-    a->cache = cache_free(a->cache);
-    a->session = session_free(a->session);
+    a->cache = cache_close(a->cache);
+    a->session = session_close(a->session);
     a->etcd = etcd_client_free(a->etcd);
     if (a->http)
         http_client_close(a->http);
@@ -408,11 +412,11 @@ void agent_stop(struct agent *a)
     a->server = NULL;
     /* Likewise xDS clients: with the server gone they keep their last
      * endpoints, rather than being pushed our deregistrations. */
-    a->xds = xds_free(a->xds);
+    a->xds = xds_close(a->xds);
     /* The deletes and the revoke are each one request, retried over the
      * endpoints; twice the timeout per step bounds the whole stop. */
     uv_timer_start(&a->stop_timer, stop_overdue, 4 * a->cfg->timeout_ms + 1000, 0);
-    registry_shutdown(a->registry, deregistered, a);
+    registry_stop(a->registry, deregistered, a);
 }
 
 /* ---- reload ------------------------------------------------------------- */

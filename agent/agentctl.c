@@ -23,14 +23,13 @@
 
 #include <discovery/discovery.h>
 
+#include "defaults.h"
 #include "duration.h"
 
 #define EXIT_DONE 0
 #define EXIT_FAILED 1
 #define EXIT_USAGE 2
 #define EXIT_NOAGENT 3
-
-#define DEFAULT_TIMEOUT_MS 30000
 
 /* ---- commands and their help -------------------------------------------- */
 
@@ -159,7 +158,7 @@ static void usage(FILE *f)
         fprintf(f, "  agentctl %s\n", commands[i].usage);
     fprintf(f, "\n"
                "  -s, --socket SOCKET    the agent's socket (default: $DISCOVERY_SOCKET, else\n"
-               "                         " DISC_DEFAULT_SOCKET ")\n"
+               "                         " DA_DEFAULT_SOCKET_PATH ")\n"
                "      --timeout DURATION how long to wait for the agent, e.g. 5s (default 30s)\n"
                "  -h, --help             this text; 'agentctl COMMAND --help' for a command\n"
                "  -V, --version          agentctl's version\n"
@@ -211,7 +210,7 @@ static int open_client(const struct opts *o, disc_client **out)
     if (!path) {
         path = getenv("DISCOVERY_SOCKET");
         if (!path || !*path)
-            path = DISC_DEFAULT_SOCKET;
+            path = DA_DEFAULT_SOCKET_PATH;
     }
     if (rc == 0)
         return EXIT_DONE;
@@ -1204,7 +1203,7 @@ static void opts_clear(struct opts *o)
 
 int main(int argc, char **argv)
 {
-    struct opts o = {.timeout_ms = DEFAULT_TIMEOUT_MS};
+    struct opts o = {.timeout_ms = DA_DEFAULT_CTL_TIMEOUT_MS};
     const struct command *cmd = NULL;
     int i, st;
 

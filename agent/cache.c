@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cache_disk.h"
+#include "defaults.h"
 #include "error.h"
 #include "etcd_parse.h"
 #include "log.h"
@@ -538,7 +539,7 @@ static void service_free(service *s)
     unschedule_notify(s);
     drop_derived(s);
     etcd_call_cancel(s->confirm);
-    etcd_watch_stop(s->watch);
+    etcd_watch_close(s->watch);
     entries_clear(s);
     free(s->entries);
     free(s->sorted);
@@ -748,8 +749,6 @@ void cache_foreach(cache *c, void (*fn)(service *svc, void *arg), void *arg)
         }
 }
 
-size_t cache_size(const cache *c) { return c->n_services; }
-
 size_t cache_skipped_total(const cache *c)
 {
     size_t n = 0;
@@ -772,11 +771,11 @@ int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cach
     c->loop = loop;
     c->etcd = etcd;
     c->started = uv_now(loop);
-    c->idle_ms = o->idle_ms ? o->idle_ms : 600000;
+    c->idle_ms = o->idle_ms ? o->idle_ms : DA_DEFAULT_CACHE_IDLE_MS;
     c->save_delay_ms = o->save_delay_ms ? o->save_delay_ms : 200;
     c->n_buckets = 64;
     c->buckets = calloc(c->n_buckets, sizeof *c->buckets);
-    c->prefix = strdup(o->prefix ? o->prefix : "/micro");
+    c->prefix = strdup(o->prefix ? o->prefix : DA_DEFAULT_ETCD_PREFIX);
     c->dir = o->dir ? strdup(o->dir) : NULL;
     if (!c->buckets || !c->prefix || (o->dir && !c->dir)) {
         free(c->buckets);
@@ -815,7 +814,7 @@ static void timer_closed(uv_handle_t *h)
         free(c);
 }
 
-cache *cache_free(cache *c)
+cache *cache_close(cache *c)
 {
     if (!c)
         return NULL;

@@ -32,7 +32,7 @@ struct cache_options {
 int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cache_options *o);
 /* Stops every watch and timer; the memory goes when the loop runs once
  * more. Subscriptions must be gone first. Accepts NULL; returns NULL. */
-cache *cache_free(cache *c);
+cache *cache_close(cache *c);
 
 /* The service called name, created (and its watch started) if new; marks
  * it used now. Returns NULL with *err set (DA_EINVAL for a bad name,
@@ -70,7 +70,6 @@ void *service_derived(const service *s); /* borrowed */
 
 /* Every service in the cache, in no particular order. */
 void cache_foreach(cache *c, void (*fn)(service *svc, void *arg), void *arg);
-size_t cache_size(const cache *c);
 size_t cache_skipped_total(const cache *c);
 
 #endif

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 
+#include "defaults.h"
 #include "error.h"
 #include "log.h"
 #include "metrics.h"
@@ -150,7 +151,7 @@ int session_new(session **out, uv_loop_t *loop, etcd_client *etcd, int64_t ttl_s
         return DA_ENOMEM;
     s->loop = loop;
     s->etcd = etcd;
-    s->ttl_s = ttl_s > 0 ? ttl_s : 10;
+    s->ttl_s = ttl_s > 0 ? ttl_s : DA_DEFAULT_SESSION_TTL_MS / 1000;
     s->cb = cb;
     s->arg = arg;
     uv_timer_init(loop, &s->timer);
@@ -223,7 +224,7 @@ static void closed(uv_handle_t *h)
     free(h->data);
 }
 
-session *session_free(session *s)
+session *session_close(session *s)
 {
     if (!s)
         return NULL;

@@ -74,8 +74,8 @@ int agent_up(struct bench *b, struct agentp *a, const char *name)
 
     memset(a, 0, sizeof *a);
     snprintf(a->dir, sizeof a->dir, "%s/%s", b->dir, name);
-    remove_tree(a->dir);
-    if (make_dirs(a->dir) < 0)
+    rm_rf(a->dir);
+    if (mkdir_p(a->dir, 0755) < 0)
         return -1;
     snprintf(a->conf, sizeof a->conf, "%s/agent.yaml", a->dir);
     snprintf(a->sock, sizeof a->sock, "%s/agent.sock", a->dir);
@@ -126,7 +126,7 @@ struct proc *perf_begin(struct bench *b, pid_t pid, const char *part)
 
     if (!b->perf_dir || pid <= 0)
         return NULL;
-    make_dirs(b->perf_dir);
+    mkdir_p(b->perf_dir, 0755);
     snprintf(out, sizeof out, "%s/%s.data", b->perf_dir, part);
     snprintf(pidbuf, sizeof pidbuf, "%d", (int)pid);
     const char *argv[] = {"perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "--call-graph", "dwarf,16384",
@@ -197,7 +197,7 @@ int main(int argc, char **argv)
     /* 10,000 client sockets here, and etcd inherits the limit too. */
     if (raise_nofile() < 12000)
         fprintf(stderr, "bench: RLIMIT_NOFILE is low; the 10,000-client part will fail\n");
-    if (make_dirs(b.data) < 0 || !mkdtemp(tmpl)) {
+    if (mkdir_p(b.data, 0755) < 0 || !mkdtemp(tmpl)) {
         fprintf(stderr, "bench: cannot create folders: %s\n", strerror(errno));
         return 1;
     }
@@ -228,6 +228,6 @@ int main(int argc, char **argv)
     note(&b, "The whole suite took %.0f s.", (double)(now_ns() - b.started) / 1e9);
     rc = report_write(&b, out, notes);
     etcd_cluster_stop(b.etcd);
-    remove_tree(b.dir);
+    rm_rf(b.dir);
     return rc < 0 ? 1 : 0;
 }

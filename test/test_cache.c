@@ -58,7 +58,7 @@ static void fx_start(struct fx *f, uint64_t idle_ms)
 static void fx_stop(struct fx *f)
 {
     /* The cache stops its watches on the client: it goes first. */
-    f->cache = cache_free(f->cache);
+    f->cache = cache_close(f->cache);
     f->etcd = etcd_client_free(f->etcd);
     http_client_close(f->http);
     ck_assert_int_eq(loop_finish(&f->loop), 0);
@@ -126,7 +126,8 @@ static int64_t del(struct fx *f, const char *name, const char *suffix)
     char key[256];
 
     snprintf(key, sizeof key, "%s/%s/%s", PREFIX, name, suffix);
-    ck_assert_int_eq(etcd_delete(f->etcd, key, strlen(key), NULL, 0, res_cb, &s, NULL), 0);
+    struct etcd_op op = {.type = ETCD_OP_DELETE, .key = key, .klen = strlen(key)};
+    ck_assert_int_eq(etcd_txn(f->etcd, NULL, 0, &op, 1, NULL, 0, res_cb, &s, NULL), 0);
     return finish(f, &s);
 }
 
@@ -407,7 +408,7 @@ START_TEST(test_saved_list_served_stale)
 
     fx_start(&f, 0);
     snprintf(dir, sizeof dir, "%s/cache", etcd_cluster_dir(f.cluster));
-    f.cache = cache_free(f.cache);
+    f.cache = cache_close(f.cache);
     fx_cache(&f, 0, dir);
     put_inst(&f, "user", "10.0.0.1:80", 1, "");
     rev = put_inst(&f, "user", "10.0.0.2:80", 1, "");
@@ -415,7 +416,7 @@ START_TEST(test_saved_list_served_stale)
     cache_sub *sub = cache_subscribe(s.svc, seen_cb, &s);
     wait_live(&f, &s, 2, rev);
     cache_unsubscribe(sub);
-    f.cache = cache_free(f.cache); /* writes what is pending */
+    f.cache = cache_close(f.cache); /* writes what is pending */
 
     ck_assert_int_eq(etcd_member_stop(f.cluster, 0), 0);
     fx_cache(&f, 0, dir);

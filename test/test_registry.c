@@ -103,9 +103,9 @@ static void fx_stop(struct fx *f)
 {
     /* The registry unsubscribes from the cache, which stops its watches on
      * its client: free in that order, then the clients. */
-    f->reg = registry_free(f->reg);
-    f->cache = cache_free(f->cache);
-    f->session = session_free(f->session);
+    f->reg = registry_close(f->reg);
+    f->cache = cache_close(f->cache);
+    f->session = session_close(f->session);
     if (f->cetcd != f->etcd)
         f->cetcd = etcd_client_free(f->cetcd);
     f->etcd = etcd_client_free(f->etcd);

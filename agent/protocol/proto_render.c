@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
 #include "protocol_internal.h"
 
 /* {"service","revision","stale","instances":[...]} filtered by group,
@@ -52,10 +53,10 @@ static struct seen *seen_new(char *text)
     struct seen *v = text ? malloc(sizeof *v) : NULL;
 
     if (v) {
-        uint64_t h1 = 1469598103934665603ull, h2 = 0x9e3779b97f4a7c15ull;
+        uint64_t h1 = HASH_FNV1A_BASIS, h2 = 0x9e3779b97f4a7c15ull;
         const unsigned char *p = (const unsigned char *)text;
         for (; *p; p++) {
-            h1 = (h1 ^ *p) * 1099511628211ull;
+            h1 = hash_fnv1a_step(h1, *p);
             h2 = (h2 ^ *p) * 0xff51afd7ed558ccdull;
             h2 = (h2 << 31) | (h2 >> 33);
         }

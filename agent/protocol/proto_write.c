@@ -7,92 +7,66 @@
 #include <string.h>
 
 #include "check.h"
-#include "duration.h"
 #include "error.h"
 #include "instance.h"
 #include "protocol_internal.h"
 
 /* ---- register and deregister -------------------------------------------- */
 
-static int json_duration(json_t *o, const char *name, uint64_t *ms, char *err, size_t errlen)
-{
-    json_t *v = json_object_get(o, name);
-
-    if (!v)
-        return 0;
-    if (!json_is_string(v) || duration_parse(json_string_value(v), ms) < 0) {
-        snprintf(err, errlen, "check.%s must be a duration such as \"500ms\" or \"10s\"", name);
-        return DA_EINVAL;
-    }
-    return 0;
-}
-
 /* {"type","interval","timeout","rise","fall","service","url","command","ttl"},
- * as a service's check: in the configuration. */
+ * as a service's check: in the configuration. This reads the JSON shapes
+ * (strings, integers, a list of strings for command) and leaves every rule
+ * of the schema to check_spec_build(), which the configuration calls too. */
 static int check_from_json(json_t *o, bool exec_enabled, struct check_spec *spec, char *err,
                            size_t errlen)
 {
-    json_t *v;
+    size_t n_keys;
+    const char *const *keys = check_spec_keys(&n_keys);
+    char nums[CHECK_KEY_COUNT][24];
+    const char *argv[CHECK_ARGV_MAX];
+    struct check_input in = {.owner = NULL};
+    struct check_error why;
     int rc;
 
     memset(spec, 0, sizeof *spec);
-    if (!json_is_object(o) || !json_is_string(json_object_get(o, "type")) ||
-        check_type_parse(json_string_value(json_object_get(o, "type")), &spec->type) < 0 ||
-        spec->type == CHECK_NONE) {
-        snprintf(err, errlen,
-                 "check must be an object with \"type\": grpc, tcp, http, exec or ttl");
+    if (!json_is_object(o)) {
+        snprintf(err, errlen, "check must be an object with \"type\": grpc, tcp, http, exec or ttl");
         return DA_EINVAL;
     }
-    if ((rc = json_duration(o, "interval", &spec->interval_ms, err, errlen)) ||
-        (rc = json_duration(o, "timeout", &spec->timeout_ms, err, errlen)) ||
-        (rc = json_duration(o, "ttl", &spec->ttl_ms, err, errlen)))
-        goto fail;
-    static const char *const counts[] = {"rise", "fall"};
-    for (int i = 0; i < 2; i++) {
-        v = json_object_get(o, counts[i]);
+    for (size_t k = 0; k < n_keys; k++) {
+        json_t *v = json_object_get(o, keys[k]);
+
         if (!v)
             continue;
-        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 100) {
-            snprintf(err, errlen, "check.%s must be an integer from 1 to 100", counts[i]);
-            rc = DA_EINVAL;
-            goto fail;
-        }
-        *(i ? &spec->fall : &spec->rise) = (int)json_integer_value(v);
-    }
-    static const char *const strs[] = {"service", "url"};
-    for (int i = 0; i < 2; i++) {
-        v = json_object_get(o, strs[i]);
-        if (!v)
-            continue;
-        char **dst = i ? &spec->http_url : &spec->grpc_service;
-        if (!json_is_string(v) || !(*dst = strdup(json_string_value(v)))) {
-            snprintf(err, errlen, "check.%s must be a string", strs[i]);
-            rc = DA_EINVAL;
-            goto fail;
-        }
-    }
-    v = json_object_get(o, "command");
-    if (v) {
-        size_t n = json_is_array(v) ? json_array_size(v) : 0;
-        if (!n || n > 64 || !(spec->exec_argv = calloc(n + 1, sizeof *spec->exec_argv))) {
-            snprintf(err, errlen, "check.command must be a list of strings, the program first");
-            rc = DA_EINVAL;
-            goto fail;
-        }
-        for (size_t i = 0; i < n; i++) {
-            json_t *a = json_array_get(v, i);
-            if (!json_is_string(a) || !(spec->exec_argv[i] = strdup(json_string_value(a)))) {
-                snprintf(err, errlen, "check.command must be a list of strings");
-                rc = DA_EINVAL;
-                goto fail;
+        if (k == CHECK_KEY_COMMAND) {
+            if (!json_is_array(v)) {
+                snprintf(err, errlen, "check.command must be a list of strings, the program first");
+                return DA_EINVAL;
             }
+            in.has_command = true;
+            in.n_command = json_array_size(v);
+            in.command = argv;
+            /* A longer list is refused by check_spec_build() by its length. */
+            for (size_t i = 0; i < in.n_command && i < CHECK_ARGV_MAX; i++) {
+                if (!(argv[i] = json_string_value(json_array_get(v, i)))) {
+                    snprintf(err, errlen, "check.command must be a list of strings");
+                    return DA_EINVAL;
+                }
+            }
+        } else if (json_is_string(v)) {
+            in.value[k] = (struct check_value){json_string_value(v), true};
+        } else if (json_is_integer(v)) {
+            snprintf(nums[k], sizeof nums[k], "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+            in.value[k] = (struct check_value){nums[k], false};
+        } else {
+            snprintf(err, errlen, "check.%s must be %s", keys[k],
+                     k == CHECK_KEY_RISE || k == CHECK_KEY_FALL ? "a whole number" : "a string");
+            return DA_EINVAL;
         }
     }
-    if ((rc = check_spec_normalize(spec, exec_enabled, err, errlen)))
-        goto fail;
-    return 0;
-fail:
-    check_spec_clear(spec);
+    rc = check_spec_build(spec, &in, exec_enabled, &why);
+    if (rc < 0)
+        snprintf(err, errlen, "%s", why.msg);
     return rc;
 }
 

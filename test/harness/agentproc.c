@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testutil.h"
+
 #ifndef BUILD_DIR
 #define BUILD_DIR "build"
 #endif
@@ -192,13 +194,6 @@ int sock_send(int fd, const char *line)
     }
     free(buf);
     return 0;
-}
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Reads byte by byte: slow, but simple and never reads past a line. */
