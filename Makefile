@@ -41,7 +41,9 @@ SYSCONFDIR  ?= /etc
 UNITDIR     ?= /lib/systemd/system
 SYSUSERSDIR ?= /usr/lib/sysusers.d
 
-PKGS      := libuv libcurl jansson yaml-0.1 libmicrohttpd
+# libknot (Knot DNS) parses and writes the DNS server's messages;
+# libmicrohttpd serves the operators' HTTP listener (agent/web/).
+PKGS      := libuv libcurl jansson yaml-0.1 libknot libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 JANSSON_LIBS := $(shell pkg-config --libs jansson 2>/dev/null)
@@ -246,13 +248,17 @@ $(BUILD)/man/%: man/%.scd
 # Debian packages the build, the tests and the demo need. `make deps` asks
 # dpkg first, so it does nothing (and needs no network) when all are there.
 # scdoc writes the man pages; debhelper, devscripts and lintian build and
-# check the Debian packages (make deb, test/check-deb). libmicrohttpd serves
-# the agent's HTTP listener; prometheus (its promtool and server) and
-# chromium (headless) check the metrics and the status page in the tests.
+# check the Debian packages (make deb, test/check-deb). libknot-dev is the
+# DNS server's message library; dig (bind9-dnsutils), haproxy and
+# dnsmasq-base are the real DNS clients of test/test_dns.c, dnsperf and
+# unbound those of the DNS benchmark. libmicrohttpd serves the agent's
+# HTTP listener; prometheus (its promtool and server) and chromium
+# (headless) check the metrics and the status page in test/test_web.c.
 DEB_PKGS := build-essential pkg-config libuv1-dev libcurl4-openssl-dev \
 	libjansson-dev libyaml-dev libgrpc-dev check etcd-server etcd-client \
 	openssl curl protobuf-c-compiler libprotobuf-c-dev python3-grpcio \
 	clang libclang-rt-14-dev gnuplot-nox scdoc debhelper lintian \
+	libknot-dev bind9-dnsutils haproxy dnsmasq-base dnsperf unbound \
 	libmicrohttpd-dev prometheus chromium
 
 deps:
@@ -465,7 +471,7 @@ clean: fuzz-clean
 # minutes on 2 cores), and writes docs/benchmarks.md and docs/*.png with
 # gnuplot. Nothing in `make test` runs it: benchmarks assert no time.
 #
-#   BENCH_ONLY=resolve,propagation,grpc,scale   run only these parts
+#   BENCH_ONLY=resolve,propagation,grpc,scale,dns   run only these parts
 #   BENCH_PERF=DIR    perf record the agent during each part, into DIR
 
 BENCH_SRC     := $(wildcard bench/*.c)

@@ -2,12 +2,12 @@
  *
  * Start: HTTP client, etcd client, cache, session, health checks, registry,
  * xDS server, then the socket listens, then the xDS server does (so that a
- * second agent is told about the socket first), then the configured
+ * second agent is told about the socket first), then the DNS server, then the configured
  * instances are added and the session asks for its lease. READY=1 once the
  * socket listens and every configured instance is written (or, if etcd
  * does not answer, after twice the request timeout, so that a host whose
  * etcd is down still gets its cached lists served).
- * Stop: close the socket and the xDS server first (their clients keep
+ * Stop: close the socket, the xDS server and the DNS server first (their clients keep
  * their last lists, rather than see our own deregistrations), then delete
  * our keys and revoke the lease (bounded by a timer; a second signal stops
  * waiting), then free the rest from a fresh loop turn. */
@@ -84,7 +84,7 @@ static int proto_start(struct agent *a)
         .access = {cfg->register_limited, cfg->register_uids, cfg->n_register_uids,
                    cfg->register_gids, cfg->n_register_gids},
         .status = {a->session, cfg->path, (const char *const *)cfg->endpoints, cfg->n_endpoints,
-                   a->started},
+                   a->started, a->dns},
     };
 
     return proto_new(&a->proto, &d);
@@ -170,6 +170,7 @@ static int web_start_agent(struct agent *a, char *err, size_t errlen)
         .xds = a->xds,
         .proto = a->proto,
         .server = a->server,
+        .dns = a->dns,
         .ready = web_ready,
         .ready_arg = a,
     };
@@ -257,6 +258,19 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     xo.idle_ms = cfg->xds_idle_ms;
     if ((rc = xds_new(&a->xds, loop, a->cache, &xo)) < 0)
         goto fail;
+    if (cfg->dns_enabled) {
+        struct dns_options dno = {0};
+        dno.listen = (const char *const *)cfg->dns_listen;
+        dno.n_listen = cfg->n_dns_listen;
+        dno.domain = cfg->dns_domain;
+        dno.ttl = cfg->dns_ttl;
+        dno.max_answers = cfg->dns_max_answers;
+        if ((rc = dns_new(&a->dns, loop, a->cache, &dno, err, errlen)) < 0) {
+            a->stopping = true;
+            finish(a);
+            return rc;
+        }
+    }
     if ((rc = proto_start(a)) < 0)
         goto fail;
 
@@ -274,6 +288,8 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     /* After the socket, so that a second agent is told about that first;
      * it also writes the bootstrap file beside xds.path. */
     rc = xds_start(a->xds, err, errlen);
+    if (rc == 0 && a->dns)
+        rc = dns_start(a->dns, err, errlen);
     if (rc < 0) {
         server_close(a->server);
         a->server = NULL;
@@ -344,6 +360,7 @@ static void finish(struct agent *a)
     /* After the socket (its requests may wait on xDS queries) and before
      * the cache (xDS holds cache subscriptions). */
     a->xds = xds_close(a->xds);
+    a->dns = dns_close(a->dns); /* before the cache: it holds subscriptions */
     a->registry = registry_close(a->registry);
     if (a->checks)
         check_ctx_free(a->checks);
@@ -413,6 +430,8 @@ void agent_stop(struct agent *a)
     /* Likewise xDS clients: with the server gone they keep their last
      * endpoints, rather than being pushed our deregistrations. */
     a->xds = xds_close(a->xds);
+    /* And DNS: a query now would see our own instances leave. */
+    a->dns = dns_close(a->dns);
     /* The deletes and the revoke are each one request, retried over the
      * endpoints; twice the timeout per step bounds the whole stop. */
     uv_timer_start(&a->stop_timer, stop_overdue, 4 * a->cfg->timeout_ms + 1000, 0);
@@ -443,6 +462,10 @@ static void warn_unapplied(const struct config *old, const struct config *new)
         !same(old->xds_group_header, new->xds_group_header) ||
         old->xds_idle_ms != new->xds_idle_ms ||
         old->xds_test_host_names != new->xds_test_host_names ||
+        old->dns_enabled != new->dns_enabled || !same(old->dns_domain, new->dns_domain) ||
+        old->dns_ttl != new->dns_ttl || old->dns_max_answers != new->dns_max_answers ||
+        old->n_dns_listen != new->n_dns_listen ||
+        (old->n_dns_listen && strcmp(old->dns_listen[0], new->dns_listen[0])) ||
         old->http_enabled != new->http_enabled || old->log_format != new->log_format)
         log_warn("agent: reload applies services and log.level only; restart the agent to "
                  "apply the other changes");

@@ -11,6 +11,7 @@
 #include "cache.h"
 #include "check.h"
 #include "config.h"
+#include "dns.h"
 #include "etcd.h"
 #include "http.h"
 #include "protocol.h"
@@ -33,6 +34,7 @@ struct agent {
     registry *registry;
     server *server;
     xds *xds; /* the xDS server for gRPC clients (docs/xds.md) */
+    dns_server *dns; /* NULL when dns.enabled is false (docs/dns.md) */
     proto *proto; /* answers the socket */
     web *web;     /* /metrics, /healthz, /readyz, the status page; NULL when off */
     struct check_ctx *checks;

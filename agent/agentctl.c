@@ -473,6 +473,34 @@ static void meta_text(const struct disc_instance *in, char *buf, size_t len)
 
 /* ---- status ------------------------------------------------------------- */
 
+/* dns: the listeners, then the queries by rcode ("NOERROR 10, NXDOMAIN 2"). */
+static void print_dns(json_t *d)
+{
+    const char *k;
+    json_t *v, *l;
+    size_t i;
+
+    if (!json_is_true(json_object_get(d, "enabled"))) {
+        if (d)
+            printf("dns            off (dns.enabled: false)\n");
+        return;
+    }
+    printf("dns            %s. on", str_or(d, "domain", "?"));
+    json_array_foreach(json_object_get(d, "listen"), i, l)
+        printf("%s %s", i ? "," : "", json_string_value(l));
+    printf(" (udp, tcp), ttl %lld s\n", int_of(d, "ttl"));
+    printf("dns queries    %lld (%lld udp, %lld tcp, %lld truncated, %lld waited for a list):",
+           int_of(d, "queries"), int_of(d, "udp"), int_of(d, "tcp"), int_of(d, "truncated"),
+           int_of(d, "waited"));
+    i = 0;
+    json_object_foreach(json_object_get(d, "rcodes"), k, v)
+        printf("%s %s %lld", i++ ? "," : "", k, (long long)json_integer_value(v));
+    printf("%s\n", i ? "" : " none yet");
+    json_t *nx = json_object_get(d, "last_nxdomain");
+    if (nx)
+        printf("dns last NXDOMAIN  %s: %s\n", str_or(nx, "name", "?"), str_or(nx, "reason", "?"));
+}
+
 static int cmd_status(struct opts *o)
 {
     json_t *r, *etcd, *lease, *e;
@@ -538,6 +566,7 @@ static int cmd_status(struct opts *o)
                str_or(x, "path", "?"), json_array_size(json_object_get(x, "clients")),
                int_of(x, "nacks"),
                json_is_true(json_object_get(x, "grpc_running")) ? "running" : "stopped");
+    print_dns(json_object_get(r, "dns"));
 
     printf("\nregistrations (%zu)\n", json_array_size(json_object_get(r, "registrations")));
     t.cols = 9;

@@ -41,6 +41,7 @@ struct service {
     size_t n_sorted;
     size_t skipped;
     int64_t revision;
+    uint64_t updated; /* uv_now when its list last changed (for DNS TXT) */
     bool ready, stale, dirty;
     bool on_disk; /* its file is in cache.dir (loaded or saved) */
     etcd_watch *watch;
@@ -361,6 +362,7 @@ static void changed(service *s)
 {
     cache *c = s->c;
 
+    s->updated = uv_now(c->loop);
     rebuild(s);
     if (c->dir) {
         s->dirty = true;
@@ -529,6 +531,7 @@ static void load_from_disk(service *s)
     s->revision = rev;
     s->ready = true;
     s->stale = true;
+    s->updated = uv_now(s->c->loop);
     rebuild(s);
     log_info("cache: %s: serving %zu saved instance(s) at revision %lld until etcd answers",
              s->name, s->n_sorted, (long long)rev);
@@ -708,6 +711,7 @@ const char *service_name(const service *s) { return s->name; }
 int64_t service_revision(const service *s) { return s->revision; }
 bool service_ready(const service *s) { return s->ready; }
 bool service_stale(const service *s) { return s->stale; }
+uint64_t service_updated(const service *s) { return s->updated; }
 uint64_t service_stale_since(const service *s) { return s->stale ? s->stale_since : 0; }
 size_t service_skipped(const service *s) { return s->skipped; }
 size_t service_subscribers(const service *s) { return s->n_subs; }

@@ -5,7 +5,7 @@
  * Starts one etcd member and the agents it needs, runs every part RUNS
  * times with its floor beside it, writes the plot data into DIR and the
  * report into --out, and prints the table. Environment:
- *   BENCH_ONLY=resolve,propagation,grpc,scale   run only these parts
+ *   BENCH_ONLY=resolve,propagation,grpc,scale,dns   run only these parts
  *   BENCH_AGENT=PATH  another discovery-agent binary (a candidate fix, say)
  *   BENCH_AGENT_YAML=TEXT  appended to every agent's configuration (say,
  *                     "xds:\n  enabled: false\n"); the report says so
@@ -88,9 +88,9 @@ int agent_up(struct bench *b, struct agentp *a, const char *name)
              "session:\n  ttl: 10s\n"
              "socket:\n  path: %s\n"
              "cache:\n  dir: %s\n  idle: 10m\n"
-             "log:\n  level: info\n"
-             "http:\n  enabled: false\n%s",
-             b->url, a->sock, a->cache, b->agent_yaml ? b->agent_yaml : "");
+             "log:\n  level: info\n%s%s%s",
+             b->url, a->sock, a->cache, b->agent_yaml ? b->agent_yaml : "",
+             agentp_dns_off(b->agent_yaml), agentp_http_off(b->agent_yaml));
     if (write_file(a->conf, yaml) < 0)
         return -1;
     const char *argv[] = {b->agent_bin, "-c", a->conf, NULL};
@@ -224,6 +224,8 @@ int main(int argc, char **argv)
         bench_grpc(&b);
     if (part_wanted(&b, "scale"))
         bench_scale(&b);
+    if (part_wanted(&b, "dns"))
+        bench_dns(&b);
 
     note(&b, "The whole suite took %.0f s.", (double)(now_ns() - b.started) / 1e9);
     rc = report_write(&b, out, notes);

@@ -284,6 +284,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
             "  idle: 1ms\n"
             "xds:\n"
             "  enabled: false\n"
+            "dns:\n"
+            "  enabled: false\n"
             "log:\n"
             "  level: error\n"
             "services:\n"

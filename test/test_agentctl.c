@@ -54,7 +54,8 @@ static void fx_start(struct fx *f)
             "log:\n  level: debug\n"
             "http:\n  enabled: false\n"
             "services:\n  - name: cfg\n    address: 127.0.0.1:9300\n    weight: 4\n"
-            "    group: G\n    metadata: { version: \"1.0\" }\n",
+            "    group: G\n    metadata: { version: \"1.0\" }\n"
+            "dns:\n  enabled: false\n",
             etcd_member_url(f->cluster, 0), f->sock, f->dir);
     fclose(cf);
     f->agent = proc_spawn(argv, NULL, f->log);

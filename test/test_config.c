@@ -601,6 +601,34 @@ START_TEST(xds_section)
 }
 END_TEST
 
+/* The dns section: its defaults, and every key set. */
+START_TEST(dns_section)
+{
+    char err[CONFIG_ERR_MAX];
+    struct config *c;
+
+    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/empty.yaml", &c,
+                                 err, sizeof(err)), 0);
+    ck_assert_int_eq(c->dns_enabled, 1);
+    ck_assert_uint_eq(c->n_dns_listen, 1);
+    ck_assert_str_eq(c->dns_listen[0], "127.0.0.1:8600");
+    ck_assert_str_eq(c->dns_domain, "disc");
+    ck_assert_uint_eq(c->dns_ttl, 0);
+    ck_assert_uint_eq(c->dns_max_answers, 16);
+    config_free(c);
+
+    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/dns.yaml", &c,
+                                 err, sizeof(err)), 0);
+    ck_assert_int_eq(c->dns_enabled, 0);
+    ck_assert_uint_eq(c->n_dns_listen, 2);
+    ck_assert_str_eq(c->dns_listen[1], "[::1]:5353");
+    ck_assert_str_eq(c->dns_domain, "Consul.Local.");
+    ck_assert_uint_eq(c->dns_ttl, 5);
+    ck_assert_uint_eq(c->dns_max_answers, 3);
+    config_free(c);
+}
+END_TEST
+
 START_TEST(demo_config)
 {
     char err[CONFIG_ERR_MAX];
@@ -1123,6 +1151,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, example_config_names_every_key);
     tcase_add_test(tc, demo_config);
     tcase_add_test(tc, xds_section);
+    tcase_add_test(tc, dns_section);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("files");

@@ -2,6 +2,7 @@
  * defaults, and the public API of config.h. The files of agent/config/ and
  * how they share the work are described in config_internal.h. */
 #include "config_internal.h"
+#include "dns_rules.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -239,11 +240,15 @@ static int set_defaults(struct loader *ld, const char *path)
     c->http_max_request_bytes = DA_DEFAULT_HTTP_MAX_REQUEST;
     c->http_timeout_ms = DA_DEFAULT_HTTP_TIMEOUT_MS;
     c->checks_exec = DA_DEFAULT_CHECKS_EXEC;
+    c->dns_enabled = true;
+    c->dns_ttl = DNS_DEFAULT_TTL;
+    c->dns_max_answers = DNS_DEFAULT_MAX_ANSWERS;
     if (!(c->path = config__dup_str(ld, path)) ||
         !(c->prefix = config__dup_str(ld, DA_DEFAULT_ETCD_PREFIX)) ||
         !(c->socket_path = config__dup_str(ld, DA_DEFAULT_SOCKET_PATH)) ||
         !(c->cache_dir = config__dup_str(ld, DA_DEFAULT_CACHE_DIR)) ||
-        !(c->xds_group_header = config__dup_str(ld, DA_DEFAULT_XDS_GROUP_HEADER)))
+        !(c->xds_group_header = config__dup_str(ld, DA_DEFAULT_XDS_GROUP_HEADER)) ||
+        !(c->dns_domain = config__dup_str(ld, DNS_DEFAULT_DOMAIN)))
         return DA_ENOMEM;
     return 0;
 }
@@ -295,6 +300,8 @@ int config_load(const char *path, struct config **out, char *err,
     if (r == 0)
         r = config__default_xds_path(&ld);
     if (r == 0)
+        r = config__default_dns_listen(&ld);
+    if (r == 0)
         r = config__default_http_listen(&ld);
     if (r < 0) {
         config_free(ld.cfg);
@@ -329,6 +336,10 @@ struct config *config_free(struct config *c)
     free(c->xds_path);
     free(c->xds_tcp);
     free(c->xds_group_header);
+    for (size_t i = 0; c->dns_listen && i < c->n_dns_listen; i++)
+        free(c->dns_listen[i]);
+    free(c->dns_listen);
+    free(c->dns_domain);
     for (size_t i = 0; c->http_listen && i < c->n_http_listen; i++)
         free(c->http_listen[i]);
     free(c->http_listen);

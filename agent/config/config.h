@@ -91,6 +91,15 @@ struct config {
     bool xds_test_host_names;   /* xds.test_send_host_names: TEST ONLY,
                                  * default false: endpoint host names are sent
                                  * unresolved, which clients NACK */
+    /* dns: the DNS server; see docs/dns.md and dns_rules.h for defaults. */
+    bool dns_enabled;           /* dns.enabled, default true */
+    char **dns_listen;          /* dns.listen: IP:port each (UDP and TCP),
+                                 * 1..16, no repeats; default [127.0.0.1:8600] */
+    size_t n_dns_listen;
+    char *dns_domain;           /* dns.domain, default "disc" */
+    uint32_t dns_ttl;           /* dns.ttl in whole seconds, <= 1 day;
+                                 * default 0 */
+    size_t dns_max_answers;     /* dns.max_answers, 1..1000, default 16 */
     struct config_service *services;  /* main file's, then conf.d's */
     size_t n_services;
     bool checks_exec;           /* checks.exec: allow exec checks; false */

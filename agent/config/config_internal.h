@@ -162,6 +162,8 @@ int config__load_root(struct loader *ld, const struct node *root,
 /* Gives xds.path and xds.mode their defaults, which follow socket.path and
  * socket.mode, once every file is read. */
 int config__default_xds_path(struct loader *ld);
+/* Without dns.listen, the default address. */
+int config__default_dns_listen(struct loader *ld);
 /* The http: section (config_http.c), and http.listen's default once every
  * file is read. */
 int config__load_http(struct loader *ld, const struct node *val);

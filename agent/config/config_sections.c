@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/un.h>
 
+#include "dns_rules.h"
 #include "error.h"
 #include "validate.h"
 
@@ -817,14 +818,154 @@ int config__default_xds_path(struct loader *ld)
     return 0;
 }
 
+/* ---- dns: the DNS server (docs/dns.md) -------------------------------- */
+
+static const char *const dns_keys[] = {
+    "enabled", "listen", "domain", "ttl", "max_answers"
+};
+enum { DNS_ENABLED, DNS_LISTEN, DNS_DOMAIN, DNS_TTL, DNS_MAX_ANSWERS };
+
+static int load_dns_listen(struct loader *ld, const struct node *key, const struct node *val)
+{
+    struct config *c = ld->cfg;
+    struct shown a;
+    int r = config__want_seq(ld, "dns.listen", val);
+
+    if (r < 0)
+        return r;
+    if (r == 1 || val->n_items == 0)
+        return config__fail_node(ld, key, "dns.listen is empty: list at least one "
+                                 "address, e.g. [" DNS_DEFAULT_LISTEN "], or set "
+                                 "dns.enabled: false");
+    if (val->n_items > DNS_MAX_LISTEN)
+        return config__fail_node(ld, val, "dns.listen lists %zu addresses: at most %d",
+                                 val->n_items, DNS_MAX_LISTEN);
+    c->dns_listen = calloc(val->n_items, sizeof(*c->dns_listen));
+    if (!c->dns_listen)
+        return config__fail_oom(ld);
+    c->n_dns_listen = val->n_items;
+    for (size_t i = 0; i < val->n_items; i++) {
+        const struct node *item = val->items[i];
+        struct validate_hostport hp;
+        unsigned char ip[16];
+        const char *text;
+        char why[160];
+
+        r = config__want_nonempty(ld, "a dns.listen entry", item, item, &text);
+        if (r < 0)
+            return r;
+        r = validate_hostport(text, strlen(text), 0, &hp, why, sizeof(why));
+        if (r == VALIDATE_PORT_RANGE)
+            return config__fail_node(ld, item, "port out of range in dns.listen '%s': use 1..65535",
+                                     config__show(&a, text));
+        if (r != VALIDATE_OK)
+            return config__fail_node(ld, item, "bad dns.listen '%s': %s", config__show(&a, text),
+                                     why);
+        if (inet_pton(hp.ipv6 ? AF_INET6 : AF_INET, hp.host, ip) != 1)
+            return config__fail_node(ld, item, "bad dns.listen '%s': give an IP address, such as "
+                                     DNS_DEFAULT_LISTEN " or [::1]:8600",
+                                     config__show(&a, text));
+        c->dns_listen[i] = strdup(text);
+        if (!c->dns_listen[i])
+            return config__fail_oom(ld);
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(c->dns_listen[j], text))
+                return config__fail_node(ld, item, "'%s' is listed twice in dns.listen: keep "
+                                         "only one", config__show(&a, text));
+    }
+    return 0;
+}
+
+static int load_dns(struct loader *ld, const struct node *val)
+{
+    static const char *const what[] = {
+        "dns.enabled", "dns.listen", "dns.domain", "dns.ttl", "dns.max_answers"
+    };
+    const struct node *seen[ARRAY_SIZE(dns_keys)] = { NULL };
+    struct config *c = ld->cfg;
+    int r = config__want_map(ld, "dns", val);
+
+    if (r != 0)
+        return r < 0 ? r : 0;
+    for (size_t i = 0; i < val->n_items / 2; i++) {
+        const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
+        const char *text;
+        char why[160], *end;
+        unsigned long long n;
+        uint64_t ms;
+        struct shown a;
+        int key = config__section_key(ld, val, i, dns_keys, ARRAY_SIZE(dns_keys), seen, "in dns");
+
+        if (key < 0)
+            return key;
+        if (key == DNS_LISTEN) {
+            if ((r = load_dns_listen(ld, k, v)) < 0)
+                return r;
+            continue;
+        }
+        r = config__want_nonempty(ld, what[key], k, v, &text);
+        if (r < 0)
+            return r;
+        switch (key) {
+        case DNS_ENABLED:
+            if (config__parse_bool(v, &c->dns_enabled) < 0)
+                return config__fail_node(ld, v, "bad dns.enabled '%s': write true or false, "
+                                         "without quotes", config__show(&a, text));
+            break;
+        case DNS_DOMAIN:
+            if (!dns_domain_valid(text, why, sizeof(why)))
+                return config__fail_node(ld, v, "bad dns.domain: %s", why);
+            r = config__set_str(ld, &c->dns_domain, text);
+            break;
+        case DNS_TTL:
+            r = config__load_duration(ld, what[key], k, v, &ms);
+            if (r == 0 && (ms % 1000 != 0 || ms / 1000 > DNS_MAX_TTL))
+                return config__fail_node(ld, v, "bad dns.ttl '%s': DNS counts whole seconds, "
+                                         "at most a day, e.g. 0s or 5s",
+                                         config__show(&a, text));
+            if (r == 0)
+                c->dns_ttl = (uint32_t)(ms / 1000);
+            break;
+        case DNS_MAX_ANSWERS:
+            errno = 0;
+            n = strtoull(text, &end, 10);
+            if (*text < '0' || *text > '9' || *end != '\0' || errno || n < 1 ||
+                n > DNS_MAX_ANSWERS_LIMIT)
+                return config__fail_node(ld, v, "bad dns.max_answers '%s': give a number from 1 "
+                                         "to %d", config__show(&a, text),
+                                         DNS_MAX_ANSWERS_LIMIT);
+            c->dns_max_answers = (size_t)n;
+            break;
+        }
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* Without dns.listen, the default address. */
+int config__default_dns_listen(struct loader *ld)
+{
+    struct config *c = ld->cfg;
+
+    if (c->n_dns_listen > 0)
+        return 0;
+    c->dns_listen = calloc(1, sizeof(*c->dns_listen));
+    if (!c->dns_listen)
+        return config__fail_oom(ld);
+    c->n_dns_listen = 1;
+    c->dns_listen[0] = config__dup_str(ld, DNS_DEFAULT_LISTEN);
+    return c->dns_listen[0] ? 0 : DA_ENOMEM;
+}
+
 /* ---- the top level ----------------------------------------------- */
 
 static const char *const top_keys[] = {
-    "etcd", "session", "socket", "cache", "log", "services", "xds", "checks",
+    "etcd", "session", "socket", "cache", "log", "services", "xds", "checks", "dns",
     "http"
 };
 enum { TOP_ETCD, TOP_SESSION, TOP_SOCKET, TOP_CACHE, TOP_LOG, TOP_SERVICES,
-       TOP_XDS, TOP_CHECKS, TOP_HTTP };
+       TOP_XDS, TOP_CHECKS, TOP_DNS, TOP_HTTP };
 
 int config__load_root(struct loader *ld, const struct node *root, bool is_main)
 {
@@ -873,6 +1014,9 @@ int config__load_root(struct loader *ld, const struct node *root, bool is_main)
             break;
         case TOP_XDS:
             r = load_xds(ld, v);
+            break;
+        case TOP_DNS:
+            r = load_dns(ld, v);
             break;
         case TOP_HTTP:
             r = config__load_http(ld, v);

@@ -146,6 +146,7 @@ static void status_fill(json_t *o, proto *pr, server *s, int err, const struct e
     json_object_set_new(o, "renders", json_integer((json_int_t)pr->renders));
     json_object_set_new(o, "stale", json_boolean(any_stale));
     json_object_set_new(o, "xds", xds_status(d->xds));
+    json_object_set_new(o, "dns", dns_status(sd->dns));
 }
 
 static void status_done(int err, const struct etcd_result *r, void *arg)

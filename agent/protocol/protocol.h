@@ -20,6 +20,7 @@
 #include <uv.h>
 
 #include "cache.h"
+#include "dns.h"
 #include "etcd.h"
 #include "registry.h"
 #include "server.h"
@@ -46,6 +47,7 @@ struct proto_status_deps {
     const char *const *endpoints; /* etcd.endpoints as configured */
     size_t n_endpoints;
     uint64_t started; /* uv_now() when the agent started, for uptime */
+    dns_server *dns;  /* the DNS server's counters; NULL when it is off */
 };
 
 struct proto_deps {

@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "cache.h"
+#include "dns.h"
 #include "etcd.h"
 #include "protocol.h"
 #include "registry.h"
@@ -49,6 +50,7 @@ struct web_deps {
     xds *xds;
     proto *proto;   /* builds the status (proto_status_start) */
     server *server; /* the socket, for its client count */
+    dns_server *dns; /* NULL when DNS is off */
     web_ready_fn ready;
     void *ready_arg;
 };

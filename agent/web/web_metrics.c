@@ -323,14 +323,28 @@ static void xds_metrics(web *w, struct web_buf *b)
     json_decref(x);
 }
 
-static void dns_metrics(struct web_buf *b)
+/* From the DNS server's own counters (dns_status). Queries by type are
+ * not counted there yet: metrics.dns_queries is the hook for it. */
+static void dns_metrics(web *w, struct web_buf *b)
 {
-    head(b, "dns_queries_total", "counter", "DNS queries answered, by query type and rcode.");
-    for (size_t t = 0; t < M_DNS_N_TYPES; t++)
-        for (size_t r = 0; r < M_DNS_N_RCODES; r++)
-            web__buf_printf(b, P "dns_queries_total{type=\"%s\",rcode=\"%s\"} %" PRIu64 "\n",
-                            metrics_dns_type_name[t], metrics_dns_rcode_name[r],
-                            metrics.dns_queries[t][r]);
+    json_t *d = dns_status(w->d.dns), *rc = json_object_get(d, "rcodes");
+    const char *name;
+    json_t *v;
+
+    one(b, "dns_queries_total", "counter", "DNS queries received (UDP and TCP).",
+        json_num(d, "queries"));
+    head(b, "dns_responses_total", "counter", "DNS responses sent, by rcode.");
+    json_object_foreach(rc, name, v) {
+        web__buf_printf(b, P "dns_responses_total{rcode=\"");
+        label_value(b, name);
+        web__buf_add(b, "\"} ", 3);
+        value(b, json_is_number(v) ? json_number_value(v) : 0);
+    }
+    one(b, "dns_truncated_total", "counter", "DNS responses truncated (TC) for UDP.",
+        json_num(d, "truncated"));
+    one(b, "dns_dropped_total", "counter", "DNS queries dropped unanswered (malformed).",
+        json_num(d, "dropped"));
+    json_decref(d);
 }
 
 void web__metrics(web *w, struct web_buf *b)
@@ -346,5 +360,5 @@ void web__metrics(web *w, struct web_buf *b)
     cache_metrics(w, b);
     socket_metrics(w, b);
     xds_metrics(w, b);
-    dns_metrics(b);
+    dns_metrics(w, b);
 }

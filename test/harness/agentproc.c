@@ -23,6 +23,23 @@ int agentp_config(struct agentp *a, const char *dir, const char *endpoints, int 
     return agentp_config_idle(a, dir, endpoints, ttl_s, timeout_ms, "10m", extra_yaml);
 }
 
+/* Test agents answer no DNS unless the test gives a dns: section: they
+ * would all want 127.0.0.1:8600 (and a developer's own agent holds it). */
+const char *agentp_dns_off(const char *extra_yaml)
+{
+    if (extra_yaml && (!strncmp(extra_yaml, "dns:", 4) || strstr(extra_yaml, "\ndns:")))
+        return "";
+    return "dns:\n  enabled: false\n";
+}
+
+/* Likewise HTTP: they would all want 127.0.0.1:8608. */
+const char *agentp_http_off(const char *extra_yaml)
+{
+    if (extra_yaml && (!strncmp(extra_yaml, "http:", 5) || strstr(extra_yaml, "\nhttp:")))
+        return "";
+    return "http:\n  enabled: false\n";
+}
+
 int agentp_config_idle(struct agentp *a, const char *dir, const char *endpoints, int ttl_s,
                        int timeout_ms, const char *idle, const char *extra_yaml)
 {
@@ -57,14 +74,9 @@ int agentp_config_idle(struct agentp *a, const char *dir, const char *endpoints,
             "session:\n  ttl: %ds\n"
             "socket:\n  path: %s\n"
             "cache:\n  dir: %s\n  idle: %s\n"
-            "log:\n  level: debug\n%s%s",
-            eps, timeout_ms, ttl_s, a->sock, a->cache, idle,
-            /* Test agents would all bind the default HTTP port: off unless
-             * the test configures http itself (on a port of its own). */
-            extra_yaml && (!strncmp(extra_yaml, "http:", 5) || strstr(extra_yaml, "\nhttp:"))
-                ? ""
-                : "http:\n  enabled: false\n",
-            extra_yaml ? extra_yaml : "");
+            "log:\n  level: debug\n%s%s%s",
+            eps, timeout_ms, ttl_s, a->sock, a->cache, idle, extra_yaml ? extra_yaml : "",
+            agentp_dns_off(extra_yaml), agentp_http_off(extra_yaml));
     fclose(f);
     return 0;
 }
