@@ -352,7 +352,7 @@ static void close_handle(uv_handle_t *h)
 static void finish(struct agent *a)
 {
     /* First: it reads every part below. */
-    a->web = web_free(a->web);
+    a->web = web_close(a->web);
     server_close(a->server);
     a->server = NULL;
     /* After the socket: its connections' on_close needs the protocol. */
@@ -422,7 +422,7 @@ void agent_stop(struct agent *a)
     a->stopping = true;
     notify_send("STOPPING=1");
     /* It reads the socket server, which goes next. */
-    a->web = web_free(a->web);
+    a->web = web_close(a->web);
     /* Clients go first: a watcher must see the agent leave (and keep its
      * last list), not an empty list made of our own deregistrations. */
     server_close(a->server);

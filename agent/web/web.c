@@ -529,7 +529,7 @@ int web_start(web **out, const struct web_options *o, const struct web_deps *d, 
             /* The one that failed may hold a daemon and a timer already. */
             if (l->mhd || l->timer.loop)
                 w->n_listeners = i + 1;
-            web_free(w);
+            web_close(w);
             return rc;
         }
         w->n_listeners = i + 1;
@@ -540,7 +540,7 @@ int web_start(web **out, const struct web_options *o, const struct web_deps *d, 
     return 0;
 }
 
-web *web_free(web *w)
+web *web_close(web *w)
 {
     size_t n;
 

@@ -62,7 +62,7 @@ int web_start(web **out, const struct web_options *o, const struct web_deps *d, 
 
 /* Closes every connection and listener; the memory goes when the loop
  * runs once more. Accepts NULL; returns NULL. */
-web *web_free(web *w);
+web *web_close(web *w);
 
 /* The port the first address is bound to (the one asked, or the kernel's
  * choice for port 0); 0 when none. */
