@@ -1,7 +1,6 @@
 /* The traffic policy's rules: see policy.h and docs/traffic.md. */
 #include "policy.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,6 +126,17 @@ int policy_rank(const struct policy_config *p, const struct instance *i)
 
 /* ---- thinning ----------------------------------------------------------- */
 
+/* Small helpers rather than libm, which the daemon does not link. */
+static double dmin(double a, double b)
+{
+    return a < b ? a : b;
+}
+
+static long to_thousandths(double x)
+{
+    return (long)(x * 1000 + 0.5);
+}
+
 void policy_loads(double overprovisioning, const uint32_t count[POLICY_RANKS],
                   const uint32_t recent[POLICY_RANKS], double load[POLICY_RANKS])
 {
@@ -135,8 +145,8 @@ void policy_loads(double overprovisioning, const uint32_t count[POLICY_RANKS],
     for (int r = 0; r < POLICY_RANKS; r++) {
         double health = 0;
         if (count[r] && recent[r])
-            health = fmin(1, overprovisioning * count[r] / (recent[r] > count[r] ? recent[r] : count[r]));
-        load[r] = fmin(health, left);
+            health = dmin(1, overprovisioning * count[r] / (recent[r] > count[r] ? recent[r] : count[r]));
+        load[r] = dmin(health, left);
         left -= load[r];
         total += load[r];
     }
@@ -312,7 +322,7 @@ void policy_weights(const struct policy_plan *plan, const struct instance *const
             out[i] = (uint32_t)instance_weight(v[i]);
         } else {
             double share = load[r] * instance_weight(v[i]) / sum[r];
-            long w = lround(share * 1000);
+            long w = to_thousandths(share);
             out[i] = w > 0 ? (uint32_t)w : 1;
         }
     }
@@ -327,7 +337,7 @@ json_t *policy_plan_json(const struct policy_plan *plan, const struct policy_con
 
     for (int r = 0; r < POLICY_RANKS; r++) {
         /* Three decimals: what a reader compares, without float noise. */
-        json_array_append_new(loads, json_real(round(plan->load[r] * 1000) / 1000));
+        json_array_append_new(loads, json_real(to_thousandths(plan->load[r]) / 1000.0));
         json_array_append_new(prios, json_integer(plan->prio[r]));
         json_array_append_new(recent, json_integer(plan->recent[r]));
         json_array_append_new(count, json_integer(plan->count[r]));

@@ -945,10 +945,11 @@ int config__default_dns_listen(struct loader *ld)
 /* ---- the top level ----------------------------------------------- */
 
 static const char *const top_keys[] = {
-    "etcd", "session", "socket", "cache", "log", "services", "xds", "checks", "dns"
+    "etcd", "session", "socket", "cache", "log", "services", "xds", "checks", "dns",
+    "locality", "traffic"
 };
 enum { TOP_ETCD, TOP_SESSION, TOP_SOCKET, TOP_CACHE, TOP_LOG, TOP_SERVICES,
-       TOP_XDS, TOP_CHECKS, TOP_DNS };
+       TOP_XDS, TOP_CHECKS, TOP_DNS, TOP_LOCALITY, TOP_TRAFFIC };
 
 int config__load_root(struct loader *ld, const struct node *root, bool is_main)
 {
@@ -1000,6 +1001,12 @@ int config__load_root(struct loader *ld, const struct node *root, bool is_main)
             break;
         case TOP_DNS:
             r = load_dns(ld, v);
+            break;
+        case TOP_LOCALITY:
+            r = config__load_locality(ld, v);
+            break;
+        case TOP_TRAFFIC:
+            r = config__load_traffic(ld, v);
             break;
         default:
             r = key;
