@@ -81,6 +81,9 @@
 #define DA_DEFAULT_PROTECTION_MAX_DROP 0.5
 #define DA_DEFAULT_PROTECTION_HOLD_MS 30000u
 #define DA_DEFAULT_PROTECTION_WINDOW_MS 10000u
+/* Services of one or two instances are not guarded: all of them leaving
+ * is what a scale-down or redeploy of a small service looks like. */
+#define DA_DEFAULT_PROTECTION_MIN_INSTANCES 3u
 /* gRPC A50's defaults for an outlier_detection that leaves them out. */
 #define DA_DEFAULT_OUTLIER_INTERVAL_MS 10000u
 #define DA_DEFAULT_OUTLIER_BASE_EJECTION_MS 30000u

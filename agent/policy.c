@@ -18,6 +18,7 @@ void policy_config_defaults(struct policy_config *p)
     p->protection.max_drop = DA_DEFAULT_PROTECTION_MAX_DROP;
     p->protection.hold_ms = DA_DEFAULT_PROTECTION_HOLD_MS;
     p->protection.window_ms = DA_DEFAULT_PROTECTION_WINDOW_MS;
+    p->protection.min_instances = DA_DEFAULT_PROTECTION_MIN_INSTANCES;
 }
 
 void policy_config_clear(struct policy_config *p)
@@ -45,7 +46,8 @@ const struct policy_protection *policy_protection_of(const struct policy_config 
 {
     static struct policy_protection defaults = {
         DA_DEFAULT_PROTECTION_ENABLED, DA_DEFAULT_PROTECTION_MAX_DROP,
-        DA_DEFAULT_PROTECTION_HOLD_MS, DA_DEFAULT_PROTECTION_WINDOW_MS};
+        DA_DEFAULT_PROTECTION_HOLD_MS, DA_DEFAULT_PROTECTION_WINDOW_MS,
+        DA_DEFAULT_PROTECTION_MIN_INSTANCES};
     const struct policy_service *s = service_of(p, name);
 
     return s ? &s->protection : p ? &p->protection : &defaults;
@@ -98,6 +100,30 @@ const char *policy_meta(const struct instance *i, const char *key)
         if (!strcmp(i->meta[k].key, key))
             return i->meta[k].value;
     return NULL;
+}
+
+static int meta_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct instance_meta *)a)->key, ((const struct instance_meta *)b)->key);
+}
+
+const struct instance *policy_localize(const struct policy_config *p, const struct instance *in,
+                                       struct instance *out, struct instance_meta *meta)
+{
+    size_t n = in->n_meta;
+
+    *out = *in;
+    if (!p || (!p->zone && !p->region))
+        return in;
+    memcpy(meta, in->meta, n * sizeof *meta);
+    if (p->zone && !policy_meta(in, POLICY_META_ZONE))
+        meta[n++] = (struct instance_meta){(char *)POLICY_META_ZONE, p->zone};
+    if (p->region && !policy_meta(in, POLICY_META_REGION))
+        meta[n++] = (struct instance_meta){(char *)POLICY_META_REGION, p->region};
+    qsort(meta, n, sizeof *meta, meta_cmp);
+    out->meta = meta;
+    out->n_meta = n;
+    return out;
 }
 
 static bool same(const char *a, const char *b)
@@ -170,7 +196,10 @@ void policy_priorities(const uint32_t count[POLICY_RANKS], const double load[POL
 
 static bool is_drop(const struct policy_protection *p, uint32_t base, uint32_t n)
 {
-    return base > 0 && (n == 0 || (double)(base - (n < base ? n : base)) > p->max_drop * base);
+    /* One or two instances going, even all of them, is what a scale-down
+     * or a redeploy of a small service looks like; holding them would
+     * send calls to servers that said goodbye. */
+    return base > 0 && base >= p->min_instances && (n == 0 || (double)(base - (n < base ? n : base)) > p->max_drop * base);
 }
 
 enum policy_verdict policy_guard_check(const struct policy_protection *p, struct policy_guard *g,

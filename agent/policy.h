@@ -46,6 +46,7 @@ struct policy_protection {
     double max_drop;    /* a change removing more than this fraction is held */
     uint64_t hold_ms;   /* how long a drop must persist before it applies */
     uint64_t window_ms; /* removals within this long count as one drop */
+    uint32_t min_instances; /* services smaller than this are not guarded */
 };
 
 /* gRPC A50 outlier detection (envoy.config.cluster.v3.OutlierDetection,
@@ -101,6 +102,12 @@ void policy_outlier_defaults(struct policy_outlier *o);
 
 /* The metadata value of key in i, or NULL. */
 const char *policy_meta(const struct instance *i, const char *key);
+/* in as this agent registers it: with Metadata "zone" and "region" from
+ * p's locality unless in says its own. out borrows in's strings and
+ * meta (which must have room for in->n_meta + 2 entries), so it needs no
+ * freeing; returns out. */
+const struct instance *policy_localize(const struct policy_config *p, const struct instance *in,
+                                       struct instance *out, struct instance_meta *meta);
 /* 0, 1 or 2 as above; 0 for every instance when p has no zone. */
 int policy_rank(const struct policy_config *p, const struct instance *i);
 

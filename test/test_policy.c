@@ -169,7 +169,7 @@ END_TEST
 
 START_TEST(guard_holds_mass_drops)
 {
-    struct policy_protection p = {true, 0.5, 30000, 10000};
+    struct policy_protection p = {true, 0.5, 30000, 10000, 1};
     struct policy_guard g = {0};
 
     ck_assert_int_eq(policy_guard_check(&p, &g, 10, false, 0), POLICY_APPLY);
@@ -203,7 +203,15 @@ START_TEST(guard_holds_mass_drops)
     ck_assert_int_eq(policy_guard_check(&p, &s, 1, false, 33000), POLICY_APPLY);
 
     /* Disabled: everything applies. */
-    struct policy_protection off = {false, 0.5, 30000, 10000};
+    struct policy_protection off = {false, 0.5, 30000, 10000, 1};
+
+    /* Below min_instances: not guarded. */
+    struct policy_protection small = {true, 0.5, 30000, 10000, 3};
+    struct policy_guard m = {0};
+    ck_assert_int_eq(policy_guard_check(&small, &m, 2, false, 0), POLICY_APPLY);
+    ck_assert_int_eq(policy_guard_check(&small, &m, 0, false, 1), POLICY_APPLY);
+    ck_assert_int_eq(policy_guard_check(&small, &m, 3, false, 2), POLICY_APPLY);
+    ck_assert_int_eq(policy_guard_check(&small, &m, 0, false, 3), POLICY_HOLD);
     struct policy_guard d = {0};
     ck_assert_int_eq(policy_guard_check(&off, &d, 10, false, 0), POLICY_APPLY);
     ck_assert_int_eq(policy_guard_check(&off, &d, 0, false, 1), POLICY_APPLY);
@@ -215,7 +223,7 @@ START_TEST(settings_by_service)
     struct policy_config p = cfg("a", NULL);
     struct policy_service s[1] = {{.name = (char *)"pay"}};
 
-    s[0].protection = (struct policy_protection){false, 0.2, 1000, 1000};
+    s[0].protection = (struct policy_protection){false, 0.2, 1000, 1000, 3};
     s[0].outlier.set = true;
     s[0].outlier.failure_percentage = true;
     policy_outlier_defaults(&s[0].outlier);

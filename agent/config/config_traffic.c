@@ -122,7 +122,8 @@ static int want_bool(struct loader *ld, const char *what, const struct node *v, 
 
 /* ---- protection ---------------------------------------------------------- */
 
-static const char *const protection_keys[] = {"enabled", "max_drop", "hold", "window"};
+static const char *const protection_keys[] = {"enabled", "max_drop", "hold", "window",
+                                              "min_instances"};
 
 static int load_protection(struct loader *ld, const char *where, const struct node *val,
                            struct policy_protection *p)
@@ -153,8 +154,11 @@ static int load_protection(struct loader *ld, const char *where, const struct no
         case 2:
             r = want_positive_ms(ld, what, k, v, &p->hold_ms);
             break;
-        default:
+        case 3:
             r = want_positive_ms(ld, what, k, v, &p->window_ms);
+            break;
+        default:
+            r = want_uint(ld, what, k, v, 1, 1000000, &p->min_instances);
             break;
         }
         if (r < 0)
