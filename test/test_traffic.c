@@ -33,6 +33,9 @@
 #include "proc.h"
 #include "testutil.h"
 
+#ifndef BUILD_DIR
+#define BUILD_DIR "build"
+#endif
 #ifndef TEST_DATA_DIR
 #define TEST_DATA_DIR "test/data"
 #endif
@@ -300,6 +303,22 @@ static int srv_priority_of(struct fx *f, int port)
     return prio;
 }
 
+/* agentctl's output for args, into buf. */
+static const char *ctl(struct fx *f, const char *args, char *buf, size_t len)
+{
+    char cmd[1024];
+    size_t n;
+    FILE *p;
+
+    snprintf(cmd, sizeof cmd, "%s/agentctl -s %s %s", BUILD_DIR, f->agent.sock, args);
+    p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    n = fread(buf, 1, len - 1, p);
+    buf[n] = '\0';
+    pclose(p);
+    return buf;
+}
+
 START_TEST(test_zone_failover)
 {
     struct fx f;
@@ -324,6 +343,15 @@ START_TEST(test_zone_failover)
     json_decref(r);
     ck_assert_int_eq(srv_priority_of(&f, f.port[1]), 0);
     ck_assert_int_eq(srv_priority_of(&f, f.port[2]), 0);
+    {
+        char out[8192];
+        ctl(&f, "resolve echo --prefer-zone", out, sizeof out);
+        ck_assert_msg(strstr(out, "loads          zone 70.0%, region 30.0%, rest 0.0%"), "%s",
+                      out);
+        ck_assert_msg(strstr(out, "standby") && strstr(out, "in use"), "%s", out);
+        ctl(&f, "status", out, sizeof out);
+        ck_assert_msg(strstr(out, "70%/30%/0%"), "%s", out);
+    }
     r = py_calls(&f, 200, "thin-a");
     no_failures(r, "zone a thinned");
     ck_assert_int_gt(zone_calls(&f, r, "a"), 0);
