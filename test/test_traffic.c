@@ -137,12 +137,14 @@ static void del(struct fx *f, int i)
     etcd_post(f, "/v3/kv/deleterange", body);
 }
 
+static int half_failing = -1; /* the server that fails half its calls */
+
 static void echo_start(struct fx *f, int i)
 {
     char port[16], log[700];
     const char *argv[] = {PYTHON, PY_ECHO, port, NULL};
 
-    snprintf(port, sizeof port, "%d", f->port[i]);
+    snprintf(port, sizeof port, "%d%s", f->port[i], i == half_failing ? "/half" : "");
     snprintf(log, sizeof log, "%s/echo-%d.log", f->dir, i);
     unlink(log);
     f->echo[i] = proc_spawn(argv, NULL, log);
@@ -195,11 +197,12 @@ static void fx_down(struct fx *f)
     etcd_cluster_stop(f->cluster);
 }
 
-/* N calls of python3-grpcio's xds:///echo; its JSON result. */
-static json_t *py_calls(struct fx *f, int calls, const char *tag)
+/* N calls of python3-grpcio's xds:///echo, interval_ms apart; its JSON
+ * result. */
+static json_t *py_calls_every(struct fx *f, int calls, int interval_ms, const char *tag)
 {
-    char out[700], n[16], env[700], line[8192];
-    const char *argv[] = {PYTHON, PY_CLIENT, "xds:///echo", "--calls", n, NULL};
+    char out[700], n[16], iv[16], env[700], line[8192];
+    const char *argv[] = {PYTHON, PY_CLIENT, "xds:///echo", "--calls", n, "--interval-ms", iv, NULL};
     const char *envv[] = {env, "GRPC_VERBOSITY=ERROR", NULL};
     struct proc *p;
     json_t *r = NULL;
@@ -208,6 +211,7 @@ static json_t *py_calls(struct fx *f, int calls, const char *tag)
 
     snprintf(out, sizeof out, "%s/client-%s.out", f->dir, tag);
     snprintf(n, sizeof n, "%d", calls);
+    snprintf(iv, sizeof iv, "%d", interval_ms);
     snprintf(env, sizeof env, "GRPC_XDS_BOOTSTRAP=%s", f->bootstrap);
     p = proc_spawn(argv, envv, out);
     ck_assert_ptr_nonnull(p);
@@ -223,6 +227,11 @@ static json_t *py_calls(struct fx *f, int calls, const char *tag)
     fclose(fp);
     ck_assert_msg(r != NULL, "no result from the client in %s", out);
     return r;
+}
+
+static json_t *py_calls(struct fx *f, int calls, const char *tag)
+{
+    return py_calls_every(f, calls, 0, tag);
 }
 
 static long long count_of(struct fx *f, json_t *r, int i)
@@ -445,6 +454,42 @@ START_TEST(test_prefix_delete_is_held)
 }
 END_TEST
 
+/* A server of zone a failing every second call is ejected by the client's
+ * outlier detection (gRPC A50, sent in the CDS cluster): after the first
+ * intervals it gets almost no call. Without ejection, round robin would
+ * give it half the calls and half of those would fail. */
+START_TEST(test_outlier_ejected)
+{
+    struct fx f;
+    json_t *r, *st;
+    long long bad, good;
+
+    half_failing = 0;
+    fx_up(&f, "traffic:\n  services:\n    echo:\n      outlier_detection:\n"
+              "        interval: 1s\n        base_ejection_time: 30s\n"
+              "        max_ejection_percent: 50\n"
+              "        failure_percentage: { threshold: 30, minimum_hosts: 2, "
+              "request_volume: 10 }\n");
+    r = wait_used(&f, 2, 2);
+    json_decref(r);
+    r = py_calls_every(&f, 600, 10, "outlier");
+    bad = count_of(&f, r, 0);
+    good = count_of(&f, r, 1);
+    ck_assert_msg(good > 0 && bad * 4 < good,
+                  "the half-failing server was not ejected: %lld good replies from it, %lld "
+                  "from the healthy one",
+                  bad, good);
+    json_decref(r);
+    /* Accepted, not NACKed, and shown in status. */
+    st = agent_call(f.agent.sock, "{\"op\":\"status\"}", 5000);
+    ck_assert_ptr_nonnull(st);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(st, "xds"), "nacks")), 0);
+    json_decref(st);
+    half_failing = -1;
+    fx_down(&f);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("traffic");
@@ -453,6 +498,7 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, test_zone_failover);
     tcase_add_test(tc, test_prefix_delete_is_held);
+    tcase_add_test(tc, test_outlier_ejected);
     suite_add_tcase(s, tc);
     return s;
 }
