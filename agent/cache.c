@@ -8,6 +8,7 @@
 #include "error.h"
 #include "etcd_parse.h"
 #include "log.h"
+#include "metrics.h"
 #include "validate.h"
 
 /* One key under the service's prefix, as etcd holds it. */
@@ -49,6 +50,9 @@ struct service {
     size_t n_subs;
     int notifying;
     bool notify_pending;   /* queued for the next loop turn */
+    uint64_t change_ns;    /* uv_hrtime() of the first change queued, for
+                            * the delivery delay metric */
+    uint64_t stale_since;  /* uv_now() when it last became stale */
     struct service *notify_next;
     etcd_call *confirm;    /* range read after a reconnect (see watch_cb) */
     /* The traffic policy (policy.h). Instances removed from entries since
@@ -277,6 +281,9 @@ static void notify(service *s)
         if (!sub->dead)
             sub->cb(s, sub->arg);
     s->notifying--;
+    if (s->n_subs && s->change_ns)
+        metrics_observe(&metrics.delivery_delay, metrics_since(s->change_ns, uv_hrtime()));
+    s->change_ns = 0;
     if (s->notifying)
         return;
     /* Unsubscriptions made during the callbacks are finished now. */
@@ -375,6 +382,7 @@ static void schedule_notify(service *s)
     if (s->notify_pending)
         return;
     s->notify_pending = true;
+    s->change_ns = uv_hrtime();
     s->notify_next = c->notify_head;
     c->notify_head = s;
     if (!uv_is_active((uv_handle_t *)&c->notify_timer))
@@ -430,6 +438,10 @@ static void guard(service *s)
     for (size_t i = 0; i < s->n; i++)
         n_live += s->entries[i].valid;
     v = policy_guard_check(s->protection, g, n_live, fresh, uv_now(s->c->loop));
+    if (v == POLICY_HOLD && !was)
+        metrics.protection_holds++;
+    if (v == POLICY_APPLY && was && n_live < g->base)
+        metrics.protection_applied++;
     if (v == POLICY_APPLY) {
         if (was)
             log_info("cache: %s: protection released (%s); serving %u instance(s)", s->name,
@@ -569,6 +581,7 @@ static void watch_cb(etcd_watch *w, const struct etcd_watch_update *u, void *arg
     case ETCD_WATCH_DOWN:
         if (!s->stale) {
             s->stale = true;
+            s->stale_since = uv_now(s->c->loop);
             log_debug("cache: %s is stale: %s", s->name, da_strerror(u->err));
             schedule_notify(s);
         }
@@ -759,7 +772,7 @@ service *cache_get(cache *c, const char *name, int *err)
     s->stale = true;
     s->protection = policy_protection_of(c->policy, name);
     policy_plan_clear(&s->plan);
-    s->last_used = uv_now(c->loop);
+    s->stale_since = s->last_used = uv_now(c->loop);
     load_from_disk(s);
     elen = etcd_prefix_end(s->key, s->klen, end);
     rc = etcd_watch_start(c->etcd, s->key, s->klen, end, elen, 0, watch_cb, s, &s->watch);
@@ -887,6 +900,7 @@ int64_t service_revision(const service *s) { return s->revision; }
 bool service_ready(const service *s) { return s->ready; }
 bool service_stale(const service *s) { return s->stale; }
 uint64_t service_updated(const service *s) { return s->updated; }
+uint64_t service_stale_since(const service *s) { return s->stale ? s->stale_since : 0; }
 size_t service_skipped(const service *s) { return s->skipped; }
 size_t service_subscribers(const service *s) { return s->n_subs; }
 void *service_derived(const service *s) { return s->derived; }

@@ -165,6 +165,10 @@ int config__load_root(struct loader *ld, const struct node *root,
 int config__default_xds_path(struct loader *ld);
 /* Without dns.listen, the default address. */
 int config__default_dns_listen(struct loader *ld);
+/* The http: section (config_http.c), and http.listen's default once every
+ * file is read. */
+int config__load_http(struct loader *ld, const struct node *val);
+int config__default_http_listen(struct loader *ld);
 
 /* locality: and traffic: (config_traffic.c). */
 int config__load_locality(struct loader *ld, const struct node *val);
