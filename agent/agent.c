@@ -84,7 +84,7 @@ static int proto_start(struct agent *a)
         .access = {cfg->register_limited, cfg->register_uids, cfg->n_register_uids,
                    cfg->register_gids, cfg->n_register_gids},
         .status = {a->session, cfg->path, (const char *const *)cfg->endpoints, cfg->n_endpoints,
-                   a->started, a->dns},
+                   a->started, a->dns, &cfg->traffic},
     };
 
     return proto_new(&a->proto, &d);
@@ -237,6 +237,7 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     co.prefix = cfg->prefix;
     co.dir = cfg->cache_dir && *cfg->cache_dir ? cfg->cache_dir : NULL;
     co.idle_ms = cfg->cache_idle_ms;
+    co.policy = &cfg->traffic;
     if ((rc = cache_new(&a->cache, loop, a->etcd, &co)) < 0)
         goto fail;
     if ((rc = session_new(&a->session, loop, a->etcd, (int64_t)(cfg->session_ttl_ms / 1000),
@@ -247,6 +248,7 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     if ((rc = registry_new(&a->registry, loop, a->etcd, a->cache, a->session, cfg->prefix,
                            a->checks)) < 0)
         goto fail;
+    registry_set_locality(a->registry, &cfg->traffic);
 
     xo.enabled = cfg->xds_enabled;
     xo.path = cfg->xds_path;
@@ -254,6 +256,7 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     xo.tcp = cfg->xds_tcp;
     xo.group_header = cfg->xds_group_header;
     xo.send_host_names = cfg->xds_test_host_names;
+    xo.traffic = &cfg->traffic;
     xo.hold_ms = 2 * cfg->timeout_ms;
     xo.idle_ms = cfg->xds_idle_ms;
     if ((rc = xds_new(&a->xds, loop, a->cache, &xo)) < 0)

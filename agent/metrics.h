@@ -76,6 +76,10 @@ struct metrics {
      * its last subscriber (socket watcher, xDS stream). */
     struct metrics_histogram delivery_delay;
     uint64_t dns_queries[M_DNS_N_TYPES][M_DNS_N_RCODES];
+    /* Mass drops held by the traffic policy's guard (docs/traffic.md), and
+     * holds that ended by applying the drop. */
+    uint64_t protection_holds;
+    uint64_t protection_applied;
 };
 
 /* The one instance, zero at start. */

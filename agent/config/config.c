@@ -243,6 +243,7 @@ static int set_defaults(struct loader *ld, const char *path)
     c->dns_enabled = true;
     c->dns_ttl = DNS_DEFAULT_TTL;
     c->dns_max_answers = DNS_DEFAULT_MAX_ANSWERS;
+    policy_config_defaults(&c->traffic);
     if (!(c->path = config__dup_str(ld, path)) ||
         !(c->prefix = config__dup_str(ld, DA_DEFAULT_ETCD_PREFIX)) ||
         !(c->socket_path = config__dup_str(ld, DA_DEFAULT_SOCKET_PATH)) ||
@@ -340,6 +341,7 @@ struct config *config_free(struct config *c)
         free(c->dns_listen[i]);
     free(c->dns_listen);
     free(c->dns_domain);
+    policy_config_clear(&c->traffic);
     for (size_t i = 0; c->http_listen && i < c->n_http_listen; i++)
         free(c->http_listen[i]);
     free(c->http_listen);

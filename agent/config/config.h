@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "check_spec.h"
+#include "policy.h"
 
 /* A config file larger than this is refused rather than parsed. */
 #define CONFIG_FILE_MAX (1024 * 1024)
@@ -100,6 +101,9 @@ struct config {
     uint32_t dns_ttl;           /* dns.ttl in whole seconds, <= 1 day;
                                  * default 0 */
     size_t dns_max_answers;     /* dns.max_answers, 1..1000, default 16 */
+    /* locality: (zone, region) and traffic: the traffic policy, as
+     * policy.h defines it; docs/traffic.md. Owned. */
+    struct policy_config traffic;
     struct config_service *services;  /* main file's, then conf.d's */
     size_t n_services;
     bool checks_exec;           /* checks.exec: allow exec checks; false */

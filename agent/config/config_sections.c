@@ -962,10 +962,10 @@ int config__default_dns_listen(struct loader *ld)
 
 static const char *const top_keys[] = {
     "etcd", "session", "socket", "cache", "log", "services", "xds", "checks", "dns",
-    "http"
+    "http", "locality", "traffic"
 };
 enum { TOP_ETCD, TOP_SESSION, TOP_SOCKET, TOP_CACHE, TOP_LOG, TOP_SERVICES,
-       TOP_XDS, TOP_CHECKS, TOP_DNS, TOP_HTTP };
+       TOP_XDS, TOP_CHECKS, TOP_DNS, TOP_HTTP, TOP_LOCALITY, TOP_TRAFFIC };
 
 int config__load_root(struct loader *ld, const struct node *root, bool is_main)
 {
@@ -1020,6 +1020,12 @@ int config__load_root(struct loader *ld, const struct node *root, bool is_main)
             break;
         case TOP_HTTP:
             r = config__load_http(ld, v);
+            break;
+        case TOP_LOCALITY:
+            r = config__load_locality(ld, v);
+            break;
+        case TOP_TRAFFIC:
+            r = config__load_traffic(ld, v);
             break;
         default:
             r = key;

@@ -55,17 +55,34 @@ static void status_reg(const struct reg_info *ri, void *arg)
     json_array_append_new(x->arr, o);
 }
 
+struct status_svcs {
+    json_t *arr;
+    const struct policy_config *traffic;
+};
+
 static void status_svc(service *svc, void *arg)
 {
+    struct status_svcs *x = arg;
+    const struct policy_guard *g = service_guard(svc);
+    json_t *o, *t;
     size_t n;
 
     service_instances(svc, &n);
-    json_array_append_new(
-        arg, json_pack("{s:s, s:I, s:b, s:b, s:I, s:I, s:I}", "service", service_name(svc),
-                       "revision", (json_int_t)service_revision(svc), "stale", service_stale(svc),
-                       "ready", service_ready(svc), "instances", (json_int_t)n, "skipped",
-                       (json_int_t)service_skipped(svc), "watchers",
-                       (json_int_t)service_subscribers(svc)));
+    o = json_pack("{s:s, s:I, s:b, s:b, s:I, s:I, s:I}", "service", service_name(svc), "revision",
+                  (json_int_t)service_revision(svc), "stale", service_stale(svc), "ready",
+                  service_ready(svc), "instances", (json_int_t)n, "skipped",
+                  (json_int_t)service_skipped(svc), "watchers",
+                  (json_int_t)service_subscribers(svc));
+    /* The traffic policy as it stands for this service (docs/traffic.md):
+     * zones, loads and priorities, the protection hold, ejection. */
+    if (o && (t = policy_plan_json(service_plan(svc), x->traffic))) {
+        json_t *od = policy_outlier_json(policy_outlier_of(x->traffic, service_name(svc)));
+        json_object_set_new(t, "holds", json_integer((json_int_t)g->holds));
+        json_object_set_new(t, "holds_released", json_integer((json_int_t)g->released));
+        json_object_set_new(t, "outlier_detection", od ? od : json_null());
+        json_object_set_new(o, "traffic", t);
+    }
+    json_array_append_new(x->arr, o);
 }
 
 static void hex(char *buf, size_t len, uint64_t v)
@@ -133,7 +150,8 @@ static void status_fill(json_t *o, proto *pr, server *s, int err, const struct e
     bool maint = registry_in_maint(d->registry, &reason);
     json_object_set_new(o, "maint", json_pack("{s:b, s:s}", "on", maint, "reason", reason));
     svcs = json_array();
-    cache_foreach(d->cache, status_svc, svcs);
+    struct status_svcs sx = {svcs, sd->traffic};
+    cache_foreach(d->cache, status_svc, &sx);
     size_t k;
     json_t *e;
     json_array_foreach(svcs, k, e) {

@@ -48,6 +48,7 @@ struct proto_status_deps {
     size_t n_endpoints;
     uint64_t started; /* uv_now() when the agent started, for uptime */
     dns_server *dns;  /* the DNS server's counters; NULL when it is off */
+    const struct policy_config *traffic; /* locality: and traffic: */
 };
 
 struct proto_deps {

@@ -98,7 +98,7 @@ static void count_reg(const struct reg_info *ri, void *arg)
 struct cache_counts {
     struct web_buf *b;
     uint64_t now;
-    uint64_t services, instances, stale, oldest_stale_ms, watchers;
+    uint64_t services, instances, stale, oldest_stale_ms, watchers, protected_;
     int pass; /* 0: totals; 1, 2, 3: the per-service series */
 };
 
@@ -112,6 +112,7 @@ static void count_svc(service *svc, void *arg)
         cc->services++;
         cc->instances += n;
         cc->watchers += service_subscribers(svc);
+        cc->protected_ += service_plan(svc)->protected_;
         if (service_stale(svc)) {
             uint64_t since = service_stale_since(svc);
             cc->stale++;
@@ -273,6 +274,15 @@ static void cache_metrics(web *w, struct web_buf *b)
     one(b, "cache_oldest_stale_age_seconds", "gauge",
         "How long the longest-stale service has been stale; 0 when none is.",
         (double)cc.oldest_stale_ms / 1000);
+    one(b, "protected_services", "gauge",
+        "Services whose mass drop is held by the traffic policy (they still serve removed "
+        "instances).",
+        (double)cc.protected_);
+    one(b, "protection_holds_total", "counter", "Mass drops of a service held (docs/traffic.md).",
+        (double)metrics.protection_holds);
+    one(b, "protection_applied_total", "counter",
+        "Held drops that persisted past the hold and were applied.",
+        (double)metrics.protection_applied);
     one(b, "cache_skipped_values", "gauge",
         "Values under watched prefixes that are not service instances (skipped).",
         (double)cache_skipped_total(w->d.cache));
