@@ -102,7 +102,7 @@ static int proto_start(struct agent *a)
         .access = {cfg->register_limited, cfg->register_uids, cfg->n_register_uids,
                    cfg->register_gids, cfg->n_register_gids},
         .status = {a->session, cfg->path, (const char *const *)cfg->endpoints, cfg->n_endpoints,
-                   a->started, a->dns},
+                   a->started, a->dns, &cfg->traffic},
     };
 
     return proto_new(&a->proto, &d);
@@ -139,6 +139,63 @@ static void watchdog_beat(uv_timer_t *t)
 {
     (void)t;
     notify_send("WATCHDOG=1");
+}
+
+/* /readyz: ready with the session held and every configured instance
+ * written; ready too once the agent has stopped waiting for an etcd that
+ * does not answer (ready_check), because it then serves its cached lists
+ * to local clients, which is what it is for: the body says which. */
+static bool web_ready(void *arg, char *why, size_t len)
+{
+    struct agent *a = arg;
+
+    if (a->stopping) {
+        snprintf(why, len, "stopping");
+        return false;
+    }
+    if (session_lease(a->session) && registry_settled(a->registry)) {
+        snprintf(why, len, "session lease held; %zu instance(s) registered",
+                 registry_count(a->registry));
+        return true;
+    }
+    if (a->ready && !etcd_client_connected(a->etcd)) {
+        snprintf(why, len, "serving cached lists; etcd unreachable (%s)",
+                 etcd_client_last_error(a->etcd));
+        return true;
+    }
+    snprintf(why, len, "%s",
+             !session_lease(a->session) ? "waiting for the etcd session lease"
+                                        : "writing the configured instances to etcd");
+    return false;
+}
+
+static int web_start_agent(struct agent *a, char *err, size_t errlen)
+{
+    const struct config *cfg = a->cfg;
+    struct web_options o = {
+        .listen = (const char *const *)cfg->http_listen,
+        .n_listen = cfg->n_http_listen,
+        .max_connections = cfg->http_max_connections,
+        .max_request_bytes = cfg->http_max_request_bytes,
+        .timeout_s = (unsigned)(cfg->http_timeout_ms / 1000),
+    };
+    struct web_deps d = {
+        .loop = a->loop,
+        .cache = a->cache,
+        .registry = a->registry,
+        .session = a->session,
+        .etcd = a->etcd,
+        .xds = a->xds,
+        .proto = a->proto,
+        .server = a->server,
+        .dns = a->dns,
+        .ready = web_ready,
+        .ready_arg = a,
+    };
+
+    if (!cfg->http_enabled)
+        return 0;
+    return web_start(&a->web, &o, &d, err, errlen);
 }
 
 /* ---- lease -------------------------------------------------------------- */
@@ -181,6 +238,7 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     a->cfg = cfg;
     a->started = uv_now(loop);
     log_level = cfg->log_level;
+    log_json = cfg->log_format == 1;
 
     if ((rc = http_client_new(&a->http, loop)) < 0)
         goto fail;
@@ -197,6 +255,7 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     co.prefix = cfg->prefix;
     co.dir = cfg->cache_dir && *cfg->cache_dir ? cfg->cache_dir : NULL;
     co.idle_ms = cfg->cache_idle_ms;
+    co.policy = &cfg->traffic;
     if ((rc = cache_new(&a->cache, loop, a->etcd, &co)) < 0)
         goto fail;
     if ((rc = session_new(&a->session, loop, a->etcd, (int64_t)(cfg->session_ttl_ms / 1000),
@@ -207,6 +266,7 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     if ((rc = registry_new(&a->registry, loop, a->etcd, a->cache, a->session, cfg->prefix,
                            a->checks)) < 0)
         goto fail;
+    registry_set_locality(a->registry, &cfg->traffic);
 
     xo.enabled = cfg->xds_enabled;
     xo.path = cfg->xds_path;
@@ -214,6 +274,7 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     xo.tcp = cfg->xds_tcp;
     xo.group_header = cfg->xds_group_header;
     xo.send_host_names = cfg->xds_test_host_names;
+    xo.traffic = &cfg->traffic;
     xo.hold_ms = 2 * cfg->timeout_ms;
     xo.idle_ms = cfg->xds_idle_ms;
     if ((rc = listen_fds_init()) < 0)
@@ -254,6 +315,15 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     rc = xds_start(a->xds, err, errlen);
     if (rc == 0 && a->dns)
         rc = dns_start(a->dns, err, errlen);
+    if (rc < 0) {
+        server_close(a->server);
+        a->server = NULL;
+        a->stopping = true;
+        finish(a);
+        return rc;
+    }
+    /* Last: an address that cannot be bound stops the start, naming it. */
+    rc = web_start_agent(a, err, errlen);
     if (rc < 0) {
         server_close(a->server);
         a->server = NULL;
@@ -311,6 +381,8 @@ static void close_handle(uv_handle_t *h)
 /* Frees every part; the loop ends once their handles have closed. */
 static void finish(struct agent *a)
 {
+    /* First: it reads every part below. */
+    a->web = web_close(a->web);
     server_close(a->server);
     a->server = NULL;
     /* After the socket: its connections' on_close needs the protocol. */
@@ -379,6 +451,8 @@ void agent_stop(struct agent *a)
     }
     a->stopping = true;
     notify_send("STOPPING=1");
+    /* It reads the socket server, which goes next. */
+    a->web = web_close(a->web);
     /* Clients go first: a watcher must see the agent leave (and keep its
      * last list), not an empty list made of our own deregistrations. */
     server_close(a->server);
@@ -421,7 +495,8 @@ static void warn_unapplied(const struct config *old, const struct config *new)
         old->dns_enabled != new->dns_enabled || !same(old->dns_domain, new->dns_domain) ||
         old->dns_ttl != new->dns_ttl || old->dns_max_answers != new->dns_max_answers ||
         old->n_dns_listen != new->n_dns_listen ||
-        (old->n_dns_listen && strcmp(old->dns_listen[0], new->dns_listen[0])))
+        (old->n_dns_listen && strcmp(old->dns_listen[0], new->dns_listen[0])) ||
+        old->http_enabled != new->http_enabled || old->log_format != new->log_format)
         log_warn("agent: reload applies services and log.level only; restart the agent to "
                  "apply the other changes");
 }

@@ -3,7 +3,7 @@
  *
  *   agentctl [-s SOCKET] status [--json]
  *   agentctl [-s SOCKET] services [--json]
- *   agentctl [-s SOCKET] resolve NAME [--group G] [--json]
+ *   agentctl [-s SOCKET] resolve NAME [--group G] [--prefer-zone] [--json]
  *   agentctl [-s SOCKET] watch NAME [--group G] [--json]
  *   agentctl [-s SOCKET] register NAME ADDRESS [--weight N] [--group G] [--meta K=V]...
  *   agentctl [-s SOCKET] deregister NAME ADDRESS
@@ -37,6 +37,7 @@ struct opts {
     const char *socket;
     int timeout_ms;
     bool json;
+    bool prefer_zone; /* resolve --prefer-zone */
     const char *group;
     bool weight_set;
     int32_t weight;
@@ -85,10 +86,14 @@ static const struct command commands[] = {
      "with how many, whether this agent watches it and whether it registers some.\n"
      "\n"
      "  --json   {\"revision\":N,\"services\":[{\"name\",\"instances\",\"watched\",\"registered\"}]}\n"},
-    {"resolve", 1, "json,group", cmd_resolve, "resolve NAME [--group G] [--json]",
-     "Prints the instances of service NAME, sorted by address.\n"
+    {"resolve", 1, "json,group,prefer-zone", cmd_resolve,
+     "resolve NAME [--group G] [--prefer-zone] [--json]",
+     "Prints the instances of service NAME, sorted by address, with their zones.\n"
      "\n"
      "  --group G  only the instances of group G\n"
+     "  --prefer-zone  the agent's zone policy (docs/traffic.md): the instances in\n"
+     "             use with the weight each gets, those on standby with their\n"
+     "             priority, the loads per rank and any protection hold\n"
      "  --json     one object: {\"service\",\"revision\",\"stale\",\"instances\":[{\"name\",\n"
      "             \"address\",\"weight\",\"group\",\"metadata\"}]}\n"},
     {"watch", 1, "json,group", cmd_watch, "watch NAME [--group G] [--json]",
@@ -608,6 +613,49 @@ static int cmd_status(struct opts *o)
     else
         printf("  (none)\n");
     table_free(&t);
+
+    /* The traffic policy per service (docs/traffic.md). */
+    printf("\ntraffic policy\n");
+    t.cols = 6;
+    table_row(&t, "SERVICE", "LOADS (zone/region/rest)", "PRIORITIES", "PROTECTION", "HOLDS",
+              "OUTLIER DETECTION");
+    json_array_foreach(json_object_get(r, "services"), i, e) {
+        json_t *tr = json_object_get(e, "traffic"), *l, *p, *od;
+        char loads[64], prios[32], prot[64], holds[32], ej[128];
+        if (!tr)
+            continue;
+        l = json_object_get(tr, "loads");
+        p = json_object_get(tr, "priorities");
+        od = json_object_get(tr, "outlier_detection");
+        snprintf(loads, sizeof loads, "%.0f%%/%.0f%%/%.0f%%",
+                 100 * json_number_value(json_array_get(l, 0)),
+                 100 * json_number_value(json_array_get(l, 1)),
+                 100 * json_number_value(json_array_get(l, 2)));
+        snprintf(prios, sizeof prios, "%lld/%lld/%lld",
+                 (long long)json_integer_value(json_array_get(p, 0)),
+                 (long long)json_integer_value(json_array_get(p, 1)),
+                 (long long)json_integer_value(json_array_get(p, 2)));
+        if (json_is_true(json_object_get(tr, "protected")))
+            snprintf(prot, sizeof prot, "HELD (%lld kept)", int_of(tr, "held"));
+        else
+            snprintf(prot, sizeof prot, "-");
+        snprintf(holds, sizeof holds, "%lld (%lld applied)", int_of(tr, "holds"),
+                 int_of(tr, "holds_released"));
+        if (json_is_object(od))
+            snprintf(ej, sizeof ej, "every %llds, eject %llds..%llds, max %lld%%%s%s",
+                     int_of(od, "interval_ms") / 1000, int_of(od, "base_ejection_time_ms") / 1000,
+                     int_of(od, "max_ejection_time_ms") / 1000, int_of(od, "max_ejection_percent"),
+                     json_object_get(od, "success_rate") ? ", success rate" : "",
+                     json_object_get(od, "failure_percentage") ? ", failure %" : "");
+        else
+            snprintf(ej, sizeof ej, "none");
+        table_row(&t, str_or(e, "service", "?"), loads, prios, prot, holds, ej);
+    }
+    if (t.rows > 1)
+        table_print(&t, "  ");
+    else
+        printf("  (no watched service)\n");
+    table_free(&t);
     json_decref(r);
     fflush(stdout);
     return ferror(stdout) ? EXIT_FAILED : EXIT_DONE;
@@ -691,15 +739,87 @@ static int print_list_json(const struct disc_list *l)
     return st;
 }
 
+static const char *meta_of(const struct disc_instance *in, const char *key)
+{
+    for (size_t k = 0; k < in->n_meta; k++)
+        if (!strcmp(in->meta_keys[k], key))
+            return in->meta_values[k];
+    return NULL;
+}
+
+/* resolve --prefer-zone: the agent's choice, as the socket gives it. */
+static int resolve_zoned(struct opts *o)
+{
+    json_t *req = json_pack("{s:s, s:s, s:b}", "op", "resolve", "service", o->pos[0],
+                            "prefer_zone", 1);
+    json_t *r, *e, *zp;
+    struct table t = {.cols = 6};
+    char w[32], p[32];
+    size_t i;
+    int st;
+
+    if (req && o->group)
+        json_object_set_new(req, "group", json_string(o->group));
+    if ((st = object_request(o, req, &r)) != EXIT_DONE)
+        return st;
+    if (o->json) {
+        st = print_json(r);
+        json_decref(r);
+        return st;
+    }
+    zp = json_object_get(r, "zone_policy");
+    printf("%s%s%s: %zu in use, %zu on standby, revision %lld%s\n", str_or(r, "service", "?"),
+           o->group ? " group " : "", o->group ? o->group : "",
+           json_array_size(json_object_get(r, "instances")),
+           json_array_size(json_object_get(r, "standby")), int_of(r, "revision"),
+           json_is_true(json_object_get(r, "stale")) ? ", STALE" : "");
+    if (zp) {
+        json_t *l = json_object_get(zp, "loads"), *n = json_object_get(zp, "instances"),
+               *rc = json_object_get(zp, "recent");
+        printf("loads          zone %.1f%%, region %.1f%%, rest %.1f%% (instances %lld/%lld, "
+               "%lld/%lld, %lld/%lld of recent size)\n",
+               100 * json_number_value(json_array_get(l, 0)),
+               100 * json_number_value(json_array_get(l, 1)),
+               100 * json_number_value(json_array_get(l, 2)),
+               (long long)json_integer_value(json_array_get(n, 0)),
+               (long long)json_integer_value(json_array_get(rc, 0)),
+               (long long)json_integer_value(json_array_get(n, 1)),
+               (long long)json_integer_value(json_array_get(rc, 1)),
+               (long long)json_integer_value(json_array_get(n, 2)),
+               (long long)json_integer_value(json_array_get(rc, 2)));
+    }
+    if (json_is_true(json_object_get(r, "protected")))
+        printf("PROTECTED      a mass drop is held: %lld instance(s) etcd no longer has are still "
+               "listed\n",
+               int_of(zp, "held"));
+    table_row(&t, "ADDRESS", "ZONE", "PRIORITY", "WEIGHT", "GROUP", "USE");
+    for (int k = 0; k < 2; k++)
+        json_array_foreach(json_object_get(r, k ? "standby" : "instances"), i, e) {
+            snprintf(w, sizeof w, "%lld", int_of(e, "weight"));
+            snprintf(p, sizeof p, "%lld", int_of(e, "priority"));
+            table_row(&t, str_or(e, "address", "?"), str_or(e, "zone", "?"), p, w,
+                      *str_or(e, "group", "") ? str_or(e, "group", "") : "-",
+                      k ? "standby" : "in use");
+        }
+    if (t.rows > 1)
+        table_print(&t, "");
+    table_free(&t);
+    json_decref(r);
+    fflush(stdout);
+    return ferror(stdout) ? EXIT_FAILED : EXIT_DONE;
+}
+
 static int cmd_resolve(struct opts *o)
 {
     disc_client *c;
     struct disc_list *l;
-    struct table t = {.cols = 4};
+    struct table t = {.cols = 5};
     char w[32], meta[1024];
-    int rc, st = open_client(o, &c);
+    int rc, st;
 
-    if (st)
+    if (o->prefer_zone)
+        return resolve_zoned(o);
+    if ((st = open_client(o, &c)))
         return st;
     rc = disc_resolve(c, o->pos[0], o->group, o->timeout_ms, &l);
     if (rc) {
@@ -717,12 +837,13 @@ static int cmd_resolve(struct opts *o)
            o->group ? " group " : "", o->group ? o->group : "", l->n, l->revision,
            l->stale ? ", STALE: the agent could not confirm this list with etcd lately" : "");
     if (l->n) {
-        table_row(&t, "ADDRESS", "WEIGHT", "GROUP", "METADATA");
+        table_row(&t, "ADDRESS", "ZONE", "WEIGHT", "GROUP", "METADATA");
         for (size_t i = 0; i < l->n; i++) {
             const struct disc_instance *in = &l->instances[i];
+            const char *zone = meta_of(in, "zone");
             snprintf(w, sizeof w, "%" PRId32, in->weight);
             meta_text(in, meta, sizeof meta);
-            table_row(&t, in->address, w, *in->group ? in->group : "-", meta);
+            table_row(&t, in->address, zone ? zone : "?", w, *in->group ? in->group : "-", meta);
         }
         table_print(&t, "");
         table_free(&t);
@@ -1181,6 +1302,12 @@ static int parse_args(const struct command *cmd, struct opts *o, int argc, char 
             if (eq)
                 return usage_error(cmd, "--json takes no value");
             o->json = true;
+            continue;
+        }
+        if (!strcmp(name, "prefer-zone")) {
+            if (eq)
+                return usage_error(cmd, "--prefer-zone takes no value");
+            o->prefer_zone = true;
             continue;
         }
         if (eq) {

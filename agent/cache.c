@@ -8,6 +8,7 @@
 #include "error.h"
 #include "etcd_parse.h"
 #include "log.h"
+#include "metrics.h"
 #include "validate.h"
 
 /* One key under the service's prefix, as etcd holds it. */
@@ -49,8 +50,21 @@ struct service {
     size_t n_subs;
     int notifying;
     bool notify_pending;   /* queued for the next loop turn */
+    uint64_t change_ns;    /* uv_hrtime() of the first change queued, for
+                            * the delivery delay metric */
+    uint64_t stale_since;  /* uv_now() when it last became stale */
     struct service *notify_next;
     etcd_call *confirm;    /* range read after a reconnect (see watch_cb) */
+    /* The traffic policy (policy.h). Instances removed from entries since
+     * the last change are moved to gone (stolen, not copied); while the
+     * guard holds a drop, they stay in kept and are still served. */
+    struct instance *gone, *kept;
+    size_t n_gone, cap_gone, n_kept, cap_kept;
+    const struct policy_protection *protection;
+    struct policy_state pstate;
+    struct policy_plan plan;
+    bool fresh_read;       /* this change is a range read's (confirms a drop) */
+    etcd_call *recheck;    /* the read that confirms a held drop */
     void *derived;         /* see service_set_derived() */
     void (*derived_free)(void *derived);
     struct service *hnext; /* hash chain */
@@ -70,6 +84,8 @@ struct cache {
     uv_timer_t save_timer; /* coalesced disk writes */
     uv_timer_t idle_timer; /* drops idle services */
     uv_timer_t notify_timer; /* runs queued notifications on the next turn */
+    uv_timer_t policy_timer; /* held drops and thinning sizes that expire */
+    const struct policy_config *policy;
     struct service *notify_head;
     int closing;
 };
@@ -159,6 +175,26 @@ static int entry_put(service *s, const char *suffix, size_t slen, const char *va
     return entry_fill(&s->entries[i], value, vlen, lease);
 }
 
+/* Moves a removed entry's instance to gone, for the guard (policy.h) to
+ * keep or free at the change. Without memory, it is freed: that one
+ * instance is then not protected. */
+static void entry_gone(service *s, struct entry *e)
+{
+    if (!e->valid)
+        return;
+    if (s->n_gone == s->cap_gone) {
+        size_t cap = s->cap_gone ? s->cap_gone * 2 : 8;
+        struct instance *g = realloc(s->gone, cap * sizeof *g);
+        if (!g)
+            return;
+        s->gone = g;
+        s->cap_gone = cap;
+    }
+    s->gone[s->n_gone++] = e->inst;
+    memset(&e->inst, 0, sizeof e->inst);
+    e->valid = false;
+}
+
 static void entry_delete(service *s, const char *suffix, size_t slen)
 {
     bool found;
@@ -166,6 +202,7 @@ static void entry_delete(service *s, const char *suffix, size_t slen)
 
     if (!found)
         return;
+    entry_gone(s, &s->entries[i]);
     entry_clear(&s->entries[i]);
     memmove(&s->entries[i], &s->entries[i + 1], (s->n - i - 1) * sizeof *s->entries);
     s->n--;
@@ -183,6 +220,8 @@ static void entries_clear(service *s)
  * 10-instance service with room for 16 (1,000 such services: 0.7 MB). */
 static void entries_reset(service *s, size_t n)
 {
+    for (size_t i = 0; i < s->n; i++)
+        entry_gone(s, &s->entries[i]);
     entries_clear(s);
     if (n > 0 && n != s->cap) {
         struct entry *e = realloc(s->entries, n * sizeof *e);
@@ -203,7 +242,7 @@ static int by_address(const void *a, const void *b)
 /* Rebuilds the sorted view and the skipped count after a change. */
 static void rebuild(service *s)
 {
-    const struct instance **v = realloc(s->sorted, (s->n ? s->n : 1) * sizeof *v);
+    const struct instance **v = realloc(s->sorted, (s->n + s->n_kept + 1) * sizeof *v);
     size_t k = 0, bad = 0;
 
     if (!v)
@@ -215,8 +254,16 @@ static void rebuild(service *s)
         else
             bad++;
     }
+    for (size_t i = 0; i < s->n_kept; i++)
+        v[k++] = &s->kept[i];
     qsort(v, k, sizeof *v, by_address);
     s->n_sorted = k;
+    if (policy_plan_build(s->c->policy, &s->pstate, v, k, uv_now(s->c->loop), &s->plan) == 0) {
+        s->plan.protected_ = s->pstate.guard.held;
+        s->plan.held = (uint32_t)s->n_kept;
+        s->plan.held_since = s->pstate.guard.held_since;
+        s->plan.hold_ms = s->protection ? s->protection->hold_ms : 0;
+    }
     if (bad != s->skipped && bad > s->skipped)
         log_warn("cache: %s: %zu value(s) under %.*s are not service instances; skipped", s->name,
                  bad, (int)s->klen, s->key);
@@ -234,6 +281,9 @@ static void notify(service *s)
         if (!sub->dead)
             sub->cb(s, sub->arg);
     s->notifying--;
+    if (s->n_subs && s->change_ns)
+        metrics_observe(&metrics.delivery_delay, metrics_since(s->change_ns, uv_hrtime()));
+    s->change_ns = 0;
     if (s->notifying)
         return;
     /* Unsubscriptions made during the callbacks are finished now. */
@@ -332,6 +382,7 @@ static void schedule_notify(service *s)
     if (s->notify_pending)
         return;
     s->notify_pending = true;
+    s->change_ns = uv_hrtime();
     s->notify_next = c->notify_head;
     c->notify_head = s;
     if (!uv_is_active((uv_handle_t *)&c->notify_timer))
@@ -350,11 +401,100 @@ static void unschedule_notify(service *s)
     s->notify_pending = false;
 }
 
+/* ---- the guard (policy.h) ----------------------------------------------- */
+
+static bool is_live(const service *s, const char *address)
+{
+    bool found;
+    size_t i = entry_find(s, address, strlen(address), &found);
+
+    return found && s->entries[i].valid;
+}
+
+static void kept_clear(service *s)
+{
+    for (size_t i = 0; i < s->n_kept; i++)
+        instance_clear(&s->kept[i]);
+    s->n_kept = 0;
+}
+
+static void gone_clear(service *s)
+{
+    for (size_t i = 0; i < s->n_gone; i++)
+        instance_clear(&s->gone[i]);
+    s->n_gone = 0;
+}
+
+/* Decides, at each change, whether the instances removed are still
+ * served: the rule is policy_guard_check()'s. */
+static void guard(service *s)
+{
+    struct policy_guard *g = &s->pstate.guard;
+    uint32_t n_live = 0;
+    bool was = g->held, fresh = s->fresh_read;
+    enum policy_verdict v;
+
+    s->fresh_read = false;
+    for (size_t i = 0; i < s->n; i++)
+        n_live += s->entries[i].valid;
+    v = policy_guard_check(s->protection, g, n_live, fresh, uv_now(s->c->loop));
+    if (v == POLICY_HOLD && !was)
+        metrics.protection_holds++;
+    if (v == POLICY_APPLY && was && n_live < g->base)
+        metrics.protection_applied++;
+    if (v == POLICY_APPLY) {
+        if (was)
+            log_info("cache: %s: protection released (%s); serving %u instance(s)", s->name,
+                     n_live >= g->base ? "the instances are back"
+                                       : "the drop persisted and a fresh read confirms it",
+                     n_live);
+        kept_clear(s);
+        gone_clear(s);
+        return;
+    }
+    /* Held: what came back is live again, what went is kept. */
+    for (size_t i = 0; i < s->n_kept;) {
+        if (is_live(s, s->kept[i].address)) {
+            instance_clear(&s->kept[i]);
+            s->kept[i] = s->kept[--s->n_kept];
+        } else {
+            i++;
+        }
+    }
+    for (size_t i = 0; i < s->n_gone; i++) {
+        struct instance *in = &s->gone[i];
+        bool dup = is_live(s, in->address);
+        for (size_t k = 0; !dup && k < s->n_kept; k++)
+            dup = !strcmp(s->kept[k].address, in->address);
+        if (!dup && s->n_kept == s->cap_kept) {
+            size_t cap = s->cap_kept ? s->cap_kept * 2 : 8;
+            struct instance *nk = realloc(s->kept, cap * sizeof *nk);
+            if (nk) {
+                s->kept = nk;
+                s->cap_kept = cap;
+            } else {
+                dup = true; /* no memory: this one goes */
+            }
+        }
+        if (dup)
+            instance_clear(in);
+        else
+            s->kept[s->n_kept++] = *in;
+    }
+    s->n_gone = 0;
+    if (!was)
+        log_warn("cache: %s: %u of %u instance(s) gone at once; holding the last list for %llu "
+                 "ms (traffic.protection)",
+                 s->name, g->base - (n_live < g->base ? n_live : g->base), g->base,
+                 (unsigned long long)s->protection->hold_ms);
+}
+
 static void changed(service *s)
 {
     cache *c = s->c;
 
     s->updated = uv_now(c->loop);
+    guard(s);
     rebuild(s);
     if (c->dir) {
         s->dirty = true;
@@ -373,6 +513,7 @@ static void confirmed(int err, const struct etcd_result *r, void *arg)
     s->confirm = NULL;
     if (err)
         return; /* still stale; the watch reports when it is down again */
+    s->fresh_read = true;
     if (r->revision > s->revision) {
         entries_reset(s, r->n_kvs);
         for (size_t i = 0; i < r->n_kvs; i++) {
@@ -440,6 +581,7 @@ static void watch_cb(etcd_watch *w, const struct etcd_watch_update *u, void *arg
     case ETCD_WATCH_DOWN:
         if (!s->stale) {
             s->stale = true;
+            s->stale_since = uv_now(s->c->loop);
             log_debug("cache: %s is stale: %s", s->name, da_strerror(u->err));
             schedule_notify(s);
         }
@@ -458,6 +600,53 @@ static void watch_cb(etcd_watch *w, const struct etcd_watch_update *u, void *arg
             }
         }
         break;
+    }
+}
+
+/* A held drop's hold is over: read the range again, and let the guard
+ * decide on what etcd says now. */
+static void rechecked(int err, const struct etcd_result *r, void *arg)
+{
+    service *s = arg;
+
+    s->recheck = NULL;
+    if (err)
+        return; /* etcd away: the hold goes on; the next tick tries again */
+    if (r->revision > s->revision) {
+        entries_reset(s, r->n_kvs);
+        for (size_t i = 0; i < r->n_kvs; i++) {
+            const struct etcd_kv *kv = &r->kvs[i];
+            if (kv->key_len > s->klen)
+                entry_put(s, kv->key + s->klen, kv->key_len - s->klen, kv->value,
+                          kv->value_len, kv->lease);
+        }
+        s->revision = r->revision;
+    }
+    s->fresh_read = true;
+    changed(s);
+}
+
+static void policy_tick_service(service *s, void *arg)
+{
+    uint64_t now = uv_now(s->c->loop);
+    char end[1024];
+    size_t elen;
+
+    (void)arg;
+    if (policy_guard_due(s->protection, &s->pstate.guard, now) && !s->recheck &&
+        s->klen < sizeof end) {
+        elen = etcd_prefix_end(s->key, s->klen, end);
+        if (etcd_range(s->c->etcd, s->key, s->klen, end, elen, 0, 0, rechecked, s,
+                       &s->recheck) < 0)
+            s->recheck = NULL;
+    }
+    /* A recent size past its window: the loads may change with no event. */
+    if (s->ready && policy_plan_decaying(&s->plan)) {
+        double before[POLICY_RANKS];
+        memcpy(before, s->plan.load, sizeof before);
+        rebuild(s);
+        if (memcmp(before, s->plan.load, sizeof before))
+            schedule_notify(s);
     }
 }
 
@@ -533,8 +722,14 @@ static void service_free(service *s)
     unschedule_notify(s);
     drop_derived(s);
     etcd_call_cancel(s->confirm);
+    etcd_call_cancel(s->recheck);
     etcd_watch_close(s->watch);
     entries_clear(s);
+    kept_clear(s);
+    gone_clear(s);
+    free(s->kept);
+    free(s->gone);
+    policy_plan_clear(&s->plan);
     free(s->entries);
     free(s->sorted);
     while (s->subs) {
@@ -575,7 +770,9 @@ service *cache_get(cache *c, const char *name, int *err)
         goto nomem;
     snprintf(s->key, s->klen + 1, "%s/%s/", c->prefix, name);
     s->stale = true;
-    s->last_used = uv_now(c->loop);
+    s->protection = policy_protection_of(c->policy, name);
+    policy_plan_clear(&s->plan);
+    s->stale_since = s->last_used = uv_now(c->loop);
     load_from_disk(s);
     elen = etcd_prefix_end(s->key, s->klen, end);
     rc = etcd_watch_start(c->etcd, s->key, s->klen, end, elen, 0, watch_cb, s, &s->watch);
@@ -703,9 +900,12 @@ int64_t service_revision(const service *s) { return s->revision; }
 bool service_ready(const service *s) { return s->ready; }
 bool service_stale(const service *s) { return s->stale; }
 uint64_t service_updated(const service *s) { return s->updated; }
+uint64_t service_stale_since(const service *s) { return s->stale ? s->stale_since : 0; }
 size_t service_skipped(const service *s) { return s->skipped; }
 size_t service_subscribers(const service *s) { return s->n_subs; }
 void *service_derived(const service *s) { return s->derived; }
+const struct policy_plan *service_plan(const service *s) { return &s->plan; }
+const struct policy_guard *service_guard(const service *s) { return &s->pstate.guard; }
 
 void service_set_derived(service *s, void *derived, void (*free_fn)(void *derived))
 {
@@ -753,6 +953,11 @@ size_t cache_skipped_total(const cache *c)
     return n;
 }
 
+static void policy_tick(uv_timer_t *t)
+{
+    cache_foreach(t->data, policy_tick_service, NULL);
+}
+
 /* ---- lifetime ----------------------------------------------------------- */
 
 int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cache_options *o)
@@ -767,6 +972,7 @@ int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cach
     c->started = uv_now(loop);
     c->idle_ms = o->idle_ms ? o->idle_ms : DA_DEFAULT_CACHE_IDLE_MS;
     c->save_delay_ms = o->save_delay_ms ? o->save_delay_ms : 200;
+    c->policy = o->policy;
     c->n_buckets = 64;
     c->buckets = calloc(c->n_buckets, sizeof *c->buckets);
     c->prefix = strdup(o->prefix ? o->prefix : DA_DEFAULT_ETCD_PREFIX);
@@ -789,6 +995,8 @@ int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cach
     uv_timer_init(loop, &c->save_timer);
     uv_timer_init(loop, &c->idle_timer);
     uv_timer_init(loop, &c->notify_timer);
+    uv_timer_init(loop, &c->policy_timer);
+    c->policy_timer.data = c;
     c->save_timer.data = c;
     c->idle_timer.data = c;
     c->notify_timer.data = c;
@@ -796,6 +1004,9 @@ int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cach
     uv_timer_start(&c->idle_timer, idle_check, every, every);
     /* The idle check alone must not keep the loop alive. */
     uv_unref((uv_handle_t *)&c->idle_timer);
+    /* Once a second: holds whose time is over, recent sizes that expire. */
+    uv_timer_start(&c->policy_timer, policy_tick, 1000, 1000);
+    uv_unref((uv_handle_t *)&c->policy_timer);
     *out = c;
     return 0;
 }
@@ -804,7 +1015,7 @@ static void timer_closed(uv_handle_t *h)
 {
     cache *c = h->data;
 
-    if (++c->closing == 3)
+    if (++c->closing == 4)
         free(c);
 }
 
@@ -827,5 +1038,6 @@ cache *cache_close(cache *c)
     uv_close((uv_handle_t *)&c->save_timer, timer_closed);
     uv_close((uv_handle_t *)&c->idle_timer, timer_closed);
     uv_close((uv_handle_t *)&c->notify_timer, timer_closed);
+    uv_close((uv_handle_t *)&c->policy_timer, timer_closed);
     return NULL;
 }

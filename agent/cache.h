@@ -17,6 +17,7 @@
 
 #include "etcd.h"
 #include "instance.h"
+#include "policy.h"
 
 typedef struct cache cache;
 typedef struct service service;
@@ -27,6 +28,9 @@ struct cache_options {
     const char *dir;     /* NULL: nothing on disk */
     uint64_t idle_ms;    /* default 10 minutes */
     uint64_t save_delay_ms; /* coalesce disk writes; default 200 ms */
+    /* The traffic policy (zones, mass-drop protection); borrowed, must
+     * outlive the cache. NULL: no zones, protection by the defaults. */
+    const struct policy_config *policy;
 };
 
 int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cache_options *o);
@@ -52,13 +56,23 @@ bool service_ready(const service *s); /* has a list, from etcd or disk */
 bool service_stale(const service *s); /* not (yet) confirmed live by etcd */
 /* uv_now() when the list last changed (or was loaded from disk). */
 uint64_t service_updated(const service *s);
+/* uv_now() when it last became stale; 0 while it is not stale. */
+uint64_t service_stale_since(const service *s);
 size_t service_skipped(const service *s); /* values that are not instances */
-/* Valid instances sorted by address; borrowed until the next change. */
+/* The instances served, sorted by address; borrowed until the next
+ * change. While a mass drop is held (policy.h), the removed instances are
+ * still among them; service_plan() says so. */
 const struct instance *const *service_instances(const service *s, size_t *n);
 /* The raw entry under <prefix>/<name>/<address>, if any. */
 bool service_entry(const service *s, const char *address, const char **value, size_t *vlen,
                    int64_t *lease);
 size_t service_subscribers(const service *s);
+/* The traffic policy applied to service_instances(), in its order: ranks,
+ * loads, priorities, and whether a drop is held. Borrowed until the next
+ * change; never NULL. */
+const struct policy_plan *service_plan(const service *s);
+/* The service's mass-drop guard (counters for status and metrics). */
+const struct policy_guard *service_guard(const service *s);
 /* One object a user of the cache derives from a service's current list
  * (the socket protocol keeps its rendered lists there). The service owns it
  * (stolen) and calls free_fn on it at the next change of the list,

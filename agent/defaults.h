@@ -53,6 +53,21 @@
 /* info: the index in the loader's log levels (debug, info, warn, error). */
 #define DA_DEFAULT_LOG_LEVEL 1
 
+/* text: the index in the loader's log formats (text, json). */
+#define DA_DEFAULT_LOG_FORMAT 0
+
+/* ---- http: ------------------------------------------------------------------ */
+
+#define DA_DEFAULT_HTTP_ENABLED true
+/* Loopback only. Port 8608: beside the agent's DNS port (8600) and outside
+ * 9100-9999, where Prometheus exporters take theirs (node 9100, CoreDNS
+ * 9153, ...); Consul (8300-8302, 8500-8503, 8600), Nomad (4646-4648),
+ * Vault (8200-8201) and Istio's agent (15000-15090) use none of it. */
+#define DA_DEFAULT_HTTP_LISTEN "127.0.0.1:8608"
+#define DA_DEFAULT_HTTP_MAX_CONNECTIONS 64u   /* per address */
+#define DA_DEFAULT_HTTP_MAX_REQUEST 16384u    /* request line and headers */
+#define DA_DEFAULT_HTTP_TIMEOUT_MS (10u * 1000u) /* an idle connection closes */
+
 /* ---- xds: ------------------------------------------------------------------- */
 
 #define DA_DEFAULT_XDS_ENABLED true
@@ -63,6 +78,40 @@
 #define DA_DEFAULT_XDS_GROUP_HEADER "x-group"
 /* gRPC stops after this long without an ADS stream. */
 #define DA_DEFAULT_XDS_IDLE_MS (60u * 1000u)
+
+/* ---- locality: and traffic: (policy.h, docs/traffic.md) ------------------- */
+
+/* Envoy's overprovisioning factor: a rank keeps all its traffic until
+ * fewer than 1/1.4 (71%) of its recent size remain. */
+#define DA_DEFAULT_TRAFFIC_OVERPROVISIONING 1.4
+/* A rank's largest size is remembered this long: a zone scaled down for
+ * good stops spilling traffic after it. */
+#define DA_DEFAULT_TRAFFIC_SIZE_WINDOW_MS (10u * 60u * 1000u)
+/* Protection: a change that removes more than half of a service's
+ * instances within 10 s (one default lease TTL: leases cut off together
+ * expire within it) is held for 30 s (three TTLs: a wiped etcd or a healed
+ * partition has every live server registered again well within it). A
+ * zone of three lost (a third) or a rolling restart applies at once. */
+#define DA_DEFAULT_PROTECTION_ENABLED true
+#define DA_DEFAULT_PROTECTION_MAX_DROP 0.5
+#define DA_DEFAULT_PROTECTION_HOLD_MS 30000u
+#define DA_DEFAULT_PROTECTION_WINDOW_MS 10000u
+/* Services of one or two instances are not guarded: all of them leaving
+ * is what a scale-down or redeploy of a small service looks like. */
+#define DA_DEFAULT_PROTECTION_MIN_INSTANCES 3u
+/* gRPC A50's defaults for an outlier_detection that leaves them out. */
+#define DA_DEFAULT_OUTLIER_INTERVAL_MS 10000u
+#define DA_DEFAULT_OUTLIER_BASE_EJECTION_MS 30000u
+#define DA_DEFAULT_OUTLIER_MAX_EJECTION_MS 300000u
+#define DA_DEFAULT_OUTLIER_MAX_EJECTION_PERCENT 10u
+#define DA_DEFAULT_OUTLIER_SR_STDEV_FACTOR 1900u
+#define DA_DEFAULT_OUTLIER_SR_ENFORCEMENT 100u
+#define DA_DEFAULT_OUTLIER_SR_MINIMUM_HOSTS 5u
+#define DA_DEFAULT_OUTLIER_SR_REQUEST_VOLUME 100u
+#define DA_DEFAULT_OUTLIER_FP_THRESHOLD 85u
+#define DA_DEFAULT_OUTLIER_FP_ENFORCEMENT 100u
+#define DA_DEFAULT_OUTLIER_FP_MINIMUM_HOSTS 5u
+#define DA_DEFAULT_OUTLIER_FP_REQUEST_VOLUME 50u
 
 /* ---- checks: and a service's check: ------------------------------------------ */
 

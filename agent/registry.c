@@ -6,6 +6,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "metrics.h"
 #include "validate.h"
 
 #define RETRY_MIN_MS 500
@@ -85,6 +86,7 @@ struct registry {
     size_t deleting;
     void (*shutdown_done)(void *);
     void *shutdown_arg;
+    const struct policy_config *locality; /* zone and region we write */
 };
 
 static void kick(struct reg *g);
@@ -404,6 +406,7 @@ static void service_changed(service *svc, void *arg)
         g->heals = 0;
     }
     g->heals++;
+    metrics.registration_heals++;
     log_warn("registry: %s was %s by someone else; writing it again", g->key,
              present ? "overwritten" : "deleted");
     g->lease_written = 0;
@@ -516,9 +519,36 @@ static bool may_take(const struct reg *g, uint64_t owner, pid_t pid)
     return g->owner == owner || g->owner == REG_OWNER_RUNTIME || (pid > 0 && g->owner_pid == pid);
 }
 
+void registry_set_locality(registry *r, const struct policy_config *p)
+{
+    r->locality = p;
+}
+
+static int add(registry *r, const struct instance *inst, uint64_t owner, pid_t pid,
+               const struct check_spec *check, void (*done)(int err, void *arg), void *arg,
+               char *err, size_t errlen);
+
+/* Every instance this agent registers says its zone and region (those of
+ * locality:, unless it gives its own), so that other hosts can rank it. */
 int registry_add(registry *r, const struct instance *inst, uint64_t owner, pid_t pid,
                  const struct check_spec *check, void (*done)(int err, void *arg), void *arg,
                  char *err, size_t errlen)
+{
+    struct instance local;
+    struct instance_meta *meta = malloc((inst->n_meta + 2) * sizeof *meta);
+    int rc;
+
+    if (!meta)
+        return DA_ENOMEM;
+    rc = add(r, policy_localize(r->locality, inst, &local, meta), owner, pid, check, done, arg, err,
+             errlen);
+    free(meta);
+    return rc;
+}
+
+static int add(registry *r, const struct instance *inst, uint64_t owner, pid_t pid,
+               const struct check_spec *check, void (*done)(int err, void *arg), void *arg,
+               char *err, size_t errlen)
 {
     struct reg *g = find(r, inst->name, inst->address);
     bool created = false;

@@ -48,6 +48,11 @@ struct reg_info {
 int registry_new(registry **out, uv_loop_t *loop, etcd_client *etcd, cache *cache,
                  session *session, const char *prefix, struct check_ctx *checks);
 
+/* The zone and region (locality:) written into the Metadata of every
+ * instance added from now on, unless it says its own; borrowed, must
+ * outlive r. NULL: none. */
+void registry_set_locality(registry *r, const struct policy_config *p);
+
 /* Adds or updates a registration. owner is a connection id (pid: its
  * peer's process, 0 if unknown), REG_OWNER_RUNTIME or REG_OWNER_CONFIG.
  * An instance registered by the configuration cannot be taken over by a

@@ -82,6 +82,7 @@ struct reg {
 struct disc_watch {
     disc_client *c;
     char *service, *group;
+    bool prefer_zone;     /* the agent's zone choice (docs/traffic.md) */
     disc_watch_cb cb;
     void *arg;
     uint64_t remote;      /* the agent's watch id on this connection; 0: none */
@@ -362,7 +363,8 @@ static int watch_send(disc_client *c, struct disc_watch *w)
     json_t *body = json_pack("{s:s, s:s}", "op", "watch", "service", w->service);
     int rc = DISC_ENOMEM;
 
-    if (p && body && (!w->group || !json_object_set_new(body, "group", json_string(w->group)))) {
+    if (p && body && (!w->group || !json_object_set_new(body, "group", json_string(w->group))) &&
+        (!w->prefer_zone || !json_object_set_new(body, "prefer_zone", json_true()))) {
         p->kind = P_WATCH;
         p->id = ++c->next_id;
         p->w = w;
@@ -1140,6 +1142,12 @@ int disc_deregister(disc_client *c, const char *name, const char *address, int t
 int disc_watch(disc_client *c, const char *service, const char *group, disc_watch_cb cb,
                void *arg, struct disc_watch **out)
 {
+    return disc_watch_zone(c, service, group, false, cb, arg, out);
+}
+
+int disc_watch_zone(disc_client *c, const char *service, const char *group, bool prefer_zone,
+                    disc_watch_cb cb, void *arg, struct disc_watch **out)
+{
     struct disc_watch *w;
 
     if (out)
@@ -1160,6 +1168,7 @@ int disc_watch(disc_client *c, const char *service, const char *group, disc_watc
     w->c = c;
     w->cb = cb;
     w->arg = arg;
+    w->prefer_zone = prefer_zone;
     if (c->fd >= 0 && watch_send(c, w) != 0) {
         free(w->service);
         free(w->group);

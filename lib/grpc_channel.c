@@ -87,6 +87,7 @@ struct host_cache {
 struct disc_channel {
     char *service;
     char *group;
+    bool prefer_zone; /* "?zone=local": the agent's zone policy */
     disc_client *client;
     struct disc_channel_options o;
     grpc_channel_args args;
@@ -570,7 +571,8 @@ static void *follow(void *arg)
             r->watch_started = true;
             pthread_mutex_unlock(&ch->mu);
             /* The client is used by this thread only. */
-            disc_watch(ch->client, ch->service, r->group, on_list, r, &r->watch);
+            disc_watch_zone(ch->client, ch->service, r->group, ch->prefer_zone, on_list, r,
+                            &r->watch);
             pthread_mutex_lock(&ch->mu);
         }
         pthread_mutex_unlock(&ch->mu);
@@ -773,13 +775,16 @@ int disc_channel_info(disc_channel *ch, const char *group, struct disc_channel_i
 
 /* ---- create and destroy ------------------------------------------------- */
 
-/* "registry:///NAME" or "registry:///NAME?group=G". */
-static int parse_target(const char *target, char **service, char **group)
+/* "registry:///NAME", with "?group=G", "?zone=local" or both joined by
+ * '&' (zone=local: the agent's zone policy, docs/traffic.md). */
+static int parse_target(const char *target, char **service, char **group, bool *zone)
 {
     static const char scheme[] = "registry:///";
-    const char *name, *q;
+    const char *name, *q, *g = NULL;
+    size_t glen = 0;
 
     *service = *group = NULL;
+    *zone = false;
     if (strncmp(target, scheme, sizeof scheme - 1))
         return DISC_EINVAL;
     name = target + sizeof scheme - 1;
@@ -787,11 +792,22 @@ static int parse_target(const char *target, char **service, char **group)
     size_t len = q ? (size_t)(q - name) : strlen(name);
     if (!len || memchr(name, '/', len))
         return DISC_EINVAL;
-    if (q && strncmp(q, "?group=", 7))
-        return DISC_EINVAL;
+    for (const char *p = q; p && *p;) {
+        const char *end = strchr(p + 1, '&');
+        size_t plen = end ? (size_t)(end - p - 1) : strlen(p + 1);
+        if (plen >= 6 && !strncmp(p + 1, "group=", 6) && !g) {
+            g = p + 7;
+            glen = plen - 6;
+        } else if (plen == 10 && !strncmp(p + 1, "zone=local", 10) && !*zone) {
+            *zone = true;
+        } else {
+            return DISC_EINVAL;
+        }
+        p = end;
+    }
     if (!(*service = strndup(name, len)))
         return DISC_ENOMEM;
-    if (q && q[7] && !(*group = strdup(q + 7))) {
+    if (glen && !(*group = strndup(g, glen))) {
         free(*service);
         return DISC_ENOMEM;
     }
@@ -926,7 +942,7 @@ int disc_channel_create(const char *target, const struct disc_channel_options *o
     if (o)
         ch->o = *o;
     defaults(&ch->o);
-    if ((rc = parse_target(target, &ch->service, &ch->group)) ||
+    if ((rc = parse_target(target, &ch->service, &ch->group, &ch->prefer_zone)) ||
         (rc = copy_args(ch, o ? o->args : NULL)))
         goto fail;
     ch->o.socket_path = NULL; /* not kept: the client has its own copy */

@@ -52,6 +52,7 @@ static void fx_start(struct fx *f)
             "socket:\n  path: %s\n"
             "cache:\n  dir: %s/cache\n"
             "log:\n  level: debug\n"
+            "http:\n  enabled: false\n"
             "services:\n  - name: cfg\n    address: 127.0.0.1:9300\n    weight: 4\n"
             "    group: G\n    metadata: { version: \"1.0\" }\n"
             "dns:\n  enabled: false\n",
@@ -316,9 +317,10 @@ START_TEST(test_register_resolve_deregister)
 
     /* The human table. */
     ck_assert_int_eq(RUN(f.sock, "resolve", "svc"), 0);
-    ck_assert_ptr_nonnull(strstr(OUT, "ADDRESS          WEIGHT  GROUP  METADATA\n"));
-    ck_assert_ptr_nonnull(strstr(OUT, "127.0.0.1:9200   7       A      version=1.2,zone=eu\n"));
-    ck_assert_ptr_nonnull(strstr(OUT, "127.0.0.1:10000  1       -      -\n"));
+    ck_assert_ptr_nonnull(strstr(OUT, "ADDRESS          ZONE  WEIGHT  GROUP  METADATA\n"));
+    ck_assert_ptr_nonnull(
+        strstr(OUT, "127.0.0.1:9200   eu    7       A      version=1.2,zone=eu\n"));
+    ck_assert_ptr_nonnull(strstr(OUT, "127.0.0.1:10000  ?     1       -      -\n"));
 
     /* deregister: gone from etcd; again: refused (exit 1). */
     ck_assert_int_eq(RUN(f.sock, "deregister", "svc", "127.0.0.1:9200"), 0);

@@ -96,6 +96,7 @@ static char *t_strndup(const char *s, size_t n)
 #include "config_read.c"
 #include "config_sections.c"
 #include "config_services.c"
+#include "config_traffic.c"
 #include "config_tree.c"
 #undef malloc
 #undef calloc
@@ -629,6 +630,54 @@ START_TEST(dns_section)
 }
 END_TEST
 
+/* locality: and traffic: their defaults, and every key set. */
+START_TEST(traffic_section)
+{
+    char err[CONFIG_ERR_MAX];
+    struct config *c;
+    const struct policy_outlier *o;
+
+    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/empty.yaml", &c, err, sizeof(err)), 0);
+    ck_assert_ptr_null(c->traffic.zone);
+    ck_assert(c->traffic.overprovisioning == 1.4);
+    ck_assert(c->traffic.protection.enabled && c->traffic.protection.max_drop == 0.5);
+    ck_assert_uint_eq(c->traffic.protection.hold_ms, 30000);
+    ck_assert_ptr_null(policy_outlier_of(&c->traffic, "echo"));
+    config_free(c);
+
+    ck_assert_msg(config_load(TEST_DATA_DIR "/config-valid/traffic.yaml", &c, err, sizeof(err)) == 0,
+                  "%s", err);
+    ck_assert_str_eq(c->traffic.zone, "eu-west-1a");
+    ck_assert_str_eq(c->traffic.region, "eu-west-1");
+    ck_assert(c->traffic.overprovisioning == 1.2);
+    ck_assert_uint_eq(c->traffic.size_window_ms, 300000);
+    ck_assert(c->traffic.protection.max_drop == 0.3);
+    ck_assert_uint_eq(c->traffic.protection.hold_ms, 45000);
+    ck_assert_uint_eq(c->traffic.protection.window_ms, 5000);
+    ck_assert_uint_eq(c->traffic.n_services, 3);
+    ck_assert(!policy_protection_of(&c->traffic, "pay")->enabled);
+    /* A service inherits the section's protection. */
+    ck_assert(policy_protection_of(&c->traffic, "user")->max_drop == 0.3);
+    ck_assert_ptr_null(policy_outlier_of(&c->traffic, "user"));
+    o = policy_outlier_of(&c->traffic, "pay");
+    ck_assert_ptr_nonnull(o);
+    ck_assert_uint_eq(o->interval_ms, 1000);
+    ck_assert_uint_eq(o->base_ejection_ms, 3000);
+    ck_assert_uint_eq(o->max_ejection_ms, 300000);
+    ck_assert_uint_eq(o->max_ejection_percent, 50);
+    ck_assert(o->failure_percentage && !o->success_rate);
+    ck_assert_uint_eq(o->fp_threshold, 40);
+    ck_assert_uint_eq(o->fp_enforcement, 100);
+    ck_assert_uint_eq(o->fp_minimum_hosts, 3);
+    ck_assert_uint_eq(o->fp_request_volume, 10);
+    /* {}: success-rate ejection with A50's defaults. */
+    o = policy_outlier_of(&c->traffic, "echo");
+    ck_assert(o && o->success_rate && !o->failure_percentage);
+    ck_assert_uint_eq(o->sr_stdev_factor, 1900);
+    config_free(c);
+}
+END_TEST
+
 START_TEST(demo_config)
 {
     char err[CONFIG_ERR_MAX];
@@ -641,13 +690,13 @@ START_TEST(demo_config)
     ck_assert_str_eq(c->endpoints[0], "http://127.0.0.1:2379");
     ck_assert_str_eq(c->socket_path, "build/run/agent.sock");
     ck_assert_str_eq(c->cache_dir, "build/run/cache");
-    ck_assert_uint_eq(c->n_services, 1);
+    /* The demo's echo servers register themselves (test/demo-run). */
+    ck_assert_uint_eq(c->n_services, 0);
     s = config_find_service(c, "echo", "127.0.0.1:50051");
-    ck_assert_ptr_nonnull(s);
-    ck_assert_int_eq(s->weight, 1);
-    ck_assert_str_eq(s->group, "A");
-    ck_assert_uint_eq(s->n_meta, 1);
-    ck_assert_str_eq(meta(s, "version"), "demo");
+    ck_assert_ptr_null(s);
+    ck_assert(c->http_enabled);
+    ck_assert_uint_eq(c->n_http_listen, 1);
+    ck_assert_str_eq(c->http_listen[0], "127.0.0.1:8608");
     config_free(c);
 }
 END_TEST
@@ -1152,6 +1201,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, demo_config);
     tcase_add_test(tc, xds_section);
     tcase_add_test(tc, dns_section);
+    tcase_add_test(tc, traffic_section);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("files");

@@ -92,7 +92,6 @@ END_TEST
 START_TEST(host_and_port_parts)
 {
     struct validate_hostport hp;
-    char *host;
     char why[160];
 
     ck_assert_int_eq(validate_hostport("[::1]:50051", 11, 0, &hp, NULL, 0), VALIDATE_OK);
@@ -126,17 +125,21 @@ START_TEST(host_and_port_parts)
     ck_assert(!validate_address("localhost:0", NULL, 0));
     ck_assert(!validate_address(NULL, NULL, 0));
 
-    /* Host names end at 253 bytes. */
-    host = repeat('a', 260);
-    for (size_t i = 63; i < 253; i += 64)
-        host[i] = '.';
-    memcpy(host + 253, ":1", 3);
-    ck_assert_int_eq(validate_hostport(host, strlen(host), 0, &hp, NULL, 0), VALIDATE_OK);
-    ck_assert_uint_eq(strlen(hp.host), 253);
-    ck_assert_uint_le(strlen(host) + 1, VALIDATE_ADDRESS_MAX);
-    memcpy(host + 253, "a:1", 4);
-    ck_assert_int_eq(validate_hostport(host, strlen(host), 0, &hp, NULL, 0), VALIDATE_BAD);
-    free(host);
+    /* Host names end at 253 bytes. (A buffer on the stack: GCC's bounds
+     * check under the sanitizers cannot see through repeat()'s malloc.) */
+    {
+        char name[261];
+        memset(name, 'a', 260);
+        name[260] = '\0';
+        for (size_t i = 63; i < 253; i += 64)
+            name[i] = '.';
+        memcpy(name + 253, ":1", 3);
+        ck_assert_int_eq(validate_hostport(name, strlen(name), 0, &hp, NULL, 0), VALIDATE_OK);
+        ck_assert_uint_eq(strlen(hp.host), 253);
+        ck_assert_uint_le(strlen(name) + 1, VALIDATE_ADDRESS_MAX);
+        memcpy(name + 253, "a:1", 4);
+        ck_assert_int_eq(validate_hostport(name, strlen(name), 0, &hp, NULL, 0), VALIDATE_BAD);
+    }
 
     /* The reasons are the config loader's. */
     validate_hostport("1.2.3.4:05", 10, 0, NULL, why, sizeof why);

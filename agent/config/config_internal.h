@@ -10,6 +10,7 @@
  *   config_sections.c  the top level and its sections: etcd, session,
  *                      socket, cache, log, checks, xds
  *   config_services.c  the services: entries, their metadata and checks
+ *   config_traffic.c   locality: and traffic: (the policy of policy.h)
  *
  * A file is read whole (up to CONFIG_FILE_MAX), turned into a tree, and the
  * tree is then walked section by section. The tree step exists so that
@@ -164,6 +165,14 @@ int config__load_root(struct loader *ld, const struct node *root,
 int config__default_xds_path(struct loader *ld);
 /* Without dns.listen, the default address. */
 int config__default_dns_listen(struct loader *ld);
+/* The http: section (config_http.c), and http.listen's default once every
+ * file is read. */
+int config__load_http(struct loader *ld, const struct node *val);
+int config__default_http_listen(struct loader *ld);
+
+/* locality: and traffic: (config_traffic.c). */
+int config__load_locality(struct loader *ld, const struct node *val);
+int config__load_traffic(struct loader *ld, const struct node *val);
 
 /* The services: sequence of one file, appended to ld->cfg->services. */
 int config__load_services(struct loader *ld, const struct node *val);

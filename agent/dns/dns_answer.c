@@ -30,7 +30,12 @@ struct dns_engine {
     struct dns_target *tgt;      /* and their addresses */
     uint64_t *w;                 /* weights for the weighted order */
     size_t *ix;                  /* and the targets they are of */
+    uint32_t *pw;                /* per selected instance: the policy's weight */
+    int *pp;                     /* and the SRV priority */
     size_t cap;
+    bool *mask;                  /* per listed instance: selected */
+    uint32_t *wall;              /* per listed instance: the policy's weight */
+    size_t cap_all;
     uint8_t qbuf[DNS_MAX_QUERY];
     uint8_t rbuf[DNS_MAX_REPLY];
 };
@@ -74,6 +79,10 @@ dns_engine *dns_engine_free(dns_engine *e)
     free(e->tgt);
     free(e->w);
     free(e->ix);
+    free(e->pw);
+    free(e->pp);
+    free(e->mask);
+    free(e->wall);
     free(e);
     return NULL;
 }
@@ -95,7 +104,19 @@ static bool room_for(dns_engine *e, size_t n)
     size_t *ix = realloc(e->ix, cap * sizeof *ix);
     if (ix)
         e->ix = ix;
-    if (!sel || !tgt || !w || !ix)
+    uint32_t *pw = realloc(e->pw, cap * sizeof *pw);
+    if (pw)
+        e->pw = pw;
+    int *pp = realloc(e->pp, cap * sizeof *pp);
+    if (pp)
+        e->pp = pp;
+    bool *mask = realloc(e->mask, cap * sizeof *mask);
+    if (mask)
+        e->mask = mask;
+    uint32_t *wall = realloc(e->wall, cap * sizeof *wall);
+    if (wall)
+        e->wall = wall;
+    if (!sel || !tgt || !w || !ix || !pw || !pp || !mask || !wall)
         return false;
     e->cap = cap;
     return true;
@@ -156,24 +177,44 @@ static void put_soa(dns_engine *e, const struct dns_zone *z)
  * addresses; n = how many. */
 static size_t select_instances(dns_engine *e, const struct dns_name *nm, const struct dns_svc *s)
 {
+    const struct policy_plan *plan = s->plan && s->plan->zoned && s->plan->n == s->n ? s->plan
+                                                                                     : NULL;
+    double load[POLICY_RANKS];
+    int prio[POLICY_RANKS];
     size_t k = 0;
 
     if (!room_for(e, s->n))
         return 0;
     for (size_t i = 0; i < s->n; i++) {
         const struct instance *in = s->inst[i];
-        if (nm->has_group && strcasecmp(in->group, nm->group))
+        e->mask[i] = (!nm->has_group || !strcasecmp(in->group, nm->group)) &&
+                     dns_target_parse(in->address, &e->tgt[k]);
+        if (e->mask[i])
+            k++;
+    }
+    /* The traffic policy (policy.h): the weight each instance gets now
+     * (0: on standby) and the priority of its rank, for these instances. */
+    if (plan) {
+        policy_weights(plan, s->inst, e->mask, e->wall);
+        policy_plan_subset(plan, e->mask, load, prio);
+    }
+    k = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        if (!e->mask[i])
             continue;
-        if (!dns_target_parse(in->address, &e->tgt[k]))
-            continue;
-        e->sel[k++] = in;
+        dns_target_parse(s->inst[i]->address, &e->tgt[k]);
+        e->pw[k] = plan ? e->wall[i] : (uint32_t)instance_weight(s->inst[i]);
+        e->pp[k] = plan ? prio[plan->rank[i]] : 0;
+        e->sel[k++] = s->inst[i];
     }
     return k;
 }
 
-static uint64_t weight_of(const struct instance *in)
+/* The weight an instance is answered with: the policy's while traffic
+ * goes to it, else its own (SRV records of the priorities on standby). */
+static uint64_t weight_of(const dns_engine *e, size_t k)
 {
-    return (uint64_t)instance_weight(in);
+    return e->pw[k] ? e->pw[k] : (uint64_t)instance_weight(e->sel[k]);
 }
 
 /* A/AAAA: the addresses of one family, each once (the weights of the
@@ -189,14 +230,16 @@ static size_t put_addresses(dns_engine *e, const struct dns_zone *z, size_t n, s
     /* The cache sorts instances by address, so one host's instances are
      * next to each other: a comparison with the last kept finds them. */
     for (size_t i = 0; i < n; i++) {
-        if (e->tgt[i].iplen != iplen)
+        /* Only the instances the policy sends traffic to now: the local
+         * zone's while it is healthy enough (docs/traffic.md). */
+        if (e->tgt[i].iplen != iplen || e->pp[i] != 0)
             continue;
         if (m > 0 && !memcmp(e->tgt[e->ix[m - 1]].ip, e->tgt[i].ip, iplen)) {
-            e->w[m - 1] += weight_of(e->sel[i]);
+            e->w[m - 1] += weight_of(e, i);
             continue;
         }
         e->ix[m] = i;
-        e->w[m] = weight_of(e->sel[i]);
+        e->w[m] = weight_of(e, i);
         m++;
     }
     for (size_t k = 0; k < m && k < z->max_answers; k++) {
@@ -229,7 +272,8 @@ static size_t put_addresses(dns_engine *e, const struct dns_zone *z, size_t n, s
 }
 
 /* SRV: one record per instance, in address order, weight clamped to
- * 65535, priority 0; targets HEX.addr.DOMAIN for IPs (their A/AAAA in the
+ * 65535, priority the policy's (0 for every instance without zones;
+ * docs/traffic.md); targets HEX.addr.DOMAIN for IPs (their A/AAAA in the
  * additional section when they fit) or the host name. */
 static size_t put_srv(dns_engine *e, const struct dns_zone *z, size_t n)
 {
@@ -239,7 +283,7 @@ static size_t put_srv(dns_engine *e, const struct dns_zone *z, size_t n)
 
     for (size_t i = 0; i < n; i++) {
         const struct dns_target *t = &e->tgt[i];
-        uint64_t w = weight_of(e->sel[i]);
+        uint64_t w = weight_of(e, i);
         size_t tlen;
 
         if (t->iplen)
@@ -250,7 +294,7 @@ static size_t put_srv(dns_engine *e, const struct dns_zone *z, size_t n)
             continue;
         if (!tlen)
             continue;
-        knot_wire_write_u16(rd, 0);
+        knot_wire_write_u16(rd, (uint16_t)e->pp[i]);
         knot_wire_write_u16(rd + 2, (uint16_t)(w > 65535 ? 65535 : w));
         knot_wire_write_u16(rd + 4, t->port);
         memcpy(rd + 6, target, tlen);
@@ -281,14 +325,18 @@ static size_t put_srv(dns_engine *e, const struct dns_zone *z, size_t n)
 static size_t put_txt(dns_engine *e, const struct dns_zone *z, const struct dns_svc *s, size_t n)
 {
     uint8_t rd[256];
-    char text[4][64];
-    size_t len = 0;
+    char text[5][64];
+    size_t len = 0, nt = 4;
 
     snprintf(text[0], sizeof text[0], "revision=%lld", (long long)s->revision);
     snprintf(text[1], sizeof text[1], "stale=%s", s->stale ? "true" : "false");
     snprintf(text[2], sizeof text[2], "age_ms=%llu", (unsigned long long)s->age_ms);
     snprintf(text[3], sizeof text[3], "instances=%zu", n);
-    for (int i = 0; i < 4; i++) {
+    /* Only while a mass drop is held: the list keeps instances etcd no
+     * longer has (docs/traffic.md). */
+    if (s->plan && s->plan->protected_)
+        snprintf(text[nt++], sizeof text[4], "protected=true held=%u", (unsigned)s->plan->held);
+    for (size_t i = 0; i < nt; i++) {
         size_t l = strlen(text[i]);
         rd[len++] = (uint8_t)l;
         memcpy(rd + len, text[i], l);
@@ -331,7 +379,7 @@ static uint16_t answer_service(dns_engine *e, const struct dns_zone *z, const st
                                uint16_t qtype, bool waited, uint64_t *rng, struct dns_result *res,
                                bool *nodata)
 {
-    struct dns_svc s;
+    struct dns_svc s = {0}; /* a lookup that knows no plan leaves it NULL */
     size_t n, written = 0;
     int rc = z->lookup(z->arg, nm->service, &s);
 

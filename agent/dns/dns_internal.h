@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "instance.h"
+#include "policy.h"
 
 /* Our EDNS buffer size, in replies and as the most we send over UDP: the
  * 2020 DNS flag day's value, which no path fragments. */
@@ -48,6 +49,9 @@ struct dns_svc {
     uint64_t age_ms; /* since its list last changed */
     const struct instance *const *inst;
     size_t n;
+    /* The traffic policy for inst (policy.h): NULL, or a plan without a
+     * zone, answers as if every instance ranked alike. */
+    const struct policy_plan *plan;
 };
 
 /* The lookup callback's results. */

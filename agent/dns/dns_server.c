@@ -126,6 +126,7 @@ static int lookup(void *arg, const char *name, struct dns_svc *out)
     out->revision = service_revision(svc);
     out->age_ms = uv_now(d->loop) - service_updated(svc);
     out->inst = service_instances(svc, &out->n);
+    out->plan = service_plan(svc);
     return DNS_LOOKUP_OK;
 }
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "metrics.h"
 #include "protocol_internal.h"
 #include "validate.h"
 
@@ -14,6 +15,7 @@ struct cwatch {
     uint64_t id;
     service *svc;
     char *group;
+    bool zoned; /* prefer_zone */
     cache_sub *sub;
     struct seen *last; /* the list last sent, to skip updates that change nothing */
     struct cwatch *next;
@@ -45,7 +47,7 @@ static void watch_update(service *svc, void *arg)
     char head[64], *p;
     uv_buf_t b[2];
 
-    if (w->cs->dead || !(r = proto__render(w->cs->p, svc, w->group)))
+    if (w->cs->dead || !(r = proto__render(w->cs->p, svc, w->group, w->zoned)))
         return;
     if (w->last && proto__seen_same(w->last, r->seen))
         return; /* nothing this watcher sees has changed */
@@ -62,6 +64,8 @@ static void watch_update(service *svc, void *arg)
     b[1] = uv_buf_init(r->list + 1, (unsigned int)r->len);
     if (server_sendv(w->cs->c, b, 2) != 0)
         w->cs->dead = true;
+    else
+        metrics.socket_updates++;
 }
 
 static void cwatch_free(struct cwatch *w)
@@ -96,6 +100,7 @@ static void watch_begin(struct pending *p)
         return;
     }
     w->cs = cs;
+    w->zoned = p->prefer_zone;
     w->id = p->watch;
     w->svc = p->svc;
     w->sub = cache_subscribe(p->svc, watch_update, w);
@@ -106,12 +111,12 @@ static void watch_begin(struct pending *p)
     }
     w->next = cs->watches;
     cs->watches = w;
-    r = proto__render(cs->p, p->svc, w->group);
+    r = proto__render(cs->p, p->svc, w->group, w->zoned);
     w->last = r ? proto__seen_ref(r->seen) : NULL;
     o = proto__reply_new(p->id, true);
     if (o) {
         json_object_set_new(o, "watch", json_integer((json_int_t)w->id));
-        proto__add_list(o, p->svc, p->group);
+        proto__add_list(o, p->svc, p->group, p->prefer_zone);
     }
     proto__send_json(cs, o);
 }
@@ -121,9 +126,10 @@ static void watch_begin(struct pending *p)
 /* A resolve whose list is there: no pending request, no timer, no JSON
  * built; false if it must take the general path (out of memory, or an id
  * that is a string too long for the stack). */
-static bool resolve_now(struct conn_state *cs, json_t *id, service *svc, const char *group)
+static bool resolve_now(struct conn_state *cs, json_t *id, service *svc, const char *group,
+                        bool zoned)
 {
-    const struct render *r = proto__render(cs->p, svc, group);
+    const struct render *r = proto__render(cs->p, svc, group, zoned);
     char num[24], *ids = NULL;
     bool done = false;
 
@@ -150,7 +156,7 @@ static void list_ready(struct pending *p)
     } else {
         json_t *o = proto__reply_new(p->id, true);
         if (o)
-            proto__add_list(o, p->svc, p->group);
+            proto__add_list(o, p->svc, p->group, p->prefer_zone);
         proto__send_json(p->cs, o);
     }
     proto__pending_end(p);
@@ -196,14 +202,17 @@ static void list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
     bool bad = false;
     const char *name = proto__opt_string(req, "service", &bad);
     const char *group = proto__opt_string(req, "group", &bad);
+    json_t *pz = json_object_get(req, "prefer_zone");
+    bool zoned = json_is_true(pz);
     service *svc;
     struct pending *p;
     char why[128], shown[VALIDATE_EXCERPT + 4];
     int err;
 
-    if (bad || !name) {
+    if (bad || !name || (pz && !json_is_boolean(pz))) {
         proto__send_error(cs, id, "bad_request",
-                          "'service' (a string) is required; 'group' is a string");
+                          "'service' (a string) is required; 'group' is a string; "
+                          "'prefer_zone' is true or false");
         return;
     }
     /* The rule a registration obeys: a name that cannot be registered has
@@ -223,7 +232,7 @@ static void list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
     }
     int64_t min_rev = registry_written_revision(d->registry, name);
     bool now = answerable(svc, min_rev);
-    if (now && !watch && resolve_now(cs, id, svc, group))
+    if (now && !watch && resolve_now(cs, id, svc, group, zoned))
         return;
     p = proto__pending_new(cs, watch ? P_WATCH : P_RESOLVE, id, now ? 0 : d->timeout_ms);
     if (!p || (group && !(p->group = strdup(group)))) {
@@ -233,6 +242,7 @@ static void list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
         return;
     }
     p->svc = svc;
+    p->prefer_zone = zoned;
     p->min_rev = min_rev;
     p->on_timeout = list_timeout;
     if (watch)
@@ -246,11 +256,13 @@ static void list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
 
 void proto__op_resolve(struct conn_state *cs, json_t *req, json_t *id)
 {
+    metrics.socket_resolves++;
     list(cs, req, id, false);
 }
 
 void proto__op_watch(struct conn_state *cs, json_t *req, json_t *id)
 {
+    metrics.socket_watches++;
     list(cs, req, id, true);
 }
 
@@ -414,8 +426,9 @@ bool proto__fast_resolve(struct conn_state *cs, const char *line, size_t len)
     group[grp.n] = '\0';
     sv = cache_get(cs->p->d.cache, name, &err);
     if (!sv || !answerable(sv, registry_written_revision(cs->p->d.registry, name)) ||
-        !(r = proto__render(cs->p, sv, have_grp ? group : NULL)))
+        !(r = proto__render(cs->p, sv, have_grp ? group : NULL, false)))
         return false;
+    metrics.socket_resolves++;
     proto__send_rendered(cs, r, have_id ? id.p : NULL, have_id ? id.n : 0);
     return true;
 }

@@ -9,9 +9,81 @@
 #include "hash.h"
 #include "protocol_internal.h"
 
+/* An instance as a list shows it: instance_to_api()'s members, and its
+ * "zone" when its metadata says one (an instance of the Go design has
+ * none: its zone is unknown). */
+static json_t *list_instance(const struct instance *in)
+{
+    json_t *j = instance_to_api(in);
+    const char *zone = policy_meta(in, POLICY_META_ZONE);
+
+    if (j && zone)
+        json_object_set_new(j, "zone", json_string(zone));
+    return j;
+}
+
+/* The prefer_zone form (docs/traffic.md): "instances" are those the
+ * policy sends traffic to now, each with the weight to use (its own while
+ * one rank takes everything, its share in thousandths while traffic
+ * spills over ranks); "standby" are the rest, with the priority they
+ * would be used at; "zone_policy" says why. Every client of this host
+ * that asks so sees the same choice, made here by policy.c. */
+static void add_zoned(json_t *o, json_t *arr, service *svc, const char *group,
+                      const struct instance *const *v, size_t n)
+{
+    const struct policy_plan *plan = service_plan(svc);
+    bool *sel = calloc(n ? n : 1, sizeof *sel);
+    uint32_t *w = calloc(n ? n : 1, sizeof *w);
+    json_t *standby = json_array(), *zp;
+    double load[POLICY_RANKS];
+    int prio[POLICY_RANKS];
+
+    if (!sel || !w || plan->n != n) {
+        /* No plan for this list (out of memory): every instance, as is. */
+        for (size_t i = 0; arr && i < n; i++)
+            if (!group || !strcmp(v[i]->group, group))
+                json_array_append_new(arr, list_instance(v[i]));
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        sel[i] = !group || !strcmp(v[i]->group, group);
+    policy_weights(plan, v, sel, w);
+    policy_plan_subset(plan, sel, load, prio);
+    for (size_t i = 0; i < n; i++) {
+        json_t *j;
+        if (!sel[i] || !(j = list_instance(v[i])))
+            continue;
+        json_object_set_new(j, "priority", json_integer(prio[plan->rank[i]]));
+        if (w[i]) {
+            json_object_set_new(j, "weight", json_integer(w[i]));
+            json_array_append_new(arr, j);
+        } else {
+            json_array_append_new(standby, j);
+        }
+    }
+    if ((zp = policy_plan_json(plan, NULL))) {
+        json_t *l = json_array(), *p = json_array();
+        for (int r = 0; r < POLICY_RANKS; r++) {
+            json_array_append_new(l, json_real((double)(long)(load[r] * 1000 + 0.5) / 1000));
+            json_array_append_new(p, json_integer(prio[r]));
+        }
+        json_object_set_new(zp, "loads", l);
+        json_object_set_new(zp, "priorities", p);
+        json_object_del(zp, "zone");
+        json_object_del(zp, "region");
+        json_object_set_new(o, "zone_policy", zp);
+    }
+    json_object_set_new(o, "standby", standby);
+    standby = NULL;
+out:
+    json_decref(standby);
+    free(sel);
+    free(w);
+}
+
 /* {"service","revision","stale","instances":[...]} filtered by group,
  * added to o. Instances are sorted by address (the cache keeps them so). */
-void proto__add_list(json_t *o, service *svc, const char *group)
+void proto__add_list(json_t *o, service *svc, const char *group, bool zoned)
 {
     size_t n;
     const struct instance *const *v = service_instances(svc, &n);
@@ -24,9 +96,17 @@ void proto__add_list(json_t *o, service *svc, const char *group)
      * known yet", not "none registered". */
     if (!service_ready(svc))
         json_object_set_new(o, "ready", json_false());
-    for (size_t i = 0; arr && i < n; i++)
-        if (!group || !strcmp(v[i]->group, group))
-            json_array_append_new(arr, instance_to_api(v[i]));
+    /* Only while a mass drop is held (policy.h): the list still holds
+     * instances etcd no longer has. */
+    if (service_plan(svc)->protected_)
+        json_object_set_new(o, "protected", json_true());
+    if (zoned) {
+        add_zoned(o, arr, svc, group, v, n);
+    } else {
+        for (size_t i = 0; arr && i < n; i++)
+            if (!group || !strcmp(v[i]->group, group))
+                json_array_append_new(arr, list_instance(v[i]));
+    }
     json_object_set_new(o, "instances", arr);
 }
 
@@ -106,7 +186,7 @@ static void renders_free(void *arg)
     free(t);
 }
 
-static struct render *render_new(service *svc, const char *group)
+static struct render *render_new(service *svc, const char *group, bool zoned)
 {
     struct render *r = calloc(1, sizeof *r);
     json_t *o = json_object();
@@ -114,7 +194,8 @@ static struct render *render_new(service *svc, const char *group)
 
     if (!r || !o)
         goto fail;
-    proto__add_list(o, svc, group);
+    proto__add_list(o, svc, group, zoned);
+    r->zoned = zoned;
     if ((text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
         r->len = strlen(text);
         if ((r->list = realloc(text, r->len + 2))) {
@@ -143,7 +224,7 @@ fail:
 /* The service's list for group (NULL: all), rendered at most once per
  * change; borrowed until the service next changes. NULL when out of
  * memory. */
-const struct render *proto__render(proto *pr, service *svc, const char *group)
+const struct render *proto__render(proto *pr, service *svc, const char *group, bool zoned)
 {
     struct renders *t = service_derived(svc);
     struct render **pp, *r;
@@ -155,13 +236,14 @@ const struct render *proto__render(proto *pr, service *svc, const char *group)
         service_set_derived(svc, t, renders_free);
     }
     for (pp = &t->head; (r = *pp) != NULL; pp = &r->next)
-        if ((!group && !r->group) || (group && r->group && !strcmp(group, r->group))) {
+        if (r->zoned == zoned &&
+            ((!group && !r->group) || (group && r->group && !strcmp(group, r->group)))) {
             *pp = r->next; /* to the front */
             r->next = t->head;
             t->head = r;
             return r;
         }
-    if (!(r = render_new(svc, group)))
+    if (!(r = render_new(svc, group, zoned)))
         return NULL;
     pr->renders++;
     /* Over the cap, the least recently used goes (a watcher still holds

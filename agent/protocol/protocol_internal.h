@@ -47,6 +47,7 @@ struct pending {
     json_t *id;
     service *svc;
     char *group;
+    bool prefer_zone; /* P_RESOLVE/P_WATCH: the policy's choice (policy.h) */
     cache_sub *sub;
     etcd_call *call;
     uint64_t watch; /* P_WATCH: the watch id to create */
@@ -116,6 +117,7 @@ bool proto__seen_same(const struct seen *a, const struct seen *b);
  * alternated. */
 struct render {
     char *group; /* NULL: every group */
+    bool zoned;  /* the prefer_zone form */
     char *list;  /* {"service",..,"revision",..,"stale",..,"instances":[..]} then '\n',
                   * so that every line sent from it can end with its last bytes */
     size_t len;  /* of the JSON text, without that '\n' */
@@ -126,11 +128,11 @@ struct render {
 /* The service's list for group (NULL: all), rendered at most once per
  * change; borrowed until the service next changes. NULL when out of
  * memory. */
-const struct render *proto__render(proto *pr, service *svc, const char *group);
+const struct render *proto__render(proto *pr, service *svc, const char *group, bool zoned);
 
 /* {"service","revision","stale","instances":[...]} filtered by group,
- * added to o. */
-void proto__add_list(json_t *o, service *svc, const char *group);
+ * added to o; zoned: the prefer_zone form (docs/traffic.md). */
+void proto__add_list(json_t *o, service *svc, const char *group, bool zoned);
 
 /* Answers with r: {"id":ID,"ok":true, then r's list. id_text is the id as
  * JSON text (id_len bytes), or NULL for a request without one. */

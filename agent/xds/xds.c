@@ -99,6 +99,7 @@ struct xds {
     uv_loop_t *loop;
     cache *cache;
     bool enabled, send_host_names;
+    const struct policy_config *traffic;
     char *path, *tcp, *group_header;
     unsigned mode;
     uint64_t hold_ms, idle_ms;
@@ -172,6 +173,14 @@ static void svc_rebuild(struct xsvc *s)
         return;
     }
     s->waiting = false;
+    /* The traffic policy of this list (policy.h): zones, loads, outlier
+     * detection; the cache made the plan, the model only carries it. */
+    if (xds_model_set_policy(&m, v, n, service_plan(s->svc),
+                             policy_outlier_of(x->traffic, s->name)) < 0) {
+        xds_model_clear(&m);
+        log_error("xds: %s: out of memory; keeping the last resources", s->name);
+        return;
+    }
     bool same = s->built && xds_model_equal(&m, &s->model);
     xds_model_clear(&s->model);
     s->model = m;
@@ -943,6 +952,7 @@ int xds_new(xds **out, uv_loop_t *loop, cache *c, const struct xds_options *o)
     x->cache = c;
     x->enabled = o->enabled;
     x->send_host_names = o->send_host_names;
+    x->traffic = o->traffic;
     x->mode = o->mode;
     x->hold_ms = o->hold_ms ? o->hold_ms : DEFAULT_HOLD_MS;
     x->idle_ms = o->idle_ms;

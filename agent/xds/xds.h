@@ -41,6 +41,8 @@ struct xds_options {
     const char *tcp;           /* loopback "host:port", or NULL */
     const char *group_header;  /* "x-group" */
     bool send_host_names;      /* TEST ONLY: do not resolve host names */
+    const struct policy_config *traffic; /* per-service outlier detection;
+                                          * borrowed; NULL: none */
     uint64_t hold_ms;          /* how long a listener or cluster response
                                 * waits for a service's first list; 0: 5 s */
     uint64_t idle_ms;          /* gRPC stops after this long without an

@@ -46,6 +46,8 @@ typedef Envoy__Config__Route__V3__HeaderMatcher HeaderMatcher;
 typedef Envoy__Config__Route__V3__RouteAction RouteAction;
 typedef Envoy__Config__Cluster__V3__Cluster Cluster;
 typedef Envoy__Config__Cluster__V3__Cluster__EdsClusterConfig EdsClusterConfig;
+typedef Envoy__Config__Cluster__V3__OutlierDetection OutlierDetection;
+typedef Google__Protobuf__Duration Duration;
 typedef Envoy__Config__Endpoint__V3__ClusterLoadAssignment Assignment;
 typedef Envoy__Config__Endpoint__V3__LocalityLbEndpoints LocalityLbEndpoints;
 typedef Envoy__Config__Endpoint__V3__LbEndpoint LbEndpoint;
@@ -207,6 +209,7 @@ int xds_model_build(struct xds_model *m, const char *name, const struct instance
             }
         }
         x->ep.weight = (uint32_t)instance_weight(v[i]);
+        x->ep.index = i;
         x->ep.group = v[i]->group ? v[i]->group : (char *)"";
         x->address = v[i]->address;
         x->index = i;
@@ -254,8 +257,11 @@ fail:
 void xds_model_clear(struct xds_model *m)
 {
     free(m->name);
-    for (size_t i = 0; m->eps && i < m->n_eps; i++)
+    for (size_t i = 0; m->eps && i < m->n_eps; i++) {
         free(m->eps[i].group);
+        free(m->eps[i].zone);
+        free(m->eps[i].region);
+    }
     free(m->eps);
     for (size_t i = 0; m->groups && i < m->n_groups; i++)
         free(m->groups[i]);
@@ -266,14 +272,47 @@ void xds_model_clear(struct xds_model *m)
     memset(m, 0, sizeof *m);
 }
 
+static bool str_same(const char *a, const char *b)
+{
+    return !strcmp(a ? a : "", b ? b : "");
+}
+
+int xds_model_set_policy(struct xds_model *m, const struct instance *const *v, size_t n,
+                         const struct policy_plan *plan, const struct policy_outlier *od)
+{
+    memset(&m->outlier, 0, sizeof m->outlier);
+    if (od && od->set)
+        m->outlier = *od;
+    m->zoned = plan && plan->zoned && plan->n == n;
+    if (!m->zoned)
+        return 0;
+    memcpy(m->load, plan->load, sizeof m->load);
+    for (size_t i = 0; i < m->n_eps; i++) {
+        struct xds_endpoint *e = &m->eps[i];
+        const char *zone, *region;
+
+        if (e->index >= n)
+            continue;
+        zone = policy_meta(v[e->index], POLICY_META_ZONE);
+        region = policy_meta(v[e->index], POLICY_META_REGION);
+        e->rank = plan->rank[e->index];
+        if (!(e->zone = strdup(zone ? zone : "")) || !(e->region = strdup(region ? region : "")))
+            return DA_ENOMEM;
+    }
+    return 0;
+}
+
 bool xds_model_equal(const struct xds_model *a, const struct xds_model *b)
 {
-    if (a->n_eps != b->n_eps || a->n_groups != b->n_groups)
+    if (a->n_eps != b->n_eps || a->n_groups != b->n_groups || a->zoned != b->zoned ||
+        memcmp(&a->outlier, &b->outlier, sizeof a->outlier) ||
+        (a->zoned && memcmp(a->load, b->load, sizeof a->load)))
         return false;
     for (size_t i = 0; i < a->n_eps; i++) {
         const struct xds_endpoint *x = &a->eps[i], *y = &b->eps[i];
         if (strcmp(x->ip, y->ip) || x->port != y->port || x->weight != y->weight ||
-            strcmp(x->group, y->group))
+            strcmp(x->group, y->group) || x->rank != y->rank || !str_same(x->zone, y->zone) ||
+            !str_same(x->region, y->region))
             return false;
     }
     for (size_t i = 0; i < a->n_groups; i++)
@@ -413,8 +452,34 @@ out:
     return err;
 }
 
+static void duration(Duration *d, uint64_t ms)
+{
+    google__protobuf__duration__init(d);
+    d->seconds = (int64_t)(ms / 1000);
+    d->nanos = (int32_t)(ms % 1000) * 1000000;
+}
+
+static UInt32Value *u32(UInt32Value *w, uint32_t v)
+{
+    google__protobuf__uint32_value__init(w);
+    w->value = v;
+    return w;
+}
+
 int xds_cluster(const char *cluster, struct xds_blob *out)
 {
+    return xds_cluster_with(cluster, NULL, out);
+}
+
+/* gRPC A50 reads the OutlierDetection of a cluster: success-rate ejection
+ * when enforcing_success_rate is not 0 (unset counts as 100), failure
+ * percentage when enforcing_failure_percentage is set above 0. So each
+ * kind the service does not ask for is switched off explicitly. */
+int xds_cluster_with(const char *cluster, const struct policy_outlier *od, struct xds_blob *out)
+{
+    OutlierDetection o = ENVOY__CONFIG__CLUSTER__V3__OUTLIER_DETECTION__INIT;
+    Duration interval, base, max;
+    UInt32Value w[10];
     AdsSource ads = ENVOY__CONFIG__CORE__V3__AGGREGATED_CONFIG_SOURCE__INIT;
     ConfigSource cs = ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__INIT;
     EdsClusterConfig eds = ENVOY__CONFIG__CLUSTER__V3__CLUSTER__EDS_CLUSTER_CONFIG__INIT;
@@ -429,6 +494,28 @@ int xds_cluster(const char *cluster, struct xds_blob *out)
     c.type = ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__EDS;
     c.eds_cluster_config = &eds;
     c.lb_policy = ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__ROUND_ROBIN;
+    if (od && od->set) {
+        duration(&interval, od->interval_ms);
+        duration(&base, od->base_ejection_ms);
+        duration(&max, od->max_ejection_ms);
+        o.interval = &interval;
+        o.base_ejection_time = &base;
+        o.max_ejection_time = &max;
+        o.max_ejection_percent = u32(&w[0], od->max_ejection_percent);
+        o.enforcing_success_rate = u32(&w[1], od->success_rate ? od->sr_enforcement : 0);
+        if (od->success_rate) {
+            o.success_rate_minimum_hosts = u32(&w[2], od->sr_minimum_hosts);
+            o.success_rate_request_volume = u32(&w[3], od->sr_request_volume);
+            o.success_rate_stdev_factor = u32(&w[4], od->sr_stdev_factor);
+        }
+        if (od->failure_percentage) {
+            o.failure_percentage_threshold = u32(&w[5], od->fp_threshold);
+            o.enforcing_failure_percentage = u32(&w[6], od->fp_enforcement);
+            o.failure_percentage_minimum_hosts = u32(&w[7], od->fp_minimum_hosts);
+            o.failure_percentage_request_volume = u32(&w[8], od->fp_request_volume);
+        }
+        c.outlier_detection = &o;
+    }
     return pack(&c.base, out);
 }
 
@@ -443,6 +530,142 @@ static int by_weight(const void *x, const void *y)
     if (!r)
         r = (a->port > b->port) - (a->port < b->port);
     return r;
+}
+
+/* Localities by zone (docs/traffic.md): one per (rank, region, zone,
+ * weight), at the priority the policy gives its rank. While one rank
+ * takes all traffic, each rank is a priority of its own and gRPC's
+ * priority policy fails over when a zone has no ready endpoint; while
+ * traffic spills (the local zone thinned), the loaded ranks share
+ * priority 0 with locality weights in proportion to their loads, since
+ * gRPC does no overprovisioning of its own. */
+static int by_locality(const void *x, const void *y)
+{
+    const struct xds_endpoint *a = *(const struct xds_endpoint *const *)x;
+    const struct xds_endpoint *b = *(const struct xds_endpoint *const *)y;
+    int r = (a->rank > b->rank) - (a->rank < b->rank);
+
+    if (!r)
+        r = strcmp(a->region ? a->region : "", b->region ? b->region : "");
+    if (!r)
+        r = strcmp(a->zone ? a->zone : "", b->zone ? b->zone : "");
+    return r ? r : by_weight(x, y);
+}
+
+static bool same_locality(const struct xds_endpoint *a, const struct xds_endpoint *b)
+{
+    return a->rank == b->rank && a->weight == b->weight && str_same(a->region, b->region) &&
+           str_same(a->zone, b->zone);
+}
+
+static int assignment_zoned(const struct xds_model *m, const char *cluster, const char *group,
+                            struct xds_blob *out)
+{
+    size_t n = m->n_eps, k = 0, nl = 0;
+    const struct xds_endpoint **sel = calloc(n ? n : 1, sizeof *sel);
+    LbEndpoint *lbe = calloc(n ? n : 1, sizeof *lbe);
+    LbEndpoint **lbep = calloc(n ? n : 1, sizeof *lbep);
+    Endpoint *eps = calloc(n ? n : 1, sizeof *eps);
+    Address *addrs = calloc(n ? n : 1, sizeof *addrs);
+    SocketAddress *sa = calloc(n ? n : 1, sizeof *sa);
+    LocalityLbEndpoints *loc = calloc(n ? n : 1, sizeof *loc);
+    LocalityLbEndpoints **locp = calloc(n ? n : 1, sizeof *locp);
+    Locality *lty = calloc(n ? n : 1, sizeof *lty);
+    UInt32Value *lw = calloc(n ? n : 1, sizeof *lw);
+    char(*sub)[32] = calloc(n ? n : 1, sizeof *sub);
+    uint64_t *raw = calloc(n ? n : 1, sizeof *raw);
+    uint8_t *lrank = calloc(n ? n : 1, 1), *ranks = calloc(n ? n : 1, 1);
+    Assignment cla = ENVOY__CONFIG__ENDPOINT__V3__CLUSTER_LOAD_ASSIGNMENT__INIT;
+    struct policy_plan plan = {0};
+    double load[POLICY_RANKS], rank_raw[POLICY_RANKS] = {0};
+    int prio[POLICY_RANKS], at0 = 0;
+    int rc = DA_ENOMEM;
+
+    if (!sel || !lbe || !lbep || !eps || !addrs || !sa || !loc || !locp || !lty || !lw || !sub ||
+        !raw || !lrank || !ranks)
+        goto out;
+    for (size_t i = 0; i < n; i++)
+        if (!group || !strcmp(m->eps[i].group, group))
+            sel[k++] = &m->eps[i];
+    qsort(sel, k, sizeof *sel, by_locality);
+    /* The service's loads, applied to this cluster's endpoints (a group
+     * may lack a rank: its share goes to the others). */
+    for (size_t i = 0; i < k; i++)
+        ranks[i] = sel[i]->rank;
+    plan.n = k;
+    plan.rank = ranks;
+    memcpy(plan.load, m->load, sizeof plan.load);
+    policy_plan_subset(&plan, NULL, load, prio);
+    for (int r = 0; r < POLICY_RANKS; r++)
+        at0 += prio[r] == 0;
+    for (size_t i = 0; i < k; i++) {
+        const struct xds_endpoint *e = sel[i];
+
+        if (!i || !same_locality(sel[i - 1], e)) {
+            LocalityLbEndpoints *l = &loc[nl];
+
+            envoy__config__endpoint__v3__locality_lb_endpoints__init(l);
+            envoy__config__core__v3__locality__init(&lty[nl]);
+            google__protobuf__uint32_value__init(&lw[nl]);
+            snprintf(sub[nl], sizeof sub[nl], "weight-%u", (unsigned)e->weight);
+            lty[nl].region = e->region ? e->region : (char *)"";
+            lty[nl].zone = e->zone ? e->zone : (char *)"";
+            lty[nl].sub_zone = sub[nl];
+            l->locality = &lty[nl];
+            l->load_balancing_weight = &lw[nl];
+            l->lb_endpoints = &lbep[i];
+            l->priority = prio[e->rank] > 0 ? (uint32_t)prio[e->rank] : 0;
+            lrank[nl] = e->rank;
+            locp[nl++] = l;
+        }
+        envoy__config__endpoint__v3__lb_endpoint__init(&lbe[i]);
+        envoy__config__endpoint__v3__endpoint__init(&eps[i]);
+        envoy__config__core__v3__address__init(&addrs[i]);
+        envoy__config__core__v3__socket_address__init(&sa[i]);
+        sa[i].address = (char *)e->ip;
+        sa[i].port_specifier_case = ENVOY__CONFIG__CORE__V3__SOCKET_ADDRESS__PORT_SPECIFIER_PORT_VALUE;
+        sa[i].port_value = e->port;
+        addrs[i].address_case = ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS;
+        addrs[i].socket_address = &sa[i];
+        eps[i].address = &addrs[i];
+        lbe[i].host_identifier_case = ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT;
+        lbe[i].endpoint = &eps[i];
+        lbep[i] = &lbe[i];
+        loc[nl - 1].n_lb_endpoints++;
+        raw[nl - 1] += e->weight;
+        rank_raw[e->rank] += e->weight;
+    }
+    for (size_t i = 0; i < nl; i++) {
+        double w = (double)raw[i];
+        /* Ranks sharing priority 0: a million split by load, then within
+         * the rank by weight x endpoints. Elsewhere the plain weights,
+         * capped so that a priority's sum fits a uint32. */
+        if (at0 > 1 && prio[lrank[i]] == 0)
+            w = 1e6 * load[lrank[i]] * raw[i] / rank_raw[lrank[i]];
+        else if (rank_raw[lrank[i]] > 1e6)
+            w = 1e6 * raw[i] / rank_raw[lrank[i]];
+        lw[i].value = w >= 1 ? (uint32_t)(w + 0.5) : 1;
+    }
+    cla.cluster_name = (char *)cluster;
+    cla.n_endpoints = nl;
+    cla.endpoints = locp;
+    rc = pack(&cla.base, out);
+out:
+    free(ranks);
+    free(lrank);
+    free(raw);
+    free(sub);
+    free(lw);
+    free(lty);
+    free(locp);
+    free(loc);
+    free(sa);
+    free(addrs);
+    free(eps);
+    free(lbep);
+    free(lbe);
+    free(sel);
+    return rc;
 }
 
 int xds_assignment(const struct xds_model *m, const char *cluster, struct xds_blob *out)
@@ -466,6 +689,10 @@ int xds_assignment(const struct xds_model *m, const char *cluster, struct xds_bl
     uint64_t total = 0;
     int rc = DA_ENOMEM;
 
+    if (m->zoned) {
+        rc = assignment_zoned(m, cluster, group, out);
+        goto out;
+    }
     if (!sel || !lbe || !lbep || !eps || !addrs || !sa || !loc || !locp || !lty || !lw || !zone ||
         !raw)
         goto out;
@@ -551,7 +778,7 @@ int xds_resource(const struct xds_model *m, enum xds_type t, const char *name,
     case XDS_RDS:
         return slash ? 1 : xds_route(m, group_header, out);
     case XDS_CDS:
-        return slash && !slash[1] ? 1 : xds_cluster(name, out);
+        return slash && !slash[1] ? 1 : xds_cluster_with(name, &m->outlier, out);
     case XDS_EDS:
         return slash && !slash[1] ? 1 : xds_assignment(m, name, out);
     default:

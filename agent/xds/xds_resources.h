@@ -11,7 +11,10 @@
  *                                 (one route per group), then "" => NAME
  *   Cluster NAME, NAME/G       -> EDS over ADS, ROUND_ROBIN
  *   ClusterLoadAssignment      -> one locality per weight, locality weight
- *                                 = weight x endpoints
+ *                                 = weight x endpoints; with a zone
+ *                                 (locality.zone), one per zone and weight,
+ *                                 at the priority the policy gives its
+ *                                 rank (policy.h, docs/traffic.md)
  *
  * Ownership: every out parameter is new and owned by the caller, freed
  * with the matching _clear/_free; every input is borrowed for the call. */
@@ -25,6 +28,7 @@
 #include <stdint.h>
 
 #include "instance.h"
+#include "policy.h"
 
 /* The resource types of the ADS stream, in the order a client needs them. */
 enum xds_type { XDS_LDS, XDS_RDS, XDS_CDS, XDS_EDS, XDS_NTYPES };
@@ -55,6 +59,9 @@ struct xds_endpoint {
     uint16_t port;
     uint32_t weight;           /* >= 1 */
     char *group;               /* "" when none */
+    size_t index;              /* the instance's index in the list built from */
+    uint8_t rank;              /* policy rank (xds_model_set_policy) */
+    char *zone, *region;       /* its Metadata's, "" when none */
 };
 
 /* An instance that is not sent, and why. */
@@ -72,6 +79,11 @@ struct xds_model {
     struct xds_dropped *dropped;
     size_t n_dropped;
     bool uses_names;          /* some address had a host name */
+    /* The traffic policy (xds_model_set_policy): zoned, the service's
+     * loads per rank; outlier.set when the cluster carries one. */
+    bool zoned;
+    double load[POLICY_RANKS];
+    struct policy_outlier outlier;
 };
 
 /* Looks up a host name: 1 with ip filled in, 0 while it is being looked up
@@ -86,6 +98,12 @@ typedef int (*xds_lookup_fn)(const char *host, char ip[INET6_ADDRSTRLEN], void *
 int xds_model_build(struct xds_model *m, const char *name, const struct instance *const *v,
                     size_t n, xds_lookup_fn lookup, void *arg);
 void xds_model_clear(struct xds_model *m);
+/* Adds the traffic policy to m, built from the same v (n instances) and
+ * plan = service_plan() of that list: each endpoint's rank, zone and
+ * region, the loads, and the outlier detection od (NULL: none). 0 or
+ * DA_ENOMEM. */
+int xds_model_set_policy(struct xds_model *m, const struct instance *const *v, size_t n,
+                         const struct policy_plan *plan, const struct policy_outlier *od);
 /* Same endpoints, weights and groups (dropped instances are not compared). */
 bool xds_model_equal(const struct xds_model *a, const struct xds_model *b);
 
@@ -96,6 +114,8 @@ bool xds_model_equal(const struct xds_model *a, const struct xds_model *b);
 int xds_listener(const char *name, struct xds_blob *out);
 int xds_route(const struct xds_model *m, const char *group_header, struct xds_blob *out);
 int xds_cluster(const char *cluster, struct xds_blob *out);
+/* The same with gRPC A50's outlier detection (od NULL or unset: none). */
+int xds_cluster_with(const char *cluster, const struct policy_outlier *od, struct xds_blob *out);
 /* The assignment of cluster "NAME" (every endpoint) or "NAME/G" (group G's
  * endpoints; none if G has none). */
 int xds_assignment(const struct xds_model *m, const char *cluster, struct xds_blob *out);

@@ -258,6 +258,12 @@ typedef void (*disc_watch_cb)(struct disc_watch *w, const struct disc_list *list
 int disc_watch(disc_client *c, const char *service, const char *group, disc_watch_cb cb,
                void *arg, struct disc_watch **out);
 
+/* disc_watch() with prefer_zone: the agent applies its zone policy
+ * (docs/traffic.md) and the lists hold the instances to call now, each
+ * with the weight to use; the rest are on standby (not in the list). */
+int disc_watch_zone(disc_client *c, const char *service, const char *group, bool prefer_zone,
+                    disc_watch_cb cb, void *arg, struct disc_watch **out);
+
 /* Ends a watch: its callback is not called again, queued updates for it are
  * dropped, and the agent is told (without waiting). Accepts NULL. */
 void disc_unwatch(struct disc_watch *w);
