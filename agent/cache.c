@@ -240,6 +240,26 @@ static int by_address(const void *a, const void *b)
 }
 
 /* Rebuilds the sorted view and the skipped count after a change. */
+static void policy_tick(uv_timer_t *t);
+
+/* The policy tick has work only while a service holds instances back or
+ * has a recent size that will expire; it runs only then, so that an agent
+ * at rest does not wake every second to walk every service (issue 18). */
+static bool policy_pending(const service *s)
+{
+    return s->pstate.guard.held || policy_plan_decaying(&s->plan);
+}
+
+static void policy_arm(service *s)
+{
+    cache *c = s->c;
+
+    if (policy_pending(s) && !uv_is_active((uv_handle_t *)&c->policy_timer)) {
+        uv_timer_start(&c->policy_timer, policy_tick, 1000, 1000);
+        uv_unref((uv_handle_t *)&c->policy_timer);
+    }
+}
+
 static void rebuild(service *s)
 {
     const struct instance **v = realloc(s->sorted, (s->n + s->n_kept + 1) * sizeof *v);
@@ -264,6 +284,7 @@ static void rebuild(service *s)
         s->plan.held_since = s->pstate.guard.held_since;
         s->plan.hold_ms = s->protection ? s->protection->hold_ms : 0;
     }
+    policy_arm(s);
     if (bad != s->skipped && bad > s->skipped)
         log_warn("cache: %s: %zu value(s) under %.*s are not service instances; skipped", s->name,
                  bad, (int)s->klen, s->key);
@@ -953,9 +974,19 @@ size_t cache_skipped_total(const cache *c)
     return n;
 }
 
+static void policy_tick_pending(service *s, void *arg)
+{
+    *(bool *)arg |= policy_pending(s);
+}
+
 static void policy_tick(uv_timer_t *t)
 {
+    bool pending = false;
+
     cache_foreach(t->data, policy_tick_service, NULL);
+    cache_foreach(t->data, policy_tick_pending, &pending);
+    if (!pending)
+        uv_timer_stop(t); /* policy_arm() starts it again */
 }
 
 /* ---- lifetime ----------------------------------------------------------- */
@@ -1004,8 +1035,8 @@ int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cach
     uv_timer_start(&c->idle_timer, idle_check, every, every);
     /* The idle check alone must not keep the loop alive. */
     uv_unref((uv_handle_t *)&c->idle_timer);
-    /* Once a second: holds whose time is over, recent sizes that expire. */
-    uv_timer_start(&c->policy_timer, policy_tick, 1000, 1000);
+    /* Once a second while some service needs it (policy_arm): holds whose
+     * time is over, recent sizes that expire. */
     uv_unref((uv_handle_t *)&c->policy_timer);
     *out = c;
     return 0;
