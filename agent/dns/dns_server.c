@@ -384,6 +384,16 @@ static void udp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const stru
 
 /* ---- TCP ---------------------------------------------------------------- */
 
+/* One of the server's handles is closed: the last one, once dns_close()
+ * ran, frees what is left. */
+static void server_handle_closed(dns_server *d)
+{
+    if (--d->open_handles == 0 && d->closing) {
+        free(d->listeners);
+        free(d);
+    }
+}
+
 static void conn_closed(uv_handle_t *h)
 {
     struct dns_conn *c = h->data;
@@ -393,8 +403,7 @@ static void conn_closed(uv_handle_t *h)
         return;
     free(c->buf);
     free(c);
-    if (--d->open_handles == 0 && d->closing)
-        free(d);
+    server_handle_closed(d);
 }
 
 static void conn_close(struct dns_conn *c)
@@ -657,8 +666,7 @@ static void listener_closed(uv_handle_t *h)
     struct dns_listener *l = h->data;
     dns_server *d = l->d;
 
-    if (--d->open_handles == 0 && d->closing)
-        free(d);
+    server_handle_closed(d);
 }
 
 static void close_listeners(dns_server *d)
@@ -680,8 +688,7 @@ static void server_timer_closed(uv_handle_t *h)
 {
     dns_server *d = h->data;
 
-    if (--d->open_handles == 0 && d->closing)
-        free(d);
+    server_handle_closed(d);
 }
 
 dns_server *dns_close(dns_server *d)
