@@ -3,6 +3,7 @@
 #ifndef DA_ETCD_INTERNAL_H
 #define DA_ETCD_INTERNAL_H
 
+#include "backoff.h"
 #include "etcd.h"
 
 struct etcd_client {
@@ -48,10 +49,10 @@ struct etcd_client {
     unsigned epoch;
 };
 
-/* Jittered exponential backoff for watches and their stream: doubles
- * *backoff_ms (100 ms to 5 s) and returns a delay between half and all of
- * it, so that many agents cut off together do not come back in step. */
-unsigned etcd__backoff(unsigned *backoff_ms);
+/* The backoff of watches and their stream (backoff.h): 100 ms doubling to
+ * 5 s, with full jitter, so that many agents cut off together do not come
+ * back in step. */
+#define ETCD_WATCH_BACKOFF BACKOFF_INIT(100, 5000)
 
 /* Fills hdrs (room for 4 and a NULL) with the headers every request
  * carries; authbuf holds the Authorization line. */

@@ -44,7 +44,7 @@ struct etcd_wstream {
     bool waiting_auth;  /* opens once a token comes */
     bool restart_now;   /* ended on purpose: open again at once */
     int last_err;       /* why the stream ended, when it ended itself */
-    unsigned backoff_ms;
+    struct backoff backoff;
     uv_timer_t timer;   /* backoff */
     uv_timer_t pump;    /* progress_requests until the first reply */
     int pumps;          /* sent on this stream */
@@ -64,7 +64,7 @@ static void ws_timer_fired(uv_timer_t *t)
 
 static void ws_retry_later(struct etcd_wstream *ws)
 {
-    uv_timer_start(&ws->timer, ws_timer_fired, etcd__backoff(&ws->backoff_ms), 0);
+    uv_timer_start(&ws->timer, ws_timer_fired, backoff_next(&ws->backoff), 0);
 }
 
 /* ---- lines ------------------------------------------------------------ */
@@ -88,7 +88,7 @@ static int handle_line(struct etcd_wstream *ws, const char *line, size_t len)
         ws->last_err = rc;
         return 1;
     }
-    ws->backoff_ms = 0; /* etcd answers: the next failure starts afresh */
+    backoff_reset(&ws->backoff); /* etcd answers: the next failure starts afresh */
     if (!ws->answered) {
         ws->answered = true;
         uv_timer_stop(&ws->pump);
@@ -266,6 +266,7 @@ static struct etcd_wstream *get(etcd_client *c)
     if (!(ws = calloc(1, sizeof *ws)))
         return NULL;
     ws->c = c;
+    ws->backoff = ETCD_WATCH_BACKOFF;
     uv_timer_init(c->loop, &ws->timer);
     uv_timer_init(c->loop, &ws->pump);
     ws->timer.data = ws->pump.data = ws;
@@ -309,7 +310,7 @@ void etcd__ws_close(etcd_client *c)
     ws->req = NULL;
     ws->len = 0;
     ws->gen++;
-    ws->backoff_ms = 0;
+    backoff_reset(&ws->backoff);
     ws->waiting_auth = false;
     uv_timer_stop(&ws->timer);
     uv_timer_stop(&ws->pump);
@@ -331,7 +332,7 @@ void etcd__ws_moved(etcd_client *c)
     ws->req = NULL;
     ws->len = 0;
     ws->gen++;
-    ws->backoff_ms = 0;
+    backoff_reset(&ws->backoff);
     etcd__watches_stream_down(c, 0, false);
     ws_open(ws);
 }
