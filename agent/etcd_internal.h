@@ -17,6 +17,10 @@ struct etcd_client {
     char **endpoints;
     size_t n_endpoints;
     size_t cur; /* endpoint in use */
+    /* Endpoints that failed since the last answer (bit i: endpoints[i]),
+     * so that a failover draws among the members not yet tried and a
+     * request meets every member once before it gives up. */
+    uint64_t tried;
     long timeout_ms;
     size_t max_reply;
     char *username, *password, *token;
