@@ -31,13 +31,18 @@ LIBDIR      ?= $(PREFIX)/lib
 INCLUDEDIR  ?= $(PREFIX)/include
 MANDIR      ?= $(PREFIX)/share/man
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+# The gRPC module (discovery-agent-grpc.so): the daemon looks here unless
+# the program's own folder holds one (a build tree) or
+# DISCOVERY_AGENT_MODULE_DIR says otherwise (agent/grpc_module.h).
+MODULEDIR   ?= $(LIBDIR)/discovery-agent
 # The configuration, the unit and the sysusers.d file go where systemd and
 # the agent look for them, whatever PREFIX is (DESTDIR still comes first).
 SYSCONFDIR  ?= /etc
 UNITDIR     ?= /lib/systemd/system
 SYSUSERSDIR ?= /usr/lib/sysusers.d
 
-PKGS      := libuv libcurl jansson yaml-0.1
+# libknot (Knot DNS) parses and writes the DNS server's messages.
+PKGS      := libuv libcurl jansson yaml-0.1 libknot
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 JANSSON_LIBS := $(shell pkg-config --libs jansson 2>/dev/null)
@@ -71,9 +76,19 @@ LINK    = $(CC) $(DA_LDFLAGS) $(CFLAGS) $(LDFLAGS)
 
 # The daemon's modules go into one archive that the daemon, agentctl and
 # the tests link; main.c and agentctl.c hold the two programs' main().
+# agent/grpcmod/ is not among them: it is the gRPC module, below.
 AGENT_MAINS := agent/main.c agent/agentctl.c
-AGENT_SRC   := $(filter-out $(AGENT_MAINS),$(wildcard agent/*.c agent/*/*.c))
+GRPCMOD_SRC := $(wildcard agent/grpcmod/*.c)
+AGENT_SRC   := $(filter-out $(AGENT_MAINS) $(GRPCMOD_SRC),$(wildcard agent/*.c agent/*/*.c))
 AGENT_OBJ   := $(AGENT_SRC:%.c=$(BUILD)/%.o)
+
+# The gRPC module: everything of the daemon that uses gRPC C-core (the xDS
+# server's gRPC side, grpc health checks), in a shared object that the
+# daemon loads with dlopen() on first use (agent/grpc_module.h), so that the
+# daemon itself links no gRPC, abseil or libstdc++ and an agent that uses
+# neither never maps them (test/check-agent-grpc).
+GRPCMOD     := $(BUILD)/discovery-agent-grpc.so
+GRPCMOD_OBJ := $(GRPCMOD_SRC:%.c=$(BUILD)/%.o)
 
 # The xDS server's messages: protoc-c turns proto/xds/*.proto into C in
 # $(BUILD)/gen, which goes into libagent.a with the modules that use it.
@@ -120,11 +135,14 @@ TEST_SRC    := $(wildcard test/test_*.c)
 TEST_BIN    := $(TEST_SRC:test/%.c=$(BUILD)/test/%)
 # Checks of the build's products, run by test/run-tests beside the Check
 # binaries; check-deb only under `make test` (it builds the packages).
-TEST_SCRIPTS := test/check-libdeps test/check-man
+TEST_SCRIPTS := test/check-libdeps test/check-man test/check-agent-grpc
 
 PROGRAMS :=
 ifneq ($(wildcard agent/main.c),)
 PROGRAMS += $(BUILD)/discovery-agent
+endif
+ifneq ($(GRPCMOD_SRC),)
+MODULES  := $(GRPCMOD)
 endif
 ifneq ($(wildcard agent/agentctl.c),)
 PROGRAMS += $(BUILD)/agentctl
@@ -133,7 +151,7 @@ endif
 all: installable $(EXAMPLES) $(TEST_BIN)
 
 # What `make install` installs, and no more: the Debian build makes this.
-installable: $(PROGRAMS) $(LIBS_OUT) $(MAN_PAGES)
+installable: $(PROGRAMS) $(MODULES) $(LIBS_OUT) $(MAN_PAGES)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -142,6 +160,10 @@ $(BUILD)/%.o: %.c
 $(BUILD)/test/%.o: DA_CPPFLAGS += -Itest/harness $(CHECK_CFLAGS) -DTEST_DATA_DIR='"$(CURDIR)/test/data"' -DBUILD_DIR='"$(CURDIR)/$(BUILD)"'
 $(BUILD)/test/harness/%.o: DA_CPPFLAGS += -Itest/harness $(CHECK_CFLAGS)
 $(BUILD)/lib/grpc_%.o: DA_CPPFLAGS += $(GRPC_CFLAGS)
+$(BUILD)/agent/grpc_module.o: DA_CPPFLAGS += -DDA_MODULEDIR='"$(MODULEDIR)"'
+# Hidden by default: the module exports its one struct and nothing else.
+$(GRPCMOD_OBJ): DA_CPPFLAGS += $(GRPC_CFLAGS)
+$(GRPCMOD_OBJ): DA_CFLAGS += -fvisibility=hidden
 $(BUILD)/lib/validate.o: agent/validate.c
 	@mkdir -p $(dir $@)
 	$(COMPILE) -c $< -o $@
@@ -190,14 +212,23 @@ $(BUILD)/%.so: $(BUILD)/%.so.$(LIB_SOVER)
 $(BUILD)/%: $(BUILD)/examples/%.o $(LIB_A)
 	$(LINK) $^ $(PKG_LIBS) $(GRPC_LIBS) -pthread -o $@
 
+# Neither program links gRPC: the daemon loads the module when it needs
+# it, and agentctl never does.
 $(BUILD)/discovery-agent: $(BUILD)/agent/main.o $(BUILD)/libagent.a
-	$(LINK) $^ $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) -pthread -o $@
+	$(LINK) $^ $(PKG_LIBS) $(PROTOBUF_C_LIBS) -ldl -pthread -o $@
 
 $(BUILD)/agentctl: $(BUILD)/agent/agentctl.o $(BUILD)/libdiscovery.a $(BUILD)/libagent.a
-	$(LINK) $^ $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) -pthread -o $@
+	$(LINK) $^ $(PKG_LIBS) $(PROTOBUF_C_LIBS) -ldl -pthread -o $@
 
-$(BUILD)/test/%: $(BUILD)/test/%.o $(HARNESS_OBJ) $(BUILD)/libagent.a $(LIB_A)
-	$(LINK) $^ $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) $(CHECK_LIBS) -pthread -o $@
+# -z defs: the module names every library it takes symbols from; it takes
+# none from the daemon (the host struct of grpc_module.h lends it logging).
+$(GRPCMOD): $(GRPCMOD_OBJ)
+	$(LINK) -shared -Wl,-z,defs $^ $(GRPC_LIBS) $(PKG_LIBS) -pthread -o $@
+
+# The tests load the module (in-process grpc checks) or start a daemon
+# that does: it must be built first. Some use gRPC themselves.
+$(BUILD)/test/%: $(BUILD)/test/%.o $(HARNESS_OBJ) $(BUILD)/libagent.a $(LIB_A) | $(MODULES)
+	$(LINK) $(filter-out $(MODULES),$^) $(PKG_LIBS) $(PROTOBUF_C_LIBS) $(GRPC_LIBS) $(CHECK_LIBS) -pthread -o $@
 
 $(BUILD)/man/%: man/%.scd
 	@mkdir -p $(dir $@)
@@ -206,11 +237,15 @@ $(BUILD)/man/%: man/%.scd
 # Debian packages the build, the tests and the demo need. `make deps` asks
 # dpkg first, so it does nothing (and needs no network) when all are there.
 # scdoc writes the man pages; debhelper, devscripts and lintian build and
-# check the Debian packages (make deb, test/check-deb).
+# check the Debian packages (make deb, test/check-deb). libknot-dev is the
+# DNS server's message library; dig (bind9-dnsutils), haproxy and
+# dnsmasq-base are the real DNS clients of test/test_dns.c, dnsperf and
+# unbound those of the DNS benchmark.
 DEB_PKGS := build-essential pkg-config libuv1-dev libcurl4-openssl-dev \
 	libjansson-dev libyaml-dev libgrpc-dev check etcd-server etcd-client \
 	openssl curl protobuf-c-compiler libprotobuf-c-dev python3-grpcio \
-	clang libclang-rt-14-dev gnuplot-nox scdoc debhelper lintian
+	clang libclang-rt-14-dev gnuplot-nox scdoc debhelper lintian \
+	libknot-dev bind9-dnsutils haproxy dnsmasq-base dnsperf unbound
 
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do \
@@ -252,13 +287,15 @@ INSTALLED_LIB  := $(foreach l,$(LIB_NAMES),$(LIBDIR)/$(l).a $(LIBDIR)/$(l).so \
 INSTALLED_HDR  := $(patsubst lib/include/%,$(INCLUDEDIR)/%,$(wildcard lib/include/discovery/*.h))
 INSTALLED_MAN  := $(foreach p,$(MAN_PAGES),$(MANDIR)/man$(subst .,,$(suffix $(p)))/$(notdir $(p)))
 INSTALLED_SYS  := $(UNITDIR)/discovery-agent.service $(SYSUSERSDIR)/discovery-agent.conf
+INSTALLED_MOD  := $(MODULES:$(BUILD)/%=$(MODULEDIR)/%)
 
 install: installable
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR) \
 		$(DESTDIR)$(INCLUDEDIR)/discovery $(DESTDIR)$(SYSCONFDIR)/discovery-agent/conf.d \
-		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(MODULEDIR) \
 		$(addprefix $(DESTDIR)$(MANDIR)/man,1 5 8)
 	install -m 755 $(PROGRAMS) $(DESTDIR)$(BINDIR)/
+	install -m 644 $(MODULES) $(DESTDIR)$(MODULEDIR)/
 	set -e; for l in $(LIB_NAMES); do \
 		install -m 644 $(BUILD)/$$l.a $(BUILD)/$$l.so.$(VERSION) $(DESTDIR)$(LIBDIR)/; \
 		ln -sf $$l.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$$l.so.$(LIB_SOVER); \
@@ -286,8 +323,8 @@ install: installable
 # conffiles outlive its removal. Neither is the user removed.
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED_BIN) $(INSTALLED_LIB) $(INSTALLED_HDR) \
-		$(INSTALLED_MAN) $(INSTALLED_SYS))
-	-rmdir $(DESTDIR)$(INCLUDEDIR)/discovery
+		$(INSTALLED_MAN) $(INSTALLED_SYS) $(INSTALLED_MOD))
+	-rmdir $(DESTDIR)$(INCLUDEDIR)/discovery $(DESTDIR)$(MODULEDIR)
 
 # ---- deb -------------------------------------------------------------------
 # Debian packages (debian/): discovery-agent (daemon, agentctl, man pages,
@@ -415,20 +452,23 @@ clean: fuzz-clean
 # minutes on 2 cores), and writes docs/benchmarks.md and docs/*.png with
 # gnuplot. Nothing in `make test` runs it: benchmarks assert no time.
 #
-#   BENCH_ONLY=resolve,propagation,grpc,scale   run only these parts
+#   BENCH_ONLY=resolve,propagation,grpc,scale,dns   run only these parts
 #   BENCH_PERF=DIR    perf record the agent during each part, into DIR
 
 BENCH_SRC     := $(wildcard bench/*.c)
 BENCH_OBJ     := $(BENCH_SRC:%.c=$(BUILD)/%.o)
-BENCH_HARNESS := $(addprefix $(BUILD)/test/harness/,proc.o etcd_proc.o agentproc.o)
+BENCH_HARNESS := $(addprefix $(BUILD)/test/harness/,proc.o etcd_proc.o agentproc.o testutil.o)
+# The bench is no client of libagent.a, but makes its folders and writes
+# base64 as the agent does.
+BENCH_AGENT   := $(BUILD)/agent/mkdir_p.o $(BUILD)/agent/etcd/b64.o
 
 $(BENCH_OBJ): DA_CPPFLAGS += -Itest/harness $(GRPC_CFLAGS) -DBUILD_DIR='"$(CURDIR)/$(BUILD)"'
 
-$(BUILD)/bench/bench: $(BENCH_OBJ) $(BENCH_HARNESS) $(LIB_A)
+$(BUILD)/bench/bench: $(BENCH_OBJ) $(BENCH_HARNESS) $(BENCH_AGENT) $(LIB_A)
 	$(LINK) $^ $(PKG_LIBS) $(GRPC_LIBS) -lm -pthread -o $@
 
 bench: deps
-	$(MAKE) $(BUILD)/discovery-agent $(BUILD)/echo-server $(BUILD)/bench/bench
+	$(MAKE) $(BUILD)/discovery-agent $(GRPCMOD) $(BUILD)/echo-server $(BUILD)/bench/bench
 	$(BUILD)/bench/bench --out docs/benchmarks.md --data $(BUILD)/bench --notes bench/notes.md
 	gnuplot -e "datadir='$(BUILD)/bench'; outdir='docs'" bench/plots.gp
 
@@ -445,7 +485,7 @@ FLEET_SHARED := $(addprefix $(BUILD)/bench/,util.o gw.o procstat.o lines.o)
 
 $(FLEET_OBJ): DA_CPPFLAGS += -Ibench -Itest/harness -DBUILD_DIR='"$(CURDIR)/$(BUILD)"'
 
-$(BUILD)/bench/fleet/fleet: $(FLEET_OBJ) $(FLEET_SHARED) $(BENCH_HARNESS)
+$(BUILD)/bench/fleet/fleet: $(FLEET_OBJ) $(FLEET_SHARED) $(BENCH_HARNESS) $(BENCH_AGENT)
 	$(LINK) $^ $(PKG_LIBS) -lm -pthread -o $@
 
 bench-fleet: deps
@@ -460,4 +500,11 @@ bench-fleet: deps
 # nothing. (A bare .SECONDARY: would do, but the fuzz section names its
 # own, and any name turns the bare form off.)
 .SECONDARY: $(EXAMPLE_SRC:%.c=$(BUILD)/%.o) $(TEST_SRC:%.c=$(BUILD)/%.o) $(HARNESS_OBJ) \
-	$(PROTO_C) $(PROTO_H) $(BENCH_OBJ) $(FLEET_OBJ)
+	$(PROTO_C) $(PROTO_H) $(BENCH_OBJ) $(GRPCMOD_OBJ) $(FLEET_OBJ)
+
+# The project's style (.clang-format) applied to every C file git tracks;
+# clang-format is Debian's (clang-format-14). Not part of the build.
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+.PHONY: format

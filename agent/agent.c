@@ -1,12 +1,16 @@
 /* Starting, reloading and stopping the daemon's parts in the right order.
  *
- * Start: etcd client, cache, session, registry, socket, xDS server; READY=1
- * once the socket listens and every configured instance is written (or, if etcd does
- * not answer, after twice the request timeout, so that a host whose etcd is
- * down still gets its cached lists served).
- * Stop: delete our keys, revoke the lease (both bounded by the timeout),
- * then close the socket and the xDS server (its clients keep their last
- * endpoints) and free the rest. */
+ * Start: HTTP client, etcd client, cache, session, health checks, registry,
+ * xDS server, then the socket listens, then the xDS server does (so that a
+ * second agent is told about the socket first), then the DNS server, then the configured
+ * instances are added and the session asks for its lease. READY=1 once the
+ * socket listens and every configured instance is written (or, if etcd
+ * does not answer, after twice the request timeout, so that a host whose
+ * etcd is down still gets its cached lists served).
+ * Stop: close the socket, the xDS server and the DNS server first (their clients keep
+ * their last lists, rather than see our own deregistrations), then delete
+ * our keys and revoke the lease (bounded by a timer; a second signal stops
+ * waiting), then free the rest from a fresh loop turn. */
 #include "agent.h"
 
 #include <signal.h>
@@ -62,6 +66,29 @@ static void add_configured(struct agent *a, const struct config_service *s)
 }
 
 static void finish(struct agent *a);
+
+/* The protocol sees the parts it answers from and a few configuration
+ * values, not the agent (protocol.h). */
+static int proto_start(struct agent *a)
+{
+    const struct config *cfg = a->cfg;
+    struct proto_deps d = {
+        .loop = a->loop,
+        .cache = a->cache,
+        .registry = a->registry,
+        .etcd = a->etcd,
+        .xds = a->xds,
+        .prefix = cfg->prefix,
+        .timeout_ms = cfg->timeout_ms,
+        .checks_exec = cfg->checks_exec,
+        .access = {cfg->register_limited, cfg->register_uids, cfg->n_register_uids,
+                   cfg->register_gids, cfg->n_register_gids},
+        .status = {a->session, cfg->path, (const char *const *)cfg->endpoints, cfg->n_endpoints,
+                   a->started, a->dns},
+    };
+
+    return proto_new(&a->proto, &d);
+}
 
 /* ---- readiness and watchdog --------------------------------------------- */
 
@@ -173,12 +200,27 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     xo.idle_ms = cfg->xds_idle_ms;
     if ((rc = xds_new(&a->xds, loop, a->cache, &xo)) < 0)
         goto fail;
+    if (cfg->dns_enabled) {
+        struct dns_options dno = {0};
+        dno.listen = (const char *const *)cfg->dns_listen;
+        dno.n_listen = cfg->n_dns_listen;
+        dno.domain = cfg->dns_domain;
+        dno.ttl = cfg->dns_ttl;
+        dno.max_answers = cfg->dns_max_answers;
+        if ((rc = dns_new(&a->dns, loop, a->cache, &dno, err, errlen)) < 0) {
+            a->stopping = true;
+            finish(a);
+            return rc;
+        }
+    }
+    if ((rc = proto_start(a)) < 0)
+        goto fail;
 
     so.path = cfg->socket_path;
     so.mode = cfg->socket_mode;
     so.too_long_reply = proto_too_long_reply;
     so.busy_reply = proto_busy_reply;
-    rc = server_start(&a->server, loop, &so, &cb, a, err, errlen);
+    rc = server_start(&a->server, loop, &so, &cb, a->proto, err, errlen);
     if (rc < 0) {
         a->server = NULL;
         a->stopping = true;
@@ -188,6 +230,8 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     /* After the socket, so that a second agent is told about that first;
      * it also writes the bootstrap file beside xds.path. */
     rc = xds_start(a->xds, err, errlen);
+    if (rc == 0 && a->dns)
+        rc = dns_start(a->dns, err, errlen);
     if (rc < 0) {
         server_close(a->server);
         a->server = NULL;
@@ -242,15 +286,18 @@ static void finish(struct agent *a)
 {
     server_close(a->server);
     a->server = NULL;
+    /* After the socket: its connections' on_close needs the protocol. */
+    a->proto = proto_free(a->proto);
     /* After the socket (its requests may wait on xDS queries) and before
      * the cache (xDS holds cache subscriptions). */
-    a->xds = xds_free(a->xds);
-    a->registry = registry_free(a->registry);
+    a->xds = xds_close(a->xds);
+    a->dns = dns_close(a->dns); /* before the cache: it holds subscriptions */
+    a->registry = registry_close(a->registry);
     if (a->checks)
         check_ctx_free(a->checks);
     a->checks = NULL;
-    a->cache = cache_free(a->cache);
-    a->session = session_free(a->session);
+    a->cache = cache_close(a->cache);
+    a->session = session_close(a->session);
     a->etcd = etcd_client_free(a->etcd);
     if (a->http)
         http_client_close(a->http);
@@ -311,11 +358,13 @@ void agent_stop(struct agent *a)
     a->server = NULL;
     /* Likewise xDS clients: with the server gone they keep their last
      * endpoints, rather than being pushed our deregistrations. */
-    a->xds = xds_free(a->xds);
+    a->xds = xds_close(a->xds);
+    /* And DNS: a query now would see our own instances leave. */
+    a->dns = dns_close(a->dns);
     /* The deletes and the revoke are each one request, retried over the
      * endpoints; twice the timeout per step bounds the whole stop. */
     uv_timer_start(&a->stop_timer, stop_overdue, 4 * a->cfg->timeout_ms + 1000, 0);
-    registry_shutdown(a->registry, deregistered, a);
+    registry_stop(a->registry, deregistered, a);
 }
 
 /* ---- reload ------------------------------------------------------------- */
@@ -341,7 +390,11 @@ static void warn_unapplied(const struct config *old, const struct config *new)
         old->xds_mode != new->xds_mode || !same(old->xds_tcp, new->xds_tcp) ||
         !same(old->xds_group_header, new->xds_group_header) ||
         old->xds_idle_ms != new->xds_idle_ms ||
-        old->xds_test_host_names != new->xds_test_host_names)
+        old->xds_test_host_names != new->xds_test_host_names ||
+        old->dns_enabled != new->dns_enabled || !same(old->dns_domain, new->dns_domain) ||
+        old->dns_ttl != new->dns_ttl || old->dns_max_answers != new->dns_max_answers ||
+        old->n_dns_listen != new->n_dns_listen ||
+        (old->n_dns_listen && strcmp(old->dns_listen[0], new->dns_listen[0])))
         log_warn("agent: reload applies services and log.level only; restart the agent to "
                  "apply the other changes");
 }
@@ -381,6 +434,7 @@ int agent_reload(struct agent *a)
     log_level = nc->log_level;
     a->cfg->checks_exec = nc->checks_exec;
     check_ctx_set_exec_enabled(a->checks, nc->checks_exec);
+    proto_set_checks_exec(a->proto, nc->checks_exec);
     config_free(nc);
     a->reloads++;
     log_info("agent: configuration reloaded: %zu configured instance(s)", a->cfg->n_services);

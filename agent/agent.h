@@ -1,6 +1,6 @@
 /* The daemon as a whole: one of each part, wired together on one loop.
  * main.c parses the command line and hands over; agent.c starts, reloads and
- * stops the parts in order; protocol.c answers the socket. */
+ * stops the parts in order; protocol/ answers the socket (protocol.h). */
 #ifndef DA_AGENT_H
 #define DA_AGENT_H
 
@@ -11,8 +11,10 @@
 #include "cache.h"
 #include "check.h"
 #include "config.h"
+#include "dns.h"
 #include "etcd.h"
 #include "http.h"
+#include "protocol.h"
 #include "registry.h"
 #include "server.h"
 #include "session.h"
@@ -31,6 +33,8 @@ struct agent {
     registry *registry;
     server *server;
     xds *xds; /* the xDS server for gRPC clients (docs/xds.md) */
+    dns_server *dns; /* NULL when dns.enabled is false (docs/dns.md) */
+    proto *proto; /* answers the socket */
     struct check_ctx *checks;
 
     uv_signal_t sig_term, sig_int, sig_hup;
@@ -41,7 +45,6 @@ struct agent {
     bool stopping;
     uint64_t started; /* uv_now at start */
     uint64_t reloads;
-    uint64_t renders; /* lists rendered for clients (protocol.c), for status */
     int exit_code;
 };
 
@@ -55,12 +58,5 @@ void agent_stop(struct agent *a);
 /* Re-reads the configuration; on error keeps the running one. Returns 0 or
  * an error (the reason is logged). */
 int agent_reload(struct agent *a);
-
-/* protocol.c: the socket's callbacks. */
-void proto_on_line(server *s, server_conn *c, char *line, size_t len, void *arg);
-void proto_on_close(server *s, server_conn *c, void *arg);
-void proto_on_eof(server *s, server_conn *c, void *arg);
-extern const char proto_too_long_reply[];
-extern const char proto_busy_reply[]; /* refused for want of descriptors */
 
 #endif

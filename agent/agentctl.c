@@ -23,14 +23,13 @@
 
 #include <discovery/discovery.h>
 
+#include "defaults.h"
 #include "duration.h"
 
 #define EXIT_DONE 0
 #define EXIT_FAILED 1
 #define EXIT_USAGE 2
 #define EXIT_NOAGENT 3
-
-#define DEFAULT_TIMEOUT_MS 30000
 
 /* ---- commands and their help -------------------------------------------- */
 
@@ -159,7 +158,7 @@ static void usage(FILE *f)
         fprintf(f, "  agentctl %s\n", commands[i].usage);
     fprintf(f, "\n"
                "  -s, --socket SOCKET    the agent's socket (default: $DISCOVERY_SOCKET, else\n"
-               "                         " DISC_DEFAULT_SOCKET ")\n"
+               "                         " DA_DEFAULT_SOCKET_PATH ")\n"
                "      --timeout DURATION how long to wait for the agent, e.g. 5s (default 30s)\n"
                "  -h, --help             this text; 'agentctl COMMAND --help' for a command\n"
                "  -V, --version          agentctl's version\n"
@@ -211,7 +210,7 @@ static int open_client(const struct opts *o, disc_client **out)
     if (!path) {
         path = getenv("DISCOVERY_SOCKET");
         if (!path || !*path)
-            path = DISC_DEFAULT_SOCKET;
+            path = DA_DEFAULT_SOCKET_PATH;
     }
     if (rc == 0)
         return EXIT_DONE;
@@ -474,6 +473,34 @@ static void meta_text(const struct disc_instance *in, char *buf, size_t len)
 
 /* ---- status ------------------------------------------------------------- */
 
+/* dns: the listeners, then the queries by rcode ("NOERROR 10, NXDOMAIN 2"). */
+static void print_dns(json_t *d)
+{
+    const char *k;
+    json_t *v, *l;
+    size_t i;
+
+    if (!json_is_true(json_object_get(d, "enabled"))) {
+        if (d)
+            printf("dns            off (dns.enabled: false)\n");
+        return;
+    }
+    printf("dns            %s. on", str_or(d, "domain", "?"));
+    json_array_foreach(json_object_get(d, "listen"), i, l)
+        printf("%s %s", i ? "," : "", json_string_value(l));
+    printf(" (udp, tcp), ttl %lld s\n", int_of(d, "ttl"));
+    printf("dns queries    %lld (%lld udp, %lld tcp, %lld truncated, %lld waited for a list):",
+           int_of(d, "queries"), int_of(d, "udp"), int_of(d, "tcp"), int_of(d, "truncated"),
+           int_of(d, "waited"));
+    i = 0;
+    json_object_foreach(json_object_get(d, "rcodes"), k, v)
+        printf("%s %s %lld", i++ ? "," : "", k, (long long)json_integer_value(v));
+    printf("%s\n", i ? "" : " none yet");
+    json_t *nx = json_object_get(d, "last_nxdomain");
+    if (nx)
+        printf("dns last NXDOMAIN  %s: %s\n", str_or(nx, "name", "?"), str_or(nx, "reason", "?"));
+}
+
 static int cmd_status(struct opts *o)
 {
     json_t *r, *etcd, *lease, *e;
@@ -539,6 +566,7 @@ static int cmd_status(struct opts *o)
                str_or(x, "path", "?"), json_array_size(json_object_get(x, "clients")),
                int_of(x, "nacks"),
                json_is_true(json_object_get(x, "grpc_running")) ? "running" : "stopped");
+    print_dns(json_object_get(r, "dns"));
 
     printf("\nregistrations (%zu)\n", json_array_size(json_object_get(r, "registrations")));
     t.cols = 9;
@@ -1204,7 +1232,7 @@ static void opts_clear(struct opts *o)
 
 int main(int argc, char **argv)
 {
-    struct opts o = {.timeout_ms = DEFAULT_TIMEOUT_MS};
+    struct opts o = {.timeout_ms = DA_DEFAULT_CTL_TIMEOUT_MS};
     const struct command *cmd = NULL;
     int i, st;
 

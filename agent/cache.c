@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cache_disk.h"
+#include "defaults.h"
 #include "error.h"
 #include "etcd_parse.h"
 #include "log.h"
@@ -39,6 +40,7 @@ struct service {
     size_t n_sorted;
     size_t skipped;
     int64_t revision;
+    uint64_t updated; /* uv_now when its list last changed (for DNS TXT) */
     bool ready, stale, dirty;
     bool on_disk; /* its file is in cache.dir (loaded or saved) */
     etcd_watch *watch;
@@ -352,6 +354,7 @@ static void changed(service *s)
 {
     cache *c = s->c;
 
+    s->updated = uv_now(c->loop);
     rebuild(s);
     if (c->dir) {
         s->dirty = true;
@@ -519,6 +522,7 @@ static void load_from_disk(service *s)
     s->revision = rev;
     s->ready = true;
     s->stale = true;
+    s->updated = uv_now(s->c->loop);
     rebuild(s);
     log_info("cache: %s: serving %zu saved instance(s) at revision %lld until etcd answers",
              s->name, s->n_sorted, (long long)rev);
@@ -529,7 +533,7 @@ static void service_free(service *s)
     unschedule_notify(s);
     drop_derived(s);
     etcd_call_cancel(s->confirm);
-    etcd_watch_stop(s->watch);
+    etcd_watch_close(s->watch);
     entries_clear(s);
     free(s->entries);
     free(s->sorted);
@@ -698,6 +702,7 @@ const char *service_name(const service *s) { return s->name; }
 int64_t service_revision(const service *s) { return s->revision; }
 bool service_ready(const service *s) { return s->ready; }
 bool service_stale(const service *s) { return s->stale; }
+uint64_t service_updated(const service *s) { return s->updated; }
 size_t service_skipped(const service *s) { return s->skipped; }
 size_t service_subscribers(const service *s) { return s->n_subs; }
 void *service_derived(const service *s) { return s->derived; }
@@ -738,8 +743,6 @@ void cache_foreach(cache *c, void (*fn)(service *svc, void *arg), void *arg)
         }
 }
 
-size_t cache_size(const cache *c) { return c->n_services; }
-
 size_t cache_skipped_total(const cache *c)
 {
     size_t n = 0;
@@ -762,11 +765,11 @@ int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cach
     c->loop = loop;
     c->etcd = etcd;
     c->started = uv_now(loop);
-    c->idle_ms = o->idle_ms ? o->idle_ms : 600000;
+    c->idle_ms = o->idle_ms ? o->idle_ms : DA_DEFAULT_CACHE_IDLE_MS;
     c->save_delay_ms = o->save_delay_ms ? o->save_delay_ms : 200;
     c->n_buckets = 64;
     c->buckets = calloc(c->n_buckets, sizeof *c->buckets);
-    c->prefix = strdup(o->prefix ? o->prefix : "/micro");
+    c->prefix = strdup(o->prefix ? o->prefix : DA_DEFAULT_ETCD_PREFIX);
     c->dir = o->dir ? strdup(o->dir) : NULL;
     if (!c->buckets || !c->prefix || (o->dir && !c->dir)) {
         free(c->buckets);
@@ -805,7 +808,7 @@ static void timer_closed(uv_handle_t *h)
         free(c);
 }
 
-cache *cache_free(cache *c)
+cache *cache_close(cache *c)
 {
     if (!c)
         return NULL;

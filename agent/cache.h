@@ -32,7 +32,7 @@ struct cache_options {
 int cache_new(cache **out, uv_loop_t *loop, etcd_client *etcd, const struct cache_options *o);
 /* Stops every watch and timer; the memory goes when the loop runs once
  * more. Subscriptions must be gone first. Accepts NULL; returns NULL. */
-cache *cache_free(cache *c);
+cache *cache_close(cache *c);
 
 /* The service called name, created (and its watch started) if new; marks
  * it used now. Returns NULL with *err set (DA_EINVAL for a bad name,
@@ -50,6 +50,8 @@ const char *service_name(const service *s);
 int64_t service_revision(const service *s);
 bool service_ready(const service *s); /* has a list, from etcd or disk */
 bool service_stale(const service *s); /* not (yet) confirmed live by etcd */
+/* uv_now() when the list last changed (or was loaded from disk). */
+uint64_t service_updated(const service *s);
 size_t service_skipped(const service *s); /* values that are not instances */
 /* Valid instances sorted by address; borrowed until the next change. */
 const struct instance *const *service_instances(const service *s, size_t *n);
@@ -68,7 +70,6 @@ void *service_derived(const service *s); /* borrowed */
 
 /* Every service in the cache, in no particular order. */
 void cache_foreach(cache *c, void (*fn)(service *svc, void *arg), void *arg);
-size_t cache_size(const cache *c);
 size_t cache_skipped_total(const cache *c);
 
 #endif

@@ -13,14 +13,12 @@
 #include <unistd.h>
 
 #include "etcd_parse.h"
+#include "hash.h"
+#include "mkdir_p.h"
 
 uint64_t cache_disk_hash(const char *name)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-
-    while (*name)
-        h = (h ^ (unsigned char)*name++) * 1099511628211ull;
-    return h;
+    return hash_fnv1a(name);
 }
 
 /* "<dir>/<16 hex>.list<suffix>": always short, whatever the name. */

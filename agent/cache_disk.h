@@ -28,7 +28,7 @@
  * written until a sweep makes room. */
 #define CACHE_DISK_FILES 4096
 
-/* The hash that names a service's file (64-bit FNV-1a of the name). */
+/* The hash that names a service's file (hash_fnv1a() of the name). */
 uint64_t cache_disk_hash(const char *name);
 
 /* kvs[i].key holds the key's part after "<prefix>/<name>/". Returns 0 or a

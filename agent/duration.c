@@ -1,4 +1,4 @@
-/* Parsing and printing of configuration durations ("500ms", "1m30s"). */
+/* Parsing of configuration durations ("500ms", "1m30s"). */
 #include "duration.h"
 
 #include <errno.h>
@@ -73,90 +73,5 @@ int duration_parse(const char *s, uint64_t *ms)
         s += ulen;
     }
     *ms = total;
-    return 0;
-}
-
-static size_t digits(uint64_t v)
-{
-    size_t n = 1;
-
-    while (v >= 10) {
-        v /= 10;
-        n++;
-    }
-    return n;
-}
-
-/* Writes v in decimal at p, which has room for it; returns the end. */
-static char *put_u64(char *p, uint64_t v)
-{
-    size_t n = digits(v);
-
-    for (size_t i = n; i > 0; i--) {
-        p[i - 1] = (char)('0' + v % 10);
-        v /= 10;
-    }
-    return p + n;
-}
-
-int duration_format(uint64_t ms, char *buf, size_t len)
-{
-    uint64_t best_count[N_UNITS] = { 0 };
-    size_t best_len = SIZE_MAX, best_terms = 0;
-    unsigned best_mask = 0;
-    char tmp[DURATION_FORMAT_MAX];
-    char *p = tmp;
-
-    if (buf == NULL)
-        return -EINVAL;
-    if (ms == 0) {
-        best_mask = 1u << 2;  /* "0s" */
-    } else {
-        /* Try every set of units. With the set fixed, each term takes as
-         * much as it can, largest unit first; a set is usable only if the
-         * smallest unit absorbs the rest exactly and no term is zero. There
-         * are only fifteen sets, so trying them all is cheaper than being
-         * clever. */
-        for (unsigned mask = 1; mask < (1u << N_UNITS); mask++) {
-            uint64_t count[N_UNITS] = { 0 };
-            uint64_t rem = ms;
-            size_t slen = 0, terms = 0;
-            int ok = 1;
-
-            for (size_t i = 0; i < N_UNITS && ok; i++) {
-                if (!(mask & (1u << i)))
-                    continue;
-                count[i] = rem / units[i].ms;
-                rem -= count[i] * units[i].ms;
-                ok = count[i] > 0;
-                slen += digits(count[i]) + units[i].len;
-                terms++;
-            }
-            if (!ok || rem != 0)
-                continue;
-            /* On a full tie the first set in this order is kept, which
-             * makes the output depend on nothing but ms. */
-            if (slen < best_len || (slen == best_len && terms < best_terms)) {
-                best_len = slen;
-                best_terms = terms;
-                best_mask = mask;
-                memcpy(best_count, count, sizeof(count));
-            }
-        }
-    }
-    for (size_t i = 0; i < N_UNITS; i++) {
-        if (!(best_mask & (1u << i)))
-            continue;
-        p = put_u64(p, best_count[i]);
-        memcpy(p, units[i].name, units[i].len);
-        p += units[i].len;
-    }
-    *p = '\0';
-    if ((size_t)(p - tmp) + 1 > len) {
-        if (len > 0)
-            buf[0] = '\0';
-        return -ENOSPC;
-    }
-    memcpy(buf, tmp, (size_t)(p - tmp) + 1);
     return 0;
 }

@@ -11,13 +11,3 @@ const char *da_strerror(int err)
     }
     return err < 0 && err > -4000 ? strerror(-err) : "unknown error";
 }
-
-const char *da_err_name(int err)
-{
-    switch (err) {
-#define XX(name, code, text) case code: return "E" #name;
-        DA_ERRNO_MAP(XX)
-#undef XX
-    }
-    return "EUNKNOWN";
-}

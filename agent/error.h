@@ -15,6 +15,7 @@
     XX(CANCELED, -ECANCELED, "canceled")                                     \
     XX(MSGSIZE, -EMSGSIZE, "reply too large")                                \
     XX(ACCES, -EACCES, "permission denied")                                  \
+    XX(FBIG, -EFBIG, "file too large")                                       \
     XX(PROTO, -4001, "malformed reply")                                      \
     XX(TRANSPORT, -4002, "connection to etcd failed")                        \
     XX(NOLEADER, -4003, "etcd member has no leader")                         \
@@ -32,8 +33,7 @@ enum {
 #undef XX
 };
 
-/* Both return a static string; an unknown code gives a generic text. */
+/* A static string; an unknown code gives a generic text. */
 const char *da_strerror(int err);
-const char *da_err_name(int err);
 
 #endif

@@ -67,7 +67,6 @@ struct http_client {
     struct http_req *reqs;
     struct http_req *pending_head, *pending_tail;
     struct http_sock *socks;
-    size_t active;
     int dispatching;    /* dispatch() depth */
     bool peer_gone;     /* some request has peer_gone set */
     bool close_pending; /* http_client_close() ran inside dispatch() */
@@ -208,7 +207,6 @@ static void req_free(struct http_req *r)
     curl_slist_free_all(r->headers);
     free(r->data);
     free(r->out);
-    c->active--;
     free(r);
 }
 
@@ -605,7 +603,6 @@ int http_request(http_client *c, const struct http_req_opts *o, http_done_cb don
     if (c->reqs)
         c->reqs->prev = r;
     c->reqs = r;
-    c->active++;
     if (curl_multi_add_handle(c->multi, e) != CURLM_OK) {
         r->easy = NULL;
         curl_easy_cleanup(e);
@@ -672,11 +669,6 @@ void http_cancel(http_req *r)
 const char *http_req_errtext(const http_req *r)
 {
     return r->errbuf;
-}
-
-size_t http_active(const http_client *c)
-{
-    return c->active;
 }
 
 static void timer_closed(uv_handle_t *h)

@@ -80,9 +80,6 @@ void http_cancel(http_req *req);
 /* libcurl's text for the last failure (empty if none); valid in callbacks. */
 const char *http_req_errtext(const http_req *req);
 
-/* Number of requests started and not yet finished. */
-size_t http_active(const http_client *c);
-
 /* Cancels every request (no callbacks), cleans up the multi handle, and
  * closes the loop handles; the client is freed by the loop, so the caller
  * must run the loop once more (uv_run) before uv_loop_close(). */

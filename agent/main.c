@@ -8,10 +8,10 @@
 
 #include "agent.h"
 #include "config.h"
+#include "defaults.h"
 #include "fdlimit.h"
 #include "log.h"
 
-#define DEFAULT_CONFIG "/etc/discovery-agent/agent.yaml"
 
 static void usage(FILE *f)
 {
@@ -21,7 +21,7 @@ static void usage(FILE *f)
             "Keeps this host's service instances registered in etcd and serves live\n"
             "address lists on a unix socket.\n"
             "\n"
-            "  -c, --config FILE  configuration (default " DEFAULT_CONFIG ",\n"
+            "  -c, --config FILE  configuration (default " DA_DEFAULT_CONFIG ",\n"
             "                     plus conf.d/*.yaml beside it)\n"
             "      --check        validate the configuration and exit\n"
             "  -V, --version      print the version and exit\n"
@@ -38,7 +38,7 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *path = DEFAULT_CONFIG;
+    const char *path = DA_DEFAULT_CONFIG;
     bool check = false;
     struct config *cfg;
     struct agent a;

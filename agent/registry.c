@@ -184,7 +184,7 @@ static void wake_waiters(struct reg *g, int err)
 
 static void reg_free(struct reg *g)
 {
-    checker_stop(g->chk);
+    checker_close(g->chk);
     g->chk = NULL;
     wake_waiters(g, DA_ECANCELED);
     etcd_call_cancel(g->call);
@@ -480,7 +480,7 @@ static int set_check(struct reg *g, const struct check_spec *spec, char *err, si
 
     if (!spec || spec->type == CHECK_NONE) {
         if (g->chk) {
-            checker_stop(g->chk);
+            checker_close(g->chk);
             g->chk = NULL;
         }
         g->healthy = true;
@@ -497,7 +497,7 @@ static int set_check(struct reg *g, const struct check_spec *spec, char *err, si
         return rc;
     snprintf(label, sizeof label, "%s %s", g->inst.name, g->inst.address);
     checker_set_label(k, label);
-    checker_stop(g->chk);
+    checker_close(g->chk);
     g->chk = k;
     /* A new check starts unhealthy: nothing that has not passed is served. */
     g->healthy = false;
@@ -908,7 +908,7 @@ void registry_foreach(const registry *r, void (*fn)(const struct reg_info *ri, v
     }
 }
 
-void registry_shutdown(registry *r, void (*done)(void *arg), void *arg)
+void registry_stop(registry *r, void (*done)(void *arg), void *arg)
 {
     r->shutting_down = true;
     r->shutdown_done = done;
@@ -939,7 +939,7 @@ static void closed(uv_handle_t *h)
     free(r);
 }
 
-registry *registry_free(registry *r)
+registry *registry_close(registry *r)
 {
     if (!r)
         return NULL;

@@ -111,7 +111,7 @@ void registry_foreach(const registry *r, void (*fn)(const struct reg_info *ri, v
 
 /* Deletes every key of ours (keys not ours are left alone), then calls
  * done. Registrations made after this are refused. */
-void registry_shutdown(registry *r, void (*done)(void *arg), void *arg);
-registry *registry_free(registry *r); /* loop must run once more; NULL-safe */
+void registry_stop(registry *r, void (*done)(void *arg), void *arg);
+registry *registry_close(registry *r); /* loop must run once more; NULL-safe */
 
 #endif

@@ -35,18 +35,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
+#include "defaults.h"
 #include "error.h"
 #include "fdlimit.h"
 #include "log.h"
+#include "unix_listen.h"
 
-#define DEFAULT_MAX_LINE ((size_t)64 * 1024)
+#define DEFAULT_MAX_LINE DA_SOCKET_MAX_LINE
 #define DEFAULT_MAX_OUTPUT ((size_t)8 * 1024 * 1024)
 #define DEFAULT_MAX_CLIENTS ((size_t)16384)
-#define DEFAULT_MODE 0660u
+#define DEFAULT_MODE DA_DEFAULT_SOCKET_MODE
 
 #define IN_INITIAL ((size_t)4096) /* first size of a line buffer */
 #define IN_MIN_FREE ((size_t)1024) /* grow before reading into less than this */
@@ -565,130 +565,18 @@ static int set_err(char *err, size_t errlen, int code, const char *fmt, ...)
     return code;
 }
 
-/* mkdir -p of path's folder, mode 0755 (less the umask). */
-static int make_parents(const char *path, char *err, size_t errlen)
-{
-    char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    size_t len = strlen(path);
-    char *slash;
-
-    memcpy(dir, path, len + 1); /* the caller checked len < sizeof dir */
-    slash = strrchr(dir, '/');
-    if (!slash || slash == dir)
-        return 0;
-    *slash = '\0';
-    for (char *p = dir + 1;; p++) {
-        if (*p != '/' && *p != '\0')
-            continue;
-        char saved = *p;
-        *p = '\0';
-        if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-            return set_err(err, errlen, -errno, "cannot create folder %s: %s", dir,
-                        strerror(errno));
-        *p = saved;
-        if (saved == '\0')
-            return 0;
-    }
-}
-
-/* Leaves path free to bind, or says why it is not. */
-static int clear_stale(const char *path, const struct sockaddr_un *sa, char *err,
-                       size_t errlen)
-{
-    struct stat st;
-    int fd, r, e;
-
-    if (lstat(path, &st) != 0) {
-        if (errno == ENOENT)
-            return 0;
-        return set_err(err, errlen, -errno, "cannot stat %s: %s", path, strerror(errno));
-    }
-    /* A misspelt socket path must not cost a regular file. */
-    if (!S_ISSOCK(st.st_mode))
-        return set_err(err, errlen, -EEXIST, "%s exists and is not a socket", path);
-
-    /* Non-blocking, so a live agent whose backlog is full (EAGAIN) does not
-     * hang us; it counts as live. */
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return set_err(err, errlen, -errno, "socket: %s", strerror(errno));
-    r = connect(fd, (const struct sockaddr *)sa, sizeof *sa);
-    e = errno;
-    close(fd);
-    if (r == 0 || e == EAGAIN || e == EINPROGRESS)
-        return set_err(err, errlen, -EADDRINUSE, "another agent is listening on %s", path);
-    if (e == ENOENT)
-        return 0;
-    if (e != ECONNREFUSED)
-        return set_err(err, errlen, -e, "cannot probe %s: %s", path, strerror(e));
-    if (unlink(path) != 0 && errno != ENOENT)
-        return set_err(err, errlen, -errno, "cannot remove stale socket %s: %s", path,
-                    strerror(errno));
-    return 0;
-}
-
-/* Binds and chmods, but does not listen yet. */
-static int bind_socket(const char *path, const struct sockaddr_un *sa, unsigned mode,
-                       int *fd_out, struct stat *st, char *err, size_t errlen)
-{
-    int fd, r;
-
-    /* Callers never pass NULL; the check tells GCC so under -fsanitize. */
-    if (!path)
-        return -EINVAL;
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return set_err(err, errlen, -errno, "socket: %s", strerror(errno));
-    if (bind(fd, (const struct sockaddr *)sa, sizeof *sa) != 0) {
-        r = set_err(err, errlen, -errno, "cannot bind %s: %s", path, strerror(errno));
-        close(fd);
-        return r;
-    }
-    /* fchmod() on a socket does not reach the file bind() made. */
-    if (chmod(path, mode) != 0 || stat(path, st) != 0) {
-        r = set_err(err, errlen, -errno, "cannot set mode of %s: %s", path, strerror(errno));
-        unlink(path);
-        close(fd);
-        return r;
-    }
-    *fd_out = fd;
-    return 0;
-}
-
-static void unlink_ours(server *s)
-{
-    struct stat st;
-
-    if (s->path && stat(s->path, &st) == 0 && st.st_dev == s->dev && st.st_ino == s->ino)
-        unlink(s->path);
-}
-
 int server_start(server **out, uv_loop_t *loop, const struct server_options *o,
                  const struct server_callbacks *cb, void *arg, char *err, size_t errlen)
 {
-    struct sockaddr_un sa;
-    struct stat st;
+    struct unix_listener ul;
     server *s;
-    size_t len;
-    int fd = -1, r;
+    int r;
 
     if (err && errlen > 0)
         err[0] = '\0';
     if (!out || !loop || !o || !cb || !cb->on_line || !o->path || !o->path[0])
         return set_err(err, errlen, DA_EINVAL, "server_start: missing argument");
     *out = NULL;
-    len = strlen(o->path);
-    if (len >= sizeof sa.sun_path)
-        return set_err(err, errlen, -ENAMETOOLONG,
-                    "socket path %s is longer than %zu bytes", o->path,
-                    sizeof sa.sun_path - 1);
-    memset(&sa, 0, sizeof sa);
-    sa.sun_family = AF_UNIX;
-    memcpy(sa.sun_path, o->path, len + 1);
-
-    if ((r = make_parents(o->path, err, errlen)) != 0 ||
-        (r = clear_stale(o->path, &sa, err, errlen)) != 0)
-        return r;
 
     s = calloc(1, sizeof *s);
     if (!s)
@@ -715,19 +603,17 @@ int server_start(server **out, uv_loop_t *loop, const struct server_options *o,
         goto fail;
     }
 
-    r = bind_socket(o->path, &sa, o->mode ? o->mode : DEFAULT_MODE, &fd, &st, err, errlen);
+    r = unix_listen_open(o->path, o->mode ? o->mode : DEFAULT_MODE, LISTEN_BACKLOG, &ul, err,
+                         errlen);
     if (r != 0)
         goto fail;
-    s->dev = st.st_dev;
-    s->ino = st.st_ino;
-    s->fd = fd;
-    if (listen(fd, LISTEN_BACKLOG) != 0)
-        r = set_err(err, errlen, -errno, "cannot listen on %s: %s", o->path, strerror(errno));
-    else if ((r = uv_poll_init(loop, &s->listener, fd)) != 0)
+    s->dev = ul.dev;
+    s->ino = ul.ino;
+    s->fd = ul.fd;
+    if ((r = uv_poll_init(loop, &s->listener, s->fd)) != 0) {
         set_err(err, errlen, r, "cannot use socket %s: %s", o->path, uv_strerror(r));
-    if (r != 0) {
-        unlink_ours(s);
-        close(fd);
+        unix_listen_unlink(s->path, s->dev, s->ino);
+        close(s->fd);
         goto fail;
     }
 
@@ -761,7 +647,7 @@ void server_close(server *s)
     s->closing = true;
     /* Unlink before the descriptor closes, so as never to remove a socket
      * that another agent binds in between. */
-    unlink_ours(s);
+    unix_listen_unlink(s->path, s->dev, s->ino);
     uv_close((uv_handle_t *)&s->listener, listener_closed);
     uv_close((uv_handle_t *)&s->retry, handle_closed);
     /* Each turn takes the head, so on_close may close anything, this server

@@ -72,13 +72,14 @@ struct server_callbacks {
     void (*on_eof)(server *s, server_conn *c, void *arg);
 };
 
-/* Creates the socket's folder (mode 0755, parents too) if missing; refuses
- * a path longer than sun_path (-ENAMETOOLONG); if a socket is at path and
+/* Listens on o->path as unix_listen_open() does (unix_listen.h): creates
+ * the socket's folder (mode 0755, parents too) if missing; refuses a path
+ * longer than sun_path (-ENAMETOOLONG); if a socket is at path and
  * something accepts a connection there, refuses with -EADDRINUSE and the
  * message "another agent is listening on PATH"; if nothing does, removes
  * that stale socket. A file at path that is not a socket is never removed:
- * -EEXIST. Binds, chmods to mode, then listens, so no client connects
- * before the mode is set. The sockets are non-blocking and close-on-exec.
+ * -EEXIST. Binds with mode, then listens, so no client connects through
+ * wider permissions. The sockets are non-blocking and close-on-exec.
  *
  * On success *out is the new server (owned by the caller until
  * server_close()). On failure returns a negative code, writes a one-line

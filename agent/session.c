@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "backoff.h"
+#include "defaults.h"
 #include "error.h"
 #include "log.h"
 
@@ -144,7 +145,7 @@ int session_new(session **out, uv_loop_t *loop, etcd_client *etcd, int64_t ttl_s
         return DA_ENOMEM;
     s->loop = loop;
     s->etcd = etcd;
-    s->ttl_s = ttl_s > 0 ? ttl_s : 10;
+    s->ttl_s = ttl_s > 0 ? ttl_s : DA_DEFAULT_SESSION_TTL_MS / 1000;
     s->cb = cb;
     s->arg = arg;
     s->backoff = BACKOFF_INIT(RETRY_MIN_MS, RETRY_MAX_MS);
@@ -218,7 +219,7 @@ static void closed(uv_handle_t *h)
     free(h->data);
 }
 
-session *session_free(session *s)
+session *session_close(session *s)
 {
     if (!s)
         return NULL;

@@ -40,6 +40,6 @@ uint64_t session_grants(const session *s);     /* leases granted so far */
  * answered; no session callback after this. */
 void session_stop(session *s, void (*done)(void *arg), void *arg);
 /* Frees; the loop must run once more. Accepts NULL; returns NULL. */
-session *session_free(session *s);
+session *session_close(session *s);
 
 #endif

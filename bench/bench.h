@@ -14,6 +14,10 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "b64.h"
+#include "mkdir_p.h"
+#include "testutil.h"
+
 #define RUNS 5 /* every figure is a median over this many runs */
 
 /* ---- clocks and samples (util.c) ------------------------------------------ */
@@ -21,7 +25,7 @@
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t now_ns(void);
 static inline double ns_to_us(uint64_t ns) { return (double)ns / 1e3; }
-void sleep_ms(int ms);
+/* now_ms() and sleep_ms() are the tests' (test/harness/testutil.h). */
 
 /* A growing array of doubles (latencies in microseconds, say). */
 struct samples {
@@ -54,18 +58,14 @@ int samples_write_quantiles(struct samples *s, const char *path);
 
 /* ---- small helpers (util.c) ----------------------------------------------- */
 
-/* Standard base64 of len bytes of in, NUL-terminated, into out (room for
- * 4 * ((len + 2) / 3) + 1). */
-void b64(const void *in, size_t len, char *out);
+/* Base64 is the agent's b64_encode() (agent/etcd/b64.h). */
 /* Raises RLIMIT_NOFILE's soft limit to the hard one; returns the new soft
  * limit. */
 long raise_nofile(void);
 /* Writes a whole file; 0 or -errno. */
 int write_file(const char *path, const char *text);
-/* mkdir -p. */
-int make_dirs(const char *path);
-/* rm -rf, for the bench's own folders only. */
-void remove_tree(const char *path);
+/* mkdir -p is the agent's mkdir_p() (agent/mkdir_p.h), rm -rf the tests'
+ * rm_rf(). */
 
 /* ---- /proc (procstat.c) --------------------------------------------------- */
 

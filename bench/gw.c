@@ -242,9 +242,9 @@ static char *kv_body(const char *key, const char *value)
         free(body);
         return NULL;
     }
-    b64(key, kl, kb);
+    b64_encode(key, kl, kb);
     if (value) {
-        b64(value, vl, vb);
+        b64_encode(value, vl, vb);
         snprintf(body, cap, "{\"key\":\"%s\",\"value\":\"%s\"}", kb, vb);
     } else {
         snprintf(body, cap, "{\"key\":\"%s\"}", kb);
@@ -354,8 +354,8 @@ long gw_range_prefix(struct gw *g, const char *prefix)
     long n = -1;
 
     prefix_end(prefix, end, sizeof end);
-    b64(prefix, strlen(prefix), kb);
-    b64(end, strlen(end), eb);
+    b64_encode(prefix, strlen(prefix), kb);
+    b64_encode(end, strlen(end), eb);
     snprintf(body, sizeof body, "{\"key\":\"%s\",\"range_end\":\"%s\"}", kb, eb);
     if (gw_post(g, "/v3/kv/range", body, &reply) < 0)
         return -1;
@@ -448,8 +448,8 @@ int gw_watch_open(struct gw_watch *w, const char *url, const char *prefix)
     if (gw_open(&w->g, url) < 0)
         return -1;
     prefix_end(prefix, end, sizeof end);
-    b64(prefix, strlen(prefix), kb);
-    b64(end, strlen(end), eb);
+    b64_encode(prefix, strlen(prefix), kb);
+    b64_encode(end, strlen(end), eb);
     snprintf(body, sizeof body, "{\"create_request\":{\"key\":\"%s\",\"range_end\":\"%s\"}}", kb,
              eb);
     if (gw_send(&w->g, "/v3/watch", body) < 0)

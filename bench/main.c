@@ -5,7 +5,7 @@
  * Starts one etcd member and the agents it needs, runs every part RUNS
  * times with its floor beside it, writes the plot data into DIR and the
  * report into --out, and prints the table. Environment:
- *   BENCH_ONLY=resolve,propagation,grpc,scale   run only these parts
+ *   BENCH_ONLY=resolve,propagation,grpc,scale,dns   run only these parts
  *   BENCH_AGENT=PATH  another discovery-agent binary (a candidate fix, say)
  *   BENCH_AGENT_YAML=TEXT  appended to every agent's configuration (say,
  *                     "xds:\n  enabled: false\n"); the report says so
@@ -74,8 +74,8 @@ int agent_up(struct bench *b, struct agentp *a, const char *name)
 
     memset(a, 0, sizeof *a);
     snprintf(a->dir, sizeof a->dir, "%s/%s", b->dir, name);
-    remove_tree(a->dir);
-    if (make_dirs(a->dir) < 0)
+    rm_rf(a->dir);
+    if (mkdir_p(a->dir, 0755) < 0)
         return -1;
     snprintf(a->conf, sizeof a->conf, "%s/agent.yaml", a->dir);
     snprintf(a->sock, sizeof a->sock, "%s/agent.sock", a->dir);
@@ -88,8 +88,9 @@ int agent_up(struct bench *b, struct agentp *a, const char *name)
              "session:\n  ttl: 10s\n"
              "socket:\n  path: %s\n"
              "cache:\n  dir: %s\n  idle: 10m\n"
-             "log:\n  level: info\n%s",
-             b->url, a->sock, a->cache, b->agent_yaml ? b->agent_yaml : "");
+             "log:\n  level: info\n%s%s",
+             b->url, a->sock, a->cache, b->agent_yaml ? b->agent_yaml : "",
+             agentp_dns_off(b->agent_yaml));
     if (write_file(a->conf, yaml) < 0)
         return -1;
     const char *argv[] = {b->agent_bin, "-c", a->conf, NULL};
@@ -125,7 +126,7 @@ struct proc *perf_begin(struct bench *b, pid_t pid, const char *part)
 
     if (!b->perf_dir || pid <= 0)
         return NULL;
-    make_dirs(b->perf_dir);
+    mkdir_p(b->perf_dir, 0755);
     snprintf(out, sizeof out, "%s/%s.data", b->perf_dir, part);
     snprintf(pidbuf, sizeof pidbuf, "%d", (int)pid);
     const char *argv[] = {"perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "--call-graph", "dwarf,16384",
@@ -196,7 +197,7 @@ int main(int argc, char **argv)
     /* 10,000 client sockets here, and etcd inherits the limit too. */
     if (raise_nofile() < 12000)
         fprintf(stderr, "bench: RLIMIT_NOFILE is low; the 10,000-client part will fail\n");
-    if (make_dirs(b.data) < 0 || !mkdtemp(tmpl)) {
+    if (mkdir_p(b.data, 0755) < 0 || !mkdtemp(tmpl)) {
         fprintf(stderr, "bench: cannot create folders: %s\n", strerror(errno));
         return 1;
     }
@@ -223,10 +224,12 @@ int main(int argc, char **argv)
         bench_grpc(&b);
     if (part_wanted(&b, "scale"))
         bench_scale(&b);
+    if (part_wanted(&b, "dns"))
+        bench_dns(&b);
 
     note(&b, "The whole suite took %.0f s.", (double)(now_ns() - b.started) / 1e9);
     rc = report_write(&b, out, notes);
     etcd_cluster_stop(b.etcd);
-    remove_tree(b.dir);
+    rm_rf(b.dir);
     return rc < 0 ? 1 : 0;
 }

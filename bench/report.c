@@ -114,6 +114,11 @@ static const char *verdict(const struct fig *f, char *goal, size_t cap)
         if (!ratio(f, &r))
             return "no data";
         return runs_median(&r) <= f->goal_x ? "met" : "**missed**";
+    case GOAL_RATIO_MIN:
+        snprintf(goal, cap, "≥ %.3gx peer", f->goal_x);
+        if (!ratio(f, &r))
+            return "no data";
+        return runs_median(&r) >= f->goal_x ? "met" : "**missed**";
     case GOAL_ABS_MAX: {
         char x[40];
         fmt(x, sizeof x, f->goal_x, f->goal_x < 1 ? 1 : 0);

@@ -15,6 +15,7 @@ enum goal_kind {
     GOAL_RATIO_MAX, /* median ratio to the floor at most goal_x */
     GOAL_ABS_MAX,   /* median value at most goal_x */
     GOAL_ABS_MIN,   /* median value at least goal_x */
+    GOAL_RATIO_MIN, /* median ratio to the floor (a peer's) at least goal_x */
 };
 
 /* One row of the table: a figure over RUNS runs, and its floor from the
@@ -77,6 +78,7 @@ void bench_resolve(struct bench *b);
 void bench_propagation(struct bench *b);
 void bench_grpc(struct bench *b);
 void bench_scale(struct bench *b);
+void bench_dns(struct bench *b);
 
 /* Writes the Markdown report (machine, table, plots, notes/analysis from
  * bench/notes.md) to path, and prints the table on stdout. */

@@ -284,6 +284,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
             "  idle: 1ms\n"
             "xds:\n"
             "  enabled: false\n"
+            "dns:\n"
+            "  enabled: false\n"
             "log:\n"
             "  level: error\n"
             "services:\n"
@@ -321,7 +323,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     so.path = sock_path;
     so.mode = 0600;
     so.too_long_reply = proto_too_long_reply;
-    if (server_start(&A.server, &loop, &so, &cb, &A, err, sizeof err) != 0) {
+    if (server_start(&A.server, &loop, &so, &cb, A.proto, err, sizeof err) != 0) {
         fprintf(stderr, "fuzz_request: server_start: %s\n", err);
         abort();
     }
@@ -344,7 +346,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(line, p, len);
         line[len] = '\0';
         if (len > 0) /* the server skips empty lines */
-            proto_on_line(A.server, conn, line, len, &A);
+            proto_on_line(A.server, conn, line, len, A.proto);
         free(line);
         p += len + (nl ? 1 : 0);
         run_nowait(1);

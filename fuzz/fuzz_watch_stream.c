@@ -1,7 +1,7 @@
 /* Fuzz target: a watch stream's bytes, cut into chunks at arbitrary
  * places, through the stream's line splitter (on_chunk, handle_line in
- * agent/etcd_watch_stream.c) to the watch the lines name (etcd_watch.c), as
- * libcurl would hand them over.
+ * agent/etcd/etcd_watch_stream.c) to the watch the lines name
+ * (etcd_watch.c), as libcurl would hand them over.
  *
  * Those are static, so this file includes both .c files (as the unit tests
  * do with the files they test) and drives a stream struct of its own with
@@ -17,8 +17,8 @@
  * Besides memory errors, it checks what the watch promises its receiver:
  * events come only from revisions not yet delivered, in non-decreasing
  * order, and the line buffer never outgrows the client's cap. */
-#include "../agent/etcd_watch.c"
-#include "../agent/etcd_watch_stream.c"
+#include "etcd_watch.c"
+#include "etcd_watch_stream.c"
 #include "http.h"
 
 #include "fuzz.h"
@@ -161,7 +161,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #undef w
     /* Stopping the last watch closes the stream state; the loop frees the
      * watch (and cancels what it asked for). */
-    etcd_watch_stop(wp);
+    etcd_watch_close(wp);
     uv_run(loop, UV_RUN_NOWAIT);
     return 0;
 }

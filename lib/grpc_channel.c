@@ -2,7 +2,7 @@
  * channels, swapped make-before-break as the registry changes.
  *
  * Design, following what was measured on gRPC C-core 1.51
- * (shared/grpc-core-facts.md):
+ * (docs/grpc-core-facts.md):
  * - A channel's addresses are fixed, so every list change builds a new
  *   channel ("ipv4:a,a,b" or "ipv6:[..],[::ffff:a.b.c.d]" when families
  *   mix, round_robin, weights by repetition after dividing by their gcd).

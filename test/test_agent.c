@@ -22,6 +22,7 @@
 #include "cache_disk.h"
 #include "etcd_proc.h"
 #include "proc.h"
+#include "testutil.h"
 
 struct fx {
     struct etcd_cluster *cluster;
@@ -87,13 +88,6 @@ static void del(struct fx *f, const char *key)
     char out[256];
     const char *args[] = {"del", key, NULL};
     ck_assert_int_eq(etcdctl(f->cluster, out, sizeof out, args), 0);
-}
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Polls until key is present (want non-NULL: with that value) or absent;
@@ -189,8 +183,9 @@ START_TEST(test_reregisters_after_etcd_wipe)
     fx_up(&f, 3, user_server_yaml);
     ck_assert_int_ge(wait_key(&f, user_key, user_value, 5000), 0);
     ck_assert_int_eq(etcd_member_wipe(f.cluster, 0), 0);
-    ck_assert_str_eq(get(&f, user_key, (char[64]){0}, 64), "");
-    /* The keep-alive finds the lease gone; a new one, and the key again. */
+    /* The keep-alive finds the lease gone; a new one, and the key again.
+     * (Whether the key is seen absent in between depends on when the next
+     * keep-alive falls: the log says it was lost.) */
     ck_assert_int_ge(wait_key(&f, user_key, user_value, 15000), 0);
     ck_assert(agentp_log_has(&f.agent, "is gone"));
     fx_down(&f);
@@ -527,6 +522,68 @@ START_TEST(test_bad_requests_keep_connection)
 }
 END_TEST
 
+/* The unknown_op error lists every operation (the protocol's one table of
+ * them), each of which is known, and proto/agent-protocol.md lists the
+ * same ones: a new operation cannot be left out of the error or the doc. */
+START_TEST(test_unknown_op_lists_every_op)
+{
+    struct fx f;
+    char doc[256 * 1024], *row, *eol, *list, *tok, *next;
+    size_t n_doc = 0, n_listed = 0, len;
+    FILE *df = fopen("proto/agent-protocol.md", "r");
+    json_t *r;
+    int fd;
+
+    ck_assert_ptr_nonnull(df);
+    len = fread(doc, 1, sizeof doc - 1, df);
+    fclose(df);
+    doc[len] = '\0';
+    /* The "op" row of the request members' table, cut at its end. */
+    row = strstr(doc, "| `op` | string | yes | one of ");
+    ck_assert_ptr_nonnull(row);
+    eol = strchr(row, '\n');
+    ck_assert_ptr_nonnull(eol);
+    *eol = '\0';
+    for (const char *p = row; *p; p++)
+        n_doc += *p == '`';
+    n_doc = n_doc / 2 - 1; /* pairs of backquotes, less `op` itself */
+
+    fx_up(&f, 10, "");
+    fd = sock_open(f.agent.sock);
+    ck_assert_int_ge(fd, 0);
+    r = sock_call(fd, "{\"op\":\"fly\",\"id\":1}", 5000);
+    ck_assert_ptr_nonnull(r);
+    const char *msg =
+        json_string_value(json_object_get(json_object_get(r, "error"), "message"));
+    ck_assert_ptr_nonnull(msg);
+    ck_assert_ptr_nonnull(strstr(msg, "': use "));
+    list = strdup(strstr(msg, "': use ") + 7);
+    json_decref(r);
+    for (tok = list; tok; tok = next) {
+        if ((next = strstr(tok, ", ")) != NULL) {
+            *next = '\0';
+            next += 2;
+        }
+        char quoted[64], req[128];
+        snprintf(quoted, sizeof quoted, "`%s`", tok);
+        ck_assert_msg(strstr(row, quoted), "op %s is not in the protocol document", tok);
+        /* Known: whatever else is wrong with it, not unknown_op. */
+        snprintf(req, sizeof req, "{\"op\":\"%s\",\"id\":2}", tok);
+        r = sock_call(fd, req, 5000);
+        ck_assert_msg(r != NULL, "no reply to %s", req);
+        const char *code =
+            json_string_value(json_object_get(json_object_get(r, "error"), "code"));
+        ck_assert_msg(!code || strcmp(code, "unknown_op"), "%s: unknown_op", req);
+        json_decref(r);
+        n_listed++;
+    }
+    free(list);
+    ck_assert_uint_eq(n_listed, n_doc);
+    close(fd);
+    fx_down(&f);
+}
+END_TEST
+
 /* Issue 12 item 6: a socket registration obeys the configuration's rules
  * (validate.h), so that one endpoint has one key and every key can be
  * watched: refused with the reason, nothing written to etcd. */
@@ -599,6 +656,60 @@ START_TEST(test_register_same_rules_as_config)
     const char *args[] = {"get", "/micro/", "--prefix", "--keys-only", NULL};
     ck_assert_int_eq(etcdctl(f.cluster, out, sizeof out, args), 0);
     ck_assert_str_eq(out, "/micro/s/1.2.3.4:5\n\n");
+    close(fd);
+    fx_down(&f);
+}
+END_TEST
+
+/* A check given over the socket obeys the rules of one in the
+ * configuration (check_spec_build() reads both), and a timeout may equal
+ * the interval (issue 13). */
+START_TEST(test_register_check_same_rules_as_config)
+{
+    static const struct {
+        const char *check, *reason;
+    } bad[] = {
+        {"{\"type\":\"tcp\",\"interval\":\"1s\",\"timeout\":\"1001ms\"}",
+         "tcp check: timeout (1001 ms) must not be longer than interval (1000 ms)"},
+        {"{\"type\":\"tcp\",\"rise\":101}", "check.rise must be a whole number from 1 to 100"},
+        {"{\"type\":\"tcp\",\"fall\":\"3\"}", "check.fall must be a whole number from 1 to 100"},
+        {"{\"type\":\"tcp\",\"interval\":\"soon\"}", "bad duration 'soon' for check.interval"},
+        {"{\"type\":\"ping\"}", "unknown check type 'ping'"},
+        {"{\"interval\":\"1s\"}", "has no type"},
+        {"{\"type\":\"http\",\"url\":\"ftp://x/\"}", "check.url 'ftp://x/' must start with http://"},
+    };
+    char req[2048];
+    struct fx f;
+    json_t *r;
+    int fd;
+
+    fx_up(&f, 10, "");
+    fd = sock_open(f.agent.sock);
+    ck_assert_int_ge(fd, 0);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(req, sizeof req,
+                 "{\"op\":\"register\",\"name\":\"s\",\"address\":\"127.0.0.1:1\",\"check\":%s}",
+                 bad[i].check);
+        expect_refusal(fd, req, "bad_request", bad[i].reason);
+    }
+    /* The argv cap: 65 items are refused (exec is off, but the cap is
+     * checked first, as the configuration does). */
+    size_t n = (size_t)snprintf(req, sizeof req,
+                                "{\"op\":\"register\",\"name\":\"s\",\"address\":\"127.0.0.1:1\","
+                                "\"check\":{\"type\":\"exec\",\"command\":[\"x\"");
+    for (int i = 1; i < 65; i++)
+        n += (size_t)snprintf(req + n, sizeof req - n, ",\"x\"");
+    snprintf(req + n, sizeof req - n, "]}}");
+    expect_refusal(fd, req, "bad_request", "check.command has 65 items: at most 64");
+
+    r = sock_call(fd,
+                  "{\"op\":\"register\",\"name\":\"s\",\"address\":\"127.0.0.1:1\","
+                  "\"check\":{\"type\":\"tcp\",\"interval\":\"1s\",\"timeout\":\"1s\"}}",
+                  5000);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_msg(json_is_true(json_object_get(r, "ok")), "refused: %s",
+                  json_string_value(json_object_get(json_object_get(r, "error"), "message")));
+    json_decref(r);
     close(fd);
     fx_down(&f);
 }
@@ -1436,8 +1547,10 @@ static Suite *suite(void)
     tcase_add_test(list, test_one_render_per_group_per_change);
     tcase_set_timeout(sock, 90);
     tcase_add_test(rules, test_register_same_rules_as_config);
+    tcase_add_test(rules, test_register_check_same_rules_as_config);
     tcase_add_test(rules, test_config_name_dotdot_refused);
     tcase_add_test(sock, test_bad_requests_keep_connection);
+    tcase_add_test(sock, test_unknown_op_lists_every_op);
     tcase_add_test(sock, test_thousand_clients);
     tcase_add_test(sock, test_bad_config_and_check);
     tcase_add_test(sock, test_socket_held_by_live_agent);

@@ -17,23 +17,9 @@
 
 #include "etcd_proc.h"
 #include "proc.h"
+#include "testutil.h"
 
 #define AGENTCTL BUILD_DIR "/agentctl"
-
-static long long mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-    nanosleep(&ts, NULL);
-}
 
 /* ---- fixture: etcd, an agent, and a place for agentctl's stderr --------- */
 
@@ -67,13 +53,14 @@ static void fx_start(struct fx *f)
             "cache:\n  dir: %s/cache\n"
             "log:\n  level: debug\n"
             "services:\n  - name: cfg\n    address: 127.0.0.1:9300\n    weight: 4\n"
-            "    group: G\n    metadata: { version: \"1.0\" }\n",
+            "    group: G\n    metadata: { version: \"1.0\" }\n"
+            "dns:\n  enabled: false\n",
             etcd_member_url(f->cluster, 0), f->sock, f->dir);
     fclose(cf);
     f->agent = proc_spawn(argv, NULL, f->log);
     ck_assert_ptr_nonnull(f->agent);
     /* Ready once the socket is there and the configured instance is in etcd. */
-    until = mono_ms() + 10000;
+    until = now_ms() + 10000;
     for (;;) {
         char out[512];
         const char *args[] = {"get", "--print-value-only", "/micro/cfg/127.0.0.1:9300", NULL};
@@ -81,7 +68,7 @@ static void fx_start(struct fx *f)
             out[0])
             break;
         ck_assert_msg(proc_alive(f->agent), "the agent exited; see %s", f->log);
-        ck_assert_msg(mono_ms() < until, "the agent is not ready after 10 s; see %s", f->log);
+        ck_assert_msg(now_ms() < until, "the agent is not ready after 10 s; see %s", f->log);
         sleep_ms(50);
     }
 }
@@ -144,14 +131,14 @@ static void etcd_get(struct fx *f, const char *key, char *out, size_t len)
  * was just confirmed. Returns the last list (new reference). */
 static json_t *resolve_until(struct fx *f, const char *name, size_t n)
 {
-    long long until = mono_ms() + 5000;
+    long long until = now_ms() + 5000;
 
     for (;;) {
         json_t *j;
         ck_assert_int_eq(RUN(f->sock, "resolve", name, "--json"), 0);
         j = json_loads(OUT, 0, NULL);
         ck_assert_ptr_nonnull(j);
-        if (json_array_size(json_object_get(j, "instances")) == n || mono_ms() > until)
+        if (json_array_size(json_object_get(j, "instances")) == n || now_ms() > until)
             return j;
         json_decref(j);
         sleep_ms(50);
@@ -426,13 +413,13 @@ static size_t slurp(const char *path, char *buf, size_t len)
 static bool wait_text(const char *path, const char *text, int ms)
 {
     static char buf[1 << 16];
-    long long until = mono_ms() + ms;
+    long long until = now_ms() + ms;
 
     for (;;) {
         slurp(path, buf, sizeof buf);
         if (strstr(buf, text))
             return true;
-        if (mono_ms() > until)
+        if (now_ms() > until)
             return false;
         sleep_ms(50);
     }

@@ -86,7 +86,7 @@ static void obs_cb(checker *k, bool healthy, void *arg)
     o->passes_at_change = st.passes;
     o->failures_at_change = st.failures;
     if (o->stop_self)
-        checker_stop(k);
+        checker_close(k);
 }
 
 struct until_changes {
@@ -446,9 +446,13 @@ START_TEST(test_types_and_specs)
     ck_assert_int_eq(check_spec_normalize(&s, false, err, sizeof err), 0);
     ck_assert_uint_eq(s.timeout_ms, 500);
 
+    /* A timeout may equal the interval, not exceed it. */
     s = (struct check_spec){.type = CHECK_TCP, .interval_ms = 1000, .timeout_ms = 1000};
+    ck_assert_int_eq(check_spec_normalize(&s, false, err, sizeof err), 0);
+    ck_assert_uint_eq(s.timeout_ms, 1000);
+    s = (struct check_spec){.type = CHECK_TCP, .interval_ms = 1000, .timeout_ms = 1001};
     ck_assert_int_eq(check_spec_normalize(&s, false, err, sizeof err), DA_EINVAL);
-    ck_assert_ptr_nonnull(strstr(err, "shorter than interval"));
+    ck_assert_ptr_nonnull(strstr(err, "must not be longer than interval"));
 
     s = (struct check_spec){.type = CHECK_TTL};
     ck_assert_int_eq(check_spec_normalize(&s, false, err, sizeof err), DA_EINVAL);
@@ -474,6 +478,101 @@ START_TEST(test_types_and_specs)
     ck_assert(!check_spec_equal(&c, &s));
     check_spec_clear(&c);
     check_spec_clear(NULL);
+}
+END_TEST
+
+/* check_spec_build(): the one reader behind the YAML and the JSON front
+ * ends, with every limit of the schema. */
+START_TEST(test_spec_build)
+{
+    struct check_input in = {.owner = "service a"};
+    struct check_spec s;
+    struct check_error why;
+    const char *argv[CHECK_ARGV_MAX + 1];
+    size_t n;
+    const char *const *keys = check_spec_keys(&n);
+
+    ck_assert_uint_eq(n, CHECK_KEY_COUNT);
+    ck_assert_str_eq(keys[CHECK_KEY_COMMAND], "command");
+
+    /* No type: the check as a whole is wrong. */
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_COUNT);
+    ck_assert_ptr_nonnull(strstr(why.msg, "the check of service a has no type"));
+
+    in.value[CHECK_KEY_TYPE] = (struct check_value){"tcp", false};
+    in.value[CHECK_KEY_INTERVAL] = (struct check_value){"1s", true};
+    in.value[CHECK_KEY_RISE] = (struct check_value){"100", false};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), 0);
+    ck_assert_int_eq(s.type, CHECK_TCP);
+    ck_assert_uint_eq(s.interval_ms, 1000);
+    ck_assert_uint_eq(s.timeout_ms, 500);
+    ck_assert_int_eq(s.rise, 100);
+    ck_assert_int_eq(s.fall, CHECK_DEFAULT_FALL);
+    check_spec_clear(&s);
+
+    /* rise and fall: 1..100, written as bare numbers. */
+    in.value[CHECK_KEY_RISE] = (struct check_value){"101", false};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_RISE);
+    in.value[CHECK_KEY_RISE] = (struct check_value){"3", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_RISE);
+    in.value[CHECK_KEY_RISE] = (struct check_value){NULL, false};
+    in.value[CHECK_KEY_FALL] = (struct check_value){"0", false};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_FALL);
+    ck_assert_ptr_null(s.http_url);
+    in.value[CHECK_KEY_FALL] = (struct check_value){NULL, false};
+
+    in.value[CHECK_KEY_TIMEOUT] = (struct check_value){"soon", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_TIMEOUT);
+    in.value[CHECK_KEY_TIMEOUT] = (struct check_value){"2s", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_COUNT);
+    ck_assert_ptr_nonnull(strstr(why.msg, "bad check for service a: tcp check: timeout"));
+    in.value[CHECK_KEY_TIMEOUT] = (struct check_value){NULL, false};
+
+    /* exec: a command of 1..64 non-empty items, and only when enabled. */
+    in.value[CHECK_KEY_TYPE] = (struct check_value){"exec", false};
+    for (size_t i = 0; i <= CHECK_ARGV_MAX; i++)
+        argv[i] = "x";
+    in.has_command = true;
+    in.command = argv;
+    in.n_command = CHECK_ARGV_MAX;
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), 0);
+    ck_assert_str_eq(s.exec_argv[CHECK_ARGV_MAX - 1], "x");
+    ck_assert_ptr_null(s.exec_argv[CHECK_ARGV_MAX]);
+    check_spec_clear(&s);
+    ck_assert_int_eq(check_spec_build(&s, &in, false, &why), DA_EINVAL);
+    ck_assert_ptr_nonnull(strstr(why.msg, "exec checks are disabled"));
+    in.n_command = CHECK_ARGV_MAX + 1;
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_COMMAND);
+    in.n_command = 0;
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    argv[1] = "";
+    in.n_command = 2;
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_COMMAND);
+    ck_assert_uint_eq(why.item, 1);
+    ck_assert_ptr_null(s.exec_argv);
+
+    /* http: the url's scheme. */
+    in = (struct check_input){.owner = NULL};
+    in.value[CHECK_KEY_TYPE] = (struct check_value){"http", true};
+    in.value[CHECK_KEY_URL] = (struct check_value){"ftp://x/", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_URL);
+    in.value[CHECK_KEY_URL] = (struct check_value){"https://x/health", true};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, NULL), 0);
+    ck_assert_str_eq(s.http_url, "https://x/health");
+    check_spec_clear(&s);
+
+    in.value[CHECK_KEY_TYPE] = (struct check_value){"none", false};
+    ck_assert_int_eq(check_spec_build(&s, &in, true, &why), DA_EINVAL);
+    ck_assert_int_eq(why.key, CHECK_KEY_TYPE);
 }
 END_TEST
 
@@ -504,7 +603,7 @@ START_TEST(test_bad_starts)
     /* Enabled later (a reload): new checkers may run commands. */
     check_ctx_set_exec_enabled(f.ctx, true);
     ck_assert_int_eq(checker_start(&k, f.ctx, &exec, NULL, obs_cb, &o, err, sizeof err), 0);
-    checker_stop(k);
+    checker_close(k);
     fx_finish(&f);
     ck_assert_int_eq(o.n, 0);
 }
@@ -549,7 +648,7 @@ START_TEST(test_tcp_not_answering_then_answering)
     ck_assert_uint_eq(state(k).changed_at_ms, o.at[0]);
     ck_assert_int_ge(l.accepted, 2);
 
-    checker_stop(k);
+    checker_close(k);
     listener_stop(&l);
     fx_finish(&f);
 }
@@ -575,7 +674,7 @@ START_TEST(test_tcp_host_name)
     k = start(&f, &spec, addr, &o);
     ck_assert(wait_changes(&f, &o, 1, 2000));
     ck_assert(o.healthy);
-    checker_stop(k);
+    checker_close(k);
 
     /* A name that does not resolve is a failure with the resolver's text. */
     o = (struct obs){0};
@@ -583,7 +682,7 @@ START_TEST(test_tcp_host_name)
     ck_assert(wait_probes(&f, k, 1, 5000));
     ck_assert_msg(!strncmp(state(k).output, "resolve no-such-host.invalid: ", 30), "%s",
                   state(k).output);
-    checker_stop(k);
+    checker_close(k);
     listener_stop(&l);
     fx_finish(&f);
 }
@@ -623,8 +722,8 @@ START_TEST(test_http_500_vs_200)
     ck_assert_str_eq(state(kb).output, "HTTP 500: database down");
     ck_assert(!strncmp(responder_last_request(bad), "GET /ready HTTP/1.1", 19));
 
-    checker_stop(kb);
-    checker_stop(kg);
+    checker_close(kb);
+    checker_close(kg);
     fx_finish(&f);
     responder_stop(bad);
     responder_stop(good);
@@ -658,7 +757,7 @@ START_TEST(test_http_flapping_no_change)
     ck_assert_int_eq(o.n, 1); /* the first change only */
     ck_assert(o.val[0]);
     ck_assert(state(k).healthy);
-    checker_stop(k);
+    checker_close(k);
     fx_finish(&f);
     responder_stop(r);
 }
@@ -719,8 +818,8 @@ START_TEST(test_ttl_expires_and_recovers)
     checker_pass(other);
     checker_fail(other, "x");
     ck_assert_uint_eq(state(other).probes, 0);
-    checker_stop(other);
-    checker_stop(k);
+    checker_close(other);
+    checker_close(k);
     fx_finish(&f);
 }
 END_TEST
@@ -757,7 +856,7 @@ START_TEST(test_ttl_flapping_no_change)
     ck_assert_int_eq(o.n, 2);
     ck_assert(!o.healthy);
     ck_assert_int_eq(o.failures_at_change, 3);
-    checker_stop(k);
+    checker_close(k);
     fx_finish(&f);
 }
 END_TEST
@@ -799,11 +898,11 @@ START_TEST(test_exec_results)
     ck_assert_str_eq(state(ke).output, "exit 2: oops");
     ck_assert_str_eq(state(kn).output, "spawn /nonexistent/cmd: No such file or directory");
     ck_assert_int_eq(of.n + oo.n + oe.n + on.n, 0);
-    checker_stop(kt);
-    checker_stop(kf);
-    checker_stop(ko);
-    checker_stop(ke);
-    checker_stop(kn);
+    checker_close(kt);
+    checker_close(kf);
+    checker_close(ko);
+    checker_close(ke);
+    checker_close(kn);
     fx_finish(&f);
 }
 END_TEST
@@ -863,7 +962,7 @@ START_TEST(test_exec_timeout_kills_group)
     unlink(pidfile);
     loop_for(&f.loop, 100);
     ck_assert_msg(pid_gone(pid), "background child %d survived", pid);
-    checker_stop(k);
+    checker_close(k);
     fx_finish(&f);
 }
 END_TEST
@@ -912,7 +1011,7 @@ START_TEST(test_grpc_not_serving_and_back)
             "measure: grpc interval 200 fall 3 rise 2: start -> healthy %llu ms, "
             "NOT_SERVING -> unhealthy %llu ms, SERVING -> healthy %llu ms\n",
             (unsigned long long)up, (unsigned long long)down, (unsigned long long)back);
-    checker_stop(k);
+    checker_close(k);
     fx_finish(&f);
     hsrv_stop(srv);
 }
@@ -939,12 +1038,12 @@ START_TEST(test_grpc_service_name)
     ck_assert(wait_probes(&f, ku, 3, 3000));
     ck_assert_int_eq(ou.n, 0);
     ck_assert_str_eq(state(ku).output, "rpc: NOT_FOUND: unknown service");
-    checker_stop(kk);
+    checker_close(kk);
     loop_for(&f.loop, 150);
     pthread_mutex_lock(&srv->mu);
     ck_assert_str_eq(srv->last_service, "other.Service");
     pthread_mutex_unlock(&srv->mu);
-    checker_stop(ku);
+    checker_close(ku);
     fx_finish(&f);
     hsrv_stop(srv);
 }
@@ -978,7 +1077,7 @@ START_TEST(test_grpc_server_appears)
     fprintf(stderr, "measure: grpc server started -> healthy: %llu ms (interval 200, rise 2)\n",
             (unsigned long long)up);
     ck_assert_uint_le(up, 2 * 200 + 50);
-    checker_stop(k);
+    checker_close(k);
     fx_finish(&f);
     hsrv_stop(srv);
 }
@@ -1003,7 +1102,7 @@ START_TEST(test_grpc_stop_while_connecting)
      * 100 ms into that wait. */
     t0 = now_ms(&f);
     loop_for(&f.loop, (int)(3000 - (t0 - state(k).last_run_ms)) + 100);
-    checker_stop(k);
+    checker_close(k);
     clock_gettime(CLOCK_MONOTONIC, &a);
     check_ctx_free(f.ctx);
     clock_gettime(CLOCK_MONOTONIC, &b);
@@ -1118,13 +1217,62 @@ START_TEST(test_slow_probes_do_not_delay_others)
     ck_assert_int_eq(oh.n + og.n + oe.n, 0);
 
     /* Stopped with probes in flight: nothing leaks (loop_finish). */
-    checker_stop(kh);
-    checker_stop(kg);
-    checker_stop(ke);
-    checker_stop(kf);
+    checker_close(kh);
+    checker_close(kg);
+    checker_close(ke);
+    checker_close(kf);
     listener_stop(&l);
     fx_finish(&f);
     hsrv_stop(srv);
+    responder_stop(r);
+}
+END_TEST
+
+/* A timeout equal to the interval (issue 13): the probe that hangs for a
+ * whole interval is counted as failed when the next one is due, and that
+ * one starts then, rather than being skipped for an interval. Measured
+ * against a timer of the same interval on the same loop, so that a slow
+ * machine slows both alike. */
+struct ticker {
+    uv_timer_t t;
+    int ticks;
+};
+
+static void ticker_cb(uv_timer_t *t)
+{
+    ((struct ticker *)t->data)->ticks++;
+}
+
+START_TEST(test_timeout_equal_to_interval)
+{
+    static const char *const hang[] = {"@HANG"};
+    struct responder *r = responder_start(hang, 1);
+    struct check_spec spec = {.type = CHECK_HTTP, .interval_ms = 100, .timeout_ms = 100, .fall = 100};
+    struct ticker tk = {.ticks = 0};
+    struct check_state st;
+    struct obs o = {0};
+    struct fx f;
+    checker *k;
+
+    ck_assert_ptr_nonnull(r);
+    fx_init(&f, false);
+    uv_timer_init(&f.loop, &tk.t);
+    tk.t.data = &tk;
+    uv_timer_start(&tk.t, ticker_cb, 100, 100);
+    k = start(&f, &spec, addr_of(responder_port(r)), &o);
+    ck_assert(wait_probes(&f, k, 12, 10000));
+    st = state(k);
+    fprintf(stderr, "measure: timeout == interval: %llu results in %d intervals, %d requests\n",
+            (unsigned long long)st.probes, tk.ticks, responder_requests(r));
+    ck_assert_str_eq(st.output, "timed out after 100 ms");
+    ck_assert_int_eq(st.failures, (int)st.probes);
+    /* One result per interval: skipping every other probe would give
+     * about 12 results in 24 intervals. */
+    ck_assert_int_le(tk.ticks, 12 + 4);
+    ck_assert_int_ge(responder_requests(r), 12);
+    uv_close((uv_handle_t *)&tk.t, NULL);
+    checker_close(k);
+    fx_finish(&f);
     responder_stop(r);
 }
 END_TEST
@@ -1171,6 +1319,7 @@ static Suite *suite(void)
     TCase *grpc = tcase_create("grpc");
 
     tcase_add_test(unit, test_types_and_specs);
+    tcase_add_test(unit, test_spec_build);
     tcase_add_test(unit, test_bad_starts);
     tcase_add_test(unit, test_ttl_expires_and_recovers);
     tcase_add_test(unit, test_ttl_flapping_no_change);
@@ -1182,6 +1331,7 @@ static Suite *suite(void)
     tcase_add_test(probes, test_exec_results);
     tcase_add_test(probes, test_exec_timeout_kills_group);
     tcase_add_test(probes, test_slow_probes_do_not_delay_others);
+    tcase_add_test(probes, test_timeout_equal_to_interval);
     tcase_set_timeout(grpc, 30);
     tcase_add_test(grpc, test_grpc_not_serving_and_back);
     tcase_add_test(grpc, test_grpc_service_name);
@@ -1200,6 +1350,8 @@ int main(void)
     int failed;
 
     log_level = LOG_LVL_WARN;
+    /* grpc checks load the gRPC module: this build's, not an installed one. */
+    setenv("DISCOVERY_AGENT_MODULE_DIR", BUILD_DIR, 1);
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -21,25 +21,10 @@
 
 #include <discovery/discovery.h>
 
+#include "agentproc.h"
 #include "etcd_proc.h"
 #include "proc.h"
-
-/* ---- time --------------------------------------------------------------- */
-
-static long long mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-    nanosleep(&ts, NULL);
-}
+#include "testutil.h"
 
 /* ---- a real agent on a real etcd ---------------------------------------- */
 
@@ -52,7 +37,7 @@ struct fx {
 static void agent_start(struct fx *f)
 {
     const char *argv[] = {BUILD_DIR "/discovery-agent", "-c", f->conf, NULL};
-    long long until = mono_ms() + 10000;
+    long long until = now_ms() + 10000;
 
     f->agent = proc_spawn(argv, NULL, f->log);
     ck_assert_ptr_nonnull(f->agent);
@@ -69,7 +54,7 @@ static void agent_start(struct fx *f)
         if (rc == 0)
             return;
         ck_assert_msg(proc_alive(f->agent), "the agent exited; see %s", f->log);
-        ck_assert_msg(mono_ms() < until, "the agent did not answer within 10 s; see %s",
+        ck_assert_msg(now_ms() < until, "the agent did not answer within 10 s; see %s",
                       f->log);
         sleep_ms(50);
     }
@@ -95,8 +80,9 @@ static void fx_start(struct fx *f, const char *extra_yaml)
             "session:\n  ttl: 2s\n"
             "socket:\n  path: %s\n"
             "cache:\n  dir: %s/cache\n"
-            "log:\n  level: debug\n%s",
-            etcd_member_url(f->cluster, 0), f->sock, dir, extra_yaml ? extra_yaml : "");
+            "log:\n  level: debug\n%s%s",
+            etcd_member_url(f->cluster, 0), f->sock, dir, extra_yaml ? extra_yaml : "",
+            agentp_dns_off(extra_yaml));
     fclose(cf);
     agent_start(f);
 }
@@ -137,14 +123,14 @@ static void etcd_del(struct fx *f, const char *key)
 /* Waits up to ms for key to be present (want) or absent (!want). */
 static bool etcd_wait_key(struct fx *f, const char *key, bool want, int ms)
 {
-    long long until = mono_ms() + ms;
+    long long until = now_ms() + ms;
     char out[1024];
 
     for (;;) {
         etcd_get(f, key, out, sizeof out);
         if ((*out != '\0') == want)
             return true;
-        if (mono_ms() > until)
+        if (now_ms() > until)
             return false;
         sleep_ms(100);
     }
@@ -199,7 +185,7 @@ static void record(struct disc_watch *w, const struct disc_list *l, int err, voi
  * addrs is NULL), at most ms. */
 static bool wait_for(disc_client *c, struct seen *s, const char *addrs, int err, int ms)
 {
-    long long until = mono_ms() + ms;
+    long long until = now_ms() + ms;
 
     for (;;) {
         if (s->n > 0) {
@@ -207,7 +193,7 @@ static bool wait_for(disc_client *c, struct seen *s, const char *addrs, int err,
             if (addrs ? s->err[i] == 0 && !strcmp(s->addrs[i], addrs) : s->err[i] == err)
                 return true;
         }
-        if (mono_ms() > until)
+        if (now_ms() > until)
             return false;
         disc_client_wait(c, 100);
     }
@@ -307,9 +293,9 @@ START_TEST(test_resolve_register_deregister)
     json_decref(j);
 
     /* The agent's cache may still be at a revision before the write. */
-    for (long long until = mono_ms() + 5000;;) {
+    for (long long until = now_ms() + 5000;;) {
         ck_assert_int_eq(disc_resolve(c, "svc", NULL, 5000, &l), 0);
-        if (l->n == 1 || mono_ms() > until)
+        if (l->n == 1 || now_ms() > until)
             break;
         l = disc_list_free(l);
         sleep_ms(50);
@@ -514,8 +500,8 @@ START_TEST(test_agent_restart)
     /* Its lease expires (ttl 2 s): the instance leaves etcd. */
     ck_assert(etcd_wait_key(&f, key, false, 10000));
     /* Keep the client retrying a while: still told only once. */
-    until = mono_ms() + 1500;
-    while (mono_ms() < until)
+    until = now_ms() + 1500;
+    while (now_ms() < until)
         disc_client_wait(c, 100);
     ck_assert_int_eq(s.n, gone_at + 1);
     ck_assert_int_eq(count_err(&s, DISC_ENOAGENT, gone_at), 1);
@@ -552,10 +538,10 @@ START_TEST(test_event_loop)
     fx_start(&f, NULL);
     ck_assert_int_eq(disc_client_open(&c, f.sock), 0);
     ck_assert_int_eq(disc_watch(c, "loop", NULL, record, &s, &w), 0);
-    until = mono_ms() + 8000;
+    until = now_ms() + 8000;
     /* A program's own loop: poll the fd for its events, bounded by the
      * library's timeout, then process. */
-    while (mono_ms() < until && !(s.n > 0 && !strcmp(s.addrs[s.n - 1], "10.0.0.1:1"))) {
+    while (now_ms() < until && !(s.n > 0 && !strcmp(s.addrs[s.n - 1], "10.0.0.1:1"))) {
         struct pollfd pfd = {.fd = disc_client_fd(c), .events = (short)disc_client_events(c)};
         int t = disc_client_timeout(c), n;
 
@@ -881,8 +867,8 @@ START_TEST(test_malformed_update)
     fake_listen(&fk, serve_bad_update, NULL);
     ck_assert_int_eq(disc_client_open(&c, fk.path), 0);
     ck_assert_int_eq(disc_watch(c, "s", NULL, record, &s, &w), 0);
-    until = mono_ms() + 5000;
-    while (mono_ms() < until && atomic_load(&fk.conns) < 2) {
+    until = now_ms() + 5000;
+    while (now_ms() < until && atomic_load(&fk.conns) < 2) {
         int rc = disc_client_wait(c, 100);
         if (rc == DISC_EPROTO)
             saw_proto++;
@@ -1031,8 +1017,8 @@ START_TEST(test_end_inside_callback)
         ck_assert_int_eq(disc_watch(e.c, "s", NULL, must_not_run, NULL, &w2), 0);
         e.other = w2;
         /* Both replies are read before any callback runs. */
-        until = mono_ms() + 5000;
-        while (disc_client_timeout(e.c) != 0 && mono_ms() < until) {
+        until = now_ms() + 5000;
+        while (disc_client_timeout(e.c) != 0 && now_ms() < until) {
             struct disc_list *l;
             disc_resolve(e.c, "s", NULL, 50, &l); /* reads, runs nothing */
             disc_list_free(l);
@@ -1140,9 +1126,9 @@ START_TEST(test_timeout_and_late_reply)
     fake_path(&fk);
     fake_listen(&fk, serve_silent, NULL);
     ck_assert_int_eq(disc_client_open(&c, fk.path), 0);
-    t0 = mono_ms();
+    t0 = now_ms();
     ck_assert_int_eq(disc_resolve(c, "s", NULL, 200, &l), DISC_ETIMEDOUT);
-    ck_assert_int_ge(mono_ms() - t0, 190);
+    ck_assert_int_ge(now_ms() - t0, 190);
     ck_assert_int_eq(disc_resolve(c, "s", NULL, 5000, &l), 0);
     ck_assert_str_eq(l->instances[0].address, "right:1");
     disc_list_free(l);

@@ -1,4 +1,4 @@
-/* Unit tests for agent/config.c.
+/* Unit tests for the configuration loader, agent/config/.
  *
  * Bad input lives as data: every test/data/config-invalid/NAME.yaml must be
  * refused with the message in NAME.err, which holds the text that follows
@@ -12,17 +12,18 @@
  * permissions, sizes or absolute paths are written to a temporary folder by
  * the tests themselves.
  *
- * This file includes config.c to reach its static helpers and to wrap its
- * allocations, so that every allocation failure can be tried (jansson's
- * test_chaos.c does the same). It must therefore not be linked with a
- * second copy of config.o; linking with libagent.a is fine, because an
- * archive member is only pulled in for symbols that are still missing. */
+ * This file includes the loader's files (agent/config/config*.c) to reach their
+ * static helpers and to wrap their allocations, so that every allocation
+ * failure can be tried (jansson's test_chaos.c does the same). It must
+ * therefore not be linked with a second copy of their objects; linking with
+ * libagent.a is fine, because an archive member is only pulled in for
+ * symbols that are still missing. (check_spec.c, which builds a service's
+ * check, is linked, not included: its allocations are not wrapped.) */
 #include <arpa/inet.h>
 #include <check.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -33,6 +34,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 #include <yaml.h>
+
+#include "testutil.h"
 
 /* ---- Allocation failure injection ------------------------------------ */
 
@@ -89,7 +92,11 @@ static char *t_strndup(const char *s, size_t n)
 #define realloc t_realloc
 #define strdup t_strdup
 #define strndup t_strndup
-#include "../agent/config.c"
+#include "config.c"
+#include "config_read.c"
+#include "config_sections.c"
+#include "config_services.c"
+#include "config_tree.c"
 #undef malloc
 #undef calloc
 #undef realloc
@@ -147,15 +154,6 @@ static const char *tmp_path(char *buf, const char *name)
     return buf;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag,
-                        struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void tmp_setup(void)
 {
     const char *base = getenv("TMPDIR");
@@ -172,7 +170,7 @@ static void tmp_teardown(void)
     char p[PATH_MAX];
 
     chmod(tmp_path(p, "conf.d"), 0700);
-    nftw(tmp_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    rm_rf(tmp_dir);
 }
 
 /* Loads the config text written to a temporary agent.yaml; returns what
@@ -528,6 +526,8 @@ END_TEST
 START_TEST(example_config_names_every_key)
 {
     char *text = read_text(CONF_DIR "/agent.yaml");
+    size_t n_check_keys;
+    const char *const *check_keys = check_spec_keys(&n_check_keys);
     const char *const *lists[] = {
         top_keys, etcd_keys, tls_keys, session_keys, socket_keys,
         cache_keys, log_keys, service_keys, xds_keys, check_keys,
@@ -538,7 +538,7 @@ START_TEST(example_config_names_every_key)
         ARRAY_SIZE(session_keys), ARRAY_SIZE(socket_keys),
         ARRAY_SIZE(cache_keys), ARRAY_SIZE(log_keys),
         ARRAY_SIZE(service_keys), ARRAY_SIZE(xds_keys),
-        ARRAY_SIZE(check_keys), ARRAY_SIZE(checks_keys),
+        n_check_keys, ARRAY_SIZE(checks_keys),
     };
 
     for (size_t l = 0; l < ARRAY_SIZE(lists); l++) {
@@ -597,6 +597,34 @@ START_TEST(xds_section)
     ck_assert_str_eq(c->xds_path, "xds.sock");
     ck_assert_int_eq(c->xds_enabled, 1);
     ck_assert_str_eq(c->xds_tcp, "127.1.2.3:18002");
+    config_free(c);
+}
+END_TEST
+
+/* The dns section: its defaults, and every key set. */
+START_TEST(dns_section)
+{
+    char err[CONFIG_ERR_MAX];
+    struct config *c;
+
+    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/empty.yaml", &c,
+                                 err, sizeof(err)), 0);
+    ck_assert_int_eq(c->dns_enabled, 1);
+    ck_assert_uint_eq(c->n_dns_listen, 1);
+    ck_assert_str_eq(c->dns_listen[0], "127.0.0.1:8600");
+    ck_assert_str_eq(c->dns_domain, "disc");
+    ck_assert_uint_eq(c->dns_ttl, 0);
+    ck_assert_uint_eq(c->dns_max_answers, 16);
+    config_free(c);
+
+    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/dns.yaml", &c,
+                                 err, sizeof(err)), 0);
+    ck_assert_int_eq(c->dns_enabled, 0);
+    ck_assert_uint_eq(c->n_dns_listen, 2);
+    ck_assert_str_eq(c->dns_listen[1], "[::1]:5353");
+    ck_assert_str_eq(c->dns_domain, "Consul.Local.");
+    ck_assert_uint_eq(c->dns_ttl, 5);
+    ck_assert_uint_eq(c->dns_max_answers, 3);
     config_free(c);
 }
 END_TEST
@@ -726,15 +754,15 @@ START_TEST(password_file)
 
     /* A file that is too large is someone's mistake, not a password. */
     {
-        char *big = malloc(PASSWORD_MAX + 1);
+        char *big = malloc(CONFIG_PASSWORD_MAX + 1);
 
         ck_assert_ptr_nonnull(big);
-        memset(big, 'p', PASSWORD_MAX + 1);
-        write_file(pw, big, PASSWORD_MAX);
+        memset(big, 'p', CONFIG_PASSWORD_MAX + 1);
+        write_file(pw, big, CONFIG_PASSWORD_MAX);
         ck_assert_int_eq(load_text(text, &c, err, sizeof(err)), 0);
-        ck_assert_uint_eq(strlen(c->password), PASSWORD_MAX);
+        ck_assert_uint_eq(strlen(c->password), CONFIG_PASSWORD_MAX);
         config_free(c);
-        write_file(pw, big, PASSWORD_MAX + 1);
+        write_file(pw, big, CONFIG_PASSWORD_MAX + 1);
         ck_assert_int_eq(load_text(text, &c, err, sizeof(err)), -EINVAL);
         ck_assert_ptr_nonnull(strstr(err, "is larger than 4096 bytes"));
         free(big);
@@ -913,6 +941,17 @@ START_TEST(values_that_load)
     ck_assert_int_eq(load_text("log: {level: warn}\n", &c, err, sizeof(err)),
                      0);
     ck_assert_int_eq(c->log_level, 2);  /* warn */
+    config_free(c);
+    /* A check's timeout may equal its interval (issue 13). */
+    ck_assert_int_eq(load_text(
+        "services:\n"
+        "  - name: a\n"
+        "    address: 127.0.0.1:1\n"
+        "    check: {type: tcp, interval: 1s, timeout: 1s}\n",
+        &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(c->services[0].check.type, CHECK_TCP);
+    ck_assert_uint_eq(c->services[0].check.interval_ms, 1000);
+    ck_assert_uint_eq(c->services[0].check.timeout_ms, 1000);
     config_free(c);
 }
 END_TEST
@@ -1112,6 +1151,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, example_config_names_every_key);
     tcase_add_test(tc, demo_config);
     tcase_add_test(tc, xds_section);
+    tcase_add_test(tc, dns_section);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("files");

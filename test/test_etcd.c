@@ -1,4 +1,4 @@
-/* Integration tests of the etcd client (agent/etcd.c, etcd_watch.c) against
+/* Integration tests of the etcd client (agent/etcd/etcd.c, etcd_watch.c) against
  * real etcd members started by the harness, and against a scripted HTTP
  * responder for replies etcd cannot be made to send. */
 #include <check.h>
@@ -68,7 +68,7 @@ static void fx_stop(struct fx *f)
 struct res {
     bool done;
     int err;
-    int64_t revision, lease_id, ttl, count, deleted;
+    int64_t revision, lease_id, ttl, count;
     bool succeeded;
     size_t n_kvs;
     char key[256], value[256];
@@ -87,7 +87,6 @@ static void res_cb(int err, const struct etcd_result *r, void *arg)
     s->lease_id = r->lease_id;
     s->ttl = r->ttl;
     s->count = r->count;
-    s->deleted = r->deleted;
     s->succeeded = r->succeeded;
     s->n_kvs = r->n_kvs;
     if (r->n_kvs) {
@@ -147,11 +146,14 @@ START_TEST(test_kv_binary_keys)
     ck_assert_uint_eq(s.value_len, sizeof val);
     ck_assert_mem_eq(s.value, val, sizeof val);
 
+    /* The agent deletes only in transactions (a key it wrote, compared by
+     * revision), so binary keys go through one too. */
     memset(&s, 0, sizeof s);
-    ck_assert_int_eq(etcd_delete(f.etcd, key, sizeof key, NULL, 0, res_cb, &s, NULL), 0);
+    struct etcd_op del = {.type = ETCD_OP_DELETE, .key = key, .klen = sizeof key};
+    ck_assert_int_eq(etcd_txn(f.etcd, NULL, 0, &del, 1, NULL, 0, res_cb, &s, NULL), 0);
     wait_res(&f, &s, 5000);
     ck_assert_int_eq(s.err, 0);
-    ck_assert_int_eq(s.deleted, 1);
+    ck_assert(s.succeeded);
 
     memset(&s, 0, sizeof s);
     ck_assert_int_eq(etcd_range(f.etcd, key, sizeof key, NULL, 0, 0, 0, res_cb, &s, NULL), 0);
@@ -258,10 +260,6 @@ START_TEST(test_lease_lifecycle)
     wait_res(&f, &s, 5000);
     id = s.lease_id;
     ck_assert_int_eq(put_sync(&f, "/t/leased", "v", id), 0);
-    memset(&s, 0, sizeof s);
-    ck_assert_int_eq(etcd_lease_ttl(f.etcd, id, res_cb, &s, NULL), 0);
-    wait_res(&f, &s, 5000);
-    ck_assert_int_gt(s.ttl, 25);
     memset(&s, 0, sizeof s);
     ck_assert_int_eq(etcd_lease_revoke(f.etcd, id, res_cb, &s, NULL), 0);
     wait_res(&f, &s, 5000);
@@ -493,7 +491,7 @@ START_TEST(test_watches_share_one_stream)
     wait_view(&f, &v[40], "/late/x", "1", 5000);
 
     /* Stop one; change every prefix; each other watch sees its own. */
-    etcd_watch_stop(m.w[7]);
+    etcd_watch_close(m.w[7]);
     for (size_t i = 0; i < m.n; i++) {
         snprintf(key, sizeof key, "/m%02zu/k", i);
         snprintf(val, sizeof val, "%zu", i);
@@ -515,8 +513,8 @@ START_TEST(test_watches_share_one_stream)
 
     for (size_t i = 0; i < m.n; i++)
         if (i != 7)
-            etcd_watch_stop(m.w[i]);
-    etcd_watch_stop(late);
+            etcd_watch_close(m.w[i]);
+    etcd_watch_close(late);
     /* The request connection may stay (curl keeps it); the stream goes. */
     ck_assert(loop_until_fn(&f.loop, fewer_connections, &fw, 3000));
     fx_stop(&f);
@@ -545,7 +543,7 @@ START_TEST(test_watch_events_in_order)
     wait_view(&f, &v, "/w/c", "3", 5000);
     ck_assert_str_eq(v.log, "S1;+/w/b=1;+/w/a=2;-/w/b=;+/w/c=3;");
     ck_assert(!v.backwards);
-    etcd_watch_stop(w);
+    etcd_watch_close(w);
     fx_stop(&f);
 }
 END_TEST
@@ -587,7 +585,7 @@ START_TEST(test_watch_resume_after_restart)
     ck_assert_str_eq(v.log, "S0;+/r/1=a;+/r/2=b;+/r/1=c;-/r/2=;");
     ck_assert_int_eq(v.snapshots, 1);
     ck_assert(!v.backwards);
-    etcd_watch_stop(w);
+    etcd_watch_close(w);
     fx_stop(&f);
 }
 END_TEST
@@ -640,7 +638,7 @@ START_TEST(test_watch_compaction_resync)
     /* And it goes on following changes. */
     ctl(&f, (const char *const[]){"put", "/c/after", "4", NULL});
     wait_view(&f, &v, "/c/after", "4", 5000);
-    etcd_watch_stop(w);
+    etcd_watch_close(w);
     fx_stop(&f);
 }
 END_TEST
@@ -671,7 +669,7 @@ START_TEST(test_failover_second_endpoint)
     ctl(&f, (const char *const[]){"put", "/f/3", "c", NULL});
     wait_view(&f, &v, "/f/3", "c", 10000);
     ck_assert_str_eq(v.log, "S0;+/f/1=a;+/f/2=b;+/f/3=c;");
-    etcd_watch_stop(w);
+    etcd_watch_close(w);
     fx_stop(&f);
 }
 END_TEST
@@ -690,7 +688,7 @@ START_TEST(test_auth)
     ck_assert_str_eq(view_get(&v, "/a/1"), "x");
     ck_assert_int_eq(put_sync(&f, "/a/2", "y", 0), 0);
     wait_view(&f, &v, "/a/2", "y", 5000);
-    etcd_watch_stop(w);
+    etcd_watch_close(w);
     f.etcd = etcd_client_free(f.etcd);
 
     /* A wrong password is refused with DA_EAUTH, and says so. */
@@ -850,7 +848,7 @@ START_TEST(test_watch_bad_stream)
     ck_assert_int_ge(v.downs, 1);
     ck_assert_int_ge(responder_requests(r), 2);
     ck_assert_int_eq(v.events, 0);
-    etcd_watch_stop(w);
+    etcd_watch_close(w);
     fx_stop(&f);
     responder_stop(r);
 }

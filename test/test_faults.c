@@ -37,49 +37,12 @@
 #include <unistd.h>
 
 #include "agentproc.h"
+#include "b64.h"
 #include "etcd_proc.h"
 #include "proc.h"
+#include "testutil.h"
 
 #define TIMEOUT_MS 1000 /* the agent's etcd.timeout */
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
-/* ---- base64 (the gateway's keys and values) ----------------------------- */
-
-static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static void b64enc(const char *in, size_t n, char *out)
-{
-    const unsigned char *p = (const unsigned char *)in;
-    size_t o = 0;
-
-    for (size_t i = 0; i < n; i += 3) {
-        unsigned v = (unsigned)p[i] << 16;
-        if (i + 1 < n)
-            v |= (unsigned)p[i + 1] << 8;
-        if (i + 2 < n)
-            v |= p[i + 2];
-        out[o++] = b64chars[(v >> 18) & 63];
-        out[o++] = b64chars[(v >> 12) & 63];
-        out[o++] = i + 1 < n ? b64chars[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < n ? b64chars[v & 63] : '=';
-    }
-    out[o] = '\0';
-}
 
 /* ---- a small etcd gateway client (libcurl, one handle per thread) ------- */
 
@@ -170,7 +133,7 @@ static int km_probe(struct keymon *m, CURL *h, char *lease, size_t llen)
 {
     char kb[400], body[512];
 
-    b64enc(m->key, strlen(m->key), kb);
+    b64_encode(m->key, strlen(m->key), kb);
     snprintf(body, sizeof body, "{\"key\":\"%s\"}", kb);
     for (int i = 0; i < m->n_urls; i++) {
         int k = (m->cur + i) % m->n_urls;
@@ -1645,7 +1608,7 @@ static int burst_op(struct burst_writer *b, CURL *h, int i, int del, int weight)
 
     burst_addr(addr, sizeof addr, i);
     snprintf(key, sizeof key, "/micro/burst/%s", addr);
-    b64enc(key, strlen(key), kb);
+    b64_encode(key, strlen(key), kb);
     if (del) {
         snprintf(body, sizeof body, "{\"key\":\"%s\"}", kb);
     } else {
@@ -1653,7 +1616,7 @@ static int burst_op(struct burst_writer *b, CURL *h, int i, int del, int weight)
                  "{\"Name\":\"burst\",\"Address\":\"%s\",\"Weight\":%d,\"Group\":\"%s\","
                  "\"Metadata\":{\"version\":\"1.4.%d\",\"zone\":\"eu-west-1%c\"}}",
                  addr, weight, i % 4 == 1 ? "A" : "B", i % 7, 'a' + i % 3);
-        b64enc(val, strlen(val), vb);
+        b64_encode(val, strlen(val), vb);
         snprintf(body, sizeof body, "{\"key\":\"%s\",\"value\":\"%s\"}", kb, vb);
     }
     for (int attempt = 0; attempt < 5; attempt++) {

@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../agent/etcd_watch.c"
-#include "../agent/etcd_watch_stream.c"
+#include "etcd_watch.c"
+#include "etcd_watch_stream.c"
 
 /* ---- FUZZ REGRESSION 1: watch events out of revision order --------------
  * Found by fuzz_watch_stream (and fuzz_watch_line). A watch response whose
@@ -85,7 +85,7 @@ START_TEST(test_watch_stream_events_out_of_order)
     (void)on_chunk(NULL, chunk, sizeof chunk, client->ws);
     ck_assert_int_le(w->next_rev, 3);
     ck_assert_int_ge(w->next_rev - 1, delivered);
-    etcd_watch_stop(w);
+    etcd_watch_close(w);
     etcd_client_free(client);
     uv_run(uv_default_loop(), UV_RUN_NOWAIT);
 }

@@ -26,6 +26,7 @@
 #include "agentproc.h"
 #include "etcd_proc.h"
 #include "proc.h"
+#include "testutil.h"
 
 #define ECHO_SERVER BUILD_DIR "/echo-server"
 #define ECHO_CLIENT BUILD_DIR "/echo-client"
@@ -54,18 +55,6 @@ struct result {
     /* With --log-failures: the first and last failure, 0 if none. */
     long long first_fail, last_fail;
 };
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    usleep((useconds_t)ms * 1000);
-}
 
 /* ---- etcd and the agent --------------------------------------------------- */
 

@@ -22,14 +22,7 @@
 #include "etcd_proc.h"
 #include "proc.h"
 #include "responder.h"
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+#include "testutil.h"
 
 /* ---- proc ------------------------------------------------------------- */
 

@@ -18,6 +18,7 @@
 #include "etcd_proc.h"
 #include "proc.h"
 #include "responder.h"
+#include "testutil.h"
 
 struct fx {
     struct etcd_cluster *cluster;
@@ -44,13 +45,6 @@ static void fx_down(struct fx *f)
 {
     ck_assert_int_eq(agentp_free(&f->agent), 0);
     etcd_cluster_stop(f->cluster);
-}
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static bool present(struct fx *f, const char *key)

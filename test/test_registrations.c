@@ -22,6 +22,7 @@
 
 #include "agentproc.h"
 #include "etcd_proc.h"
+#include "testutil.h"
 
 #define CHURN_CLIENTS 40
 #define CHURN_CYCLES 15
@@ -31,13 +32,6 @@ struct fx {
     struct agentp agent;
     char dir[512];
 };
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void fx_up(struct fx *f, int timeout_ms, const char *yaml)
 {

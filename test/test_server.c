@@ -3,7 +3,6 @@
  * the same thread (non-blocking, pumped between loop turns). */
 #include <check.h>
 #include <errno.h>
-#include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +15,7 @@
 
 #include "error.h"
 #include "looptest.h"
+#include "testutil.h"
 
 /* The server is compiled into this test with its allocations counted, so
  * that out-of-memory paths can be taken on purpose (the Nth allocation
@@ -170,14 +170,6 @@ static void fx_setup(void)
     snprintf(F.path, sizeof F.path, "%s/agent.sock", F.dir);
 }
 
-static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
 static void fx_teardown(void)
 {
     server_close(F.s);
@@ -186,7 +178,7 @@ static void fx_teardown(void)
     for (size_t i = 0; i < F.n_lines; i++)
         free(F.lines[i].text);
     free(F.lines);
-    nftw(F.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    rm_rf(F.dir);
 }
 
 static int start(struct server_options *o)

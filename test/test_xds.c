@@ -1,4 +1,4 @@
-/* Tests of the xDS server (agent/xds*.c).
+/* Tests of the xDS server (agent/xds/xds*.c).
  *
  * "resources": the model and the messages, as pure functions, decoded back
  * through the JSON rendering (which walks the protobuf descriptors, so it

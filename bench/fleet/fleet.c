@@ -30,8 +30,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "b64.h"
 #include "bench.h"
 #include "etcd_proc.h"
+#include "mkdir_p.h"
 #include "proc.h"
 
 #define SERVICES 100
@@ -274,7 +276,7 @@ static int agent_spawn(int i)
     snprintf(conf, sizeof conf, "%s/agent.yaml", a->dir);
     snprintf(cache, sizeof cache, "%s/cache", a->dir);
     snprintf(log, sizeof log, "%s/agent.log", a->dir);
-    if (make_dirs(a->dir) < 0)
+    if (mkdir_p(a->dir, 0755) < 0)
         return -1;
     snprintf(eps, sizeof eps, "%s", etcd_cluster_urls(F.c));
     if (F.tls)
@@ -831,8 +833,8 @@ static void part_propagation(void)
         struct tls_put tp;
         if (F.tls) {
             char kb[128], vb[512];
-            b64(key, strlen(key), kb);
-            b64(val, strlen(val), vb);
+            b64_encode(key, strlen(key), kb);
+            b64_encode(val, strlen(val), vb);
             snprintf(tp.url, sizeof tp.url, "%s/v3/kv/put", etcd_member_url(F.c, 0));
             snprintf(tp.body, sizeof tp.body, "{\"key\":\"%s\",\"value\":\"%s\"}", kb, vb);
             F.prop_t0 = now_ns();
@@ -1130,7 +1132,7 @@ int main(int argc, char **argv)
     raise_nofile();
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_ALL);
-    make_dirs(data);
+    mkdir_p(data, 0755);
     snprintf(path, sizeof path, "%s/fleet-%d.dat", data, F.n);
     F.out = fopen(path, "w");
     if (!F.out) {

@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testutil.h"
+
 #ifndef BUILD_DIR
 #define BUILD_DIR "build"
 #endif
@@ -19,6 +21,15 @@ int agentp_config(struct agentp *a, const char *dir, const char *endpoints, int 
                   int timeout_ms, const char *extra_yaml)
 {
     return agentp_config_idle(a, dir, endpoints, ttl_s, timeout_ms, "10m", extra_yaml);
+}
+
+/* Test agents answer no DNS unless the test gives a dns: section: they
+ * would all want 127.0.0.1:8600 (and a developer's own agent holds it). */
+const char *agentp_dns_off(const char *extra_yaml)
+{
+    if (extra_yaml && (!strncmp(extra_yaml, "dns:", 4) || strstr(extra_yaml, "\ndns:")))
+        return "";
+    return "dns:\n  enabled: false\n";
 }
 
 int agentp_config_idle(struct agentp *a, const char *dir, const char *endpoints, int ttl_s,
@@ -55,8 +66,9 @@ int agentp_config_idle(struct agentp *a, const char *dir, const char *endpoints,
             "session:\n  ttl: %ds\n"
             "socket:\n  path: %s\n"
             "cache:\n  dir: %s\n  idle: %s\n"
-            "log:\n  level: debug\n%s",
-            eps, timeout_ms, ttl_s, a->sock, a->cache, idle, extra_yaml ? extra_yaml : "");
+            "log:\n  level: debug\n%s%s",
+            eps, timeout_ms, ttl_s, a->sock, a->cache, idle, extra_yaml ? extra_yaml : "",
+            agentp_dns_off(extra_yaml));
     fclose(f);
     return 0;
 }
@@ -186,13 +198,6 @@ int sock_send(int fd, const char *line)
     }
     free(buf);
     return 0;
-}
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Reads byte by byte: slow, but simple and never reads past a line. */

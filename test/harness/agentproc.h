@@ -26,6 +26,11 @@ struct agentp {
 int agentp_config(struct agentp *a, const char *dir, const char *endpoints, int ttl_s,
                   int timeout_ms, const char *extra_yaml);
 
+/* "dns:\n  enabled: false\n" unless extra_yaml has a top-level dns:
+ * section (then ""): what agentp_config() appends, for tests and
+ * benchmarks that write their own agent configs. */
+const char *agentp_dns_off(const char *extra_yaml);
+
 /* The same with cache.idle set (a duration such as "1s"). */
 int agentp_config_idle(struct agentp *a, const char *dir, const char *endpoints, int ttl_s,
                        int timeout_ms, const char *idle, const char *extra_yaml);

@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testutil.h"
+
 extern char **environ;
 
 struct proc {
@@ -28,22 +30,6 @@ struct proc {
     int reaped;
     int status;
 };
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
 
 /* Finds an executable the way execvp() would, but before fork(). */
 static int resolve_path(const char *name, char *buf, size_t buflen)

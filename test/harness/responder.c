@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testutil.h"
+
 /* Requests larger than this are a bug in the test, not something to serve. */
 #define REQ_MAX (64u * 1024 * 1024)
 /* How long a graceful close waits for the peer's FIN before giving up. */
@@ -52,14 +54,6 @@ struct responder {
     size_t nreq, capreq;
     struct conn *conns;
 };
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /*
  * Waits for events on fd (or only for the wake fd when fd < 0) up to

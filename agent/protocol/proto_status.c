@@ -1,0 +1,207 @@
+/* The status and checks operations: what the agent is doing, for
+ * operators (agentctl status, agentctl checks). Status reads the parts
+ * named in struct proto_deps and its status member, and nothing else. */
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "protocol_internal.h"
+
+struct checks_ctx {
+    json_t *arr;
+    uint64_t now;
+};
+
+/* The health part of a registration, for status and checks. */
+static void add_health(json_t *o, const struct reg_info *ri, uint64_t now)
+{
+    json_object_set_new(o, "healthy", json_boolean(ri->healthy));
+    json_object_set_new(o, "drained", json_boolean(ri->drained));
+    if (!ri->check)
+        return;
+    struct check_state st;
+    checker_state(ri->check, &st);
+    json_object_set_new(
+        o, "check",
+        json_pack("{s:s, s:b, s:i, s:i, s:s, s:I, s:I}", "type",
+                  check_type_name(checker_spec(ri->check)->type), "healthy", st.healthy,
+                  "passes", st.passes, "failures", st.failures, "output", st.output,
+                  "changed_ms_ago", st.changed_at_ms ? (json_int_t)(now - st.changed_at_ms) : -1,
+                  "last_run_ms_ago", st.last_run_ms ? (json_int_t)(now - st.last_run_ms) : -1));
+}
+
+/* ---- status ------------------------------------------------------------- */
+
+static void status_reg(const struct reg_info *ri, void *arg)
+{
+    static const char *const states[] = {"pending", "registered", "failing", "withheld"};
+    json_t *o = instance_to_api(ri->inst);
+    struct checks_ctx *x = arg;
+
+    if (!o)
+        return;
+    json_object_set_new(o, "owner",
+                        json_string(ri->owner == REG_OWNER_CONFIG    ? "config"
+                                    : ri->owner == REG_OWNER_RUNTIME ? "runtime"
+                                                                     : "connection"));
+    json_object_set_new(o, "state", json_string(states[ri->state]));
+    if (ri->error && *ri->error)
+        json_object_set_new(o, "error", json_string(ri->error));
+    add_health(o, ri, x->now);
+    json_array_append_new(x->arr, o);
+}
+
+static void status_svc(service *svc, void *arg)
+{
+    size_t n;
+
+    service_instances(svc, &n);
+    json_array_append_new(
+        arg, json_pack("{s:s, s:I, s:b, s:b, s:I, s:I, s:I}", "service", service_name(svc),
+                       "revision", (json_int_t)service_revision(svc), "stale", service_stale(svc),
+                       "ready", service_ready(svc), "instances", (json_int_t)n, "skipped",
+                       (json_int_t)service_skipped(svc), "watchers",
+                       (json_int_t)service_subscribers(svc)));
+}
+
+static void hex(char *buf, size_t len, uint64_t v)
+{
+    snprintf(buf, len, "%016" PRIx64, v);
+}
+
+static void status_done(int err, const struct etcd_result *r, void *arg)
+{
+    struct pending *p = arg;
+    const struct proto_deps *d = &p->cs->p->d;
+    const struct proto_status_deps *sd = &d->status;
+    json_t *o = proto__reply_new(p->id, true), *etcd, *lease, *regs, *svcs, *eps;
+    char buf[32];
+    bool any_stale = false;
+
+    p->call = NULL;
+    if (!o) {
+        proto__pending_end(p);
+        return;
+    }
+    json_object_set_new(o, "version", json_string(DA_VERSION));
+    json_object_set_new(o, "pid", json_integer(getpid()));
+    json_object_set_new(o, "uptime_ms", json_integer((json_int_t)(uv_now(d->loop) - sd->started)));
+    json_object_set_new(o, "config", json_string(sd->config_path));
+    json_object_set_new(o, "prefix", json_string(d->prefix));
+
+    etcd = json_object();
+    eps = json_array();
+    for (size_t i = 0; i < sd->n_endpoints; i++)
+        json_array_append_new(eps, json_string(sd->endpoints[i]));
+    json_object_set_new(etcd, "endpoint", json_string(etcd_client_endpoint(d->etcd)));
+    json_object_set_new(etcd, "endpoints", eps);
+    json_object_set_new(etcd, "connected", json_boolean(!err && etcd_client_connected(d->etcd)));
+    if (!err && r->leader) {
+        hex(buf, sizeof buf, r->leader);
+        json_object_set_new(etcd, "leader", json_string(buf));
+        hex(buf, sizeof buf, r->member_id);
+        json_object_set_new(etcd, "member", json_string(buf));
+        json_object_set_new(etcd, "version", json_string(r->version));
+        json_object_set_new(etcd, "revision", json_integer(r->revision));
+    } else {
+        json_object_set_new(etcd, "leader", json_null());
+    }
+    json_object_set_new(etcd, "last_error", json_string(etcd_client_last_error(d->etcd)));
+    json_object_set_new(etcd, "requests", json_integer((json_int_t)etcd_client_requests(d->etcd)));
+    json_object_set_new(o, "etcd", etcd);
+
+    lease = json_object();
+    if (session_lease(sd->session)) {
+        hex(buf, sizeof buf, (uint64_t)session_lease(sd->session));
+        json_object_set_new(lease, "id", json_string(buf));
+    } else {
+        json_object_set_new(lease, "id", json_null());
+    }
+    json_object_set_new(lease, "ttl_s", json_integer(session_ttl(sd->session)));
+    json_object_set_new(lease, "remaining_ms", json_integer(session_remaining_ms(sd->session)));
+    json_object_set_new(lease, "since_keepalive_ms",
+                        json_integer(session_since_keepalive(sd->session)));
+    json_object_set_new(lease, "grants", json_integer((json_int_t)session_grants(sd->session)));
+    json_object_set_new(o, "lease", lease);
+
+    regs = json_array();
+    struct checks_ctx x = {regs, uv_now(d->loop)};
+    registry_foreach(d->registry, status_reg, &x);
+    json_object_set_new(o, "registrations", regs);
+    const char *reason;
+    bool maint = registry_in_maint(d->registry, &reason);
+    json_object_set_new(o, "maint", json_pack("{s:b, s:s}", "on", maint, "reason", reason));
+    svcs = json_array();
+    cache_foreach(d->cache, status_svc, svcs);
+    size_t k;
+    json_t *e;
+    json_array_foreach(svcs, k, e) {
+        if (json_is_true(json_object_get(e, "stale")))
+            any_stale = true;
+    }
+    json_object_set_new(o, "services", svcs);
+    json_object_set_new(o, "clients", json_integer((json_int_t)server_clients(p->cs->s)));
+    json_object_set_new(o, "skipped", json_integer((json_int_t)cache_skipped_total(d->cache)));
+    json_object_set_new(o, "renders", json_integer((json_int_t)p->cs->p->renders));
+    json_object_set_new(o, "stale", json_boolean(any_stale));
+    json_object_set_new(o, "xds", xds_status(d->xds));
+    json_object_set_new(o, "dns", dns_status(d->status.dns));
+    proto__send_json(p->cs, o);
+    proto__pending_end(p);
+}
+
+void proto__op_status(struct conn_state *cs, json_t *req, json_t *id)
+{
+    struct pending *p = proto__pending_new(cs, P_STATUS, id, 0);
+    int rc;
+
+    (void)req;
+    if (!p) {
+        proto__send_error(cs, id, "internal", "out of memory");
+        return;
+    }
+    /* With etcd known to be unreachable, answer now rather than after a
+     * timeout per endpoint: status is what an operator runs at 3 a.m. */
+    if (!etcd_client_connected(cs->p->d.etcd)) {
+        status_done(DA_EUNAVAIL, NULL, p);
+        return;
+    }
+    rc = etcd_member_status(cs->p->d.etcd, status_done, p, &p->call);
+    if (rc)
+        status_done(rc, NULL, p);
+}
+
+/* ---- checks ------------------------------------------------------------- */
+
+static void checks_reg(const struct reg_info *ri, void *arg)
+{
+    struct checks_ctx *x = arg;
+    json_t *o = json_pack("{s:s, s:s}", "name", ri->inst->name, "address", ri->inst->address);
+
+    if (!o)
+        return;
+    add_health(o, ri, x->now);
+    json_array_append_new(x->arr, o);
+}
+
+void proto__op_checks(struct conn_state *cs, json_t *req, json_t *id)
+{
+    (void)req;
+    struct checks_ctx x = {json_array(), uv_now(cs->p->d.loop)};
+    json_t *o = proto__reply_new(id, true);
+    const char *reason;
+    bool maint = registry_in_maint(cs->p->d.registry, &reason);
+
+    registry_foreach(cs->p->d.registry, checks_reg, &x);
+    if (o) {
+        json_object_set_new(o, "maint", json_pack("{s:b, s:s}", "on", maint, "reason", reason));
+        json_object_set_new(o, "instances", x.arr);
+    } else {
+        json_decref(x.arr);
+    }
+    proto__send_json(cs, o);
+}
