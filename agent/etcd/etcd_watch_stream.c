@@ -48,6 +48,7 @@ struct etcd_wstream {
     uv_timer_t timer;   /* backoff */
     uv_timer_t pump;    /* progress_requests until the first reply */
     int pumps;          /* sent on this stream */
+    uint64_t opened;    /* uv_now when it was opened */
     bool answered;      /* a line came back on this stream */
     int handles;        /* timers not yet closed; freed at 0 */
     char *line;         /* a line not yet complete */
@@ -218,16 +219,45 @@ static int ws_start(struct etcd_wstream *ws)
     return http_request(c->streams, &opts, ws_done, ws, &ws->req);
 }
 
+/* A stream that has not answered within etcd.timeout is given up as its
+ * member's failure. A member restarted without a quorum (the whole cluster
+ * coming back) takes the request and never answers it: the fleet benchmark
+ * found every agent's watches stuck that way for good after a cluster
+ * outage, with the lease and the registrations back and every list stale. */
+static void stream_unanswered(struct etcd_wstream *ws)
+{
+    etcd_client *c = ws->c;
+
+    uv_timer_stop(&ws->pump);
+    http_cancel(ws->req);
+    ws->req = NULL;
+    ws->len = 0;
+    ws->gen++;
+    ws->last_err = DA_ETIMEDOUT;
+    log_warn("etcd: watch stream: %s did not answer within %ld ms", c->endpoints[ws->endpoint],
+             c->timeout_ms);
+    etcd__endpoint_failed(c, ws->endpoint, DA_ETIMEDOUT, "the watch stream did not answer");
+    etcd__watches_stream_down(c, DA_ETIMEDOUT, true);
+    if (c->watches && !ws->req)
+        ws_retry_later(ws);
+}
+
 static void pump_fired(uv_timer_t *t)
 {
     static const char progress[] = "{\"progress_request\":{}}\n";
     struct etcd_wstream *ws = t->data;
 
-    if (!ws->req || ws->answered || ++ws->pumps > PUMP_MAX) {
+    if (!ws->req || ws->answered) {
         uv_timer_stop(&ws->pump);
         return;
     }
-    http_req_send(ws->req, progress, sizeof progress - 1);
+    if (uv_now(ws->c->loop) - ws->opened >= (uint64_t)ws->c->timeout_ms) {
+        stream_unanswered(ws);
+        return;
+    }
+    /* Past PUMP_MAX the timer only watches the clock. */
+    if (++ws->pumps <= PUMP_MAX)
+        http_req_send(ws->req, progress, sizeof progress - 1);
 }
 
 /* Opens the stream if it is closed and may open now. */
@@ -251,6 +281,7 @@ static void ws_open(struct etcd_wstream *ws)
     }
     ws->answered = false;
     ws->pumps = 0;
+    ws->opened = uv_now(c->loop);
     uv_timer_start(&ws->pump, pump_fired, PUMP_MS, PUMP_MS);
     etcd__watches_stream_open(c);
 }
