@@ -41,8 +41,9 @@ SYSCONFDIR  ?= /etc
 UNITDIR     ?= /lib/systemd/system
 SYSUSERSDIR ?= /usr/lib/sysusers.d
 
-# libknot (Knot DNS) parses and writes the DNS server's messages.
-PKGS      := libuv libcurl jansson yaml-0.1 libknot
+# libknot (Knot DNS) parses and writes the DNS server's messages;
+# libmicrohttpd serves the operators' HTTP listener (agent/web/).
+PKGS      := libuv libcurl jansson yaml-0.1 libknot libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 JANSSON_LIBS := $(shell pkg-config --libs jansson 2>/dev/null)
@@ -176,6 +177,16 @@ $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/xds/%.proto
 $(BUILD)/gen/%.o: $(BUILD)/gen/%.c
 	$(COMPILE) $(PROTOBUF_C_CFLAGS) -c $< -o $@
 
+# The status page is written as HTML (agent/web/web_page.html) and served
+# from a C string made of it here: each line quoted, backslashes and quotes
+# escaped.
+WEB_PAGE_H := $(BUILD)/gen/web_page.h
+$(WEB_PAGE_H): agent/web/web_page.html
+	@mkdir -p $(dir $@)
+	sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $< > $@
+$(BUILD)/agent/web/web_page.o: DA_CPPFLAGS += -iquote $(BUILD)/gen
+$(BUILD)/agent/web/web_page.o: $(WEB_PAGE_H)
+
 # xds*.c and the tests that include them read the generated headers, which
 # must exist before the first compile (-MMD records them after it).
 XDS_OBJ := $(filter $(BUILD)/agent/xds%,$(AGENT_OBJ)) $(BUILD)/test/test_xds.o
@@ -240,12 +251,15 @@ $(BUILD)/man/%: man/%.scd
 # check the Debian packages (make deb, test/check-deb). libknot-dev is the
 # DNS server's message library; dig (bind9-dnsutils), haproxy and
 # dnsmasq-base are the real DNS clients of test/test_dns.c, dnsperf and
-# unbound those of the DNS benchmark.
+# unbound those of the DNS benchmark. libmicrohttpd serves the agent's
+# HTTP listener; prometheus (its promtool and server) and chromium
+# (headless) check the metrics and the status page in test/test_web.c.
 DEB_PKGS := build-essential pkg-config libuv1-dev libcurl4-openssl-dev \
 	libjansson-dev libyaml-dev libgrpc-dev check etcd-server etcd-client \
 	openssl curl protobuf-c-compiler libprotobuf-c-dev python3-grpcio \
 	clang libclang-rt-14-dev gnuplot-nox scdoc debhelper lintian \
-	libknot-dev bind9-dnsutils haproxy dnsmasq-base dnsperf unbound
+	libknot-dev bind9-dnsutils haproxy dnsmasq-base dnsperf unbound \
+	libmicrohttpd-dev prometheus chromium
 
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do \
@@ -409,6 +423,11 @@ $(FUZZ_BUILD)/agent/%.o: agent/%.c | $(FUZZ_PROTO_C:.c=.h) $(FUZZ_BUILD)/.gitign
 $(FUZZ_BUILD)/fuzz/%.o: fuzz/%.c | $(FUZZ_PROTO_C:.c=.h) $(FUZZ_BUILD)/.gitignore
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CPPFLAGS) $(FUZZ_CFLAGS) -Werror -c $< -o $@
+
+$(FUZZ_BUILD)/gen/web_page.h: agent/web/web_page.html
+	@mkdir -p $(dir $@)
+	sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $< > $@
+$(FUZZ_BUILD)/agent/web/web_page.o: $(FUZZ_BUILD)/gen/web_page.h
 
 # An archive: each target pulls in only the modules it needs.
 $(FUZZ_BUILD)/libagent.a: $(FUZZ_AGENT_OBJ) $(FUZZ_PROTO_OBJ)

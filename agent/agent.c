@@ -123,6 +123,63 @@ static void watchdog_beat(uv_timer_t *t)
     notify_send("WATCHDOG=1");
 }
 
+/* /readyz: ready with the session held and every configured instance
+ * written; ready too once the agent has stopped waiting for an etcd that
+ * does not answer (ready_check), because it then serves its cached lists
+ * to local clients, which is what it is for: the body says which. */
+static bool web_ready(void *arg, char *why, size_t len)
+{
+    struct agent *a = arg;
+
+    if (a->stopping) {
+        snprintf(why, len, "stopping");
+        return false;
+    }
+    if (session_lease(a->session) && registry_settled(a->registry)) {
+        snprintf(why, len, "session lease held; %zu instance(s) registered",
+                 registry_count(a->registry));
+        return true;
+    }
+    if (a->ready && !etcd_client_connected(a->etcd)) {
+        snprintf(why, len, "serving cached lists; etcd unreachable (%s)",
+                 etcd_client_last_error(a->etcd));
+        return true;
+    }
+    snprintf(why, len, "%s",
+             !session_lease(a->session) ? "waiting for the etcd session lease"
+                                        : "writing the configured instances to etcd");
+    return false;
+}
+
+static int web_start_agent(struct agent *a, char *err, size_t errlen)
+{
+    const struct config *cfg = a->cfg;
+    struct web_options o = {
+        .listen = (const char *const *)cfg->http_listen,
+        .n_listen = cfg->n_http_listen,
+        .max_connections = cfg->http_max_connections,
+        .max_request_bytes = cfg->http_max_request_bytes,
+        .timeout_s = (unsigned)(cfg->http_timeout_ms / 1000),
+    };
+    struct web_deps d = {
+        .loop = a->loop,
+        .cache = a->cache,
+        .registry = a->registry,
+        .session = a->session,
+        .etcd = a->etcd,
+        .xds = a->xds,
+        .proto = a->proto,
+        .server = a->server,
+        .dns = a->dns,
+        .ready = web_ready,
+        .ready_arg = a,
+    };
+
+    if (!cfg->http_enabled)
+        return 0;
+    return web_start(&a->web, &o, &d, err, errlen);
+}
+
 /* ---- lease -------------------------------------------------------------- */
 
 static void on_lease(session *s, int64_t lease, void *arg)
@@ -163,6 +220,7 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
     a->cfg = cfg;
     a->started = uv_now(loop);
     log_level = cfg->log_level;
+    log_json = cfg->log_format == 1;
 
     if ((rc = http_client_new(&a->http, loop)) < 0)
         goto fail;
@@ -239,6 +297,15 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
         finish(a);
         return rc;
     }
+    /* Last: an address that cannot be bound stops the start, naming it. */
+    rc = web_start_agent(a, err, errlen);
+    if (rc < 0) {
+        server_close(a->server);
+        a->server = NULL;
+        a->stopping = true;
+        finish(a);
+        return rc;
+    }
 
     for (size_t i = 0; i < cfg->n_services; i++)
         add_configured(a, &cfg->services[i]);
@@ -284,6 +351,8 @@ static void close_handle(uv_handle_t *h)
 /* Frees every part; the loop ends once their handles have closed. */
 static void finish(struct agent *a)
 {
+    /* First: it reads every part below. */
+    a->web = web_close(a->web);
     server_close(a->server);
     a->server = NULL;
     /* After the socket: its connections' on_close needs the protocol. */
@@ -352,6 +421,8 @@ void agent_stop(struct agent *a)
     }
     a->stopping = true;
     notify_send("STOPPING=1");
+    /* It reads the socket server, which goes next. */
+    a->web = web_close(a->web);
     /* Clients go first: a watcher must see the agent leave (and keep its
      * last list), not an empty list made of our own deregistrations. */
     server_close(a->server);
@@ -394,7 +465,8 @@ static void warn_unapplied(const struct config *old, const struct config *new)
         old->dns_enabled != new->dns_enabled || !same(old->dns_domain, new->dns_domain) ||
         old->dns_ttl != new->dns_ttl || old->dns_max_answers != new->dns_max_answers ||
         old->n_dns_listen != new->n_dns_listen ||
-        (old->n_dns_listen && strcmp(old->dns_listen[0], new->dns_listen[0])))
+        (old->n_dns_listen && strcmp(old->dns_listen[0], new->dns_listen[0])) ||
+        old->http_enabled != new->http_enabled || old->log_format != new->log_format)
         log_warn("agent: reload applies services and log.level only; restart the agent to "
                  "apply the other changes");
 }

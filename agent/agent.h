@@ -18,6 +18,7 @@
 #include "registry.h"
 #include "server.h"
 #include "session.h"
+#include "web.h"
 #include "xds.h"
 
 /* The file VERSION, passed by the Makefile as DA_VERSION. */
@@ -35,6 +36,7 @@ struct agent {
     xds *xds; /* the xDS server for gRPC clients (docs/xds.md) */
     dns_server *dns; /* NULL when dns.enabled is false (docs/dns.md) */
     proto *proto; /* answers the socket */
+    web *web;     /* /metrics, /healthz, /readyz, the status page; NULL when off */
     struct check_ctx *checks;
 
     uv_signal_t sig_term, sig_int, sig_hup;

@@ -8,6 +8,7 @@
 #include "error.h"
 #include "etcd_parse.h"
 #include "log.h"
+#include "metrics.h"
 #include "validate.h"
 
 /* One key under the service's prefix, as etcd holds it. */
@@ -49,6 +50,9 @@ struct service {
     size_t n_subs;
     int notifying;
     bool notify_pending;   /* queued for the next loop turn */
+    uint64_t change_ns;    /* uv_hrtime() of the first change queued, for
+                            * the delivery delay metric */
+    uint64_t stale_since;  /* uv_now() when it last became stale */
     struct service *notify_next;
     etcd_call *confirm;    /* range read after a reconnect (see watch_cb) */
     void *derived;         /* see service_set_derived() */
@@ -234,6 +238,9 @@ static void notify(service *s)
         if (!sub->dead)
             sub->cb(s, sub->arg);
     s->notifying--;
+    if (s->n_subs && s->change_ns)
+        metrics_observe(&metrics.delivery_delay, metrics_since(s->change_ns, uv_hrtime()));
+    s->change_ns = 0;
     if (s->notifying)
         return;
     /* Unsubscriptions made during the callbacks are finished now. */
@@ -332,6 +339,7 @@ static void schedule_notify(service *s)
     if (s->notify_pending)
         return;
     s->notify_pending = true;
+    s->change_ns = uv_hrtime();
     s->notify_next = c->notify_head;
     c->notify_head = s;
     if (!uv_is_active((uv_handle_t *)&c->notify_timer))
@@ -440,6 +448,7 @@ static void watch_cb(etcd_watch *w, const struct etcd_watch_update *u, void *arg
     case ETCD_WATCH_DOWN:
         if (!s->stale) {
             s->stale = true;
+            s->stale_since = uv_now(s->c->loop);
             log_debug("cache: %s is stale: %s", s->name, da_strerror(u->err));
             schedule_notify(s);
         }
@@ -575,7 +584,7 @@ service *cache_get(cache *c, const char *name, int *err)
         goto nomem;
     snprintf(s->key, s->klen + 1, "%s/%s/", c->prefix, name);
     s->stale = true;
-    s->last_used = uv_now(c->loop);
+    s->stale_since = s->last_used = uv_now(c->loop);
     load_from_disk(s);
     elen = etcd_prefix_end(s->key, s->klen, end);
     rc = etcd_watch_start(c->etcd, s->key, s->klen, end, elen, 0, watch_cb, s, &s->watch);
@@ -703,6 +712,7 @@ int64_t service_revision(const service *s) { return s->revision; }
 bool service_ready(const service *s) { return s->ready; }
 bool service_stale(const service *s) { return s->stale; }
 uint64_t service_updated(const service *s) { return s->updated; }
+uint64_t service_stale_since(const service *s) { return s->stale ? s->stale_since : 0; }
 size_t service_skipped(const service *s) { return s->skipped; }
 size_t service_subscribers(const service *s) { return s->n_subs; }
 void *service_derived(const service *s) { return s->derived; }

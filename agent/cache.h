@@ -52,6 +52,8 @@ bool service_ready(const service *s); /* has a list, from etcd or disk */
 bool service_stale(const service *s); /* not (yet) confirmed live by etcd */
 /* uv_now() when the list last changed (or was loaded from disk). */
 uint64_t service_updated(const service *s);
+/* uv_now() when it last became stale; 0 while it is not stale. */
+uint64_t service_stale_since(const service *s);
 size_t service_skipped(const service *s); /* values that are not instances */
 /* Valid instances sorted by address; borrowed until the next change. */
 const struct instance *const *service_instances(const service *s, size_t *n);

@@ -53,6 +53,21 @@
 /* info: the index in the loader's log levels (debug, info, warn, error). */
 #define DA_DEFAULT_LOG_LEVEL 1
 
+/* text: the index in the loader's log formats (text, json). */
+#define DA_DEFAULT_LOG_FORMAT 0
+
+/* ---- http: ------------------------------------------------------------------ */
+
+#define DA_DEFAULT_HTTP_ENABLED true
+/* Loopback only. Port 8608: beside the agent's DNS port (8600) and outside
+ * 9100-9999, where Prometheus exporters take theirs (node 9100, CoreDNS
+ * 9153, ...); Consul (8300-8302, 8500-8503, 8600), Nomad (4646-4648),
+ * Vault (8200-8201) and Istio's agent (15000-15090) use none of it. */
+#define DA_DEFAULT_HTTP_LISTEN "127.0.0.1:8608"
+#define DA_DEFAULT_HTTP_MAX_CONNECTIONS 64u   /* per address */
+#define DA_DEFAULT_HTTP_MAX_REQUEST 16384u    /* request line and headers */
+#define DA_DEFAULT_HTTP_TIMEOUT_MS (10u * 1000u) /* an idle connection closes */
+
 /* ---- xds: ------------------------------------------------------------------- */
 
 #define DA_DEFAULT_XDS_ENABLED true

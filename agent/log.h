@@ -3,9 +3,13 @@
 #ifndef DA_LOG_H
 #define DA_LOG_H
 
+#include <stdbool.h>
+
 enum { LOG_LVL_DEBUG = 0, LOG_LVL_INFO = 1, LOG_LVL_WARN = 2, LOG_LVL_ERROR = 3 };
 
 extern int log_level;
+/* log.format: json writes each line as one JSON object. */
+extern bool log_json;
 
 void log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -7,6 +7,7 @@
 #include "backoff.h"
 #include "error.h"
 #include "log.h"
+#include "metrics.h"
 #include "validate.h"
 
 #define RETRY_MIN_MS 500
@@ -404,6 +405,7 @@ static void service_changed(service *svc, void *arg)
         g->heals = 0;
     }
     g->heals++;
+    metrics.registration_heals++;
     log_warn("registry: %s was %s by someone else; writing it again", g->key,
              present ? "overwritten" : "deleted");
     g->lease_written = 0;

@@ -41,6 +41,7 @@
 #include "error.h"
 #include "fdlimit.h"
 #include "log.h"
+#include "metrics.h"
 #include "unix_listen.h"
 
 #define DEFAULT_MAX_LINE DA_SOCKET_MAX_LINE
@@ -274,6 +275,7 @@ static int conn_write(server_conn *c, const char *data, size_t len)
 
     queued = uv_stream_get_write_queue_size(st);
     if (len - off > max - (queued < max ? queued : max)) {
+        metrics.socket_dropped++; /* it does not read what it is sent */
         conn_close(c, true);
         return DA_EMSGSIZE;
     }

@@ -6,6 +6,7 @@
 #include "defaults.h"
 #include "error.h"
 #include "log.h"
+#include "metrics.h"
 
 #define RETRY_MIN_MS 200
 #define RETRY_MAX_MS 5000
@@ -21,6 +22,7 @@ struct session {
     uint64_t last_ok;      /* uv_now of the last grant or keep-alive */
     int64_t last_ttl;      /* TTL etcd reported then */
     uint64_t grants;
+    uint64_t ka_sent_ns;   /* uv_hrtime() of the keep-alive in flight */
     struct backoff backoff;
     bool stopping;
     etcd_call *call;
@@ -78,6 +80,7 @@ static void granted(int err, const struct etcd_result *r, void *arg)
     s->last_ok = uv_now(s->loop);
     backoff_reset(&s->backoff);
     s->grants++;
+    metrics.lease_grants++;
     log_info("session: lease %llx granted (ttl %lld s)", (unsigned long long)s->lease,
              (long long)r->ttl);
     schedule(s, (uint64_t)s->ttl_s * 1000 / 3);
@@ -101,6 +104,7 @@ static void kept(int err, const struct etcd_result *r, void *arg)
 
     s->call = NULL;
     if (!err && r->ttl > 0) {
+        metrics_observe(&metrics.keepalive_latency, metrics_since(s->ka_sent_ns, uv_hrtime()));
         s->last_ok = uv_now(s->loop);
         s->last_ttl = r->ttl;
         backoff_reset(&s->backoff);
@@ -112,6 +116,7 @@ static void kept(int err, const struct etcd_result *r, void *arg)
          * off or frozen past the TTL), revoked, or etcd lost its data. */
         log_warn("session: lease %llx is gone; getting a new one and registering again",
                  (unsigned long long)s->lease);
+        metrics.lease_losses++;
         s->lease = 0;
         backoff_reset(&s->backoff);
         s->cb(s, 0, s->arg);
@@ -131,6 +136,7 @@ static void keepalive(session *s)
 
     if (s->stopping || s->call)
         return;
+    s->ka_sent_ns = uv_hrtime();
     rc = etcd_lease_keepalive(s->etcd, s->lease, kept, s, &s->call);
     if (rc < 0)
         schedule(s, next_backoff(s, true));

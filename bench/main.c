@@ -88,9 +88,9 @@ int agent_up(struct bench *b, struct agentp *a, const char *name)
              "session:\n  ttl: 10s\n"
              "socket:\n  path: %s\n"
              "cache:\n  dir: %s\n  idle: 10m\n"
-             "log:\n  level: info\n%s%s",
+             "log:\n  level: info\n%s%s%s",
              b->url, a->sock, a->cache, b->agent_yaml ? b->agent_yaml : "",
-             agentp_dns_off(b->agent_yaml));
+             agentp_dns_off(b->agent_yaml), agentp_http_off(b->agent_yaml));
     if (write_file(a->conf, yaml) < 0)
         return -1;
     const char *argv[] = {b->agent_bin, "-c", a->conf, NULL};

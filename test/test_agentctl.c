@@ -52,6 +52,7 @@ static void fx_start(struct fx *f)
             "socket:\n  path: %s\n"
             "cache:\n  dir: %s/cache\n"
             "log:\n  level: debug\n"
+            "http:\n  enabled: false\n"
             "services:\n  - name: cfg\n    address: 127.0.0.1:9300\n    weight: 4\n"
             "    group: G\n    metadata: { version: \"1.0\" }\n"
             "dns:\n  enabled: false\n",

@@ -80,9 +80,9 @@ static void fx_start(struct fx *f, const char *extra_yaml)
             "session:\n  ttl: 2s\n"
             "socket:\n  path: %s\n"
             "cache:\n  dir: %s/cache\n"
-            "log:\n  level: debug\n%s%s",
+            "log:\n  level: debug\n%s%s%s",
             etcd_member_url(f->cluster, 0), f->sock, dir, extra_yaml ? extra_yaml : "",
-            agentp_dns_off(extra_yaml));
+            agentp_dns_off(extra_yaml), agentp_http_off(extra_yaml));
     fclose(cf);
     agent_start(f);
 }

@@ -18,6 +18,7 @@
 #include "check_internal.h"
 #include "error.h"
 #include "log.h"
+#include "metrics.h"
 #include "validate.h"
 
 static const struct check__type *type_ops(enum check_type t)
@@ -118,6 +119,7 @@ static void record(checker *k, bool pass, const char *output)
         return;
     k->st.last_run_ms = now;
     k->st.probes++;
+    metrics.check_results[pass ? M_CHECK_PASS : M_CHECK_FAIL]++;
     snprintf(k->st.output, sizeof k->st.output, "%s", output);
     if (pass) {
         k->st.failures = 0;
@@ -135,6 +137,7 @@ static void record(checker *k, bool pass, const char *output)
     if (!change)
         return;
     k->st.healthy = pass;
+    metrics.check_transitions[pass ? M_CHECK_PASS : M_CHECK_FAIL]++;
     k->st.changed_at_ms = now ? now : 1;
     log_change(k, pass, pass ? k->st.passes : k->st.failures);
     if (k->cb)

@@ -234,6 +234,11 @@ static int set_defaults(struct loader *ld, const char *path)
     c->xds_mode = UINT_MAX;  /* unset: socket.mode's, see config__default_xds_path() */
     c->xds_idle_ms = DA_DEFAULT_XDS_IDLE_MS;
     c->log_level = DA_DEFAULT_LOG_LEVEL;
+    c->log_format = DA_DEFAULT_LOG_FORMAT;
+    c->http_enabled = DA_DEFAULT_HTTP_ENABLED;
+    c->http_max_connections = DA_DEFAULT_HTTP_MAX_CONNECTIONS;
+    c->http_max_request_bytes = DA_DEFAULT_HTTP_MAX_REQUEST;
+    c->http_timeout_ms = DA_DEFAULT_HTTP_TIMEOUT_MS;
     c->checks_exec = DA_DEFAULT_CHECKS_EXEC;
     c->dns_enabled = true;
     c->dns_ttl = DNS_DEFAULT_TTL;
@@ -296,6 +301,8 @@ int config_load(const char *path, struct config **out, char *err,
         r = config__default_xds_path(&ld);
     if (r == 0)
         r = config__default_dns_listen(&ld);
+    if (r == 0)
+        r = config__default_http_listen(&ld);
     if (r < 0) {
         config_free(ld.cfg);
         return r;
@@ -333,6 +340,9 @@ struct config *config_free(struct config *c)
         free(c->dns_listen[i]);
     free(c->dns_listen);
     free(c->dns_domain);
+    for (size_t i = 0; c->http_listen && i < c->n_http_listen; i++)
+        free(c->http_listen[i]);
+    free(c->http_listen);
     for (size_t i = 0; c->services && i < c->n_services; i++) {
         struct config_service *s = &c->services[i];
 

@@ -65,6 +65,18 @@ struct config {
                                  * cache entry after this long; > 0 */
     int log_level;              /* log.level: 0 debug, 1 info, 2 warn,
                                  * 3 error; the logger owns the names */
+    int log_format;             /* log.format: 0 text, 1 json; the logger
+                                 * owns the names */
+    /* http: the operators' listener (/metrics, /healthz, /readyz, the
+     * status page); docs/operations.md. */
+    bool http_enabled;          /* http.enabled, default true */
+    char **http_listen;         /* http.listen: IP:port, at least one; */
+    size_t n_http_listen;       /* default 127.0.0.1:8608 */
+    unsigned http_max_connections; /* http.max_connections, per address */
+    size_t http_max_request_bytes; /* http.max_request_bytes: request line
+                                 * and headers */
+    uint64_t http_timeout_ms;   /* http.timeout: idle connections close;
+                                 * whole seconds */
     /* xds: the xDS (ADS) server for gRPC clients; see docs/xds.md. */
     bool xds_enabled;           /* xds.enabled, default true */
     char *xds_path;             /* xds.path; default xds.sock in the folder

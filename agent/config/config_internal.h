@@ -164,6 +164,10 @@ int config__load_root(struct loader *ld, const struct node *root,
 int config__default_xds_path(struct loader *ld);
 /* Without dns.listen, the default address. */
 int config__default_dns_listen(struct loader *ld);
+/* The http: section (config_http.c), and http.listen's default once every
+ * file is read. */
+int config__load_http(struct loader *ld, const struct node *val);
+int config__default_http_listen(struct loader *ld);
 
 /* The services: sequence of one file, appended to ld->cfg->services. */
 int config__load_services(struct loader *ld, const struct node *val);

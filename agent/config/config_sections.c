@@ -563,9 +563,11 @@ static int load_cache(struct loader *ld, const struct node *val)
 
 /* ---- log --------------------------------------------------------- */
 
-static const char *const log_keys[] = { "level" };
+static const char *const log_keys[] = { "level", "format" };
 /* In the order of their numbers in struct config's log_level. */
 static const char *const log_levels[] = { "debug", "info", "warn", "error" };
+/* In the order of their numbers in struct config's log_format. */
+static const char *const log_formats[] = { "text", "json" };
 
 static int load_log(struct loader *ld, const struct node *val)
 {
@@ -584,6 +586,20 @@ static int load_log(struct loader *ld, const struct node *val)
 
         if (key < 0)
             return key;
+        if (key == 1) {
+            r = config__want_text(ld, "log.format", k, v, &text);
+            if (r < 0)
+                return r;
+            for (l = 0; l < ARRAY_SIZE(log_formats); l++) {
+                if (!strcmp(text, log_formats[l]))
+                    break;
+            }
+            if (l == ARRAY_SIZE(log_formats))
+                return config__fail_node(ld, v, "bad log.format '%s': use text or "
+                                 "json", config__show(&a, text));
+            ld->cfg->log_format = (int)l;
+            continue;
+        }
         r = config__want_text(ld, "log.level", k, v, &text);
         if (r < 0)
             return r;
@@ -945,10 +961,11 @@ int config__default_dns_listen(struct loader *ld)
 /* ---- the top level ----------------------------------------------- */
 
 static const char *const top_keys[] = {
-    "etcd", "session", "socket", "cache", "log", "services", "xds", "checks", "dns"
+    "etcd", "session", "socket", "cache", "log", "services", "xds", "checks", "dns",
+    "http"
 };
 enum { TOP_ETCD, TOP_SESSION, TOP_SOCKET, TOP_CACHE, TOP_LOG, TOP_SERVICES,
-       TOP_XDS, TOP_CHECKS, TOP_DNS };
+       TOP_XDS, TOP_CHECKS, TOP_DNS, TOP_HTTP };
 
 int config__load_root(struct loader *ld, const struct node *root, bool is_main)
 {
@@ -1000,6 +1017,9 @@ int config__load_root(struct loader *ld, const struct node *root, bool is_main)
             break;
         case TOP_DNS:
             r = load_dns(ld, v);
+            break;
+        case TOP_HTTP:
+            r = config__load_http(ld, v);
             break;
         default:
             r = key;

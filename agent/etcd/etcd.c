@@ -16,6 +16,7 @@
 #include "etcd_internal.h"
 #include "etcd_parse.h"
 #include "log.h"
+#include "metrics.h"
 
 /* Range reads sent at once; more wait in a queue. Watching 1,000 services
  * starts 1,000 snapshot reads together: sent at once they open 1,000
@@ -43,6 +44,7 @@ struct etcd_call {
     bool counted;      /* in flight and counted in c->reads */
     bool queued;       /* on c->qhead */
     int64_t floor;     /* the highest revision answered before it was sent */
+    uint64_t sent_ns;  /* uv_hrtime() at the last send, for the latency metric */
     struct etcd_call *prev, *next;
     struct etcd_call *qnext;
 };
@@ -150,6 +152,7 @@ void etcd__endpoint_failed(etcd_client *c, size_t idx, int err, const char *why)
     if (idx != c->cur)
         return; /* someone moved on already */
     if (c->n_endpoints > 1) {
+        metrics.etcd_failovers++;
         c->cur = pick_other(c);
         log_warn("etcd: %s failed (%s); trying %s", c->endpoints[idx],
                  why && *why ? why : da_strerror(err), c->endpoints[c->cur]);
@@ -353,6 +356,7 @@ static void http_done(http_req *req, int err, long status, const char *body, siz
         pump(c);
     }
     if (err) {
+        metrics_etcd_request(call->path, err, metrics_since(call->sent_ns, uv_hrtime()));
         /* A reply too large is etcd's answer, not a broken endpoint. */
         if (err == DA_EMSGSIZE) {
             set_error(c, "%s: %s", c->endpoints[call->endpoint], "reply over the size limit");
@@ -372,6 +376,7 @@ static void http_done(http_req *req, int err, long status, const char *body, siz
         snprintf(e.message, sizeof e.message, "HTTP %ld", status);
         rc = status == 503 ? DA_ENOLEADER : DA_EHTTP;
     }
+    metrics_etcd_request(call->path, rc, metrics_since(call->sent_ns, uv_hrtime()));
     if (rc) {
         if (rc != DA_EPROTO && rc != DA_ENOMEM && rc != DA_EHTTP)
             set_error(c, "%s: %s", c->endpoints[call->endpoint], e.message);
@@ -446,6 +451,7 @@ static int call_send(struct etcd_call *call)
     o.max_body = c->max_reply;
     o.tls = &c->tls;
     c->requests++;
+    call->sent_ns = uv_hrtime();
     int rc = http_request(c->http, &o, http_done, call, &call->req);
     if (rc == 0 && call->is_read) {
         call->counted = true;

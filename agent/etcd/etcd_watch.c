@@ -20,6 +20,7 @@
 #include "etcd_internal.h"
 #include "etcd_parse.h"
 #include "log.h"
+#include "metrics.h"
 
 
 struct etcd_watch {
@@ -189,6 +190,7 @@ static int handle(etcd_watch *w, const struct etcd_watch_msg *m)
         w->live = false;
         w->id = 0;
         if (m->compact_revision > 0) {
+            metrics.watch_compactions++;
             log_info("etcd: watch on %.*s: revision %" PRId64 " compacted (oldest %" PRId64
                      "); reading the range again",
                      (int)w->klen, w->key, w->next_rev, m->compact_revision);
@@ -246,6 +248,7 @@ static int handle(etcd_watch *w, const struct etcd_watch_msg *m)
             first++;
         if (first < m->n_events) {
             struct etcd_watch_update u = {.kind = ETCD_WATCH_EVENTS};
+            metrics.watch_events += m->n_events - first;
             u.events = m->events + first;
             u.n_events = m->n_events - first;
             u.revision = m->events[m->n_events - 1].kv.mod_revision;

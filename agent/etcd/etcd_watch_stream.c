@@ -33,6 +33,7 @@
 #include "etcd_internal.h"
 #include "etcd_parse.h"
 #include "log.h"
+#include "metrics.h"
 
 #define PUMP_MS 20
 #define PUMP_MAX 100
@@ -283,6 +284,7 @@ static void ws_open(struct etcd_wstream *ws)
     ws->pumps = 0;
     ws->opened = uv_now(c->loop);
     uv_timer_start(&ws->pump, pump_fired, PUMP_MS, PUMP_MS);
+    metrics.watch_stream_connects++;
     etcd__watches_stream_open(c);
 }
 

@@ -166,6 +166,11 @@ grpc_completion_queue *gm__bridge_queue(const struct gm__bridge *b)
     return b->cq;
 }
 
+bool gm__bridge_is_shut(const struct gm__bridge *b)
+{
+    return b->shut;
+}
+
 void gm__bridge_shutdown(struct gm__bridge *b)
 {
     if (b->shut)

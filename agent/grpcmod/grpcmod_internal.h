@@ -59,6 +59,11 @@ struct gm__bridge;
 int gm__bridge_new(struct gm__bridge **out, uv_loop_t *loop, void (*on_end)(void *arg),
                    void *arg);
 grpc_completion_queue *gm__bridge_queue(const struct gm__bridge *b);
+/* Whether the queue has been shut down. From then on nothing may be
+ * started on it (a call's batch, a connectivity watch, a server's
+ * request): C-core aborts the process (grpc_cq_begin_op) instead of
+ * failing. Every starter asks this first. */
+bool gm__bridge_is_shut(const struct gm__bridge *b);
 /* Runs the completions the thread has handed over, now; after the queue's
  * end, ends the bridge (see on_end). */
 void gm__bridge_run(struct gm__bridge *b);

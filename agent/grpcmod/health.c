@@ -362,6 +362,10 @@ static int start_call(gm_hprobe *p)
     gm_hchan *c = p->c;
     grpc_op ops[6];
 
+    /* The second step of a probe that waited for its channel comes from
+     * the queue, so it may come as the queue ends. */
+    if (gm__bridge_is_shut(c->h->b))
+        return -1;
     p->call = grpc_channel_create_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
                                        gm__bridge_queue(c->h->b), c->method, NULL, p->deadline,
                                        NULL);
@@ -389,11 +393,14 @@ static int start_call(gm_hprobe *p)
 
 gm_hprobe *gm__health_probe(gm_hchan *c, uint64_t timeout_ms, gm_probe_cb cb, void *arg)
 {
-    gm_hprobe *p = calloc(1, sizeof *p);
+    gm_hprobe *p;
     grpc_connectivity_state cs;
     gpr_timespec now;
 
-    if (!p)
+    /* No probe once gm__health_free() has shut the queue down (see
+     * gm__bridge_is_shut()): the checkers are all stopped by then, but
+     * an abort must not rest on the caller's order. */
+    if (gm__bridge_is_shut(c->h->b) || !(p = calloc(1, sizeof *p)))
         return NULL;
     p->tag.fn = probe_finished;
     p->c = c;

@@ -146,8 +146,16 @@ static void maybe_free(xgrpc_stream *st)
 
 static bool batch(xgrpc_stream *st, const grpc_op *ops, size_t n, struct gm__tag *t)
 {
-    grpc_call_error e = grpc_call_start_batch(st->call, ops, n, t, NULL);
+    grpc_call_error e;
 
+    /* The server's shutdown tag comes before the last batches of its
+     * cancelled calls complete (on_shutdown then shuts the queue down),
+     * and one of those completions may want the next step (a status after
+     * a send): there is no one left to send it to, and C-core would abort
+     * on a batch started on the shut queue. */
+    if (gm__bridge_is_shut(st->c->b))
+        return false;
+    e = grpc_call_start_batch(st->call, ops, n, t, NULL);
     if (e != GRPC_CALL_OK) {
         log_error("xds: cannot start a gRPC batch on stream %s: error %d",
                   gm__stream_peer(st), (int)e);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "metrics.h"
 #include "protocol_internal.h"
 #include "validate.h"
 
@@ -47,6 +48,8 @@ static void watch_update(service *svc, void *arg)
     line[hlen + llen - 1] = '\n';
     if (server_send(w->cs->c, line, hlen + llen) != 0)
         w->cs->dead = true;
+    else
+        metrics.socket_updates++;
     free(line);
 }
 
@@ -249,11 +252,13 @@ static void list(struct conn_state *cs, json_t *req, json_t *id, bool watch)
 
 void proto__op_resolve(struct conn_state *cs, json_t *req, json_t *id)
 {
+    metrics.socket_resolves++;
     list(cs, req, id, false);
 }
 
 void proto__op_watch(struct conn_state *cs, json_t *req, json_t *id)
 {
+    metrics.socket_watches++;
     list(cs, req, id, true);
 }
 
@@ -419,6 +424,7 @@ bool proto__fast_resolve(struct conn_state *cs, const char *line, size_t len)
     if (!sv || !answerable(sv, registry_written_revision(cs->p->d.registry, name)) ||
         !(r = proto__render(cs->p, sv, have_grp ? group : NULL)))
         return false;
+    metrics.socket_resolves++;
     proto__send_rendered(cs, r, have_id ? id.p : NULL, have_id ? id.n : 0);
     return true;
 }

@@ -73,20 +73,17 @@ static void hex(char *buf, size_t len, uint64_t v)
     snprintf(buf, len, "%016" PRIx64, v);
 }
 
-static void status_done(int err, const struct etcd_result *r, void *arg)
+/* Fills o with the status: the one builder of what `agentctl status` and
+ * the HTTP status page show. err and r: etcd's member status (r NULL when
+ * err). s: the socket server, for its client count; NULL counts none. */
+static void status_fill(json_t *o, proto *pr, server *s, int err, const struct etcd_result *r)
 {
-    struct pending *p = arg;
-    const struct proto_deps *d = &p->cs->p->d;
+    const struct proto_deps *d = &pr->d;
     const struct proto_status_deps *sd = &d->status;
-    json_t *o = proto__reply_new(p->id, true), *etcd, *lease, *regs, *svcs, *eps;
+    json_t *etcd, *lease, *regs, *svcs, *eps;
     char buf[32];
     bool any_stale = false;
 
-    p->call = NULL;
-    if (!o) {
-        proto__pending_end(p);
-        return;
-    }
     json_object_set_new(o, "version", json_string(DA_VERSION));
     json_object_set_new(o, "pid", json_integer(getpid()));
     json_object_set_new(o, "uptime_ms", json_integer((json_int_t)(uv_now(d->loop) - sd->started)));
@@ -144,12 +141,22 @@ static void status_done(int err, const struct etcd_result *r, void *arg)
             any_stale = true;
     }
     json_object_set_new(o, "services", svcs);
-    json_object_set_new(o, "clients", json_integer((json_int_t)server_clients(p->cs->s)));
+    json_object_set_new(o, "clients", json_integer(s ? (json_int_t)server_clients(s) : 0));
     json_object_set_new(o, "skipped", json_integer((json_int_t)cache_skipped_total(d->cache)));
-    json_object_set_new(o, "renders", json_integer((json_int_t)p->cs->p->renders));
+    json_object_set_new(o, "renders", json_integer((json_int_t)pr->renders));
     json_object_set_new(o, "stale", json_boolean(any_stale));
     json_object_set_new(o, "xds", xds_status(d->xds));
-    json_object_set_new(o, "dns", dns_status(d->status.dns));
+    json_object_set_new(o, "dns", dns_status(sd->dns));
+}
+
+static void status_done(int err, const struct etcd_result *r, void *arg)
+{
+    struct pending *p = arg;
+    json_t *o = proto__reply_new(p->id, true);
+
+    p->call = NULL;
+    if (o)
+        status_fill(o, p->cs->p, p->cs->s, err, r);
     proto__send_json(p->cs, o);
     proto__pending_end(p);
 }
@@ -173,6 +180,73 @@ void proto__op_status(struct conn_state *cs, json_t *req, json_t *id)
     rc = etcd_member_status(cs->p->d.etcd, status_done, p, &p->call);
     if (rc)
         status_done(rc, NULL, p);
+}
+
+/* ---- the status for other readers (the HTTP status page) ----------------- */
+
+struct proto_status_query {
+    proto *p;
+    server *s;
+    etcd_call *call;
+    proto_status_cb cb;
+    void *arg;
+};
+
+static json_t *status_new(proto *p, server *s, int err, const struct etcd_result *r)
+{
+    json_t *o = json_object();
+
+    if (o)
+        status_fill(o, p, s, err, r);
+    return o;
+}
+
+static void query_done(int err, const struct etcd_result *r, void *arg)
+{
+    struct proto_status_query *q = arg;
+    proto_status_cb cb = q->cb;
+    void *cb_arg = q->arg;
+    json_t *o = status_new(q->p, q->s, err, r);
+
+    free(q);
+    cb(o, cb_arg);
+}
+
+int proto_status_start(proto *p, server *s, json_t **now, proto_status_cb cb, void *arg,
+                       proto_status_query **out)
+{
+    struct proto_status_query *q;
+    int rc;
+
+    *out = NULL;
+    *now = NULL;
+    /* As for the op: with etcd known to be away, answer at once. */
+    if (!etcd_client_connected(p->d.etcd)) {
+        *now = status_new(p, s, DA_EUNAVAIL, NULL);
+        return *now ? 0 : DA_ENOMEM;
+    }
+    if (!(q = calloc(1, sizeof *q)))
+        return DA_ENOMEM;
+    q->p = p;
+    q->s = s;
+    q->cb = cb;
+    q->arg = arg;
+    rc = etcd_member_status(p->d.etcd, query_done, q, &q->call);
+    if (rc) {
+        free(q);
+        *now = status_new(p, s, rc, NULL);
+        return *now ? 0 : DA_ENOMEM;
+    }
+    *out = q;
+    return 0;
+}
+
+void proto_status_cancel(proto_status_query *q)
+{
+    if (!q)
+        return;
+    etcd_call_cancel(q->call);
+    free(q);
 }
 
 /* ---- checks ------------------------------------------------------------- */

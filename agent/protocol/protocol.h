@@ -15,6 +15,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <jansson.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -77,6 +78,20 @@ void proto_set_checks_exec(proto *p, bool on);
 void proto_on_line(server *s, server_conn *c, char *line, size_t len, void *arg);
 void proto_on_close(server *s, server_conn *c, void *arg);
 void proto_on_eof(server *s, server_conn *c, void *arg);
+
+/* The status op's object (what `agentctl status --json` prints, without
+ * "id" and "ok"), for other readers of it: the HTTP status page. s is the
+ * socket server, for its client count (NULL: none). Like the op, it asks
+ * etcd for its member status first, unless etcd is known to be away.
+ * Returns 0 and either stores the status in *now (new) at once, or stores
+ * a query in *out and later calls cb with the status (new; NULL when out
+ * of memory); or returns DA_ENOMEM and calls nothing. */
+typedef struct proto_status_query proto_status_query;
+typedef void (*proto_status_cb)(json_t *status, void *arg);
+int proto_status_start(proto *p, server *s, json_t **now, proto_status_cb cb, void *arg,
+                       proto_status_query **out);
+/* Stops a query before its callback: cb is not called. NULL-safe. */
+void proto_status_cancel(proto_status_query *q);
 
 /* The server's fixed replies (server_options): to an over-long line, and
  * to a connection refused for want of descriptors. */

@@ -32,6 +32,14 @@ const char *agentp_dns_off(const char *extra_yaml)
     return "dns:\n  enabled: false\n";
 }
 
+/* Likewise HTTP: they would all want 127.0.0.1:8608. */
+const char *agentp_http_off(const char *extra_yaml)
+{
+    if (extra_yaml && (!strncmp(extra_yaml, "http:", 5) || strstr(extra_yaml, "\nhttp:")))
+        return "";
+    return "http:\n  enabled: false\n";
+}
+
 int agentp_config_idle(struct agentp *a, const char *dir, const char *endpoints, int ttl_s,
                        int timeout_ms, const char *idle, const char *extra_yaml)
 {
@@ -66,9 +74,9 @@ int agentp_config_idle(struct agentp *a, const char *dir, const char *endpoints,
             "session:\n  ttl: %ds\n"
             "socket:\n  path: %s\n"
             "cache:\n  dir: %s\n  idle: %s\n"
-            "log:\n  level: debug\n%s%s",
+            "log:\n  level: debug\n%s%s%s",
             eps, timeout_ms, ttl_s, a->sock, a->cache, idle, extra_yaml ? extra_yaml : "",
-            agentp_dns_off(extra_yaml));
+            agentp_dns_off(extra_yaml), agentp_http_off(extra_yaml));
     fclose(f);
     return 0;
 }

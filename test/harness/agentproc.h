@@ -30,6 +30,8 @@ int agentp_config(struct agentp *a, const char *dir, const char *endpoints, int 
  * section (then ""): what agentp_config() appends, for tests and
  * benchmarks that write their own agent configs. */
 const char *agentp_dns_off(const char *extra_yaml);
+/* The same for http: ("http:\n  enabled: false\n" or ""). */
+const char *agentp_http_off(const char *extra_yaml);
 
 /* The same with cache.idle set (a duration such as "1s"). */
 int agentp_config_idle(struct agentp *a, const char *dir, const char *endpoints, int ttl_s,
