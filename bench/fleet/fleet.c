@@ -286,8 +286,8 @@ static int agent_spawn(int i)
     /* The shipped defaults (ttl 10 s, timeout 5 s) but for the paths, log
      * level warn (1,000 agents logging every registration at info would
      * measure the disk) and xDS off (a fleet host may or may not serve it;
-     * it costs etcd nothing), and DNS off (every agent would want the same
-     * port). */
+     * it costs etcd nothing), and DNS and the HTTP listener off (every agent
+     * would want the same ports). */
     o += (size_t)snprintf(text + o, sizeof text - o,
                           "etcd:\n  endpoints: [%s]\n  timeout: 5s\n%s"
                           "session:\n  ttl: %ds\n"
@@ -296,6 +296,7 @@ static int agent_spawn(int i)
                           "log:\n  level: warn\n"
                           "xds:\n  enabled: false\n"
                           "dns:\n  enabled: false\n"
+                          "http:\n  enabled: false\n"
                           "services:\n",
                           eps, tls, TTL_S, a->sock, cache);
     for (int j = i; j < INSTANCES && o < sizeof text; j += F.n) {
