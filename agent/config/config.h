@@ -100,6 +100,10 @@ struct config {
     uint32_t dns_ttl;           /* dns.ttl in whole seconds, <= 1 day;
                                  * default 0 */
     size_t dns_max_answers;     /* dns.max_answers, 1..1000, default 16 */
+    char **dns_recursors;       /* dns.recursors: IP[:port] each (port 53 if
+                                 * none), 0..3, none a dns.listen address;
+                                 * default none: outside names are REFUSED */
+    size_t n_dns_recursors;
     struct config_service *services;  /* main file's, then conf.d's */
     size_t n_services;
     bool checks_exec;           /* checks.exec: allow exec checks; false */
