@@ -520,6 +520,16 @@ static void udp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const stru
 
 /* ---- TCP ---------------------------------------------------------------- */
 
+/* One of the server's handles closed: the last frees the server, and the
+ * listeners' array, which holds handles of its own, only then. */
+static void server_unref(dns_server *d)
+{
+    if (--d->open_handles > 0 || !d->closing)
+        return;
+    free(d->listeners);
+    free(d);
+}
+
 static void conn_closed(uv_handle_t *h)
 {
     struct dns_conn *c = h->data;
@@ -529,8 +539,7 @@ static void conn_closed(uv_handle_t *h)
         return;
     free(c->buf);
     free(c);
-    if (--d->open_handles == 0 && d->closing)
-        free(d);
+    server_unref(d);
 }
 
 static void conn_close(struct dns_conn *c)
@@ -838,8 +847,7 @@ static void listener_closed(uv_handle_t *h)
     struct dns_listener *l = h->data;
     dns_server *d = l->d;
 
-    if (--d->open_handles == 0 && d->closing)
-        free(d);
+    server_unref(d);
 }
 
 static void close_listeners(dns_server *d)
@@ -861,8 +869,7 @@ static void server_timer_closed(uv_handle_t *h)
 {
     dns_server *d = h->data;
 
-    if (--d->open_handles == 0 && d->closing)
-        free(d);
+    server_unref(d);
 }
 
 dns_server *dns_close(dns_server *d)
