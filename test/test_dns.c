@@ -1384,6 +1384,121 @@ START_TEST(test_dig)
 }
 END_TEST
 
+/* ---- forwarding to a real recursor -------------------------------------- */
+
+static bool file_has(const char *path, const char *text)
+{
+    static char buf[65536];
+    FILE *f = fopen(path, "r");
+    size_t n;
+
+    if (!f)
+        return false;
+    n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return strstr(buf, text) != NULL;
+}
+
+/* dns.recursors with a real recursor: dnsmasq on a free port of 127.0.0.1
+ * answers outside.example and a TXT set that does not fit 512 bytes, and
+ * logs every query it gets. dig through the agent gets its answers (the
+ * truncated one over TCP), names of the domain never reach it, and once
+ * it is stopped the agent answers SERVFAIL. */
+START_TEST(test_dig_forward)
+{
+    struct cx x;
+    static char out[65536];
+    char extra[256], dm_port[32], dm_logf[700], dm_log[600], txt[12][128], url[64];
+    const char *dm_argv[32];
+    int dport = free_port(), hport = free_port(), k = 0;
+    bool ok = false;
+
+    snprintf(extra, sizeof extra,
+             "  recursors: [127.0.0.1:%d]\nhttp:\n  listen: [127.0.0.1:%d]\n", dport, hport);
+    cx_start(&x, extra);
+    snprintf(dm_log, sizeof dm_log, "%s/dnsmasq.log", x.dir);
+    snprintf(dm_logf, sizeof dm_logf, "--log-facility=%s", dm_log);
+    snprintf(dm_port, sizeof dm_port, "--port=%d", dport);
+    const char *fixed[] = {"dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                           "--bind-interfaces", "--listen-address=127.0.0.1", dm_port,
+                           "--user=root", "--pid-file=", dm_logf, "--log-queries",
+                           "--address=/outside.example/10.9.8.7"};
+    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
+        dm_argv[k++] = fixed[i];
+    for (int i = 0; i < 12; i++) {
+        snprintf(txt[i], sizeof txt[i],
+                 "--txt-record=big.example,record %d of a set that needs more than 512 bytes",
+                 i);
+        dm_argv[k++] = txt[i];
+    }
+    dm_argv[k] = NULL;
+    struct proc *dm = proc_spawn(dm_argv, NULL, NULL);
+    ck_assert_ptr_nonnull(dm);
+
+    /* Names of the domain first: answered by the agent alone. */
+    ck_assert_int_eq(dig(&x, out, sizeof out, "nobody.service.disc", "A", NULL, NULL), 0);
+    ck_assert_msg(strstr(out, "status: NXDOMAIN"), "%s", out);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "disc", "SOA", NULL, NULL), 0);
+    ck_assert_msg(strstr(out, "status: NOERROR"), "%s", out);
+
+    /* dnsmasq may still be starting: SERVFAIL until it answers. */
+    for (int i = 0; i < 50 && !ok; i++) {
+        ck_assert_int_eq(dig(&x, out, sizeof out, "+short", "outside.example", "A", NULL), 0);
+        ok = !strcmp(out, "10.9.8.7\n");
+        if (!ok)
+            usleep(100000);
+    }
+    ck_assert_msg(ok, "dig outside.example: %s", out);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+tcp", "+short", "OUTSIDE.example", "A"), 0);
+    ck_assert_str_eq(out, "10.9.8.7\n");
+    /* Without EDNS the TXT set does not fit: TC is relayed, and dig's
+     * retry over TCP is forwarded over TCP, whole. */
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+noedns", "+ignore", "big.example", "TXT"), 0);
+    ck_assert_msg(strstr(out, " tc") && strstr(out, "status: NOERROR"), "%s", out);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+noedns", "+short", "big.example", "TXT"), 0);
+    ck_assert_msg(lines(out) == 12, "%s", out);
+
+    /* The recursor saw the outside names, and never one of the domain. */
+    ok = false;
+    for (int i = 0; i < 50 && !ok; i++) {
+        ok = file_has(dm_log, "query[TXT] big.example");
+        if (!ok)
+            usleep(100000);
+    }
+    ck_assert_msg(ok && file_has(dm_log, "query[A] outside.example"), "dnsmasq log lacks queries");
+    ck_assert(!file_has(dm_log, "disc"));
+
+    /* Status and /metrics count what went out. */
+    char ctl[64], sock[700];
+    snprintf(ctl, sizeof ctl, "%s/agentctl", BUILD_DIR);
+    snprintf(sock, sizeof sock, "%s", x.agent.sock);
+    const char *st_argv[] = {ctl, "-s", sock, "status", NULL};
+    ck_assert_int_eq(proc_run(out, sizeof out, 10000, st_argv), 0);
+    ck_assert_msg(strstr(out, "dns forwarded  ") && strstr(out, "to 127.0.0.1:"), "%s", out);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/metrics", hport);
+    const char *curl[] = {"curl", "-sS", "--max-time", "10", url, NULL};
+    ck_assert_int_eq(proc_run(out, sizeof out, 15000, curl), 0);
+    ck_assert_msg(strstr(out, "discovery_agent_dns_forwarded_total ") &&
+                      !strstr(out, "discovery_agent_dns_forwarded_total 0\n") &&
+                      strstr(out, "discovery_agent_dns_forward_failures_total{reason=\"busy\"} 0"),
+                  "%s", out);
+
+    /* The recursor stopped: SERVFAIL, within dig's 5 s. */
+    proc_free(dm);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "outside.example", "A", NULL, NULL), 0);
+    ck_assert_msg(strstr(out, "status: SERVFAIL"), "%s", out);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+tcp", "outside.example", "A", NULL), 0);
+    ck_assert_msg(strstr(out, "status: SERVFAIL"), "%s", out);
+    ck_assert_int_eq(proc_run(out, sizeof out, 15000, curl), 0);
+    ck_assert_msg(strstr(out, "discovery_agent_dns_forward_failures_total{reason=\"unanswered\"} "),
+                  "%s", out);
+    ck_assert_msg(!strstr(out, "discovery_agent_dns_forward_failures_total{reason=\"unanswered\"} 0\n"),
+                  "%s", out);
+    cx_stop(&x);
+}
+END_TEST
+
 /* ---- HAProxy ------------------------------------------------------------ */
 
 /* HAProxy's runtime API: one command, its whole answer. */
@@ -1600,6 +1715,7 @@ static Suite *suite(void)
     suite_add_tcase(s, srv);
     tcase_set_timeout(cli, 120);
     tcase_add_test(cli, test_dig);
+    tcase_add_test(cli, test_dig_forward);
     tcase_add_test(cli, test_haproxy);
     tcase_add_test(cli, test_system_resolver);
     suite_add_tcase(s, cli);
