@@ -98,14 +98,21 @@ static bool addr_same(const struct sockaddr_storage *a, const struct sockaddr_st
 bool dns_recursor_loops(const struct sockaddr_storage *recursor,
                         const struct sockaddr_storage *listen)
 {
+    bool listen_any = addr_local(listen, false);
+
     if (addr_port(recursor) != addr_port(listen))
         return false;
     if (addr_same(recursor, listen))
         return true;
-    /* A wildcard listener takes what is sent to any address of the host;
-     * an IPv6 one (libuv binds it dual-stack) IPv4's too. */
-    return addr_local(listen, false) && addr_local(recursor, true) &&
-           (listen->ss_family == AF_INET6 || recursor->ss_family == AF_INET);
+    /* A listener takes its own family's datagrams; an IPv6 wildcard one
+     * (libuv binds it dual-stack) IPv4's too. */
+    if (recursor->ss_family != listen->ss_family && !(listen_any && listen->ss_family == AF_INET6))
+        return false;
+    /* A wildcard listener takes what goes to any address of the host,
+     * loopback included; and 0.0.0.0 or :: as a destination is the host
+     * itself, which a loopback listener answers. */
+    return (listen_any && addr_local(recursor, true)) ||
+           (addr_local(recursor, false) && addr_local(listen, true));
 }
 
 /* ---- the forwarder ------------------------------------------------------ */

@@ -45,9 +45,10 @@ int dns_addr_parse(const char *s, uint16_t default_port, struct sockaddr_storage
                    size_t whylen);
 
 /* True when a query forwarded to recursor would come back to the agent's
- * own listener at listen, and so go round for ever: the same address and
- * port, or a wildcard listener (0.0.0.0, ::) on that port and a recursor
- * on a loopback address. */
+ * own listener at listen, and so go round for ever: on the listener's
+ * port, the same address; a loopback (or 0.0.0.0, ::) recursor and a
+ * wildcard listener; or a 0.0.0.0 (::) recursor, which is this host, and
+ * a loopback listener. */
 bool dns_recursor_loops(const struct sockaddr_storage *recursor,
                         const struct sockaddr_storage *listen);
 
