@@ -495,12 +495,33 @@ bench: deps
 
 .PHONY: bench
 
+# The fleet benchmark (issue 14; bench/fleet/): a 3-member cluster and
+# FLEET agents (default 1,000), plain then TLS; each run writes
+# $(BUILD)/bench/fleet-N.dat, and bench/fleet/report turns every such file
+# there into docs/scaling.md and its plots. FLEET_TLS=0 skips the TLS half.
+FLEET        ?= 1000
+FLEET_SRC    := $(wildcard bench/fleet/*.c)
+FLEET_OBJ    := $(FLEET_SRC:%.c=$(BUILD)/%.o)
+FLEET_SHARED := $(addprefix $(BUILD)/bench/,util.o gw.o procstat.o lines.o)
+
+$(FLEET_OBJ): DA_CPPFLAGS += -Ibench -Itest/harness -DBUILD_DIR='"$(CURDIR)/$(BUILD)"'
+
+$(BUILD)/bench/fleet/fleet: $(FLEET_OBJ) $(FLEET_SHARED) $(BENCH_HARNESS) $(BENCH_AGENT)
+	$(LINK) $^ $(PKG_LIBS) -lm -pthread -o $@
+
+bench-fleet: deps
+	$(MAKE) $(BUILD)/discovery-agent $(BUILD)/bench/fleet/fleet
+	FLEET=$(FLEET) $(BUILD)/bench/fleet/fleet $(BUILD)/bench
+	bench/fleet/report $(BUILD)/bench docs
+
+.PHONY: bench-fleet
+
 # No file of the build is an intermediate that make may delete once the
 # program is linked: a second `make` must find every object and rebuild
 # nothing. (A bare .SECONDARY: would do, but the fuzz section names its
 # own, and any name turns the bare form off.)
 .SECONDARY: $(EXAMPLE_SRC:%.c=$(BUILD)/%.o) $(TEST_SRC:%.c=$(BUILD)/%.o) $(HARNESS_OBJ) \
-	$(PROTO_C) $(PROTO_H) $(BENCH_OBJ) $(GRPCMOD_OBJ)
+	$(PROTO_C) $(PROTO_H) $(BENCH_OBJ) $(GRPCMOD_OBJ) $(FLEET_OBJ)
 
 # The project's style (.clang-format) applied to every C file git tracks;
 # clang-format is Debian's (clang-format-14). Not part of the build.

@@ -289,6 +289,8 @@ int agent_start(struct agent *a, uv_loop_t *loop, struct config *cfg, char *err,
         dno.domain = cfg->dns_domain;
         dno.ttl = cfg->dns_ttl;
         dno.max_answers = cfg->dns_max_answers;
+        dno.recursors = (const char *const *)cfg->dns_recursors;
+        dno.n_recursors = cfg->n_dns_recursors;
         if ((rc = dns_new(&a->dns, loop, a->cache, &dno, err, errlen)) < 0) {
             a->stopping = true;
             finish(a);
@@ -496,6 +498,8 @@ static void warn_unapplied(const struct config *old, const struct config *new)
         old->dns_ttl != new->dns_ttl || old->dns_max_answers != new->dns_max_answers ||
         old->n_dns_listen != new->n_dns_listen ||
         (old->n_dns_listen && strcmp(old->dns_listen[0], new->dns_listen[0])) ||
+        old->n_dns_recursors != new->n_dns_recursors ||
+        (old->n_dns_recursors && strcmp(old->dns_recursors[0], new->dns_recursors[0])) ||
         old->http_enabled != new->http_enabled || old->log_format != new->log_format)
         log_warn("agent: reload applies services and log.level only; restart the agent to "
                  "apply the other changes");

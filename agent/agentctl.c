@@ -501,6 +501,13 @@ static void print_dns(json_t *d)
     json_object_foreach(json_object_get(d, "rcodes"), k, v)
         printf("%s %s %lld", i++ ? "," : "", k, (long long)json_integer_value(v));
     printf("%s\n", i ? "" : " none yet");
+    if (json_array_size(json_object_get(d, "recursors"))) {
+        printf("dns forwarded  %lld to", int_of(d, "forwarded"));
+        json_array_foreach(json_object_get(d, "recursors"), i, l)
+            printf("%s %s", i ? "," : "", json_string_value(l));
+        printf(" (%lld unanswered, %lld past the cap, %lld in flight)\n",
+               int_of(d, "forward_failed"), int_of(d, "forward_busy"), int_of(d, "forwarding"));
+    }
     json_t *nx = json_object_get(d, "last_nxdomain");
     if (nx)
         printf("dns last NXDOMAIN  %s: %s\n", str_or(nx, "name", "?"), str_or(nx, "reason", "?"));

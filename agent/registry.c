@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backoff.h"
 #include "error.h"
 #include "log.h"
 #include "metrics.h"
@@ -13,6 +14,8 @@
 #define RETRY_MAX_MS 10000
 #define FIGHT_WINDOW_MS 60000
 #define FIGHT_FREE_HEALS 3
+#define FIGHT_MIN_MS 1000
+#define FIGHT_MAX_MS 60000
 
 struct waiter {
     void (*done)(int err, void *arg);
@@ -37,7 +40,7 @@ struct reg {
     etcd_call *call;
     enum reg_state state;
     char error[160];
-    unsigned backoff_ms;
+    struct backoff backoff;
     uint64_t not_before; /* uv_now before which no write is sent */
     unsigned heals;
     uint64_t heal_window;
@@ -103,7 +106,7 @@ struct del {
     int64_t rev;     /* deleted only if the key is still our write of rev */
     int64_t lease;   /* or, rev unknown (0), if it still carries lease */
     bool counted;    /* one of the shutdown's deletes */
-    unsigned backoff_ms;
+    struct backoff backoff;
     uint64_t retry_at; /* 0: in flight */
     etcd_call *call;
     struct del *next;
@@ -239,10 +242,7 @@ static void timer_fired(uv_timer_t *t)
 
 static void retry_later(struct reg *g)
 {
-    g->backoff_ms = g->backoff_ms ? g->backoff_ms * 2 : RETRY_MIN_MS;
-    if (g->backoff_ms > RETRY_MAX_MS)
-        g->backoff_ms = RETRY_MAX_MS;
-    g->not_before = uv_now(g->r->loop) + g->backoff_ms / 2 + (unsigned)rand() % (g->backoff_ms / 2 + 1);
+    g->not_before = uv_now(g->r->loop) + backoff_next(&g->backoff);
     arm(g->r);
 }
 
@@ -295,7 +295,7 @@ static void written(int err, const struct etcd_result *res, void *arg)
     g->rev_written = res->revision;
     g->rev_epoch = etcd_client_epoch(r->etcd);
     note_write(r, g->key, g->klen, res->revision);
-    g->backoff_ms = 0;
+    backoff_reset(&g->backoff);
     g->error[0] = '\0';
     if (g->state != REG_REGISTERED)
         log_info("registry: registered %s/%s (lease %llx)", g->inst.name, g->inst.address,
@@ -412,8 +412,7 @@ static void service_changed(service *svc, void *arg)
     g->lease_written = 0;
     if (g->heals > FIGHT_FREE_HEALS) {
         /* Another writer keeps changing it: back off instead of fighting. */
-        unsigned shift = g->heals - FIGHT_FREE_HEALS;
-        uint64_t ms = shift >= 6 ? 60000 : 1000ull << shift;
+        uint64_t ms = backoff_delay(FIGHT_MIN_MS, FIGHT_MAX_MS, g->heals - FIGHT_FREE_HEALS);
         log_warn("registry: %s changed %u times in a minute; next write in %llu ms", g->key,
                  g->heals, (unsigned long long)ms);
         g->not_before = now + ms;
@@ -587,6 +586,7 @@ static int add(registry *r, const struct instance *inst, uint64_t owner, pid_t p
         if (!g)
             return DA_ENOMEM;
         g->r = r;
+        g->backoff = BACKOFF_INIT(RETRY_MIN_MS, RETRY_MAX_MS);
         g->klen = strlen(r->prefix) + strlen(inst->name) + strlen(inst->address) + 2;
         g->key = malloc(g->klen + 1);
         if (!g->key || set_value(g, inst)) {
@@ -708,13 +708,11 @@ static void deleted(int err, const struct etcd_result *res, void *arg)
         done(err, d->arg);
     }
     if (err && !r->shutting_down) {
-        d->backoff_ms = d->backoff_ms ? d->backoff_ms * 2 : RETRY_MIN_MS;
-        if (d->backoff_ms > RETRY_MAX_MS)
-            d->backoff_ms = RETRY_MAX_MS;
-        if (d->backoff_ms == RETRY_MIN_MS)
+        if (backoff_is_fresh(&d->backoff))
             log_warn("registry: cannot delete %s: %s (%s); retrying", d->key, da_strerror(err),
                      etcd_client_last_error(r->etcd));
-        d->retry_at = uv_now(r->loop) + d->backoff_ms;
+        /* At least 1 ms: retry_at 0 means "in flight". */
+        d->retry_at = uv_now(r->loop) + backoff_next(&d->backoff) + 1;
         arm(r);
         return;
     }
@@ -772,6 +770,7 @@ static int start_del(registry *r, char *key, size_t klen, int64_t rev, int64_t l
         return DA_ENOMEM;
     }
     d->r = r;
+    d->backoff = BACKOFF_INIT(RETRY_MIN_MS, RETRY_MAX_MS);
     d->key = key;
     d->klen = klen;
     d->rev = rev;
@@ -909,7 +908,7 @@ void registry_set_lease(registry *r, int64_t lease)
         if (!lease && g->state == REG_REGISTERED)
             g->state = REG_PENDING;
         g->not_before = 0;
-        g->backoff_ms = 0;
+        backoff_reset(&g->backoff);
         kick(g);
     }
 }

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 
+#include "backoff.h"
 #include "defaults.h"
 #include "error.h"
 #include "log.h"
@@ -22,7 +23,7 @@ struct session {
     int64_t last_ttl;      /* TTL etcd reported then */
     uint64_t grants;
     uint64_t ka_sent_ns;   /* uv_hrtime() of the keep-alive in flight */
-    unsigned backoff_ms;
+    struct backoff backoff;
     bool stopping;
     etcd_call *call;
     uv_timer_t timer; /* next keep-alive, or next grant attempt */
@@ -48,18 +49,17 @@ static void schedule(session *s, uint64_t ms)
     uv_timer_start(&s->timer, timer_fired, ms, 0);
 }
 
-/* Backoff with jitter for grants and failed keep-alives. The keep-alive
- * retry is capped below a third of the TTL so that several tries fit in it. */
+/* Backoff with full jitter for grants and failed keep-alives. The
+ * keep-alive retry is capped below a sixth of the TTL so that several
+ * tries fit in it. */
 static uint64_t next_backoff(session *s, bool inside_ttl)
 {
-    unsigned cap = RETRY_MAX_MS;
+    uint32_t cap = RETRY_MAX_MS;
 
-    if (inside_ttl && (unsigned)(s->ttl_s * 1000 / 6) < cap)
-        cap = (unsigned)(s->ttl_s * 1000 / 6);
-    s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : RETRY_MIN_MS;
-    if (s->backoff_ms > cap)
-        s->backoff_ms = cap;
-    return s->backoff_ms / 2 + (unsigned)rand() % (s->backoff_ms / 2 + 1);
+    if (inside_ttl && (uint32_t)(s->ttl_s * 1000 / 6) < cap)
+        cap = (uint32_t)(s->ttl_s * 1000 / 6);
+    s->backoff.cap_ms = cap;
+    return backoff_next(&s->backoff);
 }
 
 static void granted(int err, const struct etcd_result *r, void *arg)
@@ -78,7 +78,7 @@ static void granted(int err, const struct etcd_result *r, void *arg)
     s->lease = r->lease_id;
     s->last_ttl = r->ttl;
     s->last_ok = uv_now(s->loop);
-    s->backoff_ms = 0;
+    backoff_reset(&s->backoff);
     s->grants++;
     metrics.lease_grants++;
     log_info("session: lease %llx granted (ttl %lld s)", (unsigned long long)s->lease,
@@ -107,7 +107,7 @@ static void kept(int err, const struct etcd_result *r, void *arg)
         metrics_observe(&metrics.keepalive_latency, metrics_since(s->ka_sent_ns, uv_hrtime()));
         s->last_ok = uv_now(s->loop);
         s->last_ttl = r->ttl;
-        s->backoff_ms = 0;
+        backoff_reset(&s->backoff);
         schedule(s, (uint64_t)s->ttl_s * 1000 / 3);
         return;
     }
@@ -118,7 +118,7 @@ static void kept(int err, const struct etcd_result *r, void *arg)
                  (unsigned long long)s->lease);
         metrics.lease_losses++;
         s->lease = 0;
-        s->backoff_ms = 0;
+        backoff_reset(&s->backoff);
         s->cb(s, 0, s->arg);
         grant(s);
         return;
@@ -154,6 +154,7 @@ int session_new(session **out, uv_loop_t *loop, etcd_client *etcd, int64_t ttl_s
     s->ttl_s = ttl_s > 0 ? ttl_s : DA_DEFAULT_SESSION_TTL_MS / 1000;
     s->cb = cb;
     s->arg = arg;
+    s->backoff = BACKOFF_INIT(RETRY_MIN_MS, RETRY_MAX_MS);
     uv_timer_init(loop, &s->timer);
     s->timer.data = s;
     *out = s;

@@ -616,6 +616,7 @@ START_TEST(dns_section)
     ck_assert_str_eq(c->dns_domain, "disc");
     ck_assert_uint_eq(c->dns_ttl, 0);
     ck_assert_uint_eq(c->dns_max_answers, 16);
+    ck_assert_uint_eq(c->n_dns_recursors, 0);
     config_free(c);
 
     ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/dns.yaml", &c,
@@ -626,6 +627,11 @@ START_TEST(dns_section)
     ck_assert_str_eq(c->dns_domain, "Consul.Local.");
     ck_assert_uint_eq(c->dns_ttl, 5);
     ck_assert_uint_eq(c->dns_max_answers, 3);
+    /* 127.0.0.1:8600 is no listener of this agent (its listeners are on
+     * 5353), so it may be a recursor. */
+    ck_assert_uint_eq(c->n_dns_recursors, 3);
+    ck_assert_str_eq(c->dns_recursors[0], "10.0.0.2");
+    ck_assert_str_eq(c->dns_recursors[1], "[2001:db8::53]:5353");
     config_free(c);
 }
 END_TEST

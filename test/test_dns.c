@@ -440,6 +440,23 @@ START_TEST(test_negative)
     ck_assert_ptr_null(ask_raw(q, len, false, &res, NULL));
     ck_assert_int_eq(res.outcome, DNS_FORWARD);
     zone.forward = false;
+    /* When no recursor answers: SERVFAIL, with the question and the OPT
+     * the client sent. */
+    {
+        const uint8_t *fr;
+        size_t frlen;
+        len = mkq(q, sizeof q, "WWW.example.com", KNOT_RRTYPE_AAAA, 1232, 0);
+        dns_answer_rcode(engine, q, len, false, KNOT_RCODE_SERVFAIL, &fr, &frlen, &res);
+        ck_assert_int_eq(res.outcome, DNS_REPLY);
+        ck_assert_int_eq(res.rcode, KNOT_RCODE_SERVFAIL);
+        p = parse_reply(fr, frlen);
+        ck_assert_uint_eq(knot_wire_get_id(p->wire), 0x4242);
+        ck_assert_int_eq(knot_wire_get_rcode(p->wire), KNOT_RCODE_SERVFAIL);
+        ck_assert_uint_eq(knot_pkt_qtype(p), KNOT_RRTYPE_AAAA);
+        ck_assert(knot_pkt_has_edns(p));
+        ck_assert_uint_eq(knot_wire_get_ancount(p->wire), 0);
+        knot_pkt_free(p);
+    }
     /* Zone transfers and meta types. */
     p = ask("disc", KNOT_RRTYPE_AXFR, &res);
     ck_assert_int_eq(res.rcode, KNOT_RCODE_REFUSED);
@@ -652,12 +669,13 @@ static int free_port(void)
     return ntohs(sa.sin_port);
 }
 
-static void fx_start(struct fx *f, size_t max_conns)
+/* The server with options of the test's (recursors, caps) and its own
+ * listener, cluster and cache. */
+static void fx_start_opts(struct fx *f, struct dns_options o)
 {
     struct etcd_cluster_opts co = {.members = 1};
     struct etcd_options eo = {0};
     struct cache_options cao = {.prefix = "/micro"};
-    struct dns_options o = {0};
     const char *ep, *listen[1];
     char err[512];
 
@@ -678,9 +696,16 @@ static void fx_start(struct fx *f, size_t max_conns)
     o.listen = listen;
     o.n_listen = 1;
     o.tcp_idle_ms = 300;
-    o.tcp_max_conns = max_conns;
-    ck_assert_int_eq(dns_new(&f->dns, &f->loop, f->cache, &o, err, sizeof err), 0);
+    ck_assert_msg(dns_new(&f->dns, &f->loop, f->cache, &o, err, sizeof err) == 0, "%s", err);
     ck_assert_msg(dns_start(f->dns, err, sizeof err) == 0, "%s", err);
+}
+
+static void fx_start(struct fx *f, size_t max_conns)
+{
+    struct dns_options o = {0};
+
+    o.tcp_max_conns = max_conns;
+    fx_start_opts(f, o);
 }
 
 static void fx_stop(struct fx *f)
@@ -942,7 +967,278 @@ START_TEST(test_server_bind_error)
     o.n_listen = 0;
     o.domain = "bad..domain";
     ck_assert_int_eq(dns_new(&d2, &f.loop, f.cache, &o, err, sizeof err), DA_EINVAL);
+    /* A recursor that is one of our listeners: every forwarded query
+     * would come back. */
+    const char *rec[1] = {f.listen};
+    o.domain = NULL;
+    listen[0] = "0.0.0.0:53";
+    o.n_listen = 1;
+    rec[0] = "127.0.0.1";
+    o.recursors = rec;
+    o.n_recursors = 1;
+    ck_assert_int_eq(dns_new(&d2, &f.loop, f.cache, &o, err, sizeof err), DA_EINVAL);
+    ck_assert_msg(strstr(err, "own dns.listen"), "%s", err);
+    rec[0] = "127.0.0.1:54";
+    ck_assert_int_eq(dns_new(&d2, &f.loop, f.cache, &o, err, sizeof err), 0);
+    d2 = dns_close(d2);
+    rec[0] = "resolver.example";
+    ck_assert_int_eq(dns_new(&d2, &f.loop, f.cache, &o, err, sizeof err), DA_EINVAL);
+    ck_assert_msg(strstr(err, "IP address"), "%s", err);
     fx_stop(&f);
+}
+END_TEST
+
+/* ---- forwarding, the test playing the recursors ------------------------- */
+
+/* A recursor of the test's: a UDP socket and a TCP listener on one port of
+ * 127.0.0.1, and the last datagram it got. */
+struct rec {
+    int udp, tcp;
+    char addr[32];
+    uint8_t buf[4096];
+    ssize_t n;
+    struct sockaddr_storage from;
+    socklen_t fromlen;
+};
+
+static void rec_open(struct rec *r)
+{
+    for (int i = 0; i < 50; i++) {
+        struct sockaddr_in sa = {.sin_family = AF_INET};
+        socklen_t len = sizeof sa;
+        int one = 1;
+
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        r->udp = socket(AF_INET, SOCK_DGRAM, 0);
+        r->tcp = socket(AF_INET, SOCK_STREAM, 0);
+        ck_assert(r->udp >= 0 && r->tcp >= 0);
+        setsockopt(r->tcp, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        ck_assert_int_eq(bind(r->udp, (struct sockaddr *)&sa, sizeof sa), 0);
+        ck_assert_int_eq(getsockname(r->udp, (struct sockaddr *)&sa, &len), 0);
+        /* Non-blocking: the test accepts between turns of the loop. */
+        fcntl(r->tcp, F_SETFL, O_NONBLOCK);
+        if (bind(r->tcp, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(r->tcp, 8) == 0) {
+            snprintf(r->addr, sizeof r->addr, "127.0.0.1:%d", ntohs(sa.sin_port));
+            return;
+        }
+        close(r->udp);
+        close(r->tcp);
+    }
+    ck_abort_msg("no port free for both UDP and TCP");
+}
+
+static bool rec_ready(void *arg)
+{
+    struct rec *r = arg;
+
+    r->fromlen = sizeof r->from;
+    r->n = recvfrom(r->udp, r->buf, sizeof r->buf, MSG_DONTWAIT, (struct sockaddr *)&r->from,
+                    &r->fromlen);
+    return r->n > 0;
+}
+
+/* Reads what came to the recursor; true if nothing had. */
+static bool rec_quiet(struct rec *r)
+{
+    bool quiet = true;
+
+    while (rec_ready(r))
+        quiet = false;
+    return quiet;
+}
+
+/* The recursor's reply to the query q: its question and an A record of
+ * 10.9.8.7, or (tc) no record and TC set. Returns its length. */
+static size_t rec_reply(const uint8_t *q, size_t len, bool tc, uint8_t *out, size_t cap)
+{
+    static const uint8_t ip[4] = {10, 9, 8, 7};
+    knot_pkt_t *qp = knot_pkt_new(NULL, 4096, NULL), *rp = knot_pkt_new(out, (uint16_t)cap, NULL);
+    union {
+        knot_rdata_t rd;
+        uint8_t b[16];
+    } rd;
+    knot_rrset_t rr;
+    size_t n;
+
+    ck_assert(qp && rp);
+    memcpy(qp->wire, q, len);
+    qp->size = len;
+    ck_assert_int_eq(knot_pkt_parse(qp, 0), KNOT_EOK);
+    knot_pkt_clear(rp);
+    ck_assert_int_eq(knot_pkt_init_response(rp, qp), KNOT_EOK);
+    if (tc) {
+        knot_wire_set_tc(rp->wire);
+    } else {
+        knot_rrset_init(&rr, (knot_dname_t *)knot_pkt_qname(qp), KNOT_RRTYPE_A, KNOT_CLASS_IN, 60);
+        knot_rdata_init(&rd.rd, 4, ip);
+        rr.rrs.count = 1;
+        rr.rrs.size = (uint32_t)knot_rdata_size(4);
+        rr.rrs.rdata = &rd.rd;
+        knot_pkt_begin(rp, KNOT_ANSWER);
+        ck_assert_int_eq(knot_pkt_put(rp, KNOT_COMPR_HINT_QNAME, &rr, 0), KNOT_EOK);
+    }
+    n = rp->size;
+    knot_pkt_free(rp);
+    knot_pkt_free(qp);
+    return n;
+}
+
+static bool has_a(const knot_pkt_t *p, const char *ip)
+{
+    const knot_rdata_t *rd = answer_rdata(p, KNOT_RRTYPE_A, 0);
+    uint8_t want[4];
+
+    ck_assert_int_eq(inet_pton(AF_INET, ip, want), 1);
+    return rd && rd->len == 4 && !memcmp(rd->data, want, 4);
+}
+
+/* A TCP connection the forwarder opened to the recursor, and the query
+ * framed on it. */
+struct rec_conn {
+    struct rec *r;
+    int fd;
+    uint8_t buf[4096];
+    size_t have;
+};
+
+static bool rec_conn_ready(void *arg)
+{
+    struct rec_conn *c = arg;
+    ssize_t n;
+
+    if (c->fd < 0 && (c->fd = accept(c->r->tcp, NULL, NULL)) < 0)
+        return false;
+    while ((n = recv(c->fd, c->buf + c->have, sizeof c->buf - c->have, MSG_DONTWAIT)) > 0)
+        c->have += (size_t)n;
+    return c->have >= 2 && c->have >= 2u + knot_wire_read_u16(c->buf);
+}
+
+/* Forwarding against recursors the test plays: the next recursor after a
+ * silent one, replies under the client's ID, forged replies ignored, TC
+ * relayed, TCP forwarded over TCP, SERVFAIL when none answers or past the
+ * cap, and names of the domain never forwarded. */
+START_TEST(test_server_forward)
+{
+    static struct rec a, b;
+    static struct rx c;
+    static struct tcp_rx t;
+    static struct rec_conn rc;
+    struct dns_options o = {0};
+    const char *recs[2];
+    uint8_t q[512], out[4096];
+    size_t len, n;
+    struct fx f;
+    knot_pkt_t *p;
+    int x;
+
+    rec_open(&a);
+    rec_open(&b);
+    recs[0] = a.addr;
+    recs[1] = b.addr;
+    o.recursors = recs;
+    o.n_recursors = 2;
+    o.forward_ms = 300;
+    o.max_forwards = 2;
+    fx_start_opts(&f, o);
+
+    /* The first recursor is silent: the second is asked, with the same
+     * query, and its reply comes back under the client's ID. */
+    c.fd = udp_socket(&f);
+    len = mkq(q, sizeof q, "www.Example.com", KNOT_RRTYPE_A, 1232, 0);
+    ck_assert_int_eq(send(c.fd, q, len, 0), (ssize_t)len);
+    ck_assert(loop_until_fn(&f.loop, rec_ready, &a, 5000));
+    ck_assert(loop_until_fn(&f.loop, rec_ready, &b, 5000));
+    ck_assert_uint_eq((size_t)b.n, len);
+    ck_assert(!memcmp(b.buf + 2, q + 2, len - 2)); /* all but the ID */
+    ck_assert_uint_eq(knot_wire_get_id(b.buf), knot_wire_get_id(a.buf));
+    /* A reply from an address the query did not go to is ignored. */
+    n = rec_reply(b.buf, (size_t)b.n, true, out, sizeof out);
+    x = socket(AF_INET, SOCK_DGRAM, 0);
+    ck_assert_int_eq(sendto(x, out, n, 0, (struct sockaddr *)&b.from, b.fromlen), (ssize_t)n);
+    close(x);
+    loop_for(&f.loop, 100);
+    ck_assert(!rx_ready(&c));
+    n = rec_reply(b.buf, (size_t)b.n, false, out, sizeof out);
+    ck_assert_int_eq(sendto(b.udp, out, n, 0, (struct sockaddr *)&b.from, b.fromlen), (ssize_t)n);
+    ck_assert(loop_until_fn(&f.loop, rx_ready, &c, 5000));
+    p = parse_reply(c.buf, (size_t)c.n);
+    ck_assert_uint_eq(knot_wire_get_id(p->wire), 0x4242);
+    ck_assert_int_eq(knot_wire_get_rcode(p->wire), KNOT_RCODE_NOERROR);
+    ck_assert(has_a(p, "10.9.8.7"));
+    knot_pkt_free(p);
+
+    /* A truncated reply is relayed as it is: the client retries over TCP. */
+    len = mkq(q, sizeof q, "big.example", KNOT_RRTYPE_TXT, 0, 0);
+    ck_assert_int_eq(send(c.fd, q, len, 0), (ssize_t)len);
+    ck_assert(loop_until_fn(&f.loop, rec_ready, &a, 5000));
+    n = rec_reply(a.buf, (size_t)a.n, true, out, sizeof out);
+    ck_assert_int_eq(sendto(a.udp, out, n, 0, (struct sockaddr *)&a.from, a.fromlen), (ssize_t)n);
+    ck_assert(loop_until_fn(&f.loop, rx_ready, &c, 5000));
+    p = parse_reply(c.buf, (size_t)c.n);
+    ck_assert(knot_wire_get_tc(p->wire));
+    ck_assert_uint_eq(knot_wire_get_id(p->wire), 0x4242);
+    knot_pkt_free(p);
+    /* That retry goes to the recursor over TCP. */
+    memset(&t, 0, sizeof t);
+    t.fd = tcp_connect(&f);
+    t.want = 1;
+    len = mkq(q + 2, sizeof q - 2, "big.example", KNOT_RRTYPE_TXT, 0, 0);
+    knot_wire_write_u16(q, (uint16_t)len);
+    ck_assert_int_eq(send(t.fd, q, len + 2, 0), (ssize_t)(len + 2));
+    rc.r = &a;
+    rc.fd = -1;
+    ck_assert(loop_until_fn(&f.loop, rec_conn_ready, &rc, 5000));
+    n = rec_reply(rc.buf + 2, knot_wire_read_u16(rc.buf), false, out + 2, sizeof out - 2);
+    knot_wire_write_u16(out, (uint16_t)n);
+    ck_assert_int_eq(send(rc.fd, out, n + 2, 0), (ssize_t)(n + 2));
+    ck_assert(loop_until_fn(&f.loop, tcp_ready, &t, 5000));
+    ck_assert_uint_eq(frames(&t), 1);
+    p = parse_reply(t.buf + 2, knot_wire_read_u16(t.buf));
+    ck_assert_uint_eq(knot_wire_get_id(p->wire), 0x4242);
+    ck_assert(has_a(p, "10.9.8.7"));
+    knot_pkt_free(p);
+    close(rc.fd);
+    close(t.fd);
+
+    /* Names of the domain never reach a recursor. */
+    p = udp_ask(&f, "nobody.service.disc", KNOT_RRTYPE_A, 5000);
+    ck_assert_int_eq(knot_wire_get_rcode(p->wire), KNOT_RCODE_NXDOMAIN);
+    knot_pkt_free(p);
+    ck_assert(rec_quiet(&a) && rec_quiet(&b));
+
+    /* Both silent: SERVFAIL. */
+    p = udp_ask(&f, "silent.example", KNOT_RRTYPE_A, 5000);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_int_eq(knot_wire_get_rcode(p->wire), KNOT_RCODE_SERVFAIL);
+    knot_pkt_free(p);
+    ck_assert(!rec_quiet(&a) && !rec_quiet(&b));
+
+    /* Past the cap (2 in flight), SERVFAIL at once: the third query's
+     * answer comes before the two others, which wait for the recursors. */
+    for (uint16_t id = 1; id <= 3; id++) {
+        len = mkq(q, sizeof q, id == 3 ? "third.example" : "first.example", KNOT_RRTYPE_A, 0, 0);
+        knot_wire_set_id(q, id);
+        ck_assert_int_eq(send(c.fd, q, len, 0), (ssize_t)len);
+    }
+    ck_assert(loop_until_fn(&f.loop, rx_ready, &c, 5000));
+    ck_assert_uint_eq(knot_wire_get_id(c.buf), 3);
+    ck_assert_int_eq(knot_wire_get_rcode(c.buf), KNOT_RCODE_SERVFAIL);
+
+    json_t *st = dns_status(f.dns);
+    ck_assert_int_eq(json_integer_value(json_object_get(st, "forward_busy")), 1);
+    ck_assert_int_ge(json_integer_value(json_object_get(st, "forward_failed")), 1);
+    ck_assert_int_ge(json_integer_value(json_object_get(st, "forwarded")), 5);
+    ck_assert_int_eq(json_integer_value(json_object_get(st, "forwarding")), 2);
+    ck_assert_str_eq(json_string_value(json_array_get(json_object_get(st, "recursors"), 0)),
+                     a.addr);
+    json_decref(st);
+    /* Stopping with queries in flight leaks nothing (fx_stop checks). */
+    close(c.fd);
+    fx_stop(&f);
+    close(a.udp);
+    close(a.tcp);
+    close(b.udp);
+    close(b.tcp);
 }
 END_TEST
 
@@ -1083,6 +1379,121 @@ START_TEST(test_dig)
     ck_assert_int_eq(proc_run(out, sizeof out, 10000, argv), 0);
     ck_assert_msg(strstr(out, "dns            disc. on 127.0.0.1:") && strstr(out, "NXDOMAIN 1") &&
                       strstr(out, "REFUSED"),
+                  "%s", out);
+    cx_stop(&x);
+}
+END_TEST
+
+/* ---- forwarding to a real recursor -------------------------------------- */
+
+static bool file_has(const char *path, const char *text)
+{
+    static char buf[65536];
+    FILE *f = fopen(path, "r");
+    size_t n;
+
+    if (!f)
+        return false;
+    n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return strstr(buf, text) != NULL;
+}
+
+/* dns.recursors with a real recursor: dnsmasq on a free port of 127.0.0.1
+ * answers outside.example and a TXT set that does not fit 512 bytes, and
+ * logs every query it gets. dig through the agent gets its answers (the
+ * truncated one over TCP), names of the domain never reach it, and once
+ * it is stopped the agent answers SERVFAIL. */
+START_TEST(test_dig_forward)
+{
+    struct cx x;
+    static char out[65536];
+    char extra[256], dm_port[32], dm_logf[700], dm_log[600], txt[12][128], url[64];
+    const char *dm_argv[32];
+    int dport = free_port(), hport = free_port(), k = 0;
+    bool ok = false;
+
+    snprintf(extra, sizeof extra,
+             "  recursors: [127.0.0.1:%d]\nhttp:\n  listen: [127.0.0.1:%d]\n", dport, hport);
+    cx_start(&x, extra);
+    snprintf(dm_log, sizeof dm_log, "%s/dnsmasq.log", x.dir);
+    snprintf(dm_logf, sizeof dm_logf, "--log-facility=%s", dm_log);
+    snprintf(dm_port, sizeof dm_port, "--port=%d", dport);
+    const char *fixed[] = {"dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                           "--bind-interfaces", "--listen-address=127.0.0.1", dm_port,
+                           "--user=root", "--pid-file=", dm_logf, "--log-queries",
+                           "--address=/outside.example/10.9.8.7"};
+    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
+        dm_argv[k++] = fixed[i];
+    for (int i = 0; i < 12; i++) {
+        snprintf(txt[i], sizeof txt[i],
+                 "--txt-record=big.example,record %d of a set that needs more than 512 bytes",
+                 i);
+        dm_argv[k++] = txt[i];
+    }
+    dm_argv[k] = NULL;
+    struct proc *dm = proc_spawn(dm_argv, NULL, NULL);
+    ck_assert_ptr_nonnull(dm);
+
+    /* Names of the domain first: answered by the agent alone. */
+    ck_assert_int_eq(dig(&x, out, sizeof out, "nobody.service.disc", "A", NULL, NULL), 0);
+    ck_assert_msg(strstr(out, "status: NXDOMAIN"), "%s", out);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "disc", "SOA", NULL, NULL), 0);
+    ck_assert_msg(strstr(out, "status: NOERROR"), "%s", out);
+
+    /* dnsmasq may still be starting: SERVFAIL until it answers. */
+    for (int i = 0; i < 50 && !ok; i++) {
+        ck_assert_int_eq(dig(&x, out, sizeof out, "+short", "outside.example", "A", NULL), 0);
+        ok = !strcmp(out, "10.9.8.7\n");
+        if (!ok)
+            usleep(100000);
+    }
+    ck_assert_msg(ok, "dig outside.example: %s", out);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+tcp", "+short", "OUTSIDE.example", "A"), 0);
+    ck_assert_str_eq(out, "10.9.8.7\n");
+    /* Without EDNS the TXT set does not fit: TC is relayed, and dig's
+     * retry over TCP is forwarded over TCP, whole. */
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+noedns", "+ignore", "big.example", "TXT"), 0);
+    ck_assert_msg(strstr(out, " tc") && strstr(out, "status: NOERROR"), "%s", out);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+noedns", "+short", "big.example", "TXT"), 0);
+    ck_assert_msg(lines(out) == 12, "%s", out);
+
+    /* The recursor saw the outside names, and never one of the domain. */
+    ok = false;
+    for (int i = 0; i < 50 && !ok; i++) {
+        ok = file_has(dm_log, "query[TXT] big.example");
+        if (!ok)
+            usleep(100000);
+    }
+    ck_assert_msg(ok && file_has(dm_log, "query[A] outside.example"), "dnsmasq log lacks queries");
+    ck_assert(!file_has(dm_log, "disc"));
+
+    /* Status and /metrics count what went out. */
+    char ctl[64], sock[700];
+    snprintf(ctl, sizeof ctl, "%s/agentctl", BUILD_DIR);
+    snprintf(sock, sizeof sock, "%s", x.agent.sock);
+    const char *st_argv[] = {ctl, "-s", sock, "status", NULL};
+    ck_assert_int_eq(proc_run(out, sizeof out, 10000, st_argv), 0);
+    ck_assert_msg(strstr(out, "dns forwarded  ") && strstr(out, "to 127.0.0.1:"), "%s", out);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/metrics", hport);
+    const char *curl[] = {"curl", "-sS", "--max-time", "10", url, NULL};
+    ck_assert_int_eq(proc_run(out, sizeof out, 15000, curl), 0);
+    ck_assert_msg(strstr(out, "discovery_agent_dns_forwarded_total ") &&
+                      !strstr(out, "discovery_agent_dns_forwarded_total 0\n") &&
+                      strstr(out, "discovery_agent_dns_forward_failures_total{reason=\"busy\"} 0"),
+                  "%s", out);
+
+    /* The recursor stopped: SERVFAIL, within dig's 5 s. */
+    proc_free(dm);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "outside.example", "A", NULL, NULL), 0);
+    ck_assert_msg(strstr(out, "status: SERVFAIL"), "%s", out);
+    ck_assert_int_eq(dig(&x, out, sizeof out, "+tcp", "outside.example", "A", NULL), 0);
+    ck_assert_msg(strstr(out, "status: SERVFAIL"), "%s", out);
+    ck_assert_int_eq(proc_run(out, sizeof out, 15000, curl), 0);
+    ck_assert_msg(strstr(out, "discovery_agent_dns_forward_failures_total{reason=\"unanswered\"} "),
+                  "%s", out);
+    ck_assert_msg(!strstr(out, "discovery_agent_dns_forward_failures_total{reason=\"unanswered\"} 0\n"),
                   "%s", out);
     cx_stop(&x);
 }
@@ -1300,9 +1711,11 @@ static Suite *suite(void)
     tcase_add_test(srv, test_server_udp_tcp);
     tcase_add_test(srv, test_server_stale);
     tcase_add_test(srv, test_server_bind_error);
+    tcase_add_test(srv, test_server_forward);
     suite_add_tcase(s, srv);
     tcase_set_timeout(cli, 120);
     tcase_add_test(cli, test_dig);
+    tcase_add_test(cli, test_dig_forward);
     tcase_add_test(cli, test_haproxy);
     tcase_add_test(cli, test_system_resolver);
     suite_add_tcase(s, cli);

@@ -57,6 +57,12 @@ START_TEST(ranks_by_zone_then_region)
     struct policy_config nz = cfg(NULL, NULL);
     ck_assert_int_eq(policy_rank(&nz, &far), 0);
     ck_assert_int_eq(policy_rank(NULL, &far), 0);
+    free(same.meta);
+    free(region.meta);
+    free(far.meta);
+    free(none.meta);
+    free(zone_only.meta);
+    free(other_a.meta);
 }
 END_TEST
 

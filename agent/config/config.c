@@ -342,6 +342,9 @@ struct config *config_free(struct config *c)
     free(c->dns_listen);
     free(c->dns_domain);
     policy_config_clear(&c->traffic);
+    for (size_t i = 0; c->dns_recursors && i < c->n_dns_recursors; i++)
+        free(c->dns_recursors[i]);
+    free(c->dns_recursors);
     for (size_t i = 0; c->http_listen && i < c->n_http_listen; i++)
         free(c->http_listen[i]);
     free(c->http_listen);

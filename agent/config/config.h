@@ -104,6 +104,10 @@ struct config {
     /* locality: (zone, region) and traffic: the traffic policy, as
      * policy.h defines it; docs/traffic.md. Owned. */
     struct policy_config traffic;
+    char **dns_recursors;       /* dns.recursors: IP[:port] each (port 53 if
+                                 * none), 0..3, none a dns.listen address;
+                                 * default none: outside names are REFUSED */
+    size_t n_dns_recursors;
     struct config_service *services;  /* main file's, then conf.d's */
     size_t n_services;
     bool checks_exec;           /* checks.exec: allow exec checks; false */

@@ -821,9 +821,9 @@ int config__default_xds_path(struct loader *ld)
 /* ---- dns: the DNS server (docs/dns.md) -------------------------------- */
 
 static const char *const dns_keys[] = {
-    "enabled", "listen", "domain", "ttl", "max_answers"
+    "enabled", "listen", "domain", "ttl", "max_answers", "recursors"
 };
-enum { DNS_ENABLED, DNS_LISTEN, DNS_DOMAIN, DNS_TTL, DNS_MAX_ANSWERS };
+enum { DNS_ENABLED, DNS_LISTEN, DNS_DOMAIN, DNS_TTL, DNS_MAX_ANSWERS, DNS_RECURSORS };
 
 static int load_dns_listen(struct loader *ld, const struct node *key, const struct node *val)
 {
@@ -876,12 +876,92 @@ static int load_dns_listen(struct loader *ld, const struct node *key, const stru
     return 0;
 }
 
+/* dns.recursors: IP addresses, each with a port or port 53. An empty list
+ * is the default: no forwarding. */
+static int load_dns_recursors(struct loader *ld, const struct node *val)
+{
+    struct config *c = ld->cfg;
+    struct shown a;
+    int r = config__want_seq(ld, "dns.recursors", val);
+
+    if (r < 0)
+        return r;
+    if (r == 1 || val->n_items == 0)
+        return 0;
+    if (val->n_items > DNS_MAX_RECURSORS)
+        return config__fail_node(ld, val, "dns.recursors lists %zu addresses: at most %d, "
+                                 "asked in turn", val->n_items, DNS_MAX_RECURSORS);
+    c->dns_recursors = calloc(val->n_items, sizeof(*c->dns_recursors));
+    if (!c->dns_recursors)
+        return config__fail_oom(ld);
+    c->n_dns_recursors = val->n_items;
+    for (size_t i = 0; i < val->n_items; i++) {
+        const struct node *item = val->items[i];
+        struct validate_hostport hp;
+        unsigned char ip[16];
+        const char *text;
+        char why[160];
+
+        r = config__want_nonempty(ld, "a dns.recursors entry", item, item, &text);
+        if (r < 0)
+            return r;
+        r = validate_hostport(text, strlen(text), VALIDATE_PORT_OPTIONAL, &hp, why, sizeof(why));
+        if (r == VALIDATE_PORT_RANGE)
+            return config__fail_node(ld, item, "port out of range in dns.recursors '%s': use "
+                                     "1..65535, or none for 53", config__show(&a, text));
+        if (r != VALIDATE_OK)
+            return config__fail_node(ld, item, "bad dns.recursors '%s': %s",
+                                     config__show(&a, text), why);
+        if (inet_pton(hp.ipv6 ? AF_INET6 : AF_INET, hp.host, ip) != 1)
+            return config__fail_node(ld, item, "bad dns.recursors '%s': give an IP address, "
+                                     "such as 10.0.0.2, 127.0.0.53:53 or [::1]:53",
+                                     config__show(&a, text));
+        c->dns_recursors[i] = strdup(text);
+        if (!c->dns_recursors[i])
+            return config__fail_oom(ld);
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(c->dns_recursors[j], text))
+                return config__fail_node(ld, item, "'%s' is listed twice in dns.recursors: "
+                                         "keep only one", config__show(&a, text));
+    }
+    return 0;
+}
+
+/* A recursor that is one of our own listeners would send every forwarded
+ * query back to the agent (dns_recursor_loops, the rule dns_new() applies
+ * too). Checked once the whole dns section is read, since dns.listen may
+ * come after dns.recursors, or not at all (the default). */
+static int check_dns_recursors(struct loader *ld, const struct node *recursors)
+{
+    const struct config *c = ld->cfg;
+    const char *def = DNS_DEFAULT_LISTEN;
+    const char *const *listen = c->n_dns_listen ? (const char *const *)c->dns_listen : &def;
+    size_t n_listen = c->n_dns_listen ? c->n_dns_listen : 1;
+    struct sockaddr_storage rec, lis;
+    struct shown a, b;
+    char why[128];
+
+    for (size_t i = 0; recursors && i < c->n_dns_recursors; i++) {
+        if (dns_addr_parse(c->dns_recursors[i], DNS_RECURSOR_PORT, &rec, why, sizeof(why)) < 0)
+            continue; /* refused above already */
+        for (size_t j = 0; j < n_listen; j++)
+            if (dns_addr_parse(listen[j], 0, &lis, why, sizeof(why)) == 0 &&
+                dns_recursor_loops(&rec, &lis))
+                return config__fail_node(ld, recursors->items[i], "dns.recursors '%s' is the "
+                                         "agent's own dns.listen %s: queries would come back "
+                                         "to the agent; give another resolver",
+                                         config__show(&a, c->dns_recursors[i]),
+                                         config__show(&b, listen[j]));
+    }
+    return 0;
+}
+
 static int load_dns(struct loader *ld, const struct node *val)
 {
     static const char *const what[] = {
-        "dns.enabled", "dns.listen", "dns.domain", "dns.ttl", "dns.max_answers"
+        "dns.enabled", "dns.listen", "dns.domain", "dns.ttl", "dns.max_answers", "dns.recursors"
     };
-    const struct node *seen[ARRAY_SIZE(dns_keys)] = { NULL };
+    const struct node *seen[ARRAY_SIZE(dns_keys)] = { NULL }, *recursors = NULL;
     struct config *c = ld->cfg;
     int r = config__want_map(ld, "dns", val);
 
@@ -901,6 +981,12 @@ static int load_dns(struct loader *ld, const struct node *val)
         if (key == DNS_LISTEN) {
             if ((r = load_dns_listen(ld, k, v)) < 0)
                 return r;
+            continue;
+        }
+        if (key == DNS_RECURSORS) {
+            if ((r = load_dns_recursors(ld, v)) < 0)
+                return r;
+            recursors = v;
             continue;
         }
         r = config__want_nonempty(ld, what[key], k, v, &text);
@@ -940,7 +1026,7 @@ static int load_dns(struct loader *ld, const struct node *val)
         if (r < 0)
             return r;
     }
-    return 0;
+    return check_dns_recursors(ld, recursors);
 }
 
 /* Without dns.listen, the default address. */

@@ -39,20 +39,26 @@ struct dns_options {
     const char *domain;        /* "disc"; NULL: the default */
     uint32_t ttl;              /* seconds, answers and negative answers */
     size_t max_answers;        /* A/AAAA records per answer; 0: the default */
-    const char *const *recursors; /* "host:port" or "host" (port 53) */
+    const char *const *recursors; /* dns.recursors: "IP:port" or "IP" (port
+                                   * 53), at most DNS_MAX_RECURSORS; none:
+                                   * names outside the domain are REFUSED */
     size_t n_recursors;
     uint64_t wait_ms;          /* 0: DNS_WAIT_MS */
+    uint64_t forward_ms;       /* each recursor's time; 0: DNS_FORWARD_MS */
+    size_t max_forwards;       /* in flight; 0: DNS_MAX_FORWARDS */
     uint64_t tcp_idle_ms;      /* 0: DNS_TCP_IDLE_MS (tests shorten it) */
     size_t tcp_max_conns;      /* 0: DNS_TCP_MAX_CONNS */
 };
 
 /* Creates the server's state; nothing listens yet. Strings are copied; c
  * is borrowed and must outlive d. 0, DA_EINVAL with the reason in err (a
- * bad domain, listen or recursor address), or DA_ENOMEM. */
+ * bad domain, listen or recursor address, a recursor that is one of the
+ * listen addresses), or DA_ENOMEM. */
 int dns_new(dns_server **out, uv_loop_t *loop, cache *c, const struct dns_options *o,
             char *err, size_t errlen);
 
-/* Binds every listen address, UDP and TCP. 0, or a negative code with the
+/* Binds every listen address, UDP and TCP, and opens the forwarder's
+ * sockets when there are recursors. 0, or a negative code with the
  * address that failed and the fix in err, nothing then listening. */
 int dns_start(dns_server *d, char *err, size_t errlen);
 
@@ -62,9 +68,12 @@ int dns_start(dns_server *d, char *err, size_t errlen);
 dns_server *dns_close(dns_server *d);
 
 /* {"enabled","listen":[..],"domain","queries","udp","tcp","truncated",
- * "dropped","forwarded","waiting","tcp_connections","tcp_refused",
+ * "dropped","waiting","tcp_connections","tcp_refused","recursors":[..],
+ * "forwarded","forward_failed","forward_busy","forwarding",
  * "rcodes":{"NOERROR":N,..},"last_nxdomain":{"name","reason"}} for the
- * status reply (new reference). */
+ * status reply (new reference). "recursors" only when there are some;
+ * "forwarded" counts queries sent to a recursor, "forward_failed" those
+ * none answered, "forward_busy" those past the caps (both SERVFAIL). */
 json_t *dns_status(const dns_server *d);
 
 #endif

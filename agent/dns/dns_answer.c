@@ -487,9 +487,11 @@ static uint16_t answer_question(dns_engine *e, const struct dns_zone *z, bool wa
     return rcode;
 }
 
-void dns_answer(dns_engine *e, const struct dns_zone *z, const uint8_t *query, size_t len,
-                bool tcp, bool waited, uint64_t *rng, const uint8_t **reply, size_t *rlen,
-                struct dns_result *res)
+/* dns_answer(), or with z NULL the reply with the rcode forced (after the
+ * same checks of the query, which may still end in FORMERR and the like). */
+static void answer(dns_engine *e, const struct dns_zone *z, uint16_t forced, const uint8_t *query,
+                   size_t len, bool tcp, bool waited, uint64_t *rng, const uint8_t **reply,
+                   size_t *rlen, struct dns_result *res)
 {
     knot_pkt_t *q = e->q, *r = e->r;
     uint16_t rcode, max;
@@ -554,7 +556,7 @@ void dns_answer(dns_engine *e, const struct dns_zone *z, const uint8_t *query, s
         if (edns)
             knot_pkt_reserve(r, (uint16_t)e->opt_size);
         knot_pkt_begin(r, KNOT_ANSWER);
-        rcode = answer_question(e, z, waited, rng, res);
+        rcode = z ? answer_question(e, z, waited, rng, res) : forced;
         if (res->outcome != DNS_REPLY)
             return;
         if (edns)
@@ -571,4 +573,17 @@ void dns_answer(dns_engine *e, const struct dns_zone *z, const uint8_t *query, s
     res->truncated = knot_wire_get_tc(r->wire);
     *reply = r->wire;
     *rlen = r->size;
+}
+
+void dns_answer(dns_engine *e, const struct dns_zone *z, const uint8_t *query, size_t len,
+                bool tcp, bool waited, uint64_t *rng, const uint8_t **reply, size_t *rlen,
+                struct dns_result *res)
+{
+    answer(e, z, 0, query, len, tcp, waited, rng, reply, rlen, res);
+}
+
+void dns_answer_rcode(dns_engine *e, const uint8_t *query, size_t len, bool tcp, uint16_t rcode,
+                      const uint8_t **reply, size_t *rlen, struct dns_result *res)
+{
+    answer(e, NULL, rcode, query, len, tcp, true, NULL, reply, rlen, res);
 }

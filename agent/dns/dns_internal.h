@@ -35,9 +35,14 @@
 #define DNS_TCP_MAX_QUEUED (256 * 1024)
 /* Queries waiting for a first list, all connections and UDP together. */
 #define DNS_MAX_WAITING 4096
-/* Forwarded queries in flight, and how long one waits for its recursor. */
+/* Forwarded queries in flight (past it a query gets SERVFAIL), of which
+ * over TCP (each holds a connection, and so a descriptor); how long a
+ * query waits for one recursor before the next is asked: with at most
+ * DNS_MAX_RECURSORS of them, the last answer or SERVFAIL comes within
+ * 4.5 s, before stub resolvers give up (5 s). */
 #define DNS_MAX_FORWARDS 1024
-#define DNS_FORWARD_MS 3000
+#define DNS_MAX_TCP_FORWARDS 64
+#define DNS_FORWARD_MS 1500
 /* One DNS label, and so one service name or group as DNS spells it. */
 #define DNS_LABEL_MAX 63
 
@@ -159,7 +164,49 @@ void dns_answer(dns_engine *e, const struct dns_zone *z, const uint8_t *query, s
                 bool tcp, bool waited, uint64_t *rng, const uint8_t **reply, size_t *rlen,
                 struct dns_result *res);
 
+/* The same header and question as the query, and its OPT when it had one,
+ * with the rcode: the answer to a query the engine handed on (DNS_FORWARD)
+ * when no recursor answers it. The same arguments and results as
+ * dns_answer(). */
+void dns_answer_rcode(dns_engine *e, const uint8_t *query, size_t len, bool tcp, uint16_t rcode,
+                      const uint8_t **reply, size_t *rlen, struct dns_result *res);
+
 /* A random 64-bit number (xorshift64*) from *state, which must not be 0. */
 uint64_t dns_random(uint64_t *state);
+
+/* ---- forwarding to the recursors (dns_forward.c) ------------------------ */
+
+typedef struct dns_fwd dns_fwd;
+struct uv_loop_s;
+
+/* A forwarded query's end: the recursor's reply (len bytes, borrowed for
+ * the call, under the client's ID again), or NULL when none answered in
+ * time. Called once for each query dns_fwd_query() took. */
+typedef void (*dns_fwd_cb)(void *arg, const uint8_t *reply, size_t len);
+
+/* The forwarder for n recursors (copied), each asked for try_ms (0:
+ * DNS_FORWARD_MS), with at most max queries in flight (0:
+ * DNS_MAX_FORWARDS). seed: a non-zero number for the IDs of forwarded
+ * queries. Opens one UDP socket per address family the recursors use.
+ * 0, or a negative code with the reason in err. */
+int dns_fwd_new(dns_fwd **out, struct uv_loop_s *loop, const struct sockaddr_storage *recursors,
+                size_t n, uint64_t try_ms, size_t max, uint64_t seed, char *err, size_t errlen);
+
+/* True when a query over this transport would be past the caps. */
+bool dns_fwd_full(const dns_fwd *f, bool tcp);
+
+/* Sends the query (len bytes, copied; the engine has parsed it) to the
+ * first recursor over UDP or TCP, as it came from the client. 0, and cb
+ * gets the end later; or a negative code when it could not be sent at all
+ * (past the caps: DA_ENOMEM too), and cb is never called. */
+int dns_fwd_query(dns_fwd *f, const uint8_t *query, size_t len, bool tcp, dns_fwd_cb cb,
+                  void *arg);
+
+/* Queries in flight. */
+size_t dns_fwd_in_flight(const dns_fwd *f);
+
+/* Drops every query in flight without calling back, and closes the
+ * sockets; the memory goes as the loop runs. Accepts NULL; returns NULL. */
+dns_fwd *dns_fwd_close(dns_fwd *f);
 
 #endif

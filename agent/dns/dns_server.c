@@ -7,7 +7,11 @@
  * is ready; a cap on connections; a connection without a complete query
  * for DNS_TCP_IDLE_MS is closed, so a slow or half-open client holds its
  * slot no longer; a client that does not read its replies is not read
- * from past DNS_TCP_MAX_QUEUED bytes, and then times out. */
+ * from past DNS_TCP_MAX_QUEUED bytes, and then times out.
+ *
+ * With dns.recursors, a query for a name outside the domain is handed to
+ * the forwarder (dns_forward.c) and its client waits here, as a relay,
+ * for the recursor's reply or SERVFAIL. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +42,7 @@ struct dns_conn {
     uint8_t *buf;
     size_t have, cap;
     size_t waiting; /* its queries held for a first list */
+    size_t relaying; /* and held for a recursor */
     bool reading, closing;
     int open_handles;
     struct dns_conn *prev, *next;
@@ -72,6 +77,18 @@ struct dns_wait {
     uint8_t query[];
 };
 
+/* A client waiting for a recursor (forwarded queries). */
+struct dns_relay {
+    dns_server *d;
+    struct dns_relay *prev, *next;
+    struct dns_listener *l; /* UDP: the socket and the peer */
+    struct sockaddr_storage peer;
+    struct dns_conn *conn;  /* TCP; NULL once it closed */
+    bool tcp;
+    size_t len;
+    uint8_t query[];        /* for the SERVFAIL if no recursor answers */
+};
+
 struct dns_server {
     uv_loop_t *loop;
     cache *cache;
@@ -88,6 +105,14 @@ struct dns_server {
     struct dns_wait *wait_head, *wait_tail;
     size_t n_waiting;
     uv_timer_t wait_timer;
+    /* dns.recursors, parsed by dns_new(); the forwarder from dns_start(). */
+    char recursor_text[DNS_MAX_RECURSORS][VALIDATE_ADDRESS_MAX + 1];
+    struct sockaddr_storage recursors[DNS_MAX_RECURSORS];
+    size_t n_recursors;
+    uint64_t forward_ms;
+    size_t max_forwards;
+    dns_fwd *fwd;
+    struct dns_relay *relays;
     int open_handles; /* the server's own: the wait timer */
     bool started, closing;
     size_t udp_queued;
@@ -96,6 +121,7 @@ struct dns_server {
     uint8_t *udp_buf;
     /* counters for status */
     uint64_t queries, udp, tcp, truncated, dropped, tcp_refused, waited;
+    uint64_t forwarded, forward_failed, forward_busy;
     uint64_t rcodes[RCODES];
     char last_nx_name[KNOT_DNAME_TXT_MAXLEN + 1];
     const char *last_nx_reason;
@@ -108,6 +134,11 @@ static const char *rcode_name(unsigned r)
         "NXRRSET", "NOTAUTH", "NOTZONE", NULL,       NULL,       NULL,     NULL,     NULL,
         "BADVERS", NULL,      NULL,       NULL,       NULL,       NULL,    NULL,     NULL};
     return r < RCODES && names[r] ? names[r] : "OTHER";
+}
+
+static size_t peer_size(const struct sockaddr *peer)
+{
+    return peer->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 }
 
 /* ---- the cache as the engine sees it ------------------------------------ */
@@ -229,6 +260,8 @@ static void count(dns_server *d, const struct dns_result *res)
 
 static void hold(dns_server *d, const struct dns_result *res, const uint8_t *query, size_t len,
                  struct dns_listener *l, const struct sockaddr *peer, struct dns_conn *c);
+static void forward(dns_server *d, const uint8_t *query, size_t len, struct dns_listener *l,
+                    const struct sockaddr *peer, struct dns_conn *c);
 
 /* One query from a UDP peer (l, peer) or a TCP connection (c). */
 static void handle(dns_server *d, const uint8_t *query, size_t len, bool waited,
@@ -253,7 +286,9 @@ static void handle(dns_server *d, const uint8_t *query, size_t len, bool waited,
     case DNS_WAIT:
         hold(d, &res, query, len, l, peer, c);
         return;
-    case DNS_FORWARD: /* not offered: dns_new() never sets zone.forward */
+    case DNS_FORWARD:
+        forward(d, query, len, l, peer, c);
+        return;
     case DNS_REPLY:
         break;
     }
@@ -331,8 +366,7 @@ static void hold(dns_server *d, const struct dns_result *res, const uint8_t *que
     w->deadline = uv_now(d->loop) + d->wait_ms;
     w->l = l;
     if (peer)
-        memcpy(&w->peer, peer,
-               peer->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+        memcpy(&w->peer, peer, peer_size(peer));
     w->conn = c;
     w->tcp = c != NULL;
     w->len = len;
@@ -354,6 +388,109 @@ static void hold(dns_server *d, const struct dns_result *res, const uint8_t *que
         c->waiting++;
     if (!uv_is_active((uv_handle_t *)&d->wait_timer))
         uv_timer_start(&d->wait_timer, wait_due, d->wait_ms, 0);
+}
+
+/* ---- queries forwarded to a recursor ------------------------------------ */
+
+/* SERVFAIL for a query no recursor answers (or that none was asked). */
+static void forward_failed(dns_server *d, const uint8_t *query, size_t len,
+                           struct dns_listener *l, const struct sockaddr *peer,
+                           struct dns_conn *c)
+{
+    struct dns_result res;
+    const uint8_t *reply;
+    size_t rlen;
+
+    dns_answer_rcode(d->engine, query, len, c != NULL, KNOT_RCODE_SERVFAIL, &reply, &rlen, &res);
+    if (res.outcome != DNS_REPLY)
+        return;
+    count(d, &res);
+    if (c)
+        send_tcp(c, reply, rlen);
+    else
+        send_udp(l, peer, reply, rlen);
+}
+
+static void relay_free(struct dns_relay *r)
+{
+    dns_server *d = r->d;
+
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        d->relays = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    if (r->conn)
+        r->conn->relaying--;
+    free(r);
+}
+
+/* The forwarder's end of a query: the reply, relayed as the recursor
+ * wrote it (TC included) under the client's ID, or SERVFAIL. */
+static void relayed(void *arg, const uint8_t *reply, size_t len)
+{
+    struct dns_relay *r = arg;
+    dns_server *d = r->d;
+    const struct sockaddr *peer = (const struct sockaddr *)&r->peer;
+
+    if (!reply)
+        d->forward_failed++;
+    if (r->tcp && !r->conn) {
+        /* The client hung up meanwhile. */
+    } else if (!reply) {
+        forward_failed(d, r->query, r->len, r->l, peer, r->conn);
+    } else {
+        struct dns_result res = {.rcode = knot_wire_get_rcode(reply),
+                                 .truncated = knot_wire_get_tc(reply)};
+        count(d, &res);
+        if (r->conn)
+            send_tcp(r->conn, reply, len);
+        else
+            send_udp(r->l, peer, reply, len);
+    }
+    relay_free(r);
+}
+
+static void forward(dns_server *d, const uint8_t *query, size_t len, struct dns_listener *l,
+                    const struct sockaddr *peer, struct dns_conn *c)
+{
+    struct dns_relay *r;
+
+    /* Past the caps, SERVFAIL: the query is one the agent forwards, and
+     * another server (or a later try) may well answer it. */
+    if (!d->fwd || dns_fwd_full(d->fwd, c != NULL) ||
+        (c && c->relaying >= DNS_TCP_MAX_WAITING)) {
+        d->forward_busy++;
+        forward_failed(d, query, len, l, peer, c);
+        return;
+    }
+    if (!(r = calloc(1, sizeof *r + len))) {
+        d->forward_busy++;
+        forward_failed(d, query, len, l, peer, c);
+        return;
+    }
+    r->d = d;
+    r->l = l;
+    if (peer)
+        memcpy(&r->peer, peer, peer_size(peer));
+    r->conn = c;
+    r->tcp = c != NULL;
+    r->len = len;
+    memcpy(r->query, query, len);
+    if (dns_fwd_query(d->fwd, query, len, c != NULL, relayed, r) < 0) {
+        free(r);
+        d->forward_failed++;
+        forward_failed(d, query, len, l, peer, c);
+        return;
+    }
+    d->forwarded++;
+    r->next = d->relays;
+    if (d->relays)
+        d->relays->prev = r;
+    d->relays = r;
+    if (c)
+        c->relaying++;
 }
 
 /* ---- UDP ---------------------------------------------------------------- */
@@ -384,6 +521,16 @@ static void udp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const stru
 
 /* ---- TCP ---------------------------------------------------------------- */
 
+/* One of the server's handles closed: the last frees the server, and the
+ * listeners' array, which holds handles of its own, only then. */
+static void server_unref(dns_server *d)
+{
+    if (--d->open_handles > 0 || !d->closing)
+        return;
+    free(d->listeners);
+    free(d);
+}
+
 static void conn_closed(uv_handle_t *h)
 {
     struct dns_conn *c = h->data;
@@ -393,8 +540,7 @@ static void conn_closed(uv_handle_t *h)
         return;
     free(c->buf);
     free(c);
-    if (--d->open_handles == 0 && d->closing)
-        free(d);
+    server_unref(d);
 }
 
 static void conn_close(struct dns_conn *c)
@@ -408,6 +554,11 @@ static void conn_close(struct dns_conn *c)
         if (w->conn == c) {
             w->conn = NULL;
             c->waiting--;
+        }
+    for (struct dns_relay *r = d->relays; r && c->relaying; r = r->next)
+        if (r->conn == c) {
+            r->conn = NULL;
+            c->relaying--;
         }
     if (c->prev)
         c->prev->next = c->next;
@@ -541,18 +692,44 @@ static void on_connection(uv_stream_t *server, int status)
 
 static int parse_listen(const char *s, struct sockaddr_storage *sa, char *err, size_t errlen)
 {
-    struct validate_hostport hp;
     char why[128];
 
-    if (validate_hostport(s, strlen(s), 0, &hp, why, sizeof why) != VALIDATE_OK) {
+    if (dns_addr_parse(s, 0, sa, why, sizeof why) < 0) {
         snprintf(err, errlen, "dns.listen '%s': %s", s, why);
         return DA_EINVAL;
     }
-    if ((hp.ipv6 ? uv_ip6_addr(hp.host, hp.port, (struct sockaddr_in6 *)sa)
-                 : uv_ip4_addr(hp.host, hp.port, (struct sockaddr_in *)sa)) != 0) {
-        snprintf(err, errlen, "dns.listen '%s': the host must be an IP address", s);
+    return 0;
+}
+
+/* dns.recursors: IP addresses, port 53 unless given, none that would send
+ * a query back to one of our own listeners. */
+static int parse_recursors(dns_server *d, const struct dns_options *o, char *err, size_t errlen)
+{
+    char why[128];
+
+    if (o->n_recursors > DNS_MAX_RECURSORS) {
+        snprintf(err, errlen, "dns.recursors lists %zu addresses: at most %d", o->n_recursors,
+                 DNS_MAX_RECURSORS);
         return DA_EINVAL;
     }
+    for (size_t i = 0; i < o->n_recursors; i++) {
+        const char *s = o->recursors[i];
+        if (dns_addr_parse(s, DNS_RECURSOR_PORT, &d->recursors[i], why, sizeof why) < 0) {
+            snprintf(err, errlen, "dns.recursors '%s': %s", s, why);
+            return DA_EINVAL;
+        }
+        for (size_t j = 0; j < d->n_listen; j++)
+            if (dns_recursor_loops(&d->recursors[i], &d->listeners[j].sa)) {
+                snprintf(err, errlen,
+                         "dns.recursors '%s' is the agent's own dns.listen '%s': a query "
+                         "would come back to the agent",
+                         s, d->listeners[j].addr);
+                return DA_EINVAL;
+            }
+        snprintf(d->recursor_text[i], sizeof d->recursor_text[i], "%s", s);
+    }
+    d->n_recursors = o->n_recursors;
+    d->zone.forward = d->n_recursors > 0;
     return 0;
 }
 
@@ -597,6 +774,10 @@ int dns_new(dns_server **out, uv_loop_t *loop, cache *c, const struct dns_option
         if ((rc = parse_listen(o->listen[i], &l->sa, err, errlen)) < 0)
             goto fail;
     }
+    d->forward_ms = o->forward_ms;
+    d->max_forwards = o->max_forwards;
+    if ((rc = parse_recursors(d, o, err, errlen)) < 0)
+        goto fail;
     uv_timer_init(loop, &d->wait_timer);
     d->wait_timer.data = d;
     d->open_handles = 1;
@@ -646,9 +827,19 @@ int dns_start(dns_server *d, char *err, size_t errlen)
             return DA_EINVAL;
         }
     }
+    if (d->n_recursors > 0) {
+        rc = dns_fwd_new(&d->fwd, d->loop, d->recursors, d->n_recursors, d->forward_ms,
+                         d->max_forwards, dns_random(&d->rng), err, errlen);
+        if (rc < 0) {
+            close_listeners(d);
+            return rc;
+        }
+    }
     d->started = true;
     for (size_t i = 0; i < d->n_listen; i++)
         log_info("dns: answering for %s. on %s (udp, tcp)", d->domain, d->listeners[i].addr);
+    for (size_t i = 0; i < d->n_recursors; i++)
+        log_info("dns: names outside %s. go to %s", d->domain, d->recursor_text[i]);
     return 0;
 }
 
@@ -657,8 +848,7 @@ static void listener_closed(uv_handle_t *h)
     struct dns_listener *l = h->data;
     dns_server *d = l->d;
 
-    if (--d->open_handles == 0 && d->closing)
-        free(d);
+    server_unref(d);
 }
 
 static void close_listeners(dns_server *d)
@@ -680,8 +870,7 @@ static void server_timer_closed(uv_handle_t *h)
 {
     dns_server *d = h->data;
 
-    if (--d->open_handles == 0 && d->closing)
-        free(d);
+    server_unref(d);
 }
 
 dns_server *dns_close(dns_server *d)
@@ -691,6 +880,11 @@ dns_server *dns_close(dns_server *d)
     /* Waiting queries go unanswered: the agent is stopping. */
     while (d->wait_head)
         wait_free(d->wait_head);
+    /* So do forwarded ones: the forwarder drops them without calling
+     * back, and their relays go with them. */
+    d->fwd = dns_fwd_close(d->fwd);
+    while (d->relays)
+        relay_free(d->relays);
     while (d->conns)
         conn_close(d->conns);
     d->closing = true;
@@ -737,6 +931,16 @@ json_t *dns_status(const dns_server *d)
     json_object_set_new(o, "waiting", json_integer((json_int_t)d->n_waiting));
     json_object_set_new(o, "tcp_connections", json_integer((json_int_t)d->n_conns));
     json_object_set_new(o, "tcp_refused", json_integer((json_int_t)d->tcp_refused));
+    if (d->n_recursors > 0) {
+        json_t *rec = json_array();
+        for (size_t i = 0; rec && i < d->n_recursors; i++)
+            json_array_append_new(rec, json_string(d->recursor_text[i]));
+        json_object_set_new(o, "recursors", rec);
+    }
+    json_object_set_new(o, "forwarded", json_integer((json_int_t)d->forwarded));
+    json_object_set_new(o, "forward_failed", json_integer((json_int_t)d->forward_failed));
+    json_object_set_new(o, "forward_busy", json_integer((json_int_t)d->forward_busy));
+    json_object_set_new(o, "forwarding", json_integer((json_int_t)dns_fwd_in_flight(d->fwd)));
     if (d->last_nx_reason)
         json_object_set_new(o, "last_nxdomain",
                             json_pack("{s:s, s:s}", "name", d->last_nx_name, "reason",

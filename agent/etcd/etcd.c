@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "b64.h"
+#include "backoff.h"
 #include "defaults.h"
 #include "error.h"
 #include "etcd_internal.h"
@@ -116,10 +117,33 @@ static void set_error(etcd_client *c, const char *fmt, const char *a, const char
 
 void etcd__endpoint_ok(etcd_client *c)
 {
+    c->tried = 0;
     if (!c->connected) {
         c->connected = true;
         log_info("etcd: connected to %s", c->endpoints[c->cur]);
     }
+}
+
+/* The member to move to when c->cur fails: one drawn at random among
+ * those not tried since the last answer (all the others once every one has
+ * failed), so that a dead member's share of a fleet spreads evenly over the
+ * survivors instead of landing on the next member of the list. */
+static size_t pick_other(etcd_client *c)
+{
+    size_t left = 0, k;
+
+    c->tried |= 1ull << c->cur;
+    for (size_t i = 0; i < c->n_endpoints; i++)
+        left += !(c->tried >> i & 1);
+    if (!left) {
+        c->tried = 1ull << c->cur;
+        left = c->n_endpoints - 1;
+    }
+    k = (size_t)backoff_pick(left);
+    for (size_t i = 0; i < c->n_endpoints; i++)
+        if (!(c->tried >> i & 1) && k-- == 0)
+            return i;
+    return c->cur; /* not reached */
 }
 
 void etcd__endpoint_failed(etcd_client *c, size_t idx, int err, const char *why)
@@ -129,7 +153,7 @@ void etcd__endpoint_failed(etcd_client *c, size_t idx, int err, const char *why)
         return; /* someone moved on already */
     if (c->n_endpoints > 1) {
         metrics.etcd_failovers++;
-        c->cur = (c->cur + 1) % c->n_endpoints;
+        c->cur = pick_other(c);
         log_warn("etcd: %s failed (%s); trying %s", c->endpoints[idx],
                  why && *why ? why : da_strerror(err), c->endpoints[c->cur]);
         etcd__watches_moved(c);
@@ -634,7 +658,8 @@ int etcd_client_new(etcd_client **out, uv_loop_t *loop, http_client *http,
 {
     etcd_client *c;
 
-    if (!o->n_endpoints)
+    /* 64: the width of c->tried, and the config loader's limit. */
+    if (!o->n_endpoints || o->n_endpoints > 64)
         return DA_EINVAL;
     c = calloc(1, sizeof *c);
     if (!c)
@@ -661,6 +686,9 @@ int etcd_client_new(etcd_client **out, uv_loop_t *loop, http_client *http,
         while (n > 0 && c->endpoints[i][n - 1] == '/')
             c->endpoints[i][--n] = '\0';
     }
+    /* A fleet shares one list: starting every agent on its first member
+     * would put the whole fleet's leases and streams on one member. */
+    c->cur = (size_t)backoff_pick(c->n_endpoints);
     if (o->username && (!(c->username = strdup(o->username)) ||
                         !(c->password = strdup(o->password ? o->password : ""))))
         goto nomem;

@@ -4,6 +4,7 @@
 #ifndef DA_ETCD_INTERNAL_H
 #define DA_ETCD_INTERNAL_H
 
+#include "backoff.h"
 #include "etcd.h"
 
 struct etcd_client {
@@ -17,6 +18,10 @@ struct etcd_client {
     char **endpoints;
     size_t n_endpoints;
     size_t cur; /* endpoint in use */
+    /* Endpoints that failed since the last answer (bit i: endpoints[i]),
+     * so that a failover draws among the members not yet tried and a
+     * request meets every member once before it gives up. */
+    uint64_t tried;
     long timeout_ms;
     size_t max_reply;
     char *username, *password, *token;
@@ -47,10 +52,10 @@ struct etcd_client {
     unsigned epoch;
 };
 
-/* Jittered exponential backoff for watches and their stream: doubles
- * *backoff_ms (100 ms to 5 s) and returns a delay between half and all of
- * it, so that many agents cut off together do not come back in step. */
-unsigned etcd__backoff(unsigned *backoff_ms);
+/* The backoff of watches and their stream (backoff.h): 100 ms doubling to
+ * 5 s, with full jitter, so that many agents cut off together do not come
+ * back in step. */
+#define ETCD_WATCH_BACKOFF BACKOFF_INIT(100, 5000)
 
 /* Fills hdrs (room for 4 and a NULL) with the headers every request
  * carries; authbuf holds the Authorization line. */

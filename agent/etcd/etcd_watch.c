@@ -39,7 +39,7 @@ struct etcd_watch {
     bool live;          /* the stream said "created" */
     bool down;          /* DOWN was reported and UP not yet */
     bool stopped;
-    unsigned backoff_ms;
+    struct backoff backoff;
 
     etcd_call *range;
     uv_timer_t timer; /* backoff; the watch is freed in its close callback */
@@ -73,7 +73,7 @@ static void report_up(etcd_watch *w, int64_t etcd_rev)
 {
     struct etcd_watch_update u = {.kind = ETCD_WATCH_UP};
 
-    w->backoff_ms = 0;
+    backoff_reset(&w->backoff);
     if (!w->down)
         return;
     w->down = false;
@@ -89,16 +89,7 @@ static void timer_fired(uv_timer_t *t)
 /* Tries again after the next backoff. */
 static void retry_later(etcd_watch *w)
 {
-    uv_timer_start(&w->timer, timer_fired, etcd__backoff(&w->backoff_ms), 0);
-}
-
-/* Full jitter between half and all of the backoff (etcd_internal.h). */
-unsigned etcd__backoff(unsigned *backoff_ms)
-{
-    *backoff_ms = *backoff_ms ? *backoff_ms * 2 : 100;
-    if (*backoff_ms > 5000)
-        *backoff_ms = 5000;
-    return *backoff_ms / 2 + (unsigned)rand() % (*backoff_ms / 2 + 1);
+    uv_timer_start(&w->timer, timer_fired, backoff_next(&w->backoff), 0);
 }
 
 /* ---- snapshot --------------------------------------------------------- */
@@ -243,7 +234,7 @@ static int handle(etcd_watch *w, const struct etcd_watch_msg *m)
         if (m->cluster_id)
             w->cluster_id = m->cluster_id;
         w->live = true;
-        w->backoff_ms = 0;
+        backoff_reset(&w->backoff);
         etcd__endpoint_ok(w->c);
         report_up(w, m->revision);
         if (w->stopped || !w->on_stream)
@@ -427,6 +418,7 @@ int etcd_watch_start(etcd_client *c, const char *key, size_t klen, const char *r
     w->arg = arg;
     w->next_rev = start_revision;
     w->need_snapshot = start_revision <= 0;
+    w->backoff = ETCD_WATCH_BACKOFF;
     uv_timer_init(c->loop, &w->timer);
     w->timer.data = w;
     w->next = c->watches;

@@ -45,10 +45,11 @@ struct etcd_wstream {
     bool waiting_auth;  /* opens once a token comes */
     bool restart_now;   /* ended on purpose: open again at once */
     int last_err;       /* why the stream ended, when it ended itself */
-    unsigned backoff_ms;
+    struct backoff backoff;
     uv_timer_t timer;   /* backoff */
     uv_timer_t pump;    /* progress_requests until the first reply */
     int pumps;          /* sent on this stream */
+    uint64_t opened;    /* uv_now when it was opened */
     bool answered;      /* a line came back on this stream */
     int handles;        /* timers not yet closed; freed at 0 */
     char *line;         /* a line not yet complete */
@@ -65,7 +66,7 @@ static void ws_timer_fired(uv_timer_t *t)
 
 static void ws_retry_later(struct etcd_wstream *ws)
 {
-    uv_timer_start(&ws->timer, ws_timer_fired, etcd__backoff(&ws->backoff_ms), 0);
+    uv_timer_start(&ws->timer, ws_timer_fired, backoff_next(&ws->backoff), 0);
 }
 
 /* ---- lines ------------------------------------------------------------ */
@@ -89,7 +90,7 @@ static int handle_line(struct etcd_wstream *ws, const char *line, size_t len)
         ws->last_err = rc;
         return 1;
     }
-    ws->backoff_ms = 0; /* etcd answers: the next failure starts afresh */
+    backoff_reset(&ws->backoff); /* etcd answers: the next failure starts afresh */
     if (!ws->answered) {
         ws->answered = true;
         uv_timer_stop(&ws->pump);
@@ -219,16 +220,45 @@ static int ws_start(struct etcd_wstream *ws)
     return http_request(c->streams, &opts, ws_done, ws, &ws->req);
 }
 
+/* A stream that has not answered within etcd.timeout is given up as its
+ * member's failure. A member restarted without a quorum (the whole cluster
+ * coming back) takes the request and never answers it: the fleet benchmark
+ * found every agent's watches stuck that way for good after a cluster
+ * outage, with the lease and the registrations back and every list stale. */
+static void stream_unanswered(struct etcd_wstream *ws)
+{
+    etcd_client *c = ws->c;
+
+    uv_timer_stop(&ws->pump);
+    http_cancel(ws->req);
+    ws->req = NULL;
+    ws->len = 0;
+    ws->gen++;
+    ws->last_err = DA_ETIMEDOUT;
+    log_warn("etcd: watch stream: %s did not answer within %ld ms", c->endpoints[ws->endpoint],
+             c->timeout_ms);
+    etcd__endpoint_failed(c, ws->endpoint, DA_ETIMEDOUT, "the watch stream did not answer");
+    etcd__watches_stream_down(c, DA_ETIMEDOUT, true);
+    if (c->watches && !ws->req)
+        ws_retry_later(ws);
+}
+
 static void pump_fired(uv_timer_t *t)
 {
     static const char progress[] = "{\"progress_request\":{}}\n";
     struct etcd_wstream *ws = t->data;
 
-    if (!ws->req || ws->answered || ++ws->pumps > PUMP_MAX) {
+    if (!ws->req || ws->answered) {
         uv_timer_stop(&ws->pump);
         return;
     }
-    http_req_send(ws->req, progress, sizeof progress - 1);
+    if (uv_now(ws->c->loop) - ws->opened >= (uint64_t)ws->c->timeout_ms) {
+        stream_unanswered(ws);
+        return;
+    }
+    /* Past PUMP_MAX the timer only watches the clock. */
+    if (++ws->pumps <= PUMP_MAX)
+        http_req_send(ws->req, progress, sizeof progress - 1);
 }
 
 /* Opens the stream if it is closed and may open now. */
@@ -252,6 +282,7 @@ static void ws_open(struct etcd_wstream *ws)
     }
     ws->answered = false;
     ws->pumps = 0;
+    ws->opened = uv_now(c->loop);
     uv_timer_start(&ws->pump, pump_fired, PUMP_MS, PUMP_MS);
     metrics.watch_stream_connects++;
     etcd__watches_stream_open(c);
@@ -268,6 +299,7 @@ static struct etcd_wstream *get(etcd_client *c)
     if (!(ws = calloc(1, sizeof *ws)))
         return NULL;
     ws->c = c;
+    ws->backoff = ETCD_WATCH_BACKOFF;
     uv_timer_init(c->loop, &ws->timer);
     uv_timer_init(c->loop, &ws->pump);
     ws->timer.data = ws->pump.data = ws;
@@ -311,7 +343,7 @@ void etcd__ws_close(etcd_client *c)
     ws->req = NULL;
     ws->len = 0;
     ws->gen++;
-    ws->backoff_ms = 0;
+    backoff_reset(&ws->backoff);
     ws->waiting_auth = false;
     uv_timer_stop(&ws->timer);
     uv_timer_stop(&ws->pump);
@@ -333,7 +365,7 @@ void etcd__ws_moved(etcd_client *c)
     ws->req = NULL;
     ws->len = 0;
     ws->gen++;
-    ws->backoff_ms = 0;
+    backoff_reset(&ws->backoff);
     etcd__watches_stream_down(c, 0, false);
     ws_open(ws);
 }

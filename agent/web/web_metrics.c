@@ -354,6 +354,15 @@ static void dns_metrics(web *w, struct web_buf *b)
         json_num(d, "truncated"));
     one(b, "dns_dropped_total", "counter", "DNS queries dropped unanswered (malformed).",
         json_num(d, "dropped"));
+    one(b, "dns_forwarded_total", "counter",
+        "DNS queries for names outside the domain sent to a recursor (dns.recursors).",
+        json_num(d, "forwarded"));
+    head(b, "dns_forward_failures_total", "counter",
+         "Queries to forward answered SERVFAIL: no recursor answered, or too many in flight.");
+    web__buf_printf(b, P "dns_forward_failures_total{reason=\"unanswered\"} ");
+    value(b, json_num(d, "forward_failed"));
+    web__buf_printf(b, P "dns_forward_failures_total{reason=\"busy\"} ");
+    value(b, json_num(d, "forward_busy"));
     json_decref(d);
 }
 

@@ -832,6 +832,11 @@ const char *etcd_cluster_client_key(const struct etcd_cluster *c)
     return c != NULL && c->opts.tls ? c->client_key : NULL;
 }
 
+int etcd_member_pid(struct etcd_cluster *c, int i)
+{
+    return etcd_member_running(c, i) ? (int)proc_pid(c->m[i].proc) : -1;
+}
+
 int etcd_member_running(struct etcd_cluster *c, int i)
 {
     return valid_index(c, i) && c->m[i].proc != NULL && proc_alive(c->m[i].proc);

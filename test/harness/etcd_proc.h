@@ -75,6 +75,10 @@ const char *etcd_cluster_client_key(const struct etcd_cluster *c);
 /* Member i's log file (DIR/mN.log); owned by c. */
 const char *etcd_member_log(const struct etcd_cluster *c, int i);
 
+/* The pid of member i's process, or -1 if it is not running (for /proc
+ * readings: the fleet benchmark's CPU and memory per member). */
+int etcd_member_pid(struct etcd_cluster *c, int i);
+
 /* 1 if member i's process runs (frozen or not), else 0. */
 int etcd_member_running(struct etcd_cluster *c, int i);
 
