@@ -126,8 +126,8 @@ static void ready_check(uv_timer_t *t)
     uv_timer_stop(t);
     if (settled) {
         notify_send("READY=1\nSTATUS=registered; serving on the socket");
-        log_info("agent: ready: %zu instance(s) registered, socket %s",
-                 registry_count(a->registry), a->cfg->socket_path);
+        log_info("agent: ready: %zu instance(s) registered, socket %s", registry_count(a->registry),
+                 a->cfg->socket_path);
     } else {
         notify_send("READY=1\nSTATUS=etcd not answering; serving cached lists");
         log_warn("agent: etcd has not answered for %llu ms; serving cached lists and retrying",
@@ -485,7 +485,8 @@ static void warn_unapplied(const struct config *old, const struct config *new)
         eps = strcmp(old->endpoints[i], new->endpoints[i]) != 0;
     if (eps || !same(old->prefix, new->prefix) || old->timeout_ms != new->timeout_ms ||
         !same(old->username, new->username) || !same(old->password, new->password) ||
-        !same(old->tls_ca_file, new->tls_ca_file) || !same(old->tls_cert_file, new->tls_cert_file) ||
+        !same(old->tls_ca_file, new->tls_ca_file) ||
+        !same(old->tls_cert_file, new->tls_cert_file) ||
         !same(old->tls_key_file, new->tls_key_file) || old->session_ttl_ms != new->session_ttl_ms ||
         !same(old->socket_path, new->socket_path) || old->socket_mode != new->socket_mode ||
         !same(old->cache_dir, new->cache_dir) || old->cache_idle_ms != new->cache_idle_ms ||

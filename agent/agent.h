@@ -33,16 +33,16 @@ struct agent {
     cache *cache;
     registry *registry;
     server *server;
-    xds *xds; /* the xDS server for gRPC clients (docs/xds.md) */
+    xds *xds;        /* the xDS server for gRPC clients (docs/xds.md) */
     dns_server *dns; /* NULL when dns.enabled is false (docs/dns.md) */
-    proto *proto; /* answers the socket */
-    web *web;     /* /metrics, /healthz, /readyz, the status page; NULL when off */
+    proto *proto;    /* answers the socket */
+    web *web;        /* /metrics, /healthz, /readyz, the status page; NULL when off */
     struct check_ctx *checks;
 
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t ready_timer; /* READY=1 even if etcd does not answer */
     uv_timer_t watchdog;
-    uv_timer_t stop_timer;  /* bounds the graceful stop */
+    uv_timer_t stop_timer; /* bounds the graceful stop */
     bool ready;
     bool stopping;
     uint64_t started; /* uv_now at start */

@@ -85,7 +85,8 @@ static const struct command commands[] = {
      "Lists every service name that has instances under the agent's prefix in etcd,\n"
      "with how many, whether this agent watches it and whether it registers some.\n"
      "\n"
-     "  --json   {\"revision\":N,\"services\":[{\"name\",\"instances\",\"watched\",\"registered\"}]}\n"},
+     "  --json   "
+     "{\"revision\":N,\"services\":[{\"name\",\"instances\",\"watched\",\"registered\"}]}\n"},
     {"resolve", 1, "json,group,prefer-zone", cmd_resolve,
      "resolve NAME [--group G] [--prefer-zone] [--json]",
      "Prints the instances of service NAME, sorted by address, with their zones.\n"
@@ -127,7 +128,8 @@ static const struct command commands[] = {
      "maintenance.\n"
      "\n"
      "  --json   {\"maint\":{\"on\",\"reason\"},\"instances\":[{\"name\",\"address\",\"healthy\",\n"
-     "           \"drained\",\"check\":{\"type\",\"healthy\",\"passes\",\"failures\",\"output\",...}}]}\n"},
+     "           "
+     "\"drained\",\"check\":{\"type\",\"healthy\",\"passes\",\"failures\",\"output\",...}}]}\n"},
     {"check", 3, "output", cmd_check, "check pass|fail NAME ADDRESS [--output TEXT]",
      "Reports the result of a ttl check for an instance: 'pass' must come at least\n"
      "once per ttl, or the instance leaves etcd after 'fall' missed reports.\n"
@@ -221,8 +223,7 @@ static int open_client(const struct opts *o, disc_client **out)
         return EXIT_DONE;
     switch (rc) {
     case DISC_EINVAL:
-        fprintf(stderr, "agentctl: bad socket path '%s': it must be 1 to 107 bytes long\n",
-                path);
+        fprintf(stderr, "agentctl: bad socket path '%s': it must be 1 to 107 bytes long\n", path);
         return EXIT_USAGE;
     case DISC_ENOAGENT:
         fprintf(stderr, "agentctl: no agent at %s: is discovery-agent running? (%s)\n", path,
@@ -574,9 +575,8 @@ static int cmd_status(struct opts *o)
                *str_or(maint, "reason", "") ? ": " : "", str_or(maint, "reason", ""));
     json_t *x = json_object_get(r, "xds");
     if (json_is_true(json_object_get(x, "enabled")))
-        printf("xds            %s, %zu client(s), %lld NACK(s), gRPC %s\n",
-               str_or(x, "path", "?"), json_array_size(json_object_get(x, "clients")),
-               int_of(x, "nacks"),
+        printf("xds            %s, %zu client(s), %lld NACK(s), gRPC %s\n", str_or(x, "path", "?"),
+               json_array_size(json_object_get(x, "clients")), int_of(x, "nacks"),
                json_is_true(json_object_get(x, "grpc_running")) ? "running" : "stopped");
     print_dns(json_object_get(r, "dns"));
 
@@ -606,7 +606,7 @@ static int cmd_status(struct opts *o)
     t.cols = 6;
     table_row(&t, "SERVICE", "REVISION", "STATE", "INSTANCES", "SKIPPED", "WATCHERS");
     json_array_foreach(json_object_get(r, "services"), i, e) {
-        const char *state = !json_is_true(json_object_get(e, "ready")) ? "waiting for etcd"
+        const char *state = !json_is_true(json_object_get(e, "ready"))  ? "waiting for etcd"
                             : json_is_true(json_object_get(e, "stale")) ? "stale"
                                                                         : "live";
         snprintf(a, sizeof a, "%lld", int_of(e, "revision"));
@@ -757,8 +757,8 @@ static const char *meta_of(const struct disc_instance *in, const char *key)
 /* resolve --prefer-zone: the agent's choice, as the socket gives it. */
 static int resolve_zoned(struct opts *o)
 {
-    json_t *req = json_pack("{s:s, s:s, s:b}", "op", "resolve", "service", o->pos[0],
-                            "prefer_zone", 1);
+    json_t *req =
+        json_pack("{s:s, s:s, s:b}", "op", "resolve", "service", o->pos[0], "prefer_zone", 1);
     json_t *r, *e, *zp;
     struct table t = {.cols = 6};
     char w[32], p[32];
@@ -898,7 +898,8 @@ static bool same_meta(const struct disc_instance *a, const struct disc_instance 
     if (a->n_meta != b->n_meta)
         return false;
     for (size_t k = 0; k < a->n_meta; k++)
-        if (strcmp(a->meta_keys[k], b->meta_keys[k]) || strcmp(a->meta_values[k], b->meta_values[k]))
+        if (strcmp(a->meta_keys[k], b->meta_keys[k]) ||
+            strcmp(a->meta_values[k], b->meta_values[k]))
             return false;
     return true;
 }
@@ -941,15 +942,15 @@ static void print_changes(const struct disc_list *prev, const struct disc_list *
             if (!same_meta(a, b)) {
                 meta_text(a, m1, sizeof m1);
                 meta_text(b, m2, sizeof m2);
-                printf("%s rev %" PRId64 " ~ %s metadata %s -> %s\n", ts, rev, b->address, m1,
-                       m2);
+                printf("%s rev %" PRId64 " ~ %s metadata %s -> %s\n", ts, rev, b->address, m1, m2);
             }
             i++;
             j++;
         }
     }
     if (prev->stale != l->stale)
-        printf("%s rev %" PRId64 " %s\n", ts, rev, l->stale ? "! stale (etcd unreachable)" : "! live");
+        printf("%s rev %" PRId64 " %s\n", ts, rev,
+               l->stale ? "! stale (etcd unreachable)" : "! live");
 }
 
 static void on_watch(struct disc_watch *w, const struct disc_list *l, int err, void *arg)
@@ -964,8 +965,9 @@ static void on_watch(struct disc_watch *w, const struct disc_list *l, int err, v
         return;
     }
     if (err == DISC_EUNAVAIL) {
-        fprintf(stderr, "agentctl: the agent has no list of %s yet: etcd has not answered; "
-                        "waiting\n",
+        fprintf(stderr,
+                "agentctl: the agent has no list of %s yet: etcd has not answered; "
+                "waiting\n",
                 s->o->pos[0]);
         return;
     }
@@ -1109,7 +1111,7 @@ static int cmd_checks(struct opts *o)
     json_array_foreach(json_object_get(r, "instances"), i, e) {
         json_t *ck = json_object_get(e, "check");
         char streak[32] = "-", changed[32] = "-";
-        const char *health = json_is_true(json_object_get(e, "drained")) ? "drained"
+        const char *health = json_is_true(json_object_get(e, "drained"))   ? "drained"
                              : json_is_true(json_object_get(e, "healthy")) ? "healthy"
                                                                            : "unhealthy";
         if (ck) {
@@ -1140,8 +1142,8 @@ static int cmd_check(struct opts *o)
         fprintf(stderr, "agentctl: check takes pass or fail, not '%s'\n", o->pos[0]);
         return EXIT_USAGE;
     }
-    req = json_pack("{s:s, s:s, s:s, s:s}", "op", "check", "status", o->pos[0], "name",
-                    o->pos[1], "address", o->pos[2]);
+    req = json_pack("{s:s, s:s, s:s, s:s}", "op", "check", "status", o->pos[0], "name", o->pos[1],
+                    "address", o->pos[2]);
     if (req && o->output)
         json_object_set_new(req, "output", json_string(o->output));
     st = object_request(o, req, &r);
@@ -1332,8 +1334,8 @@ static int parse_args(const struct command *cmd, struct opts *o, int argc, char 
             errno = 0;
             w = strtoll(val, &end, 10);
             if (errno || end == val || *end || w < 1 || w > INT32_MAX)
-                return usage_error(cmd, "--weight takes a whole number from 1 to %" PRId32
-                                        ", not '%s'",
+                return usage_error(cmd,
+                                   "--weight takes a whole number from 1 to %" PRId32 ", not '%s'",
                                    INT32_MAX, val);
             o->weight = (int32_t)w;
             o->weight_set = true;

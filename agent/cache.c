@@ -49,12 +49,12 @@ struct service {
     struct cache_sub *subs;
     size_t n_subs;
     int notifying;
-    bool notify_pending;   /* queued for the next loop turn */
-    uint64_t change_ns;    /* uv_hrtime() of the first change queued, for
+    bool notify_pending;  /* queued for the next loop turn */
+    uint64_t change_ns;   /* uv_hrtime() of the first change queued, for
                             * the delivery delay metric */
-    uint64_t stale_since;  /* uv_now() when it last became stale */
+    uint64_t stale_since; /* uv_now() when it last became stale */
     struct service *notify_next;
-    etcd_call *confirm;    /* range read after a reconnect (see watch_cb) */
+    etcd_call *confirm; /* range read after a reconnect (see watch_cb) */
     /* The traffic policy (policy.h). Instances removed from entries since
      * the last change are moved to gone (stolen, not copied); while the
      * guard holds a drop, they stay in kept and are still served. */
@@ -63,9 +63,9 @@ struct service {
     const struct policy_protection *protection;
     struct policy_state pstate;
     struct policy_plan plan;
-    bool fresh_read;       /* this change is a range read's (confirms a drop) */
-    etcd_call *recheck;    /* the read that confirms a held drop */
-    void *derived;         /* see service_set_derived() */
+    bool fresh_read;    /* this change is a range read's (confirms a drop) */
+    etcd_call *recheck; /* the read that confirms a held drop */
+    void *derived;      /* see service_set_derived() */
     void (*derived_free)(void *derived);
     struct service *hnext; /* hash chain */
 };
@@ -76,13 +76,13 @@ struct cache {
     char *prefix;
     char *dir;
     uint64_t idle_ms, save_delay_ms;
-    uint64_t started;  /* uv_now when the cache was made */
-    size_t n_files;    /* saved lists in dir, as of the last sweep */
-    bool full_warned;  /* "too many files" was logged since that sweep */
+    uint64_t started; /* uv_now when the cache was made */
+    size_t n_files;   /* saved lists in dir, as of the last sweep */
+    bool full_warned; /* "too many files" was logged since that sweep */
     struct service **buckets;
     size_t n_buckets, n_services;
-    uv_timer_t save_timer; /* coalesced disk writes */
-    uv_timer_t idle_timer; /* drops idle services */
+    uv_timer_t save_timer;   /* coalesced disk writes */
+    uv_timer_t idle_timer;   /* drops idle services */
     uv_timer_t notify_timer; /* runs queued notifications on the next turn */
     uv_timer_t policy_timer; /* held drops and thinning sizes that expire */
     const struct policy_config *policy;
@@ -540,8 +540,8 @@ static void confirmed(int err, const struct etcd_result *r, void *arg)
         for (size_t i = 0; i < r->n_kvs; i++) {
             const struct etcd_kv *kv = &r->kvs[i];
             if (kv->key_len > s->klen)
-                entry_put(s, kv->key + s->klen, kv->key_len - s->klen, kv->value,
-                          kv->value_len, kv->lease);
+                entry_put(s, kv->key + s->klen, kv->key_len - s->klen, kv->value, kv->value_len,
+                          kv->lease);
         }
         s->revision = r->revision;
     }
@@ -638,8 +638,8 @@ static void rechecked(int err, const struct etcd_result *r, void *arg)
         for (size_t i = 0; i < r->n_kvs; i++) {
             const struct etcd_kv *kv = &r->kvs[i];
             if (kv->key_len > s->klen)
-                entry_put(s, kv->key + s->klen, kv->key_len - s->klen, kv->value,
-                          kv->value_len, kv->lease);
+                entry_put(s, kv->key + s->klen, kv->key_len - s->klen, kv->value, kv->value_len,
+                          kv->lease);
         }
         s->revision = r->revision;
     }
@@ -657,8 +657,7 @@ static void policy_tick_service(service *s, void *arg)
     if (policy_guard_due(s->protection, &s->pstate.guard, now) && !s->recheck &&
         s->klen < sizeof end) {
         elen = etcd_prefix_end(s->key, s->klen, end);
-        if (etcd_range(s->c->etcd, s->key, s->klen, end, elen, 0, 0, rechecked, s,
-                       &s->recheck) < 0)
+        if (etcd_range(s->c->etcd, s->key, s->klen, end, elen, 0, 0, rechecked, s, &s->recheck) < 0)
             s->recheck = NULL;
     }
     /* A recent size past its window: the loads may change with no event. */
@@ -876,8 +875,8 @@ static void sweep(cache *c)
     uint64_t now = uv_now(c->loop);
     int rc;
 
-    rc = cache_disk_sweep(c->dir, now - c->started >= c->idle_ms ? c->idle_ms : 0,
-                          CACHE_DISK_FILES, followed, c, &c->n_files);
+    rc = cache_disk_sweep(c->dir, now - c->started >= c->idle_ms ? c->idle_ms : 0, CACHE_DISK_FILES,
+                          followed, c, &c->n_files);
     if (rc < 0)
         log_debug("cache: cannot sweep %s: %s", c->dir, da_strerror(rc));
     if (c->n_files < CACHE_DISK_FILES)
@@ -916,17 +915,50 @@ static void idle_check(uv_timer_t *t)
 
 /* ---- accessors ---------------------------------------------------------- */
 
-const char *service_name(const service *s) { return s->name; }
-int64_t service_revision(const service *s) { return s->revision; }
-bool service_ready(const service *s) { return s->ready; }
-bool service_stale(const service *s) { return s->stale; }
-uint64_t service_updated(const service *s) { return s->updated; }
-uint64_t service_stale_since(const service *s) { return s->stale ? s->stale_since : 0; }
-size_t service_skipped(const service *s) { return s->skipped; }
-size_t service_subscribers(const service *s) { return s->n_subs; }
-void *service_derived(const service *s) { return s->derived; }
-const struct policy_plan *service_plan(const service *s) { return &s->plan; }
-const struct policy_guard *service_guard(const service *s) { return &s->pstate.guard; }
+const char *service_name(const service *s)
+{
+    return s->name;
+}
+int64_t service_revision(const service *s)
+{
+    return s->revision;
+}
+bool service_ready(const service *s)
+{
+    return s->ready;
+}
+bool service_stale(const service *s)
+{
+    return s->stale;
+}
+uint64_t service_updated(const service *s)
+{
+    return s->updated;
+}
+uint64_t service_stale_since(const service *s)
+{
+    return s->stale ? s->stale_since : 0;
+}
+size_t service_skipped(const service *s)
+{
+    return s->skipped;
+}
+size_t service_subscribers(const service *s)
+{
+    return s->n_subs;
+}
+void *service_derived(const service *s)
+{
+    return s->derived;
+}
+const struct policy_plan *service_plan(const service *s)
+{
+    return &s->plan;
+}
+const struct policy_guard *service_guard(const service *s)
+{
+    return &s->pstate.guard;
+}
 
 void service_set_derived(service *s, void *derived, void (*free_fn)(void *derived))
 {

@@ -24,9 +24,9 @@ typedef struct service service;
 typedef struct cache_sub cache_sub;
 
 struct cache_options {
-    const char *prefix;  /* "/micro" */
-    const char *dir;     /* NULL: nothing on disk */
-    uint64_t idle_ms;    /* default 10 minutes */
+    const char *prefix;     /* "/micro" */
+    const char *dir;        /* NULL: nothing on disk */
+    uint64_t idle_ms;       /* default 10 minutes */
     uint64_t save_delay_ms; /* coalesce disk writes; default 200 ms */
     /* The traffic policy (zones, mass-drop protection); borrowed, must
      * outlive the cache. NULL: no zones, protection by the defaults. */

@@ -24,8 +24,8 @@ uint64_t cache_disk_hash(const char *name)
 /* "<dir>/<16 hex>.list<suffix>": always short, whatever the name. */
 static int file_path(char *buf, size_t len, const char *dir, const char *name, const char *suffix)
 {
-    int n = snprintf(buf, len, "%s/%016llx.list%s", dir,
-                     (unsigned long long)cache_disk_hash(name), suffix);
+    int n = snprintf(buf, len, "%s/%016llx.list%s", dir, (unsigned long long)cache_disk_hash(name),
+                     suffix);
 
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
@@ -120,8 +120,8 @@ int cache_disk_prepare(const char *dir)
     return 0;
 }
 
-int cache_disk_save(const char *dir, const char *name, int64_t revision,
-                    const struct etcd_kv *kvs, size_t n)
+int cache_disk_save(const char *dir, const char *name, int64_t revision, const struct etcd_kv *kvs,
+                    size_t n)
 {
     char path[PATH_MAX], tmp[PATH_MAX];
     json_t *o = json_object(), *arr = json_array();
@@ -194,8 +194,8 @@ out:
     return rc;
 }
 
-int cache_disk_load(const char *dir, const char *name, int64_t *revision,
-                    struct etcd_kv **kvs_out, size_t *n_out)
+int cache_disk_load(const char *dir, const char *name, int64_t *revision, struct etcd_kv **kvs_out,
+                    size_t *n_out)
 {
     char path[PATH_MAX], old[PATH_MAX], *text = NULL;
     json_t *o, *arr, *e;
@@ -326,8 +326,8 @@ int cache_disk_sweep(const char *dir, uint64_t max_age_ms, size_t cap,
 
         /* Never a link, never anything but a regular file: what is not
          * ours stays, and nothing here opens a file. */
-        if (k == FILE_OTHER ||
-            fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+        if (k == FILE_OTHER || fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+            !S_ISREG(st.st_mode))
             continue;
         /* Every save renames its temporary file before it returns, on the
          * same thread as this sweep: one seen here was left by a crash. */

@@ -37,15 +37,15 @@ uint64_t cache_disk_hash(const char *name);
 
 /* kvs[i].key holds the key's part after "<prefix>/<name>/". Returns 0 or a
  * negative errno. */
-int cache_disk_save(const char *dir, const char *name, int64_t revision,
-                    const struct etcd_kv *kvs, size_t n);
+int cache_disk_save(const char *dir, const char *name, int64_t revision, const struct etcd_kv *kvs,
+                    size_t n);
 
 /* Reads a service's file: new kvs (free each with etcd_kv_clear, then the
  * array) and the revision. Returns 0, -ENOENT when there is none, -EINVAL
  * for a file that is not ours (another service's, not JSON, not a regular
  * file, a link), or another negative errno. */
-int cache_disk_load(const char *dir, const char *name, int64_t *revision,
-                    struct etcd_kv **kvs, size_t *n);
+int cache_disk_load(const char *dir, const char *name, int64_t *revision, struct etcd_kv **kvs,
+                    size_t *n);
 
 /* Removes a service's file (the service was dropped as idle). */
 void cache_disk_remove(const char *dir, const char *name);

@@ -64,8 +64,8 @@
  * 9153, ...); Consul (8300-8302, 8500-8503, 8600), Nomad (4646-4648),
  * Vault (8200-8201) and Istio's agent (15000-15090) use none of it. */
 #define DA_DEFAULT_HTTP_LISTEN "127.0.0.1:8608"
-#define DA_DEFAULT_HTTP_MAX_CONNECTIONS 64u   /* per address */
-#define DA_DEFAULT_HTTP_MAX_REQUEST 16384u    /* request line and headers */
+#define DA_DEFAULT_HTTP_MAX_CONNECTIONS 64u      /* per address */
+#define DA_DEFAULT_HTTP_MAX_REQUEST 16384u       /* request line and headers */
 #define DA_DEFAULT_HTTP_TIMEOUT_MS (10u * 1000u) /* an idle connection closes */
 
 /* ---- xds: ------------------------------------------------------------------- */

@@ -12,10 +12,10 @@ static const struct unit {
     size_t len;
     uint64_t ms;
 } units[] = {
-    { "h", 1, 3600000u },
-    { "m", 1, 60000u },
-    { "s", 1, 1000u },
-    { "ms", 2, 1u },
+    {"h", 1, 3600000u},
+    {"m", 1, 60000u},
+    {"s", 1, 1000u},
+    {"ms", 2, 1u},
 };
 
 #define N_UNITS (sizeof(units) / sizeof(units[0]))
@@ -62,7 +62,7 @@ int duration_parse(const char *s, uint64_t *ms)
         }
         u = unit_at(s, &ulen);
         if (u <= last)
-            return -EINVAL;  /* no unit, an unknown one, or out of order */
+            return -EINVAL; /* no unit, an unknown one, or out of order */
         if (v > UINT64_MAX / units[u].ms)
             return -EINVAL;
         v *= units[u].ms;

@@ -5,7 +5,9 @@
 const char *da_strerror(int err)
 {
     switch (err) {
-#define XX(name, code, text) case code: return text;
+#define XX(name, code, text)                                                                       \
+    case code:                                                                                     \
+        return text;
         DA_ERRNO_MAP(XX)
 #undef XX
     }

@@ -6,25 +6,25 @@
 
 #include <errno.h>
 
-#define DA_ERRNO_MAP(XX)                                                     \
-    XX(NOMEM, -ENOMEM, "out of memory")                                      \
-    XX(INVAL, -EINVAL, "invalid argument")                                   \
-    XX(NOENT, -ENOENT, "not found")                                          \
-    XX(TIMEDOUT, -ETIMEDOUT, "timed out")                                    \
-    XX(CONNREFUSED, -ECONNREFUSED, "connection refused")                     \
-    XX(CANCELED, -ECANCELED, "canceled")                                     \
-    XX(MSGSIZE, -EMSGSIZE, "reply too large")                                \
-    XX(ACCES, -EACCES, "permission denied")                                  \
-    XX(FBIG, -EFBIG, "file too large")                                       \
-    XX(PROTO, -4001, "malformed reply")                                      \
-    XX(TRANSPORT, -4002, "connection to etcd failed")                        \
-    XX(NOLEADER, -4003, "etcd member has no leader")                         \
-    XX(HTTP, -4004, "unexpected HTTP status from etcd")                      \
-    XX(ETCD, -4005, "etcd refused the request")                              \
-    XX(AUTH, -4006, "etcd authentication failed")                            \
-    XX(COMPACTED, -4007, "revision has been compacted")                      \
-    XX(LEASE, -4008, "lease not found")                                      \
-    XX(UNAVAIL, -4009, "no etcd endpoint reachable")                         \
+#define DA_ERRNO_MAP(XX)                                                                           \
+    XX(NOMEM, -ENOMEM, "out of memory")                                                            \
+    XX(INVAL, -EINVAL, "invalid argument")                                                         \
+    XX(NOENT, -ENOENT, "not found")                                                                \
+    XX(TIMEDOUT, -ETIMEDOUT, "timed out")                                                          \
+    XX(CONNREFUSED, -ECONNREFUSED, "connection refused")                                           \
+    XX(CANCELED, -ECANCELED, "canceled")                                                           \
+    XX(MSGSIZE, -EMSGSIZE, "reply too large")                                                      \
+    XX(ACCES, -EACCES, "permission denied")                                                        \
+    XX(FBIG, -EFBIG, "file too large")                                                             \
+    XX(PROTO, -4001, "malformed reply")                                                            \
+    XX(TRANSPORT, -4002, "connection to etcd failed")                                              \
+    XX(NOLEADER, -4003, "etcd member has no leader")                                               \
+    XX(HTTP, -4004, "unexpected HTTP status from etcd")                                            \
+    XX(ETCD, -4005, "etcd refused the request")                                                    \
+    XX(AUTH, -4006, "etcd authentication failed")                                                  \
+    XX(COMPACTED, -4007, "revision has been compacted")                                            \
+    XX(LEASE, -4008, "lease not found")                                                            \
+    XX(UNAVAIL, -4009, "no etcd endpoint reachable")                                               \
     XX(WITHHELD, -4010, "kept out of etcd: unhealthy, drained or in maintenance")
 
 enum {

@@ -23,9 +23,8 @@ long fdlimit_get(void)
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
         return -1;
     /* Linux caps RLIMIT_NOFILE at fs.nr_open, far below LONG_MAX. */
-    return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (rlim_t)0x7fffffff
-               ? 0x7fffffff
-               : (long)rl.rlim_cur;
+    return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (rlim_t)0x7fffffff ? 0x7fffffff
+                                                                            : (long)rl.rlim_cur;
 }
 
 bool fdlimit_client_ok(int fd)

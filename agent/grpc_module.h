@@ -40,7 +40,7 @@
 
 /* What the daemon lends the module, for the life of the process. */
 struct da_grpc_host {
-    const int *log_level;                      /* the daemon's log_level */
+    const int *log_level; /* the daemon's log_level */
     void (*log_write)(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 };
 
@@ -70,8 +70,8 @@ typedef struct gm_hprobe gm_hprobe; /* one Health/Check call */
 typedef void (*gm_probe_cb)(void *arg, bool pass, const char *output);
 
 struct da_grpc_module {
-    uint32_t version;      /* DA_GRPC_MODULE_VERSION: checked before anything else */
-    const char *built;     /* the DA_VERSION it was built from, for messages */
+    uint32_t version;  /* DA_GRPC_MODULE_VERSION: checked before anything else */
+    const char *built; /* the DA_VERSION it was built from, for messages */
     /* Once, right after loading; host is borrowed for good. */
     void (*init)(const struct da_grpc_host *host);
 
@@ -107,8 +107,8 @@ struct da_grpc_module {
      * after backoff_initial_ms and at most every backoff_max_ms. Strings
      * are copied. 0 or DA_ENOMEM. A channel is freed only once its probes
      * have ended or been cancelled. */
-    int (*health_channel_new)(gm_hchan **out, gm_health *h, const char *target,
-                              const char *service, int backoff_initial_ms, int backoff_max_ms);
+    int (*health_channel_new)(gm_hchan **out, gm_health *h, const char *target, const char *service,
+                              int backoff_initial_ms, int backoff_max_ms);
     void (*health_channel_free)(gm_hchan *c);
     /* Starts one probe of at most timeout_ms: cb runs once, from the loop,
      * never from this call. NULL when it cannot start (out of memory, a

@@ -67,8 +67,8 @@ struct http_req {
     bool send_paused;
     bool peer_gone; /* the server closed while the body was open */
 
-    struct http_req *prev, *next;   /* every active request */
-    struct http_req *pending_next;  /* requests with chunk data to hand over */
+    struct http_req *prev, *next;  /* every active request */
+    struct http_req *pending_next; /* requests with chunk data to hand over */
 };
 
 struct http_client {
@@ -171,8 +171,7 @@ static int sockopt_cb(void *clientp, curl_socket_t fd, curlsocktype purpose)
 /* curl's own socket() call keeps no errno: out of descriptors, a connect
  * would be reported as "Couldn't connect to server". Opening the socket
  * here keeps the reason, and finish() names it. */
-static curl_socket_t opensocket_cb(void *clientp, curlsocktype purpose,
-                                   struct curl_sockaddr *a)
+static curl_socket_t opensocket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *a)
 {
     struct http_req *r = clientp;
     int fd;
@@ -262,8 +261,8 @@ static void finish(struct http_req *r, int err)
         if (r->on_chunk)
             r->done(r, err, status, NULL, 0, r->arg);
         else
-            r->done(r, err, status, err ? NULL : (r->data ? r->data : ""),
-                    err ? 0 : r->len, r->arg);
+            r->done(r, err, status, err ? NULL : (r->data ? r->data : ""), err ? 0 : r->len,
+                    r->arg);
     }
     r->busy--;
     req_free(r);
@@ -338,9 +337,8 @@ static void dispatch_once(http_client *c)
             if (stop)
                 rc = CURLE_WRITE_ERROR;
         }
-        finish(r, rc == CURLE_WRITE_ERROR && !r->overflow && r->on_chunk
-                      ? DA_ECANCELED
-                      : curl_to_err(r, rc));
+        finish(r, rc == CURLE_WRITE_ERROR && !r->overflow && r->on_chunk ? DA_ECANCELED
+                                                                         : curl_to_err(r, rc));
     }
 
     while (c->peer_gone && !c->close_pending) {
@@ -542,8 +540,8 @@ int http_client_new(http_client **out, uv_loop_t *loop)
     return 0;
 }
 
-int http_request(http_client *c, const struct http_req_opts *o, http_done_cb done,
-                 void *arg, http_req **out)
+int http_request(http_client *c, const struct http_req_opts *o, http_done_cb done, void *arg,
+                 http_req **out)
 {
     struct http_req *r;
     CURL *e;

@@ -21,8 +21,8 @@ typedef struct http_req http_req;
  * callback asked to stop). body is the buffered reply (NUL-terminated,
  * borrowed for the call) or NULL for a streaming request. The request is
  * freed when the callback returns. */
-typedef void (*http_done_cb)(http_req *req, int err, long status, const char *body,
-                             size_t len, void *arg);
+typedef void (*http_done_cb)(http_req *req, int err, long status, const char *body, size_t len,
+                             void *arg);
 
 /* Streaming requests get the body in pieces as it arrives. Return 0 to go
  * on, or non-zero to abort the transfer (done then reports DA_ECANCELED). */
@@ -66,8 +66,8 @@ int http_client_new(http_client **out, uv_loop_t *loop);
 
 /* Starts a request. On success *out (may be NULL) is a borrowed handle valid
  * until done runs or http_cancel is called. On error, done is never called. */
-int http_request(http_client *c, const struct http_req_opts *o, http_done_cb done,
-                 void *arg, http_req **out);
+int http_request(http_client *c, const struct http_req_opts *o, http_done_cb done, void *arg,
+                 http_req **out);
 
 /* Sends more of an open body (the request was started with open_body).
  * data is copied; curl sends it on the loop's next turn. Returns 0,

@@ -106,9 +106,9 @@ int instance_from_value(const char *value, size_t len, struct instance *out)
 
     if (!o)
         return DA_EPROTO;
-    rc = json_is_object(o)
-             ? read_fields(o, "Name", "Address", "Weight", "Group", "Metadata", out, err, sizeof err)
-             : DA_EPROTO;
+    rc = json_is_object(o) ? read_fields(o, "Name", "Address", "Weight", "Group", "Metadata", out,
+                                         err, sizeof err)
+                           : DA_EPROTO;
     json_decref(o);
     return rc;
 }
@@ -150,8 +150,8 @@ json_t *instance_to_api(const struct instance *inst)
         return NULL;
     /* The effective weight, so that every client reads the same number. */
     return json_pack("{s:s, s:s, s:I, s:s, s:o}", "name", inst->name, "address", inst->address,
-                     "weight", (json_int_t)instance_weight(inst), "group", inst->group ? inst->group : "",
-                     "metadata", m);
+                     "weight", (json_int_t)instance_weight(inst), "group",
+                     inst->group ? inst->group : "", "metadata", m);
 }
 
 /* The rules of validate.h, which a configured instance obeys too. */
@@ -161,8 +161,8 @@ static int check_api(const struct instance *i, char *err, size_t errlen)
     size_t total = 0;
 
     if (!validate_name(i->name, why, sizeof why)) {
-        snprintf(err, errlen, "bad service name '%s': %s",
-                 validate_excerpt(i->name, a, sizeof a), why);
+        snprintf(err, errlen, "bad service name '%s': %s", validate_excerpt(i->name, a, sizeof a),
+                 why);
         return DA_EINVAL;
     }
     if (!validate_address(i->address, why, sizeof why)) {

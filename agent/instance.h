@@ -19,8 +19,8 @@ struct instance_meta {
 struct instance {
     char *name;
     char *address;
-    int32_t weight; /* as stored; see instance_weight() */
-    char *group;    /* "" when none */
+    int32_t weight;             /* as stored; see instance_weight() */
+    char *group;                /* "" when none */
     struct instance_meta *meta; /* sorted by key */
     size_t n_meta;
 };

@@ -19,7 +19,7 @@
 
 static struct {
     bool read;
-    int n;   /* passed descriptors, or a negative errno */
+    int n; /* passed descriptors, or a negative errno */
     bool taken[LISTEN_FDS_MAX];
     char names[LISTEN_FDS_MAX][64]; /* "" when $LISTEN_FDNAMES gave none */
 } L;

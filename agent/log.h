@@ -15,10 +15,10 @@ void log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2,
 
 /* The level is tested before the arguments are evaluated, so a debug line
  * that formats something costly costs nothing when debug is off. */
-#define LOG(level, ...)                                                      \
-    do {                                                                     \
-        if ((level) >= log_level)                                            \
-            log_write((level), __VA_ARGS__);                                 \
+#define LOG(level, ...)                                                                            \
+    do {                                                                                           \
+        if ((level) >= log_level)                                                                  \
+            log_write((level), __VA_ARGS__);                                                       \
     } while (0)
 #define log_debug(...) LOG(LOG_LVL_DEBUG, __VA_ARGS__)
 #define log_info(...) LOG(LOG_LVL_INFO, __VA_ARGS__)

@@ -12,30 +12,30 @@
 #include "fdlimit.h"
 #include "log.h"
 
-
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: discovery-agent [-c FILE] [--check]\n"
-            "\n"
-            "Keeps this host's service instances registered in etcd and serves live\n"
-            "address lists on a unix socket.\n"
-            "\n"
-            "  -c, --config FILE  configuration (default " DA_DEFAULT_CONFIG ",\n"
-            "                     plus conf.d/*.yaml beside it)\n"
-            "      --check        validate the configuration and exit\n"
-            "  -V, --version      print the version and exit\n"
-            "  -h, --help         this text\n"
-            "\n"
-            "Signals: SIGHUP reloads the configuration; SIGTERM or SIGINT deregisters\n"
-            "this host's instances, revokes the lease and exits.\n");
+    fprintf(f, "usage: discovery-agent [-c FILE] [--check]\n"
+               "\n"
+               "Keeps this host's service instances registered in etcd and serves live\n"
+               "address lists on a unix socket.\n"
+               "\n"
+               "  -c, --config FILE  configuration (default " DA_DEFAULT_CONFIG ",\n"
+               "                     plus conf.d/*.yaml beside it)\n"
+               "      --check        validate the configuration and exit\n"
+               "  -V, --version      print the version and exit\n"
+               "  -h, --help         this text\n"
+               "\n"
+               "Signals: SIGHUP reloads the configuration; SIGTERM or SIGINT deregisters\n"
+               "this host's instances, revokes the lease and exits.\n");
 }
 
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 'k'},
-        {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
+        {"config", required_argument, NULL, 'c'},
+        {"check", no_argument, NULL, 'k'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *path = DA_DEFAULT_CONFIG;

@@ -14,26 +14,24 @@
 
 struct metrics metrics;
 
-const double metrics_buckets[METRICS_N_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                                   0.025,  0.05,  0.1,    0.25,  0.5,
-                                                   1,      2.5,   5,      10};
+const double metrics_buckets[METRICS_N_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                   0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 
 const char *const metrics_etcd_op_name[M_ETCD_N_OPS] = {
-    "range",       "put",       "delete", "txn",  "lease_grant", "lease_keepalive",
+    "range",        "put",       "delete", "txn",  "lease_grant", "lease_keepalive",
     "lease_revoke", "lease_ttl", "status", "auth", "other"};
 const char *const metrics_etcd_result_name[M_ETCD_N_RESULTS] = {"ok", "refused", "unreachable",
-                                                                 "error"};
-const char *const metrics_dns_type_name[M_DNS_N_TYPES] = {"A", "AAAA", "SRV", "TXT", "SOA",
-                                                          "other"};
-const char *const metrics_dns_rcode_name[M_DNS_N_RCODES] = {"NOERROR", "NXDOMAIN", "REFUSED",
-                                                            "SERVFAIL", "FORMERR", "other"};
+                                                                "error"};
+const char *const metrics_dns_type_name[M_DNS_N_TYPES] = {"A",   "AAAA", "SRV",
+                                                          "TXT", "SOA",  "other"};
+const char *const metrics_dns_rcode_name[M_DNS_N_RCODES] = {"NOERROR",  "NXDOMAIN", "REFUSED",
+                                                            "SERVFAIL", "FORMERR",  "other"};
 
 /* The gateway paths (etcd.c) to their operation, in the order of the enum. */
 static const char *const etcd_paths[M_ETCD_OTHER] = {
-    "/v3/kv/range",        "/v3/kv/put",         "/v3/kv/deleterange",
-    "/v3/kv/txn",          "/v3/lease/grant",    "/v3/lease/keepalive",
-    "/v3/lease/revoke",    "/v3/lease/timetolive", "/v3/maintenance/status",
-    "/v3/auth/authenticate"};
+    "/v3/kv/range",           "/v3/kv/put",           "/v3/kv/deleterange", "/v3/kv/txn",
+    "/v3/lease/grant",        "/v3/lease/keepalive",  "/v3/lease/revoke",   "/v3/lease/timetolive",
+    "/v3/maintenance/status", "/v3/auth/authenticate"};
 
 void metrics_observe(struct metrics_histogram *h, double seconds)
 {

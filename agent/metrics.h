@@ -44,16 +44,35 @@ enum metrics_etcd_op {
 /* ok: a reply; refused: etcd answered no (a failed compare is still ok);
  * unreachable: transport error, timeout, or a member without a leader;
  * error: a reply that could not be used (too large, not etcd's). */
-enum metrics_etcd_result { M_ETCD_OK, M_ETCD_REFUSED, M_ETCD_UNREACHABLE, M_ETCD_ERROR,
-                           M_ETCD_N_RESULTS };
+enum metrics_etcd_result {
+    M_ETCD_OK,
+    M_ETCD_REFUSED,
+    M_ETCD_UNREACHABLE,
+    M_ETCD_ERROR,
+    M_ETCD_N_RESULTS
+};
 
 enum metrics_check { M_CHECK_PASS, M_CHECK_FAIL, M_CHECK_N };
 
 /* DNS: a hook for the DNS server (agent/dns/), by query type and rcode. */
-enum metrics_dns_type { M_DNS_A, M_DNS_AAAA, M_DNS_SRV, M_DNS_TXT, M_DNS_SOA, M_DNS_OTHER,
-                        M_DNS_N_TYPES };
-enum metrics_dns_rcode { M_DNS_NOERROR, M_DNS_NXDOMAIN, M_DNS_REFUSED, M_DNS_SERVFAIL,
-                         M_DNS_FORMERR, M_DNS_OTHER_RCODE, M_DNS_N_RCODES };
+enum metrics_dns_type {
+    M_DNS_A,
+    M_DNS_AAAA,
+    M_DNS_SRV,
+    M_DNS_TXT,
+    M_DNS_SOA,
+    M_DNS_OTHER,
+    M_DNS_N_TYPES
+};
+enum metrics_dns_rcode {
+    M_DNS_NOERROR,
+    M_DNS_NXDOMAIN,
+    M_DNS_REFUSED,
+    M_DNS_SERVFAIL,
+    M_DNS_FORMERR,
+    M_DNS_OTHER_RCODE,
+    M_DNS_N_RCODES
+};
 
 struct metrics {
     uint64_t etcd_requests[M_ETCD_N_OPS][M_ETCD_N_RESULTS];
@@ -63,15 +82,15 @@ struct metrics {
     uint64_t watch_events;          /* events received on watch streams */
     uint64_t watch_compactions;     /* watches resynced after a compaction */
     uint64_t lease_grants;
-    uint64_t lease_losses;          /* etcd said the lease was gone */
+    uint64_t lease_losses; /* etcd said the lease was gone */
     struct metrics_histogram keepalive_latency;
-    uint64_t registration_heals;    /* our key deleted or overwritten, written again */
+    uint64_t registration_heals; /* our key deleted or overwritten, written again */
     uint64_t check_results[M_CHECK_N];
     uint64_t check_transitions[M_CHECK_N]; /* to healthy (PASS), to unhealthy (FAIL) */
     uint64_t socket_resolves;
     uint64_t socket_watches;
-    uint64_t socket_updates;        /* update lines sent to watchers */
-    uint64_t socket_dropped;        /* clients closed for not reading */
+    uint64_t socket_updates; /* update lines sent to watchers */
+    uint64_t socket_dropped; /* clients closed for not reading */
     /* From a change's arrival in the cache to the return of the write of
      * its last subscriber (socket watcher, xDS stream). */
     struct metrics_histogram delivery_delay;
@@ -102,12 +121,12 @@ extern const char *const metrics_dns_rcode_name[M_DNS_N_RCODES];
 /* What the process costs now, from /proc and getrusage(). Fields the
  * kernel would not tell are -1. */
 struct metrics_process {
-    double cpu_seconds;     /* user + system */
+    double cpu_seconds; /* user + system */
     double resident_bytes;
     double virtual_bytes;
     double open_fds;
     double max_fds;
-    double start_time;      /* seconds since the epoch */
+    double start_time; /* seconds since the epoch */
 };
 void metrics_process(struct metrics_process *p);
 

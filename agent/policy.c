@@ -171,7 +171,8 @@ void policy_loads(double overprovisioning, const uint32_t count[POLICY_RANKS],
     for (int r = 0; r < POLICY_RANKS; r++) {
         double health = 0;
         if (count[r] && recent[r])
-            health = dmin(1, overprovisioning * count[r] / (recent[r] > count[r] ? recent[r] : count[r]));
+            health = dmin(1, overprovisioning * count[r] /
+                                 (recent[r] > count[r] ? recent[r] : count[r]));
         load[r] = dmin(health, left);
         left -= load[r];
         total += load[r];
@@ -199,7 +200,8 @@ static bool is_drop(const struct policy_protection *p, uint32_t base, uint32_t n
     /* One or two instances going, even all of them, is what a scale-down
      * or a redeploy of a small service looks like; holding them would
      * send calls to servers that said goodbye. */
-    return base > 0 && base >= p->min_instances && (n == 0 || (double)(base - (n < base ? n : base)) > p->max_drop * base);
+    return base > 0 && base >= p->min_instances &&
+           (n == 0 || (double)(base - (n < base ? n : base)) > p->max_drop * base);
 }
 
 enum policy_verdict policy_guard_check(const struct policy_protection *p, struct policy_guard *g,
@@ -248,8 +250,7 @@ enum policy_verdict policy_guard_check(const struct policy_protection *p, struct
     return v;
 }
 
-bool policy_guard_due(const struct policy_protection *p, const struct policy_guard *g,
-                      uint64_t now)
+bool policy_guard_due(const struct policy_protection *p, const struct policy_guard *g, uint64_t now)
 {
     return p && g->held && now - g->held_since >= p->hold_ms;
 }
@@ -361,8 +362,8 @@ void policy_weights(const struct policy_plan *plan, const struct instance *const
 
 json_t *policy_plan_json(const struct policy_plan *plan, const struct policy_config *p)
 {
-    json_t *o = json_object(), *loads = json_array(), *prios = json_array(),
-           *recent = json_array(), *count = json_array();
+    json_t *o = json_object(), *loads = json_array(), *prios = json_array(), *recent = json_array(),
+           *count = json_array();
 
     for (int r = 0; r < POLICY_RANKS; r++) {
         /* Three decimals: what a reader compares, without float noise. */
@@ -392,15 +393,15 @@ json_t *policy_outlier_json(const struct policy_outlier *o)
     if (!o || !o->set)
         return NULL;
     j = json_pack("{s:I, s:I, s:I, s:i}", "interval_ms", (json_int_t)o->interval_ms,
-                  "base_ejection_time_ms", (json_int_t)o->base_ejection_ms,
-                  "max_ejection_time_ms", (json_int_t)o->max_ejection_ms, "max_ejection_percent",
+                  "base_ejection_time_ms", (json_int_t)o->base_ejection_ms, "max_ejection_time_ms",
+                  (json_int_t)o->max_ejection_ms, "max_ejection_percent",
                   (int)o->max_ejection_percent);
     if (j && o->success_rate)
-        json_object_set_new(j, "success_rate",
-                            json_pack("{s:i, s:i, s:i, s:i}", "stdev_factor", (int)o->sr_stdev_factor,
-                                      "enforcement_percentage", (int)o->sr_enforcement,
-                                      "minimum_hosts", (int)o->sr_minimum_hosts, "request_volume",
-                                      (int)o->sr_request_volume));
+        json_object_set_new(
+            j, "success_rate",
+            json_pack("{s:i, s:i, s:i, s:i}", "stdev_factor", (int)o->sr_stdev_factor,
+                      "enforcement_percentage", (int)o->sr_enforcement, "minimum_hosts",
+                      (int)o->sr_minimum_hosts, "request_volume", (int)o->sr_request_volume));
     if (j && o->failure_percentage)
         json_object_set_new(j, "failure_percentage",
                             json_pack("{s:i, s:i, s:i, s:i}", "threshold", (int)o->fp_threshold,

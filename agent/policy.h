@@ -43,30 +43,30 @@
 /* Empty-list and mass-drop protection of one service. */
 struct policy_protection {
     bool enabled;
-    double max_drop;    /* a change removing more than this fraction is held */
-    uint64_t hold_ms;   /* how long a drop must persist before it applies */
-    uint64_t window_ms; /* removals within this long count as one drop */
+    double max_drop;        /* a change removing more than this fraction is held */
+    uint64_t hold_ms;       /* how long a drop must persist before it applies */
+    uint64_t window_ms;     /* removals within this long count as one drop */
     uint32_t min_instances; /* services smaller than this are not guarded */
 };
 
 /* gRPC A50 outlier detection (envoy.config.cluster.v3.OutlierDetection,
  * the fields gRPC reads). Unset parts are not sent. */
 struct policy_outlier {
-    bool set;                   /* false: the cluster carries none */
-    uint64_t interval_ms;       /* default 10 s */
-    uint64_t base_ejection_ms;  /* default 30 s */
-    uint64_t max_ejection_ms;   /* default 300 s */
+    bool set;                      /* false: the cluster carries none */
+    uint64_t interval_ms;          /* default 10 s */
+    uint64_t base_ejection_ms;     /* default 30 s */
+    uint64_t max_ejection_ms;      /* default 300 s */
     uint32_t max_ejection_percent; /* default 10 */
-    bool success_rate;          /* success_rate_* sent */
-    uint32_t sr_stdev_factor;   /* default 1900 (1.9 standard deviations) */
-    uint32_t sr_enforcement;    /* percent, default 100 */
-    uint32_t sr_minimum_hosts;  /* default 5 */
-    uint32_t sr_request_volume; /* default 100 */
-    bool failure_percentage;    /* failure_percentage_* sent */
-    uint32_t fp_threshold;      /* percent, default 85 */
-    uint32_t fp_enforcement;    /* percent, default 100 when configured */
-    uint32_t fp_minimum_hosts;  /* default 5 */
-    uint32_t fp_request_volume; /* default 50 */
+    bool success_rate;             /* success_rate_* sent */
+    uint32_t sr_stdev_factor;      /* default 1900 (1.9 standard deviations) */
+    uint32_t sr_enforcement;       /* percent, default 100 */
+    uint32_t sr_minimum_hosts;     /* default 5 */
+    uint32_t sr_request_volume;    /* default 100 */
+    bool failure_percentage;       /* failure_percentage_* sent */
+    uint32_t fp_threshold;         /* percent, default 85 */
+    uint32_t fp_enforcement;       /* percent, default 100 when configured */
+    uint32_t fp_minimum_hosts;     /* default 5 */
+    uint32_t fp_request_volume;    /* default 50 */
 };
 
 /* Settings of one named service (traffic.services.NAME). */
@@ -78,10 +78,10 @@ struct policy_service {
 
 /* The whole policy, as the config holds it (borrowed by everyone). */
 struct policy_config {
-    char *zone;   /* locality.zone; NULL: no zone, every instance ranks 0 */
-    char *region; /* locality.region; NULL if unset */
-    double overprovisioning; /* traffic.overprovisioning, >= 1, default 1.4 */
-    uint64_t size_window_ms; /* traffic.size_window: how long a rank's
+    char *zone;                          /* locality.zone; NULL: no zone, every instance ranks 0 */
+    char *region;                        /* locality.region; NULL if unset */
+    double overprovisioning;             /* traffic.overprovisioning, >= 1, default 1.4 */
+    uint64_t size_window_ms;             /* traffic.size_window: how long a rank's
                               * largest size is remembered, default 10 min */
     struct policy_protection protection; /* traffic.protection: the default */
     struct policy_service *services;     /* traffic.services */
@@ -127,13 +127,13 @@ void policy_priorities(const uint32_t count[POLICY_RANKS], const double load[POL
 /* ---- the guard --------------------------------------------------------- */
 
 struct policy_guard {
-    uint32_t base;      /* the size a drop is measured from */
-    uint64_t base_at;   /* when base was set */
-    uint32_t last;      /* the live size at the previous change */
+    uint32_t base;    /* the size a drop is measured from */
+    uint64_t base_at; /* when base was set */
+    uint32_t last;    /* the live size at the previous change */
     bool held;
     uint64_t held_since;
-    uint64_t holds;     /* drops held, ever (for status and metrics) */
-    uint64_t released;  /* holds that ended by applying the drop */
+    uint64_t holds;    /* drops held, ever (for status and metrics) */
+    uint64_t released; /* holds that ended by applying the drop */
 };
 
 enum policy_verdict { POLICY_APPLY, POLICY_HOLD };
@@ -160,16 +160,16 @@ struct policy_state {
 /* The policy applied to one list (the one service_instances() gives, in
  * its order). */
 struct policy_plan {
-    bool zoned;                     /* the agent has a zone */
+    bool zoned; /* the agent has a zone */
     size_t n;
-    uint8_t *rank;                  /* per instance */
+    uint8_t *rank; /* per instance */
     uint32_t count[POLICY_RANKS];
     uint32_t recent[POLICY_RANKS];
     double load[POLICY_RANKS];
     int prio[POLICY_RANKS];
-    bool protected_;                /* a drop is held */
-    uint32_t held;                  /* instances served though removed */
-    uint64_t held_since;            /* uv_now() of the hold */
+    bool protected_;     /* a drop is held */
+    uint32_t held;       /* instances served though removed */
+    uint64_t held_since; /* uv_now() of the hold */
     uint64_t hold_ms;
 };
 

@@ -31,12 +31,12 @@ struct reg {
     char *value;
     size_t vlen;
     uint64_t owner;
-    pid_t owner_pid;        /* the owning connection's process; 0: none */
-    uint64_t gen;           /* bumped on every change of value */
-    uint64_t sent_gen;      /* gen of the write in flight or last done */
-    int64_t lease_written;  /* lease of our last successful write */
-    int64_t rev_written;    /* its revision */
-    unsigned rev_epoch;     /* etcd_client_epoch() when it was written */
+    pid_t owner_pid;       /* the owning connection's process; 0: none */
+    uint64_t gen;          /* bumped on every change of value */
+    uint64_t sent_gen;     /* gen of the write in flight or last done */
+    int64_t lease_written; /* lease of our last successful write */
+    int64_t rev_written;   /* its revision */
+    unsigned rev_epoch;    /* etcd_client_epoch() when it was written */
     etcd_call *call;
     enum reg_state state;
     char error[160];
@@ -47,8 +47,8 @@ struct reg {
     service *svc;
     cache_sub *sub;
     struct waiter *waiters;
-    checker *chk;  /* NULL: no check */
-    bool healthy;  /* the check's verdict (true without a check) */
+    checker *chk; /* NULL: no check */
+    bool healthy; /* the check's verdict (true without a check) */
     bool drained;
     bool withheld_logged;
     bool removing; /* deregistered while its write was in flight */
@@ -71,8 +71,8 @@ struct wrote {
 
 struct registry {
     struct wrote *wrote;
-    struct del *dels;   /* deletes in flight or waiting to be retried */
-    struct reg *dying;  /* removed while a write was in flight */
+    struct del *dels;  /* deletes in flight or waiting to be retried */
+    struct reg *dying; /* removed while a write was in flight */
     uv_loop_t *loop;
     etcd_client *etcd;
     cache *cache;
@@ -103,9 +103,9 @@ struct del {
     registry *r;
     char *key;
     size_t klen;
-    int64_t rev;     /* deleted only if the key is still our write of rev */
-    int64_t lease;   /* or, rev unknown (0), if it still carries lease */
-    bool counted;    /* one of the shutdown's deletes */
+    int64_t rev;   /* deleted only if the key is still our write of rev */
+    int64_t lease; /* or, rev unknown (0), if it still carries lease */
+    bool counted;  /* one of the shutdown's deletes */
     struct backoff backoff;
     uint64_t retry_at; /* 0: in flight */
     etcd_call *call;
@@ -426,8 +426,8 @@ static void service_changed(service *svc, void *arg)
 
 /* ---- public ------------------------------------------------------------- */
 
-int registry_new(registry **out, uv_loop_t *loop, etcd_client *etcd, cache *cache,
-                 session *session, const char *prefix, struct check_ctx *checks)
+int registry_new(registry **out, uv_loop_t *loop, etcd_client *etcd, cache *cache, session *session,
+                 const char *prefix, struct check_ctx *checks)
 {
     registry *r = calloc(1, sizeof *r);
 
@@ -624,8 +624,7 @@ static int add(registry *r, const struct instance *inst, uint64_t owner, pid_t p
             g->waiters = w;
         }
     }
-    if (wanted(g) && g->lease_written == r->lease && g->sent_gen == g->gen && r->lease &&
-        !g->call)
+    if (wanted(g) && g->lease_written == r->lease && g->sent_gen == g->gen && r->lease && !g->call)
         wake_waiters(g, 0); /* nothing to write: already there */
     else
         kick(g);
@@ -680,7 +679,6 @@ int registry_check_report(registry *r, const char *name, const char *address, bo
         checker_fail(g->chk, why && *why ? why : "reported failing");
     return 0;
 }
-
 
 static void del_free(registry *r, struct del *d)
 {
@@ -932,7 +930,7 @@ void registry_foreach(const registry *r, void (*fn)(const struct reg_info *ri, v
                       void *arg)
 {
     for (struct reg *g = r->regs; g; g = g->next) {
-        struct reg_info ri = {&g->inst, g->owner,   g->state,   g->error,
+        struct reg_info ri = {&g->inst,       g->owner,   g->state,   g->error,
                               g->rev_written, g->healthy, g->drained, g->chk};
         fn(&ri, arg);
     }

@@ -45,8 +45,8 @@ struct reg_info {
 };
 
 /* checks may be NULL (then registrations with a check are refused). */
-int registry_new(registry **out, uv_loop_t *loop, etcd_client *etcd, cache *cache,
-                 session *session, const char *prefix, struct check_ctx *checks);
+int registry_new(registry **out, uv_loop_t *loop, etcd_client *etcd, cache *cache, session *session,
+                 const char *prefix, struct check_ctx *checks);
 
 /* The zone and region (locality:) written into the Metadata of every
  * instance added from now on, unless it says its own; borrowed, must

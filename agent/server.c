@@ -49,9 +49,9 @@
 #define DEFAULT_MAX_CLIENTS ((size_t)16384)
 #define DEFAULT_MODE DA_DEFAULT_SOCKET_MODE
 
-#define IN_INITIAL ((size_t)4096) /* first size of a line buffer */
+#define IN_INITIAL ((size_t)4096)  /* first size of a line buffer */
 #define IN_MIN_FREE ((size_t)1024) /* grow before reading into less than this */
-#define IN_SLACK ((size_t)4096)   /* room past max_line: '\n' and a read's worth */
+#define IN_SLACK ((size_t)4096)    /* room past max_line: '\n' and a read's worth */
 
 /* The kernel caps this at net.core.somaxconn. A burst of clients connecting
  * at once (every process on the host after an agent restart) should wait in
@@ -101,9 +101,9 @@ struct wreq {
 
 struct server {
     uv_loop_t *loop;
-    uv_poll_t listener;  /* on fd; listener.data points back here */
-    int fd;              /* the listening socket, closed by the listener's close */
-    uv_timer_t retry;    /* listens again after a pause for lack of memory or fds */
+    uv_poll_t listener; /* on fd; listener.data points back here */
+    int fd;             /* the listening socket, closed by the listener's close */
+    uv_timer_t retry;   /* listens again after a pause for lack of memory or fds */
     struct server_callbacks cb;
     void *arg;
 
@@ -486,7 +486,8 @@ static void listen_pause(server *s, int err)
     if (s->last_accept_warn == 0 || now - s->last_accept_warn >= ACCEPT_WARN_INTERVAL_MS) {
         s->last_accept_warn = now ? now : 1;
         log_warn("socket %s: cannot accept connections: %s; trying again in %d ms", s->path,
-                 err == UV_EMFILE || err == UV_ENFILE ? "out of file descriptors" : uv_strerror(err),
+                 err == UV_EMFILE || err == UV_ENFILE ? "out of file descriptors"
+                                                      : uv_strerror(err),
                  ACCEPT_RETRY_MS);
     }
     uv_poll_stop(&s->listener);

@@ -37,20 +37,20 @@ typedef struct server server;
 typedef struct server_conn server_conn;
 
 struct server_options {
-    const char *path;   /* socket path; shorter than sun_path (107 bytes) */
-    unsigned mode;      /* applied with chmod after bind; 0 means 0660 */
-    size_t max_line;    /* default (0) 64 KiB: a longer line gets too_long_reply, then the
+    const char *path;           /* socket path; shorter than sun_path (107 bytes) */
+    unsigned mode;              /* applied with chmod after bind; 0 means 0660 */
+    size_t max_line;            /* default (0) 64 KiB: a longer line gets too_long_reply, then the
                          * connection is closed after that reply is flushed */
-    size_t max_output;  /* default (0) 8 MiB: a client whose unsent output would pass this
+    size_t max_output;          /* default (0) 8 MiB: a client whose unsent output would pass this
                          * is dropped; others are not slowed */
-    size_t max_clients; /* default (0) 16384; over it, new connections are accepted, sent
+    size_t max_clients;         /* default (0) 16384; over it, new connections are accepted, sent
                          * busy_reply and closed at once (no callback sees them) */
     const char *too_long_reply; /* a full line (with its \n) sent before closing on an
                                  * over-long line; copied; NULL: close without one */
-    const char *busy_reply; /* a full line (with its \n) sent to a connection refused
+    const char *busy_reply;     /* a full line (with its \n) sent to a connection refused
                              * past max_clients or for want of descriptors (fdlimit.h);
                              * copied; NULL: close without one */
-    int listen_fd; /* > 0: a listening socket passed by systemd (listen_fds.h), used
+    int listen_fd;              /* > 0: a listening socket passed by systemd (listen_fds.h), used
                     * instead of making one at path (given, for messages); stolen,
                     * even when server_start fails: closed by the server, its file
                     * never removed; 0: make one */

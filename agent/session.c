@@ -19,10 +19,10 @@ struct session {
     void *arg;
 
     int64_t lease;
-    uint64_t last_ok;      /* uv_now of the last grant or keep-alive */
-    int64_t last_ttl;      /* TTL etcd reported then */
+    uint64_t last_ok; /* uv_now of the last grant or keep-alive */
+    int64_t last_ttl; /* TTL etcd reported then */
     uint64_t grants;
-    uint64_t ka_sent_ns;   /* uv_hrtime() of the keep-alive in flight */
+    uint64_t ka_sent_ns; /* uv_hrtime() of the keep-alive in flight */
     struct backoff backoff;
     bool stopping;
     etcd_call *call;
@@ -174,9 +174,18 @@ void session_check(session *s)
     }
 }
 
-int64_t session_lease(const session *s) { return s->lease; }
-int64_t session_ttl(const session *s) { return s->ttl_s; }
-uint64_t session_grants(const session *s) { return s->grants; }
+int64_t session_lease(const session *s)
+{
+    return s->lease;
+}
+int64_t session_ttl(const session *s)
+{
+    return s->ttl_s;
+}
+uint64_t session_grants(const session *s)
+{
+    return s->grants;
+}
 
 int64_t session_since_keepalive(const session *s)
 {

@@ -27,14 +27,14 @@ void session_start(session *s);
  * when something suggests it is not (a key of ours vanished). */
 void session_check(session *s);
 
-int64_t session_lease(const session *s);       /* 0 when none */
-int64_t session_ttl(const session *s);         /* configured, seconds */
+int64_t session_lease(const session *s); /* 0 when none */
+int64_t session_ttl(const session *s);   /* configured, seconds */
 /* Milliseconds since the last successful keep-alive or grant; -1 if none. */
 int64_t session_since_keepalive(const session *s);
 /* What etcd last said of the TTL left, minus the time since; <= 0 when it
  * may have expired. */
 int64_t session_remaining_ms(const session *s);
-uint64_t session_grants(const session *s);     /* leases granted so far */
+uint64_t session_grants(const session *s); /* leases granted so far */
 
 /* Revokes the lease (its keys go at once) and calls done, whatever etcd
  * answered; no session callback after this. */

@@ -32,8 +32,8 @@ static int make_addr(const char *path, struct sockaddr_un *sa, char *err, size_t
     size_t len = strlen(path);
 
     if (len >= sizeof sa->sun_path)
-        return set_err(err, errlen, -ENAMETOOLONG, "socket path %s is longer than %zu bytes",
-                       path, sizeof sa->sun_path - 1);
+        return set_err(err, errlen, -ENAMETOOLONG, "socket path %s is longer than %zu bytes", path,
+                       sizeof sa->sun_path - 1);
     memset(sa, 0, sizeof *sa);
     sa->sun_family = AF_UNIX;
     memcpy(sa->sun_path, path, len + 1);
@@ -58,8 +58,7 @@ static int make_folder(const char *path, char *err, size_t errlen)
 }
 
 /* Leaves path free to bind, or says why it is not. */
-static int clear_stale(const char *path, const struct sockaddr_un *sa, char *err,
-                       size_t errlen)
+static int clear_stale(const char *path, const struct sockaddr_un *sa, char *err, size_t errlen)
 {
     struct stat st;
     int fd, r, e;

@@ -53,7 +53,8 @@ enum { VALIDATE_OK = 0, VALIDATE_BAD = -1, VALIDATE_PORT_RANGE = -2 };
 
 /* validate_hostport()'s flags. */
 #define VALIDATE_PORT_OPTIONAL 0x1 /* "host" alone is fine (port 0) */
-#define VALIDATE_LISTEN 0x2        /* an address to bind: an empty host
+#define VALIDATE_LISTEN                                                                            \
+    0x2 /* an address to bind: an empty host
                                     * (":50051") and port 0 are fine */
 
 struct validate_hostport {

@@ -24,7 +24,10 @@
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t now_ns(void);
-static inline double ns_to_us(uint64_t ns) { return (double)ns / 1e3; }
+static inline double ns_to_us(uint64_t ns)
+{
+    return (double)ns / 1e3;
+}
 /* now_ms() and sleep_ms() are the tests' (test/harness/testutil.h). */
 
 /* A growing array of doubles (latencies in microseconds, say). */

@@ -106,9 +106,9 @@ static double dnsperf(struct bench *b, int port, const char *data)
 {
     static char out[1 << 18]; /* a line per lost query, then the figures */
     char p[16];
-    const char *argv[] = {"dnsperf", "-s", "127.0.0.1", "-p",  p,   "-d",
-                          data,      "-l", "4",         "-c",  "4", "-q",
-                          "500",     "-O", "suppress=timeout", NULL};
+    const char *argv[] = {
+        "dnsperf", "-s", "127.0.0.1",        "-p", p, "-d", data, "-l", "4", "-c", "4", "-q",
+        "500",     "-O", "suppress=timeout", NULL};
     char *at;
 
     (void)b;
@@ -295,8 +295,7 @@ void bench_dns(struct bench *b)
     qps = fig_new(b, "dns", "DNS queries per second (dnsperf, A, 4 clients)", "q/s", 0,
                   "unbound, 1 thread, local-data");
     fig_goal(qps, GOAL_RATIO_MIN, 1.0);
-    struct fig *qabs = fig_new(b, "dns", "DNS queries per second, against the floor", "q/s", 0,
-                               "");
+    struct fig *qabs = fig_new(b, "dns", "DNS queries per second, against the floor", "q/s", 0, "");
     fig_goal(qabs, GOAL_ABS_MIN, 50000);
     for (int r = 0; r < RUNS_DNS; r++) {
         double x = dnsperf(b, aport, data), y = dnsperf(b, uport, data);
@@ -331,9 +330,8 @@ void bench_dns(struct bench *b)
                   "the same agent's socket watcher, same writes");
     fig_goal(p50, GOAL_RATIO_MAX, 1.3);
     if (lc_open(&watcher, a.sock, true) < 0 ||
-        !(line = lc_call(&watcher,
-                         "{\"op\":\"watch\",\"id\":1,\"service\":\"" PROP_SERVICE "\"}\n", 5000,
-                         NULL))) {
+        !(line = lc_call(&watcher, "{\"op\":\"watch\",\"id\":1,\"service\":\"" PROP_SERVICE "\"}\n",
+                         5000, NULL))) {
         fprintf(stderr, "bench: dns: no socket watcher\n");
         agent_down(&a);
         return;

@@ -125,7 +125,7 @@ void floor_stop(pid_t pid)
 
 double floor_fanout_cpu(const char *line, size_t len, int fanout, int count)
 {
-    int (*sp)[2] = calloc((size_t)fanout, sizeof *sp);
+    int(*sp)[2] = calloc((size_t)fanout, sizeof *sp);
     struct epoll_event ev = {.events = EPOLLIN}, evs[MAX_EVENTS];
     struct rusage ru;
     char buf[65536];
@@ -206,7 +206,8 @@ double floor_keepalive_cpu(const char *url, int count)
         const char *id;
 
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (gw_open(&g, url) < 0 || gw_post(&g, "/v3/lease/grant", "{\"TTL\":\"60\"}", &reply) < 0 ||
+        if (gw_open(&g, url) < 0 ||
+            gw_post(&g, "/v3/lease/grant", "{\"TTL\":\"60\"}", &reply) < 0 ||
             !(id = strstr(reply, "\"ID\":\"")))
             _exit(1);
         snprintf(body, sizeof body, "{\"ID\":\"%lld\"}", strtoll(id + 6, NULL, 10));
@@ -220,7 +221,8 @@ double floor_keepalive_cpu(const char *url, int count)
     if (wait4(pid, &status, 0, &ru) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
         return -1;
     return ((double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-            ru.ru_stime.tv_usec / 1e6) / count;
+            ru.ru_stime.tv_usec / 1e6) /
+           count;
 }
 
 /* CPU of the calling thread so far, in nanoseconds, from the scheduler. */
@@ -259,7 +261,8 @@ pid_t floor_paced_keepalive_start(const char *url, int count, int interval_ms, i
 
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         close(p[0]);
-        if (gw_open(&g, url) == 0 && gw_post(&g, "/v3/lease/grant", "{\"TTL\":\"60\"}", &reply) == 0 &&
+        if (gw_open(&g, url) == 0 &&
+            gw_post(&g, "/v3/lease/grant", "{\"TTL\":\"60\"}", &reply) == 0 &&
             (id = strstr(reply, "\"ID\":\""))) {
             snprintf(body, sizeof body, "{\"ID\":\"%lld\"}", strtoll(id + 6, NULL, 10));
             int i;

@@ -46,7 +46,7 @@ struct slot {
 struct caller {
     disc_channel *ch;
     grpc_completion_queue *cq;
-    char want[64]; /* E1's address */
+    char want[64];          /* E1's address */
     _Atomic uint64_t armed; /* count replies of calls started at or after this */
     _Atomic uint64_t hit;   /* when the first such reply from E1 came */
     atomic_bool stop;
@@ -136,7 +136,8 @@ static void *caller_main(void *arg)
         busy += start_call(c, &c->slots[i]);
     while (busy > 0) {
         grpc_event ev = grpc_completion_queue_next(
-            c->cq, gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(100, GPR_TIMESPAN)),
+            c->cq,
+            gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(100, GPR_TIMESPAN)),
             NULL);
         if (ev.type != GRPC_OP_COMPLETE)
             continue;
@@ -297,8 +298,9 @@ void bench_grpc(struct bench *b)
         samples_free(&sa);
         samples_free(&sf);
     }
-    note(b, "gRPC shim: %ld calls made, %ld failed, while instances came and went; the "
-            "shim's defaults (lib/include/discovery/grpc.h) were used, its settle_ms included.",
+    note(b,
+         "gRPC shim: %ld calls made, %ld failed, while instances came and went; the "
+         "shim's defaults (lib/include/discovery/grpc.h) were used, its settle_ms included.",
          c.calls, c.failed);
 out_grpc:
     if (threaded) {

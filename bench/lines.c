@@ -104,7 +104,8 @@ char *lc_line(struct lc *c, int timeout_ms, size_t *len)
         if (room(c) < 0)
             return NULL;
         /* With a timeout, never block in recv: poll below keeps the time. */
-        ssize_t r = recv(c->fd, c->buf + c->len, c->cap - c->len, timeout_ms >= 0 ? MSG_DONTWAIT : 0);
+        ssize_t r =
+            recv(c->fd, c->buf + c->len, c->cap - c->len, timeout_ms >= 0 ? MSG_DONTWAIT : 0);
         if (r > 0) {
             c->len += (size_t)r;
             continue;

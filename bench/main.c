@@ -129,8 +129,8 @@ struct proc *perf_begin(struct bench *b, pid_t pid, const char *part)
     mkdir_p(b->perf_dir, 0755);
     snprintf(out, sizeof out, "%s/%s.data", b->perf_dir, part);
     snprintf(pidbuf, sizeof pidbuf, "%d", (int)pid);
-    const char *argv[] = {"perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "--call-graph", "dwarf,16384",
-                          "-p", pidbuf, "-o", out, NULL};
+    const char *argv[] = {"perf",         "record",      "-q", "-e",   "cpu-clock", "-F", "1999",
+                          "--call-graph", "dwarf,16384", "-p", pidbuf, "-o",        out,  NULL};
     p = proc_spawn(argv, NULL, NULL);
     if (p)
         sleep_ms(300); /* perf attaches */

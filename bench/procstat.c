@@ -148,8 +148,8 @@ int proc_tcp_conns_to(pid_t pid, int port)
     while (fgets(line, sizeof line, f)) {
         unsigned rport, state;
         unsigned long ino;
-        if (sscanf(line, " %*d: %*x:%*x %*x:%x %x %*x:%*x %*x:%*x %*x %*u %*u %lu", &rport,
-                   &state, &ino) != 3)
+        if (sscanf(line, " %*d: %*x:%*x %*x:%x %x %*x:%*x %*x:%*x %*x %*u %*u %lu", &rport, &state,
+                   &ino) != 3)
             continue;
         if ((int)rport == port && state == 1 /* ESTABLISHED */ && n &&
             bsearch(&ino, inodes, n, sizeof *inodes, cmp_ul))

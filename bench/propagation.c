@@ -119,12 +119,10 @@ void bench_propagation(struct bench *b)
                   "the same event on a watch held directly on etcd's gateway");
     p99 = fig_new(b, "propagation", "Propagation, put/delete to socket watcher, p99", "µs", 0,
                   "the same event on a watch held directly on etcd's gateway");
-    s50 = fig_new(b, "propagation", "Delay the agent adds to the direct watch, p50", "µs", 0,
-                  NULL);
-    s99 = fig_new(b, "propagation", "Delay the agent adds to the direct watch, p99", "µs", 0,
-                  NULL);
-    ack50 = fig_new(b, "propagation", "(etcd put/delete round trip, p50, for scale)", "µs", 0,
-                    NULL);
+    s50 = fig_new(b, "propagation", "Delay the agent adds to the direct watch, p50", "µs", 0, NULL);
+    s99 = fig_new(b, "propagation", "Delay the agent adds to the direct watch, p99", "µs", 0, NULL);
+    ack50 =
+        fig_new(b, "propagation", "(etcd put/delete round trip, p50, for scale)", "µs", 0, NULL);
     fig_goal(p50, GOAL_RATIO_MAX, 1.3);
     fig_goal(p99, GOAL_RATIO_MAX, 2.0);
 
@@ -166,9 +164,10 @@ void bench_propagation(struct bench *b)
         samples_free(&sack);
     }
     perf_end(perf);
-    note(b, "Propagation: %d writes (puts and deletes alternating, 5-15 ms apart); on %d of "
-            "them (%.0f%%) the direct gateway watch saw the event before the writer had etcd's "
-            "acknowledgement.",
+    note(b,
+         "Propagation: %d writes (puts and deletes alternating, 5-15 ms apart); on %d of "
+         "them (%.0f%%) the direct gateway watch saw the event before the writer had etcd's "
+         "acknowledgement.",
          total, early, total ? 100.0 * early / total : 0.0);
     gw_close(&writer);
     gw_watch_close(&gw);

@@ -68,7 +68,8 @@ static int latency_run(const char *agent, const char *floor_path, struct samples
     }
     if (pingpong(&a, LAT_WARM, NULL) < 0 || pingpong(&f, LAT_WARM, NULL) < 0)
         goto out;
-    int block = getenv("BENCH_LAT_BLOCK") ? (int)strtol(getenv("BENCH_LAT_BLOCK"), NULL, 10) : LAT_BLOCK;
+    int block =
+        getenv("BENCH_LAT_BLOCK") ? (int)strtol(getenv("BENCH_LAT_BLOCK"), NULL, 10) : LAT_BLOCK;
     if (block < 1 || block > LAT_N)
         block = LAT_BLOCK;
     for (int done = 0; done < LAT_N; done += block)
@@ -172,9 +173,10 @@ void bench_resolve(struct bench *b)
     reply[len] = '\n';
     snprintf(floor_path, sizeof floor_path, "%s/floor.sock", b->dir);
     floor_pid = floor_echo_start(floor_path, reply, len + 1);
-    note(b, "Resolve: request %zu bytes, reply %zu bytes (a service of 3 instances); "
-            "%d round trips per run to each after %d to warm up, in alternating blocks of %d "
-            "(agent, floor, agent, ...), so that both see the same moments of the machine.",
+    note(b,
+         "Resolve: request %zu bytes, reply %zu bytes (a service of 3 instances); "
+         "%d round trips per run to each after %d to warm up, in alternating blocks of %d "
+         "(agent, floor, agent, ...), so that both see the same moments of the machine.",
          sizeof REQ - 1, len + 1, LAT_N, LAT_WARM, LAT_BLOCK);
     lc_close(&c);
     if (floor_pid < 0) {

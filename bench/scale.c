@@ -41,7 +41,7 @@
 #define UPDATES 1000
 #define TTL_S 10
 
-static size_t data_bytes; /* keys and values held for SERVICES services */
+static size_t data_bytes;    /* keys and values held for SERVICES services */
 static long lines_got[RUNS]; /* update lines delivered, per run */
 
 static void svc_name(int i, char *buf, size_t cap)
@@ -112,8 +112,8 @@ static int watch_range(struct lc *c, int from, int to)
     for (int s = from; s < to; s++) {
         char name[32];
         svc_name(s, name, sizeof name);
-        len += (size_t)snprintf(req + len, cap - len, "{\"op\":\"watch\",\"id\":%d,\"service\":\"%s\"}\n",
-                                s, name);
+        len += (size_t)snprintf(req + len, cap - len,
+                                "{\"op\":\"watch\",\"id\":%d,\"service\":\"%s\"}\n", s, name);
     }
     if (lc_send(c, req, len) < 0)
         fresh = -1;
@@ -125,7 +125,8 @@ static int watch_range(struct lc *c, int from, int to)
         if (!line)
             continue;
         /* "service":"svc-NNNN" names it, in replies and update lines alike. */
-        if (!(sv = strstr(line, "\"service\":\"svc-")) || (s = (int)strtol(sv + 15, NULL, 10)) < from || s >= to)
+        if (!(sv = strstr(line, "\"service\":\"svc-")) ||
+            (s = (int)strtol(sv + 15, NULL, 10)) < from || s >= to)
             continue;
         if (!strstr(line, "\"event\":") && !strstr(line, "\"ok\":true")) {
             fprintf(stderr, "bench: scale: watch refused: %.200s\n", line);
@@ -170,8 +171,8 @@ static void clients_close(struct clients *cl)
  * fewer update lines), or timeout; returns the lines read. If sample is
  * set, the first line read is copied there (an update line, for the
  * floor). */
-static long clients_read(struct clients *cl, long lines, int timeout_ms, int quiet_ms,
-                         char *sample, size_t cap)
+static long clients_read(struct clients *cl, long lines, int timeout_ms, int quiet_ms, char *sample,
+                         size_t cap)
 {
     struct epoll_event evs[512];
     uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000u, last = now_ns();
@@ -214,8 +215,7 @@ static int clients_open(struct clients *cl, const char *sock)
         svc_name(cl->n % CLIENT_SERVICES, name, sizeof name);
         snprintf(req, sizeof req, "{\"op\":\"watch\",\"id\":1,\"service\":\"%s\"}\n", name);
         if (lc_open(c, sock, true) < 0 || lc_send(c, req, strlen(req)) < 0) {
-            fprintf(stderr, "bench: scale: client %d cannot connect: %s\n", cl->n,
-                    strerror(errno));
+            fprintf(stderr, "bench: scale: client %d cannot connect: %s\n", cl->n, strerror(errno));
             return -1;
         }
         ev.data.ptr = c;
@@ -294,8 +294,7 @@ static int one_run(struct bench *b, int run, struct scale_figs *F)
     printf("bench:   run %d: warm %.2f s (floor %.2f s), %.1f MB with 1,000 services "
            "(%.1f MB before; private %.1f MB, %.1f before), %d etcd connections, %d threads\n",
            run + 1, warm, wf, (double)kib / 1024, (double)base_kib / 1024, (double)anon / 1024,
-           (double)base_anon / 1024,
-           proc_tcp_conns_to(pid, b->etcd_port), proc_threads(pid));
+           (double)base_anon / 1024, proc_tcp_conns_to(pid, b->etcd_port), proc_threads(pid));
 
     /* 2. 10,000 watching clients and 1,000 updates to their services. The
      * control connection lets go of those 100 services first, so that an
@@ -345,9 +344,8 @@ static int one_run(struct bench *b, int run, struct scale_figs *F)
     perf = NULL;
     lines_got[run] = got;
     double upd_ms = (cpu1 - cpu0) * 1e3 / ((double)got / (CLIENTS / CLIENT_SERVICES));
-    double floor_ms =
-        floor_fanout_cpu(sample, strlen(sample), CLIENTS / CLIENT_SERVICES, UPDATES) * 1e3 /
-        UPDATES;
+    double floor_ms = floor_fanout_cpu(sample, strlen(sample), CLIENTS / CLIENT_SERVICES, UPDATES) *
+                      1e3 / UPDATES;
     runs_add(&F->cpu_upd->v, upd_ms);
     runs_add(&F->cpu_upd->f, floor_ms);
     printf("bench:   run %d: %d updates in %.2f s, %.3f ms of agent CPU each (floor %.3f ms), "
@@ -387,9 +385,10 @@ static int one_run(struct bench *b, int run, struct scale_figs *F)
     double hot_s = floor_keepalive_cpu(b->url, 200);
     runs_add(&F->idle_cpu->f, paced_s * 1e3 * 3.0 / TTL_S);
     if (run == 0)
-        note(b, "Rest: a bare client's keep-alive costs %.0f us of CPU paced as the agent's (one "
-                "per %.1f s, beside the agent's window: the floor) and %.0f us back to back "
-                "(200 in a row: the floor before issue 18).",
+        note(b,
+             "Rest: a bare client's keep-alive costs %.0f us of CPU paced as the agent's (one "
+             "per %.1f s, beside the agent's window: the floor) and %.0f us back to back "
+             "(200 in a row: the floor before issue 18).",
              paced_s * 1e6, ka_ms / 1e3, hot_s * 1e6);
     runs_add(&F->idle_rss->v, (double)kib / 1024);
     printf("bench:   run %d: at rest %.1f s: %lld requests to etcd (%.2f/s), %d connections, "
@@ -455,19 +454,18 @@ void bench_scale(struct bench *b)
                      "1,000 range reads by the benchmark, one keep-alive connection");
     snprintf(fw, sizeof fw, "agent RSS before any watch + %zu KB of keys and values",
              data_bytes / 1024);
-    F.rss = fig_new(b, "scale", "Resident memory (VmRSS), 1,000 x 10 instances watched", "MB", 1,
-                    fw);
+    F.rss =
+        fig_new(b, "scale", "Resident memory (VmRSS), 1,000 x 10 instances watched", "MB", 1, fw);
     fig_goal(F.rss, GOAL_ABS_MAX, 20);
     snprintf(fw, sizeof fw, "agent RssAnon before any watch + %zu KB of keys and values",
              data_bytes / 1024);
-    F.anon = fig_new(b, "scale", "of which private (RssAnon), not shared library pages", "MB", 1,
-                     fw);
+    F.anon =
+        fig_new(b, "scale", "of which private (RssAnon), not shared library pages", "MB", 1, fw);
     F.rss10k = fig_new(b, "scale", "Resident memory, plus 10,000 watching clients", "MB", 1, NULL);
     F.cpu_upd = fig_new(b, "scale", "Agent CPU per update delivered to 100 watchers", "ms", 3,
                         "one process writing the same line to 100 unix sockets");
     fig_goal(F.cpu_upd, GOAL_RATIO_MAX, 2.0); /* issue 18; issue 7 asked < 1 ms */
-    F.conns = fig_new(b, "rest", "TCP connections to etcd at rest", "", 0,
-                      "one connection");
+    F.conns = fig_new(b, "rest", "TCP connections to etcd at rest", "", 0, "one connection");
     F.reqs = fig_new(b, "rest", "Requests to etcd at rest", "/s", 3,
                      "one lease keep-alive per third of the TTL (10 s)");
     /* Four keep-alive periods per window: allow the one a window edge can
@@ -486,13 +484,15 @@ void bench_scale(struct bench *b)
     char got[200] = "";
     for (int r = 0, o = 0; r < b->scale_runs && o < (int)sizeof got; r++)
         o += snprintf(got + o, sizeof got - (size_t)o, "%s%ld", r ? ", " : "", lines_got[r]);
-    note(b, "Scale: update lines delivered per run: %s, for %d changes x %d watchers: changes "
-            "of a service that reach the agent together leave as one line (the cache notifies "
-            "once per loop turn; the final lists are right), and CPU is counted per line "
-            "delivered.",
+    note(b,
+         "Scale: update lines delivered per run: %s, for %d changes x %d watchers: changes "
+         "of a service that reach the agent together leave as one line (the cache notifies "
+         "once per loop turn; the final lists are right), and CPU is counted per line "
+         "delivered.",
          got, UPDATES, CLIENTS / CLIENT_SERVICES);
-    note(b, "Rest and idle: each run watches the agent for %.1f s with nothing happening (four "
-            "keep-alive periods), %d runs, %.0f s in all; CPU from /proc/PID/task/*/schedstat.",
+    note(b,
+         "Rest and idle: each run watches the agent for %.1f s with nothing happening (four "
+         "keep-alive periods), %d runs, %.0f s in all; CPU from /proc/PID/task/*/schedstat.",
          b->idle_ms / 1000.0, b->scale_runs, b->idle_ms / 1000.0 * b->scale_runs);
     memory_curve(b);
 }

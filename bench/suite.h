@@ -24,8 +24,8 @@ struct fig {
     char part[32];
     char name[160];
     char unit[24];
-    struct runs v;     /* the agent's, one per run */
-    struct runs f;     /* the floor's, one per run; f.n == 0: none */
+    struct runs v; /* the agent's, one per run */
+    struct runs f; /* the floor's, one per run; f.n == 0: none */
     char floor_what[200];
     enum goal_kind goal;
     double goal_x;
@@ -36,11 +36,11 @@ struct bench {
     struct etcd_cluster *etcd;
     const char *url; /* etcd's client URL */
     int etcd_port;
-    char dir[256];   /* scratch folder (agents' configs, sockets, caches) */
-    char data[512];  /* where the plot data goes */
-    const char *perf_dir; /* BENCH_PERF: perf record the agent per part */
-    const char *only;     /* BENCH_ONLY: run only the parts named */
-    const char *agent_bin; /* BENCH_AGENT, or build/discovery-agent */
+    char dir[256];          /* scratch folder (agents' configs, sockets, caches) */
+    char data[512];         /* where the plot data goes */
+    const char *perf_dir;   /* BENCH_PERF: perf record the agent per part */
+    const char *only;       /* BENCH_ONLY: run only the parts named */
+    const char *agent_bin;  /* BENCH_AGENT, or build/discovery-agent */
     const char *agent_yaml; /* BENCH_AGENT_YAML: added to each agent's config */
     int scale_runs;
     int idle_ms;

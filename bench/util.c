@@ -158,4 +158,3 @@ int write_file(const char *path, const char *text)
         rc = -errno;
     return rc;
 }
-

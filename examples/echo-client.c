@@ -116,8 +116,8 @@ struct run {
     struct tally reasons; /* "CODE: details" of failed calls */
     long failed;
     bool log_failures;
-    bool xds;            /* --xds: the group goes as the x-group header */
-    bool first_seen;     /* --first-seen: when each address first answered */
+    bool xds;        /* --xds: the group goes as the x-group header */
+    bool first_seen; /* --first-seen: when each address first answered */
     grpc_metadata group_md;
 };
 
@@ -338,8 +338,7 @@ int main(int argc, char **argv)
     }
     rc = disc_channel_create(target, &o, &r.ch);
     if (rc) {
-        fprintf(stderr, "echo-client: %s: %s (%s)\n", target, disc_strerror(rc),
-                disc_err_name(rc));
+        fprintf(stderr, "echo-client: %s: %s (%s)\n", target, disc_strerror(rc), disc_err_name(rc));
         grpc_shutdown();
         return 1;
     }
@@ -350,8 +349,8 @@ int main(int argc, char **argv)
                     target, ready_ms, disc_err_name(rc));
     }
     r.cq = grpc_completion_queue_create_for_next(NULL);
-    r.request_payload = grpc_slice_from_copied_buffer((const char *)payload,
-                                                      sv_encode("hello", 5, payload));
+    r.request_payload =
+        grpc_slice_from_copied_buffer((const char *)payload, sv_encode("hello", 5, payload));
     slots = calloc((size_t)concurrency, sizeof *slots);
     if (!slots) {
         fprintf(stderr, "echo-client: out of memory\n");
@@ -377,8 +376,7 @@ int main(int argc, char **argv)
                 break;
             continue;
         }
-        grpc_event ev = grpc_completion_queue_next(r.cq, gpr_inf_future(GPR_CLOCK_REALTIME),
-                                                   NULL);
+        grpc_event ev = grpc_completion_queue_next(r.cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
         if (ev.type == GRPC_OP_COMPLETE) {
             call_done(&r, ev.tag);
             outstanding--;

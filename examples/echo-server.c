@@ -144,8 +144,8 @@ static void slot_reply(struct echo *e, struct slot *s, bool ok)
     /* HealthCheckResponse { status = 1 (SERVING) or 2 (NOT_SERVING) }. */
     static const char serving[] = {0x08, 0x01}, not_serv[] = {0x08, 0x02};
     bool health = grpc_slice_str_cmp(s->details.method, HEALTH) == 0;
-    grpc_slice health_reply = grpc_slice_from_static_buffer(
-        atomic_load(&not_serving) ? not_serv : serving, 2);
+    grpc_slice health_reply =
+        grpc_slice_from_static_buffer(atomic_load(&not_serving) ? not_serv : serving, 2);
 
     if (!health && grpc_slice_str_cmp(s->details.method, METHOD) != 0) {
         status = GRPC_STATUS_UNIMPLEMENTED;
@@ -230,8 +230,8 @@ static void serve(struct echo *e)
     for (int i = 0; i < CALL_SLOTS; i++)
         slot_request(e, &e->slots[i]);
     while (!(shut_down && all_idle(e))) {
-        gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                             gpr_time_from_millis(200, GPR_TIMESPAN));
+        gpr_timespec deadline =
+            gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(200, GPR_TIMESPAN));
         grpc_event ev = grpc_completion_queue_next(e->cq, deadline, NULL);
 
         if (atomic_load(&e->shutting_down) && !shutdown_began)
@@ -294,8 +294,7 @@ static int32_t parse_weight(const char *s)
     errno = 0;
     v = strtol(s, &end, 10);
     if (errno || end == s || *end || v < 0 || v > INT32_MAX) {
-        fprintf(stderr, "echo-server: bad weight '%s': an integer from 0 to %d\n", s,
-                INT32_MAX);
+        fprintf(stderr, "echo-server: bad weight '%s': an integer from 0 to %d\n", s, INT32_MAX);
         exit(2);
     }
     return (int32_t)v;
@@ -351,9 +350,8 @@ int main(int argc, char **argv)
         /* gRPC sets SO_REUSEPORT by default, so a second server could bind
          * an address another one serves and registers, and then take its
          * registration over. One address, one process. */
-        grpc_arg arg = {.type = GRPC_ARG_INTEGER,
-                        .key = (char *)GRPC_ARG_ALLOW_REUSEPORT,
-                        .value.integer = 0};
+        grpc_arg arg = {
+            .type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0};
         grpc_channel_args args = {.num_args = 1, .args = &arg};
         e.server = grpc_server_create(&args, NULL);
     }
@@ -377,8 +375,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "echo-server: out of memory\n");
         return 1;
     }
-    e.reply_payload = grpc_slice_from_copied_buffer(
-        (const char *)payload, sv_encode(addr, strlen(addr), payload));
+    e.reply_payload = grpc_slice_from_copied_buffer((const char *)payload,
+                                                    sv_encode(addr, strlen(addr), payload));
     free(payload);
 
     w.e = &e;

@@ -50,7 +50,8 @@ static inline bool read_varint(const unsigned char *p, size_t n, size_t *at, uin
 
 /* Decodes a StringValue: *val points into p (the last field 1 wins, as
  * protobuf says); unknown fields are skipped. false when malformed. */
-static inline bool sv_decode(const unsigned char *p, size_t n, const unsigned char **val, size_t *vlen)
+static inline bool sv_decode(const unsigned char *p, size_t n, const unsigned char **val,
+                             size_t *vlen)
 {
     size_t at = 0;
 

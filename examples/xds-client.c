@@ -99,10 +99,10 @@ static grpc_status_code call_once(grpc_channel *ch, grpc_completion_queue *cq, c
                                   size_t addrlen, char *details, size_t dlen)
 {
     grpc_slice method = grpc_slice_from_static_string(METHOD);
-    gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
-                                         gpr_time_from_millis(deadline_ms, GPR_TIMESPAN));
-    grpc_call *call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, method,
-                                               NULL, deadline, NULL);
+    gpr_timespec deadline =
+        gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis(deadline_ms, GPR_TIMESPAN));
+    grpc_call *call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, method, NULL,
+                                               deadline, NULL);
     grpc_metadata md;
     grpc_metadata_array initial, trailing;
     grpc_byte_buffer *request = grpc_raw_byte_buffer_create(NULL, 0); /* "" */
@@ -252,8 +252,8 @@ int main(int argc, char **argv)
             break;
         /* The first call waits while xDS resolves the target. */
         st = call_once(ch, cq, header, group, made == 0 && first_waits,
-                       made == 0 && first_waits ? 20000 : deadline_ms, addr,
-                       sizeof addr, details, sizeof details);
+                       made == 0 && first_waits ? 20000 : deadline_ms, addr, sizeof addr, details,
+                       sizeof details);
         made++;
         if (st == GRPC_STATUS_OK) {
             long long at = now_ms();

@@ -91,7 +91,8 @@ static void check_config(const struct config *c)
     FUZZ_CHECK(c->prefix[strlen(c->prefix) - 1] != '/');
     FUZZ_CHECK(c->timeout_ms >= 1 && c->timeout_ms <= 3600u * 1000);
     FUZZ_CHECK(c->session_ttl_ms >= 2000 && c->session_ttl_ms % 1000 == 0);
-    FUZZ_CHECK(c->socket_path && strlen(c->socket_path) < sizeof(((struct sockaddr_un *)0)->sun_path));
+    FUZZ_CHECK(c->socket_path &&
+               strlen(c->socket_path) < sizeof(((struct sockaddr_un *)0)->sun_path));
     FUZZ_CHECK(c->socket_mode <= 0777);
     FUZZ_CHECK(c->cache_dir);
     FUZZ_CHECK(c->cache_idle_ms > 0);

@@ -91,9 +91,9 @@ static char dir[64];
 static char sock_path[128];
 static char conf_path[128];
 
-static server_conn *conn;  /* the current client's connection, once known */
-static bool conn_closed;   /* its on_close has run */
-static int cfd = -1;       /* the client's end */
+static server_conn *conn; /* the current client's connection, once known */
+static bool conn_closed;  /* its on_close has run */
+static int cfd = -1;      /* the client's end */
 
 /* What the client has read and not yet split into lines. */
 static char *rbuf;

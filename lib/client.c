@@ -82,12 +82,12 @@ struct reg {
 struct disc_watch {
     disc_client *c;
     char *service, *group;
-    bool prefer_zone;     /* the agent's zone choice (docs/traffic.md) */
+    bool prefer_zone; /* the agent's zone choice (docs/traffic.md) */
     disc_watch_cb cb;
     void *arg;
-    uint64_t remote;      /* the agent's watch id on this connection; 0: none */
-    struct pending *req;  /* the watch request waiting for its reply */
-    bool told_gone;       /* DISC_ENOAGENT queued since the last list */
+    uint64_t remote;     /* the agent's watch id on this connection; 0: none */
+    struct pending *req; /* the watch request waiting for its reply */
+    bool told_gone;      /* DISC_ENOAGENT queued since the last list */
     struct disc_watch *next;
 };
 
@@ -195,8 +195,7 @@ static int event_push(disc_client *c, struct disc_watch *w, int err, struct disc
 {
     struct event *e = calloc(1, sizeof *e);
 
-    if (!e || (code && !(e->code = strdup(code))) ||
-        (message && !(e->message = strdup(message)))) {
+    if (!e || (code && !(e->code = strdup(code))) || (message && !(e->message = strdup(message)))) {
         if (e)
             event_free(e);
         disc_list_free(list ? &list->pub : NULL);
@@ -323,8 +322,8 @@ static int send_request(disc_client *c, json_t *body, uint64_t id)
     len = strlen(text);
     if (len > DISC_MAX_REQUEST_LINE) {
         free(text);
-        return fail(c, DISC_EINVAL, "", "request of %zu bytes: the agent takes at most %zu",
-                    len, DISC_MAX_REQUEST_LINE);
+        return fail(c, DISC_EINVAL, "", "request of %zu bytes: the agent takes at most %zu", len,
+                    DISC_MAX_REQUEST_LINE);
     }
     text[len] = '\n'; /* replaces the NUL; appended with its length */
     rc = buf_append(&c->out, text, len + 1, OUT_LIMIT);
@@ -648,8 +647,7 @@ static void read_input(disc_client *c)
         if (c->fd < 0)
             return;
         if (c->in.len - start > DISC_MAX_REPLY_LINE) {
-            fail(c, DISC_EPROTO, "", "a line over %zu bytes from the agent",
-                 DISC_MAX_REPLY_LINE);
+            fail(c, DISC_EPROTO, "", "a line over %zu bytes from the agent", DISC_MAX_REPLY_LINE);
             conn_lost(c, DISC_EPROTO);
             return;
         }
@@ -718,8 +716,7 @@ static int call(disc_client *c, json_t *body, int timeout_ms, struct pending *p)
             read_input(c);
         if (!p->done && remaining_ms(deadline, timeout_ms) == 0) {
             pending_unlink(c, p);
-            return fail(c, DISC_ETIMEDOUT, "", "no reply from the agent within %d ms",
-                        timeout_ms);
+            return fail(c, DISC_ETIMEDOUT, "", "no reply from the agent within %d ms", timeout_ms);
         }
     }
     if (p->result == DISC_ECLOSED) {
@@ -863,10 +860,9 @@ int disc_client_timeout(const disc_client *c)
     if (c->fd >= 0)
         return -1;
     now = now_ms();
-    return c->retry_at <= now ? 0
-           : c->retry_at - now > (uint64_t)BACKOFF_MAX_MS * 2
-               ? (int)BACKOFF_MAX_MS * 2
-               : (int)(c->retry_at - now);
+    return c->retry_at <= now                                 ? 0
+           : c->retry_at - now > (uint64_t)BACKOFF_MAX_MS * 2 ? (int)BACKOFF_MAX_MS * 2
+                                                              : (int)(c->retry_at - now);
 }
 
 int disc_client_process(disc_client *c)
@@ -1028,8 +1024,8 @@ static json_t *reg_body(disc_client *c, const struct disc_registration *r, int *
     }
     /* json_pack() and json_string() refuse text that is not UTF-8 (or
      * fail for want of memory, which the next step would meet anyway). */
-    b = json_pack("{s:s, s:s, s:s, s:I}", "op", "register", "name", r->name, "address",
-                  r->address, "weight", (json_int_t)r->weight);
+    b = json_pack("{s:s, s:s, s:s, s:I}", "op", "register", "name", r->name, "address", r->address,
+                  "weight", (json_int_t)r->weight);
     if (!b || (r->group && *r->group && json_object_set_new(b, "group", json_string(r->group)))) {
         json_decref(b);
         fail(c, DISC_EINVAL, "", "name, address and group must be UTF-8 text");
@@ -1047,7 +1043,9 @@ static json_t *reg_body(disc_client *c, const struct disc_registration *r, int *
                 json_decref(b);
                 *rc = DISC_EINVAL;
                 fail(c, DISC_EINVAL, "", "metadata %zu: %s", i,
-                     !k || !*k ? "empty key" : !v ? "NULL value" : "the key is given twice");
+                     !k || !*k ? "empty key"
+                     : !v      ? "NULL value"
+                               : "the key is given twice");
                 return NULL;
             }
             /* json_string() refuses text that is not UTF-8. */
@@ -1139,8 +1137,8 @@ int disc_deregister(disc_client *c, const char *name, const char *address, int t
 
 /* ---- watches ------------------------------------------------------------ */
 
-int disc_watch(disc_client *c, const char *service, const char *group, disc_watch_cb cb,
-               void *arg, struct disc_watch **out)
+int disc_watch(disc_client *c, const char *service, const char *group, disc_watch_cb cb, void *arg,
+               struct disc_watch **out)
 {
     return disc_watch_zone(c, service, group, false, cb, arg, out);
 }

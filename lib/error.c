@@ -5,8 +5,8 @@
 const char *disc_strerror(int code)
 {
     switch (code) {
-#define XX(name, value, text)                                                                  \
-    case DISC_##name:                                                                          \
+#define XX(name, value, text)                                                                      \
+    case DISC_##name:                                                                              \
         return text;
         DISC_ERRNO_MAP(XX)
 #undef XX
@@ -20,8 +20,8 @@ const char *disc_strerror(int code)
 const char *disc_err_name(int code)
 {
     switch (code) {
-#define XX(name, value, text)                                                                  \
-    case DISC_##name:                                                                          \
+#define XX(name, value, text)                                                                      \
+    case DISC_##name:                                                                              \
         return "DISC_" #name;
         DISC_ERRNO_MAP(XX)
 #undef XX

@@ -403,9 +403,9 @@ static void reap(disc_channel *ch, struct route *r, int64_t now, bool all)
 {
     for (struct retired **pp = &r->retired; *pp;) {
         struct retired *x = *pp;
-        bool due = all || (now - x->since >= ch->o.retire_ms &&
-                           grpc_channel_check_connectivity_state(x->ch, 0) !=
-                               GRPC_CHANNEL_CONNECTING);
+        bool due =
+            all || (now - x->since >= ch->o.retire_ms &&
+                    grpc_channel_check_connectivity_state(x->ch, 0) != GRPC_CHANNEL_CONNECTING);
         if (due) {
             *pp = x->next;
             grpc_channel_destroy(x->ch);
@@ -480,8 +480,8 @@ static void rebuild(disc_channel *ch, struct route *r, int64_t now)
     /* Right after the agent came back, an empty list may only mean that our
      * servers have not re-registered through it yet (their registrations
      * left with the old agent): keep the channel we have for a while. */
-    if (r->list->n == 0 && r->lost_at && now - r->lost_at < ch->o.reconnect_grace_ms &&
-        r->target && *r->target) {
+    if (r->list->n == 0 && r->lost_at && now - r->lost_at < ch->o.reconnect_grace_ms && r->target &&
+        *r->target) {
         r->dirty_at = r->lost_at + ch->o.reconnect_grace_ms - ch->o.settle_ms;
         return;
     }
@@ -638,7 +638,8 @@ static void *poll_core(void *arg)
     disc_channel *ch = arg;
 
     for (;;) {
-        grpc_event ev = grpc_completion_queue_next(ch->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+        grpc_event ev =
+            grpc_completion_queue_next(ch->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
         if (ev.type == GRPC_OP_COMPLETE && ev.tag)
@@ -1012,8 +1013,9 @@ void disc_channel_destroy(disc_channel *ch)
         if (ch->poller_started)
             pthread_join(ch->poller, NULL);
         else
-            while (grpc_completion_queue_next(ch->cq, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL)
-                       .type != GRPC_QUEUE_SHUTDOWN)
+            while (
+                grpc_completion_queue_next(ch->cq, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL).type !=
+                GRPC_QUEUE_SHUTDOWN)
                 ;
         grpc_completion_queue_destroy(ch->cq);
     }

@@ -162,8 +162,7 @@ int disc__list_from_json(json_t *o, struct disc__list **out, char *why, size_t w
         return DISC_ENOMEM;
     }
     json_array_foreach(arr, i, e) {
-        rc = read_instance(e, i, &l->inst[i], l->meta + used, l->meta + n_meta + used, why,
-                           whylen);
+        rc = read_instance(e, i, &l->inst[i], l->meta + used, l->meta + n_meta + used, why, whylen);
         if (rc) {
             disc_list_free(&l->pub);
             return rc;

@@ -41,9 +41,8 @@ static void fx_config(struct fx *f, int ttl_s, const char *yaml)
 {
     snprintf(f->dir, sizeof f->dir, "%s/agent", etcd_cluster_dir(f->cluster));
     mkdir(f->dir, 0755);
-    ck_assert_int_eq(agentp_config(&f->agent, f->dir, etcd_cluster_urls(f->cluster), ttl_s, 1000,
-                                   yaml),
-                     0);
+    ck_assert_int_eq(
+        agentp_config(&f->agent, f->dir, etcd_cluster_urls(f->cluster), ttl_s, 1000, yaml), 0);
 }
 
 static void fx_up(struct fx *f, int ttl_s, const char *yaml)
@@ -240,7 +239,8 @@ START_TEST(test_resolve_watch_other_writer)
     json_int_t last_rev = 0;
 
     fx_up(&f, 10, "");
-    put(&f, "/micro/user/10.0.0.1:80", "{\"Name\":\"user\",\"Address\":\"10.0.0.1:80\",\"Weight\":2}");
+    put(&f, "/micro/user/10.0.0.1:80",
+        "{\"Name\":\"user\",\"Address\":\"10.0.0.1:80\",\"Weight\":2}");
     put(&f, "/micro/user-server/10.0.0.9:80",
         "{\"Name\":\"user-server\",\"Address\":\"10.0.0.9:80\",\"Weight\":1}");
 
@@ -286,10 +286,9 @@ START_TEST(test_resolve_watch_other_writer)
     ck_assert_str_eq(list_addresses(r, buf, sizeof buf), "");
     json_decref(r);
     r = call(&f, "{\"op\":\"resolve\",\"service\":\"user\"}");
-    ck_assert_int_eq(
-        json_integer_value(json_object_get(json_array_get(json_object_get(r, "instances"), 0),
-                                           "weight")),
-        1);
+    ck_assert_int_eq(json_integer_value(json_object_get(
+                         json_array_get(json_object_get(r, "instances"), 0), "weight")),
+                     1);
     json_decref(r);
     close(fd);
     fx_down(&f);
@@ -475,8 +474,7 @@ static void expect_error(int fd, const char *req, const char *code)
 
     ck_assert_msg(r != NULL, "no reply to %s", req);
     ck_assert_msg(json_is_false(json_object_get(r, "ok")), "%s was accepted", req);
-    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(r, "error"), "code")),
-                     code);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(r, "error"), "code")), code);
     json_decref(r);
 }
 
@@ -498,11 +496,11 @@ START_TEST(test_bad_requests_keep_connection)
     expect_error(fd, "{\"op\":\"resolve\",\"service\":\"a/b\"}", "bad_name");
     expect_error(fd, "{\"op\":\"resolve\",\"service\":\"x\",\"id\":{}}", "bad_request");
     expect_error(fd, "{\"op\":\"resolve\",\"op\":\"watch\",\"service\":\"x\"}", "bad_json");
-    expect_error(fd, "{\"op\":\"register\",\"name\":\"s\",\"address\":\"nohost\"}",
-                 "bad_request");
+    expect_error(fd, "{\"op\":\"register\",\"name\":\"s\",\"address\":\"nohost\"}", "bad_request");
     expect_error(fd, "{\"op\":\"register\",\"name\":\"s\",\"address\":\"1.2.3.4:99999\"}",
                  "bad_request");
-    expect_error(fd, "{\"op\":\"register\",\"name\":\"s\",\"address\":\"1.2.3.4:80\",\"weight\":1e99}",
+    expect_error(fd,
+                 "{\"op\":\"register\",\"name\":\"s\",\"address\":\"1.2.3.4:80\",\"weight\":1e99}",
                  "bad_request");
     expect_error(fd, "{\"op\":\"deregister\",\"name\":\"s\",\"address\":\"1.2.3.4:80\"}",
                  "not_found");
@@ -553,8 +551,7 @@ START_TEST(test_unknown_op_lists_every_op)
     ck_assert_int_ge(fd, 0);
     r = sock_call(fd, "{\"op\":\"fly\",\"id\":1}", 5000);
     ck_assert_ptr_nonnull(r);
-    const char *msg =
-        json_string_value(json_object_get(json_object_get(r, "error"), "message"));
+    const char *msg = json_string_value(json_object_get(json_object_get(r, "error"), "message"));
     ck_assert_ptr_nonnull(msg);
     ck_assert_ptr_nonnull(strstr(msg, "': use "));
     list = strdup(strstr(msg, "': use ") + 7);
@@ -571,8 +568,7 @@ START_TEST(test_unknown_op_lists_every_op)
         snprintf(req, sizeof req, "{\"op\":\"%s\",\"id\":2}", tok);
         r = sock_call(fd, req, 5000);
         ck_assert_msg(r != NULL, "no reply to %s", req);
-        const char *code =
-            json_string_value(json_object_get(json_object_get(r, "error"), "code"));
+        const char *code = json_string_value(json_object_get(json_object_get(r, "error"), "code"));
         ck_assert_msg(!code || strcmp(code, "unknown_op"), "%s: unknown_op", req);
         json_decref(r);
         n_listed++;
@@ -596,8 +592,7 @@ static void expect_refusal(int fd, const char *req, const char *code, const char
     ck_assert_msg(r != NULL, "no reply to %s", req);
     ck_assert_msg(json_is_false(json_object_get(r, "ok")), "%s was accepted", req);
     ck_assert_str_eq(json_string_value(json_object_get(e, "code")), code);
-    ck_assert_msg(msg && strstr(msg, reason), "%s: '%s' has no '%s'", req, msg ? msg : "",
-                  reason);
+    ck_assert_msg(msg && strstr(msg, reason), "%s: '%s' has no '%s'", req, msg ? msg : "", reason);
     json_decref(r);
 }
 
@@ -676,7 +671,8 @@ START_TEST(test_register_check_same_rules_as_config)
         {"{\"type\":\"tcp\",\"interval\":\"soon\"}", "bad duration 'soon' for check.interval"},
         {"{\"type\":\"ping\"}", "unknown check type 'ping'"},
         {"{\"interval\":\"1s\"}", "has no type"},
-        {"{\"type\":\"http\",\"url\":\"ftp://x/\"}", "check.url 'ftp://x/' must start with http://"},
+        {"{\"type\":\"http\",\"url\":\"ftp://x/\"}",
+         "check.url 'ftp://x/' must start with http://"},
     };
     char req[2048];
     struct fx f;
@@ -768,13 +764,16 @@ START_TEST(test_register_owned_by_connection)
     /* A configured instance cannot be taken over or removed from here. */
     expect_error(fd, "{\"op\":\"register\",\"name\":\"user-server\",\"address\":\"10.0.0.5:8082\"}",
                  "conflict");
-    expect_error(fd, "{\"op\":\"deregister\",\"name\":\"user-server\",\"address\":\"10.0.0.5:8082\"}",
+    expect_error(fd,
+                 "{\"op\":\"deregister\",\"name\":\"user-server\",\"address\":\"10.0.0.5:8082\"}",
                  "forbidden");
     close(fd);
     ck_assert_int_ge(wait_key(&f, key, NULL, 5000), 0);
 
     /* persist: it outlives the connection until deregistered. */
-    r = call(&f, "{\"op\":\"register\",\"name\":\"svc\",\"address\":\"127.0.0.1:9000\",\"persist\":true}");
+    r = call(
+        &f,
+        "{\"op\":\"register\",\"name\":\"svc\",\"address\":\"127.0.0.1:9000\",\"persist\":true}");
     json_decref(r);
     usleep(300000);
     ck_assert_str_ne(get(&f, key, out, sizeof out), "");
@@ -920,8 +919,7 @@ START_TEST(test_systemd_notify)
             }
         }
         if (strstr(seen, "READY=1") && strstr(seen, "WATCHDOG=1") && proc_alive(f.agent.p) &&
-            !strstr(seen, "TERM"))
-        {
+            !strstr(seen, "TERM")) {
             proc_signal(f.agent.p, SIGTERM);
             strcat(seen, "TERM|");
         }
@@ -966,8 +964,7 @@ START_TEST(test_churn_leaves_nothing)
         json_decref(r);
         if (i % 2) {
             snprintf(req, sizeof req,
-                     "{\"op\":\"register\",\"name\":\"c\",\"address\":\"127.0.0.1:%d\"}",
-                     2000 + i);
+                     "{\"op\":\"register\",\"name\":\"c\",\"address\":\"127.0.0.1:%d\"}", 2000 + i);
             r = sock_call(w, req, 5000);
             ck_assert(json_is_true(json_object_get(r, "ok")));
             json_decref(r);
@@ -1013,8 +1010,7 @@ START_TEST(test_register_limited_by_peer)
 {
     struct fx f;
     struct etcd_cluster_opts co = {.members = 1};
-    static const char reg[] =
-        "{\"op\":\"register\",\"name\":\"s\",\"address\":\"127.0.0.1:9\"}";
+    static const char reg[] = "{\"op\":\"register\",\"name\":\"s\",\"address\":\"127.0.0.1:9\"}";
     json_t *r;
     int fd;
 
@@ -1162,8 +1158,8 @@ START_TEST(test_fd_exhaustion_refused_lease_kept)
         }
         e = json_object_get(r, "error");
         ck_assert_str_eq(json_string_value(json_object_get(e, "code")), "too_many_connections");
-        ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(e, "message")),
-                                     "file descriptor"));
+        ck_assert_ptr_nonnull(
+            strstr(json_string_value(json_object_get(e, "message")), "file descriptor"));
         json_decref(r);
         refused = fd;
         break;
@@ -1291,9 +1287,8 @@ START_TEST(test_idle_service_dropped)
     ck_assert_ptr_nonnull(f.cluster);
     snprintf(f.dir, sizeof f.dir, "%s/agent", etcd_cluster_dir(f.cluster));
     mkdir(f.dir, 0755);
-    ck_assert_int_eq(agentp_config_idle(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 1000,
-                                        "1s", ""),
-                     0);
+    ck_assert_int_eq(
+        agentp_config_idle(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 1000, "1s", ""), 0);
     ck_assert_int_eq(agentp_start(&f.agent), 0);
     json_decref(call(&f, "{\"op\":\"resolve\",\"service\":\"once\"}"));
     fd = sock_open(f.agent.sock);
@@ -1467,9 +1462,8 @@ START_TEST(test_saved_lists_swept_and_capped)
     ck_assert_ptr_nonnull(f.cluster);
     snprintf(f.dir, sizeof f.dir, "%s/agent", etcd_cluster_dir(f.cluster));
     mkdir(f.dir, 0755);
-    ck_assert_int_eq(agentp_config_idle(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 1000,
-                                        "3s", ""),
-                     0);
+    ck_assert_int_eq(
+        agentp_config_idle(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 1000, "3s", ""), 0);
     ck_assert_int_eq(agentp_start(&f.agent), 0);
     /* Followed (watched) until the agent stops, so saved, not dropped. */
     fd = sock_open(f.agent.sock);
@@ -1510,9 +1504,8 @@ START_TEST(test_saved_lists_swept_and_capped)
         ck_assert_int_eq(utimensat(AT_FDCWD, path, t, 0), 0);
     }
     ck_assert_uint_eq(cache_files(&f), (size_t)total + 1);
-    ck_assert_int_eq(agentp_config_idle(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 1000,
-                                        "10m", ""),
-                     0);
+    ck_assert_int_eq(
+        agentp_config_idle(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 1000, "10m", ""), 0);
     ck_assert_int_eq(agentp_start(&f.agent), 0);
     ck_assert_uint_eq(wait_cache_files(&f, CACHE_DISK_FILES, 20000), CACHE_DISK_FILES);
     ck_assert_int_ne(access(list_file(&f, "junk-0", path, sizeof path), F_OK), 0);

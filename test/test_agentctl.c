@@ -65,8 +65,7 @@ static void fx_start(struct fx *f)
     for (;;) {
         char out[512];
         const char *args[] = {"get", "--print-value-only", "/micro/cfg/127.0.0.1:9300", NULL};
-        if (access(f->sock, F_OK) == 0 && etcdctl(f->cluster, out, sizeof out, args) == 0 &&
-            out[0])
+        if (access(f->sock, F_OK) == 0 && etcdctl(f->cluster, out, sizeof out, args) == 0 && out[0])
             break;
         ck_assert_msg(proc_alive(f->agent), "the agent exited; see %s", f->log);
         ck_assert_msg(now_ms() < until, "the agent is not ready after 10 s; see %s", f->log);
@@ -116,8 +115,9 @@ static int run_env(const char *sock, const char *const env[], char *out, size_t 
 
 static char OUT[1 << 16], ERR[1 << 14];
 
-#define RUN(sock, ...) run_env((sock), NULL, OUT, sizeof OUT, ERR, sizeof ERR, \
-                               (const char *const[]){__VA_ARGS__, NULL})
+#define RUN(sock, ...)                                                                             \
+    run_env((sock), NULL, OUT, sizeof OUT, ERR, sizeof ERR,                                        \
+            (const char *const[]){__VA_ARGS__, NULL})
 
 static void etcd_get(struct fx *f, const char *key, char *out, size_t len)
 {
@@ -155,9 +155,8 @@ START_TEST(test_usage_errors)
     /* Usage errors are found before any connection is tried. */
     ck_assert_int_eq(RUN(nosock, "frobnicate"), 2);
     ck_assert_ptr_nonnull(strstr(ERR, "unknown command 'frobnicate'"));
-    ck_assert_int_eq(run_env(NULL, NULL, OUT, sizeof OUT, ERR, sizeof ERR,
-                             (const char *const[]){NULL}),
-                     2);
+    ck_assert_int_eq(
+        run_env(NULL, NULL, OUT, sizeof OUT, ERR, sizeof ERR, (const char *const[]){NULL}), 2);
     ck_assert_ptr_nonnull(strstr(ERR, "a command is required"));
     ck_assert_int_eq(RUN(nosock, "resolve"), 2);
     ck_assert_ptr_nonnull(strstr(ERR, "usage: agentctl [-s SOCKET] resolve NAME"));
@@ -177,9 +176,9 @@ START_TEST(test_usage_errors)
     ck_assert_int_eq(RUN(nosock, "register", "a", "1.2.3.4:5", "--meta", "k=1", "--meta", "k=2"),
                      2);
     ck_assert_int_eq(RUN(nosock, "deregister", "a"), 2);
-    ck_assert_int_eq(run_env(NULL, NULL, OUT, sizeof OUT, ERR, sizeof ERR,
-                             (const char *const[]){"-s", NULL}),
-                     2);
+    ck_assert_int_eq(
+        run_env(NULL, NULL, OUT, sizeof OUT, ERR, sizeof ERR, (const char *const[]){"-s", NULL}),
+        2);
     ck_assert_int_eq(run_env(NULL, NULL, OUT, sizeof OUT, ERR, sizeof ERR,
                              (const char *const[]){"--bogus", "status", NULL}),
                      2);
@@ -220,9 +219,12 @@ START_TEST(test_no_agent)
 {
     char dir[] = "/tmp/test_agentctl.XXXXXX", sock[128], env[160];
     const char *commands[][4] = {
-        {"status", NULL},        {"services", "--json", NULL},
-        {"resolve", "x", NULL},  {"watch", "x", NULL},
-        {"register", "x", "1.2.3.4:5", NULL}, {"deregister", "x", "1.2.3.4:5", NULL},
+        {"status", NULL},
+        {"services", "--json", NULL},
+        {"resolve", "x", NULL},
+        {"watch", "x", NULL},
+        {"register", "x", "1.2.3.4:5", NULL},
+        {"deregister", "x", "1.2.3.4:5", NULL},
     };
 
     ck_assert_ptr_nonnull(mkdtemp(dir));
@@ -248,8 +250,8 @@ START_TEST(test_no_agent)
     /* ...and the default without either. An agent may run there on this
      * machine, or have left its socket file behind: then it answers (0) or
      * is named as absent (3). */
-    int rc = run_env(NULL, (const char *const[]){"DISCOVERY_SOCKET=", NULL}, OUT, sizeof OUT,
-                     ERR, sizeof ERR, (const char *const[]){"status", NULL});
+    int rc = run_env(NULL, (const char *const[]){"DISCOVERY_SOCKET=", NULL}, OUT, sizeof OUT, ERR,
+                     sizeof ERR, (const char *const[]){"status", NULL});
     ck_assert_msg(rc == 0 || (rc == 3 && strstr(ERR, "/run/discovery-agent/agent.sock")),
                   "default socket: exit %d: %s", rc, ERR);
     /* A file that is not a socket is no agent either. */
@@ -441,9 +443,8 @@ START_TEST(test_watch)
     human[2] = json[2] = f.sock;
     snprintf(hpath, sizeof hpath, "%s/watch.out", f.dir);
     snprintf(jpath, sizeof jpath, "%s/watch-json.out", f.dir);
-    ck_assert_int_eq(RUN(f.sock, "register", "svc", "127.0.0.1:9200", "--weight", "7", "--group",
-                         "A"),
-                     0);
+    ck_assert_int_eq(
+        RUN(f.sock, "register", "svc", "127.0.0.1:9200", "--weight", "7", "--group", "A"), 0);
     w = proc_spawn(human, NULL, hpath);
     wj = proc_spawn(json, NULL, jpath);
     ck_assert_ptr_nonnull(w);
@@ -462,14 +463,14 @@ START_TEST(test_watch)
         ck_assert_int_eq(etcdctl(f.cluster, out, sizeof out, args), 0);
     }
     ck_assert(wait_text(hpath, "+ 10.0.0.7:8082 joined (weight 1, group A)\n", 5000));
-    ck_assert_int_eq(RUN(f.sock, "register", "svc", "127.0.0.1:9200", "--weight", "5", "--group",
-                         "A"),
-                     0);
+    ck_assert_int_eq(
+        RUN(f.sock, "register", "svc", "127.0.0.1:9200", "--weight", "5", "--group", "A"), 0);
     ck_assert(wait_text(hpath, "~ 127.0.0.1:9200 weight 7 -> 5\n", 5000));
     ck_assert_int_eq(RUN(f.sock, "deregister", "svc", "127.0.0.1:9200"), 0);
     ck_assert(wait_text(hpath, "- 127.0.0.1:9200 left\n", 5000));
-    ck_assert(wait_text(jpath, "\"instances\":[{\"name\":\"svc\",\"address\":\"10.0.0.7:8082\","
-                               "\"weight\":1,\"group\":\"A\",\"metadata\":{}}]}\n",
+    ck_assert(wait_text(jpath,
+                        "\"instances\":[{\"name\":\"svc\",\"address\":\"10.0.0.7:8082\","
+                        "\"weight\":1,\"group\":\"A\",\"metadata\":{}}]}\n",
                         5000));
 
     /* Lines carry the revision and the local time. */

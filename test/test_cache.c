@@ -100,17 +100,16 @@ static int64_t put(struct fx *f, const char *name, const char *suffix, const cha
     char key[256];
 
     snprintf(key, sizeof key, "%s/%s/%s", PREFIX, name, suffix);
-    ck_assert_int_eq(etcd_put(f->etcd, key, strlen(key), value, strlen(value), lease, res_cb, &s,
-                              NULL),
-                     0);
+    ck_assert_int_eq(
+        etcd_put(f->etcd, key, strlen(key), value, strlen(value), lease, res_cb, &s, NULL), 0);
     return finish(f, &s);
 }
 
 static int64_t put_inst(struct fx *f, const char *name, const char *address, int32_t weight,
                         const char *group)
 {
-    struct instance i = {.name = (char *)name, .address = (char *)address, .weight = weight,
-                         .group = (char *)group};
+    struct instance i = {
+        .name = (char *)name, .address = (char *)address, .weight = weight, .group = (char *)group};
     char *v = instance_to_value(&i);
     int64_t rev;
 

@@ -80,7 +80,7 @@ struct obs {
     bool val[64];
     int passes_at_change, failures_at_change;
     uint64_t probes_at_change; /* results counted when it last changed */
-    bool stop_self; /* stop the checker from inside the callback */
+    bool stop_self;            /* stop the checker from inside the callback */
 };
 
 static void obs_cb(checker *k, bool healthy, void *arg)
@@ -379,8 +379,8 @@ static void *hsrv_main(void *arg)
     struct hsrv *s = arg;
 
     for (;;) {
-        grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC),
-                                                   NULL);
+        grpc_event ev =
+            grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
         if (ev.type != GRPC_OP_COMPLETE)
@@ -613,14 +613,12 @@ START_TEST(test_bad_starts)
 
     fx_init(&f, false);
     /* exec checks disabled: refused with a message, no callback ever. */
-    ck_assert_int_eq(checker_start(&k, f.ctx, &exec, NULL, obs_cb, &o, err, sizeof err),
-                     DA_EINVAL);
+    ck_assert_int_eq(checker_start(&k, f.ctx, &exec, NULL, obs_cb, &o, err, sizeof err), DA_EINVAL);
     ck_assert_ptr_nonnull(strstr(err, "exec checks are disabled"));
     ck_assert_int_eq(checker_start(&k, f.ctx, &tcp, "no-port", obs_cb, &o, err, sizeof err),
                      DA_EINVAL);
     ck_assert_ptr_nonnull(strstr(err, "host:port"));
-    ck_assert_int_eq(checker_start(&k, f.ctx, &tcp, NULL, obs_cb, &o, err, sizeof err),
-                     DA_EINVAL);
+    ck_assert_int_eq(checker_start(&k, f.ctx, &tcp, NULL, obs_cb, &o, err, sizeof err), DA_EINVAL);
     ck_assert_int_eq(checker_start(&k, f.ctx, &tcp, "[::1:80", obs_cb, &o, err, sizeof err),
                      DA_EINVAL);
     ck_assert_int_eq(checker_start(&k, f.ctx, &tcp, "h:70000", obs_cb, &o, err, sizeof err),
@@ -640,8 +638,8 @@ START_TEST(test_tcp_not_answering_then_answering)
 {
     struct fx f;
     struct obs o = {0};
-    struct check_spec spec = {.type = CHECK_TCP, .interval_ms = 100, .timeout_ms = 100,
-                              .rise = 2, .fall = 3};
+    struct check_spec spec = {
+        .type = CHECK_TCP, .interval_ms = 100, .timeout_ms = 100, .rise = 2, .fall = 3};
     struct listener l;
     int port = free_port();
     checker *k;
@@ -682,8 +680,7 @@ START_TEST(test_tcp_host_name)
 {
     struct fx f;
     struct obs o = {0};
-    struct check_spec spec = {.type = CHECK_TCP, .interval_ms = 100, .timeout_ms = 100,
-                              .rise = 1};
+    struct check_spec spec = {.type = CHECK_TCP, .interval_ms = 100, .timeout_ms = 100, .rise = 1};
     /* The resolver may ask the network about .invalid: give it time, so
      * that the result is the resolver's answer, not our timeout. */
     struct check_spec slow = {.type = CHECK_TCP, .interval_ms = 5000, .timeout_ms = 5000};
@@ -766,9 +763,9 @@ END_TEST
 START_TEST(test_http_flapping_no_change)
 {
     static const char *const script[] = {
-        OK200, OK200,                                       /* healthy */
-        E503, OK200, E503, OK200, E503, E503, OK200, E503, /* flapping */
-        OK200, E503, E503, OK200, E503, OK200, E503, OK200, /* more of it */
+        OK200, OK200,                                         /* healthy */
+        E503,  OK200, E503, OK200, E503, E503,  OK200, E503,  /* flapping */
+        OK200, E503,  E503, OK200, E503, OK200, E503,  OK200, /* more of it */
         OK200,
     };
     struct responder *r = responder_start(script, sizeof script / sizeof script[0]);
@@ -776,8 +773,8 @@ START_TEST(test_http_flapping_no_change)
     struct obs o = {0};
     /* A probe that timed out would shift the script: a timeout no loaded
      * machine misses on loopback. */
-    struct check_spec spec = {.type = CHECK_HTTP, .interval_ms = 250, .timeout_ms = 250,
-                              .rise = 2, .fall = 3};
+    struct check_spec spec = {
+        .type = CHECK_HTTP, .interval_ms = 250, .timeout_ms = 250, .rise = 2, .fall = 3};
     checker *k;
 
     ck_assert_ptr_nonnull(r);
@@ -907,8 +904,7 @@ START_TEST(test_exec_results)
     char *none[] = {"/nonexistent/cmd", NULL};
     /* Commands that end at once, given a timeout a loaded machine always
      * meets (an 80 ms one once reported "timed out" for /bin/false). */
-    struct check_spec s = {.type = CHECK_EXEC, .interval_ms = 2000, .timeout_ms = 2000,
-                           .rise = 1};
+    struct check_spec s = {.type = CHECK_EXEC, .interval_ms = 2000, .timeout_ms = 2000, .rise = 1};
     checker *kt, *kf, *ko, *ke, *kn;
 
     fx_init(&f, true);
@@ -972,8 +968,8 @@ START_TEST(test_exec_timeout_kills_group)
     char script[256];
     char *argv[] = {"/bin/sh", "-c", script, NULL};
     /* Time enough for the shell to start its background child first. */
-    struct check_spec s = {.type = CHECK_EXEC, .interval_ms = 1500, .timeout_ms = 1000,
-                           .exec_argv = argv};
+    struct check_spec s = {
+        .type = CHECK_EXEC, .interval_ms = 1500, .timeout_ms = 1000, .exec_argv = argv};
     checker *k;
     uint64_t t0, took;
     FILE *fp;
@@ -1014,8 +1010,8 @@ START_TEST(test_grpc_not_serving_and_back)
     struct obs o = {0};
     /* The answers are what is asserted: a timeout no loaded machine misses
      * on loopback, so that none of them is "timed out". */
-    struct check_spec spec = {.type = CHECK_GRPC, .interval_ms = 500, .timeout_ms = 500,
-                              .rise = 2, .fall = 3};
+    struct check_spec spec = {
+        .type = CHECK_GRPC, .interval_ms = 500, .timeout_ms = 500, .rise = 2, .fall = 3};
     checker *k;
     uint64_t t0, up, down, back;
 
@@ -1064,8 +1060,8 @@ START_TEST(test_grpc_service_name)
     struct hsrv *srv = hsrv_start(0, 1);
     struct fx f;
     struct obs ok = {0}, ou = {0};
-    struct check_spec known = {.type = CHECK_GRPC, .interval_ms = 300, .timeout_ms = 300,
-                               .grpc_service = "known.Service"};
+    struct check_spec known = {
+        .type = CHECK_GRPC, .interval_ms = 300, .timeout_ms = 300, .grpc_service = "known.Service"};
     struct check_spec unknown = known;
     char target[64];
     checker *kk, *ku;
@@ -1120,7 +1116,8 @@ START_TEST(test_grpc_server_appears)
     t0 = now_ms(&f);
     ck_assert(wait_changes(&f, &o, 1, LIVE_MS));
     up = o.at[0] - t0;
-    fprintf(stderr, "measure: grpc server started -> healthy: %llu ms, %llu probes "
+    fprintf(stderr,
+            "measure: grpc server started -> healthy: %llu ms, %llu probes "
             "(interval 300, rise 2)\n",
             (unsigned long long)up, (unsigned long long)(o.probes_at_change - p0));
     ck_assert(o.healthy);
@@ -1155,7 +1152,7 @@ START_TEST(test_grpc_stop_while_connecting)
     ck_assert_int_eq(listen(fd, 16), 0);
     fx_init(&f, false);
     k = start(&f, &spec, addr_of(ntohs(sa.sin_port)), &o);
-    loop_for(&f.loop, 200); /* the first probe starts at once */
+    loop_for(&f.loop, 200);                /* the first probe starts at once */
     ck_assert_uint_eq(state(k).probes, 0); /* and is waiting */
     checker_close(k);
     clock_gettime(CLOCK_MONOTONIC, &a);
@@ -1218,8 +1215,8 @@ START_TEST(test_slow_probes_do_not_delay_others)
     char *sleep10[] = {"sleep", "10", NULL};
     struct check_spec slow_http = {.type = CHECK_HTTP, .interval_ms = 300, .timeout_ms = 200};
     struct check_spec slow_grpc = {.type = CHECK_GRPC, .interval_ms = 300, .timeout_ms = 200};
-    struct check_spec slow_exec = {.type = CHECK_EXEC, .interval_ms = 300, .timeout_ms = 200,
-                                   .exec_argv = sleep10};
+    struct check_spec slow_exec = {
+        .type = CHECK_EXEC, .interval_ms = 300, .timeout_ms = 200, .exec_argv = sleep10};
     /* The fast one is expected to pass: a timeout no loaded machine misses. */
     struct check_spec fast = {.type = CHECK_TCP, .interval_ms = 100, .timeout_ms = 100};
     struct listener l;
@@ -1319,7 +1316,8 @@ START_TEST(test_timeout_equal_to_interval)
 {
     static const char *const hang[] = {"@HANG"};
     struct responder *r = responder_start(hang, 1);
-    struct check_spec spec = {.type = CHECK_HTTP, .interval_ms = 100, .timeout_ms = 100, .fall = 100};
+    struct check_spec spec = {
+        .type = CHECK_HTTP, .interval_ms = 100, .timeout_ms = 100, .fall = 100};
     struct ticker tk = {.ticks = 0};
     struct check_state st;
     struct obs o = {0};
@@ -1397,8 +1395,7 @@ END_TEST
 START_TEST(test_grpc_teardown_in_flight)
 {
     struct hsrv *ok = hsrv_start(0, 1), *hung = hsrv_start(0, 1);
-    struct check_spec serve = {.type = CHECK_GRPC, .interval_ms = 10, .timeout_ms = 10,
-                               .rise = 1};
+    struct check_spec serve = {.type = CHECK_GRPC, .interval_ms = 10, .timeout_ms = 10, .rise = 1};
     struct check_spec hang = {.type = CHECK_GRPC, .interval_ms = 10, .timeout_ms = 5};
     struct check_spec down = {.type = CHECK_GRPC, .interval_ms = 10, .timeout_ms = 10};
     int down_port = free_port(), self_stops = 0;
@@ -1426,7 +1423,8 @@ START_TEST(test_grpc_teardown_in_flight)
             self_stops += os[i].n;
         fx_finish(&f);
     }
-    fprintf(stderr, "measure: grpc teardown in flight: 40 rounds, %llu probes of hung and "
+    fprintf(stderr,
+            "measure: grpc teardown in flight: 40 rounds, %llu probes of hung and "
             "down checkers, %d checkers stopped from their callback\n",
             (unsigned long long)probes, self_stops);
     ck_assert_uint_gt(probes, 0);

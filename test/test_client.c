@@ -54,8 +54,7 @@ static void agent_start(struct fx *f)
         if (rc == 0)
             return;
         ck_assert_msg(proc_alive(f->agent), "the agent exited; see %s", f->log);
-        ck_assert_msg(now_ms() < until, "the agent did not answer within 10 s; see %s",
-                      f->log);
+        ck_assert_msg(now_ms() < until, "the agent did not answer within 10 s; see %s", f->log);
         sleep_ms(50);
     }
 }
@@ -212,9 +211,9 @@ static int count_err(const struct seen *s, int err, int from)
 
 START_TEST(test_error_table)
 {
-    static const int codes[] = {DISC_EINVAL,   DISC_ENOMEM,      DISC_ENOAGENT, DISC_EACCES,
-                                DISC_ECLOSED,  DISC_ETIMEDOUT,   DISC_EPROTO,   DISC_EREFUSED,
-                                DISC_EINPROGRESS, DISC_EUNAVAIL, DISC_EINTR,    DISC_ESYSTEM};
+    static const int codes[] = {DISC_EINVAL,      DISC_ENOMEM,    DISC_ENOAGENT, DISC_EACCES,
+                                DISC_ECLOSED,     DISC_ETIMEDOUT, DISC_EPROTO,   DISC_EREFUSED,
+                                DISC_EINPROGRESS, DISC_EUNAVAIL,  DISC_EINTR,    DISC_ESYSTEM};
 
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
         ck_assert_int_lt(codes[i], 0);
@@ -260,8 +259,12 @@ START_TEST(test_resolve_register_deregister)
     disc_client *c;
     struct disc_list *l;
     const char *keys[] = {"zone", "version"}, *values[] = {"eu", "1.4.2"};
-    struct disc_registration r = {.name = "svc", .address = "127.0.0.1:9001", .weight = 5,
-                                  .group = "A", .n_meta = 2, .meta_keys = keys,
+    struct disc_registration r = {.name = "svc",
+                                  .address = "127.0.0.1:9001",
+                                  .weight = 5,
+                                  .group = "A",
+                                  .n_meta = 2,
+                                  .meta_keys = keys,
                                   .meta_values = values};
     const char *code, *msg;
     char out[1024], *reply;
@@ -329,8 +332,7 @@ START_TEST(test_resolve_register_deregister)
     ck_assert(json_is_true(json_object_get(j, "ok")));
     ck_assert_ptr_nonnull(json_object_get(j, "lease"));
     json_decref(j);
-    ck_assert_int_eq(disc_request_json(c, "{\"op\":\"frobnicate\"}", 5000, &reply),
-                     DISC_EREFUSED);
+    ck_assert_int_eq(disc_request_json(c, "{\"op\":\"frobnicate\"}", 5000, &reply), DISC_EREFUSED);
     ck_assert_ptr_null(reply);
     ck_assert_int_eq(disc_client_last_error(c, &code, &msg), DISC_EREFUSED);
     ck_assert_str_eq(code, "unknown_op");
@@ -702,9 +704,9 @@ static void fake_drain(int fd)
     }
 }
 
-#define LIST(rev, addrs_json) \
+#define LIST(rev, addrs_json)                                                                      \
     "\"service\":\"s\",\"revision\":" #rev ",\"stale\":false,\"instances\":[" addrs_json "]"
-#define INST(addr) \
+#define INST(addr)                                                                                 \
     "{\"name\":\"s\",\"address\":\"" addr "\",\"weight\":1,\"group\":\"\",\"metadata\":{}}"
 
 /* ---- malformed lines ---------------------------------------------------- */
@@ -901,8 +903,7 @@ static void serve_queue(struct fake *f, int fd, int conn)
     while (fake_read_line(fd, line, sizeof line, 5000) >= 0) {
         id = req_id(line, op, sizeof op);
         if (!strcmp(op, "watch")) {
-            fake_print(fd, "{\"id\":%lld,\"ok\":true,\"watch\":3," LIST(5, INST("a:1")) "}\n",
-                       id);
+            fake_print(fd, "{\"id\":%lld,\"ok\":true,\"watch\":3," LIST(5, INST("a:1")) "}\n", id);
         } else if (!strcmp(op, "resolve")) {
             for (int rev = 6; rev <= 8; rev++)
                 fake_print(fd,
@@ -1053,8 +1054,7 @@ static void serve_record(struct fake *f, int fd, int conn)
         long long id = req_id(line, op, sizeof op);
         if (!strcmp(op, "watch")) {
             atomic_fetch_add(&sr->watches, 1);
-            fake_print(fd, "{\"id\":%lld,\"ok\":true,\"watch\":1," LIST(5, INST("a:1")) "}\n",
-                       id);
+            fake_print(fd, "{\"id\":%lld,\"ok\":true,\"watch\":1," LIST(5, INST("a:1")) "}\n", id);
         } else if (!strcmp(op, "register")) {
             atomic_fetch_add(&sr->registers, 1);
             fake_print(fd, "{\"id\":%lld,\"ok\":true,\"registered\":true}\n", id);

@@ -176,8 +176,7 @@ static void tmp_teardown(void)
 
 /* Loads the config text written to a temporary agent.yaml; returns what
  * config_load() returned, with the config in *out and the message in err. */
-static int load_text(const char *text, struct config **out, char *err,
-                     size_t errlen)
+static int load_text(const char *text, struct config **out, char *err, size_t errlen)
 {
     char p[PATH_MAX];
 
@@ -193,8 +192,7 @@ static const char *msg_after_file(const char *err)
 
     tmp_path(p, "agent.yaml");
     n = strlen(p);
-    ck_assert_msg(strncmp(err, p, n) == 0 && err[n] == ':',
-                  "message not about %s: %s", p, err);
+    ck_assert_msg(strncmp(err, p, n) == 0 && err[n] == ':', "message not about %s: %s", p, err);
     return err + n + 1;
 }
 
@@ -215,7 +213,7 @@ static void assert_defaults(const struct config *c)
     ck_assert_uint_eq(c->socket_mode, 0660);
     ck_assert_str_eq(c->cache_dir, "/var/lib/discovery-agent");
     ck_assert_uint_eq(c->cache_idle_ms, 600000);
-    ck_assert_int_eq(c->log_level, 1);  /* info */
+    ck_assert_int_eq(c->log_level, 1); /* info */
 }
 
 static const char *meta(const struct config_service *s, const char *key)
@@ -231,8 +229,8 @@ static const char *meta(const struct config_service *s, const char *key)
 
 struct data_case {
     char yaml[PATH_MAX];
-    char err[PATH_MAX];   /* the expected message; unused for valid cases */
-    char dir[PATH_MAX - 64];  /* the case's folder, for "{dir}" */
+    char err[PATH_MAX];      /* the expected message; unused for valid cases */
+    char dir[PATH_MAX - 64]; /* the case's folder, for "{dir}" */
 };
 
 static struct data_case *invalid_cases, *valid_cases;
@@ -240,8 +238,7 @@ static size_t n_invalid, n_valid;
 
 static int cmp_cases(const void *a, const void *b)
 {
-    return strcmp(((const struct data_case *)a)->yaml,
-                  ((const struct data_case *)b)->yaml);
+    return strcmp(((const struct data_case *)a)->yaml, ((const struct data_case *)b)->yaml);
 }
 
 /* Lists the cases of one data folder: its *.yaml files, and its
@@ -276,8 +273,7 @@ static struct data_case *list_cases(const char *dir, size_t *n)
                 continue;
         } else if (len > 5 && strcmp(de->d_name + len - 5, ".yaml") == 0) {
             snprintf(c.dir, sizeof(c.dir), "%s", dir);
-            snprintf(c.err, sizeof(c.err), "%s/%.*s.err", dir,
-                     (int)(len - 5), de->d_name);
+            snprintf(c.err, sizeof(c.err), "%s/%.*s.err", dir, (int)(len - 5), de->d_name);
         } else {
             continue;
         }
@@ -326,10 +322,10 @@ static char *expected_message(const struct data_case *c)
 
 START_TEST(data_folders_have_cases)
 {
-    ck_assert_msg(n_invalid >= 50, "only %zu invalid cases found in "
-                  TEST_DATA_DIR "/config-invalid", n_invalid);
-    ck_assert_msg(n_valid >= 5, "only %zu valid cases found in "
-                  TEST_DATA_DIR "/config-valid", n_valid);
+    ck_assert_msg(n_invalid >= 50,
+                  "only %zu invalid cases found in " TEST_DATA_DIR "/config-invalid", n_invalid);
+    ck_assert_msg(n_valid >= 5, "only %zu valid cases found in " TEST_DATA_DIR "/config-valid",
+                  n_valid);
 }
 END_TEST
 
@@ -337,14 +333,13 @@ START_TEST(invalid_case)
 {
     const struct data_case *c = &invalid_cases[_i];
     char err[CONFIG_ERR_MAX];
-    struct config *cfg = (struct config *)&err;  /* must become NULL */
+    struct config *cfg = (struct config *)&err; /* must become NULL */
     char *want = expected_message(c);
     int r = config_load(c->yaml, &cfg, err, sizeof(err));
 
     ck_assert_msg(r < 0, "%s was accepted", c->yaml);
     ck_assert_ptr_null(cfg);
-    ck_assert_msg(strcmp(err, want) == 0, "%s:\n  got  %s\n  want %s",
-                  c->yaml, err, want);
+    ck_assert_msg(strcmp(err, want) == 0, "%s:\n  got  %s\n  want %s", c->yaml, err, want);
     free(want);
 }
 END_TEST
@@ -370,14 +365,15 @@ END_TEST
 START_TEST(empty_files_mean_defaults)
 {
     static const char *const names[] = {
-        "empty.yaml", "comments-only.yaml", "document-only.yaml",
+        "empty.yaml",
+        "comments-only.yaml",
+        "document-only.yaml",
         "null-sections.yaml",
     };
     char path[PATH_MAX], err[CONFIG_ERR_MAX];
     struct config *c;
 
-    snprintf(path, sizeof(path), TEST_DATA_DIR "/config-valid/%s",
-             names[_i]);
+    snprintf(path, sizeof(path), TEST_DATA_DIR "/config-valid/%s", names[_i]);
     ck_assert_msg(config_load(path, &c, err, sizeof(err)) == 0, "%s", err);
     assert_defaults(c);
     ck_assert_uint_eq(c->n_services, 0);
@@ -405,7 +401,7 @@ START_TEST(full_file)
     ck_assert_uint_eq(c->socket_mode, 0640);
     ck_assert_str_eq(c->cache_dir, "/tmp/discovery-agent-cache");
     ck_assert_uint_eq(c->cache_idle_ms, 3600000);
-    ck_assert_int_eq(c->log_level, 0);  /* debug */
+    ck_assert_int_eq(c->log_level, 0); /* debug */
     ck_assert_ptr_null(c->username);
     ck_assert_ptr_null(c->password);
     ck_assert_ptr_null(c->tls_ca_file);
@@ -446,10 +442,8 @@ START_TEST(full_file)
     ck_assert_str_eq(meta(s, "owner"), "team-a");
     ck_assert_int_eq(s->line, 35);
 
-    ck_assert_ptr_eq(config_find_service(c, "user-server", "[::1]:8082"),
-                     &c->services[1]);
-    ck_assert_ptr_eq(config_find_service(c, "echo", "localhost:50051"),
-                     &c->services[3]);
+    ck_assert_ptr_eq(config_find_service(c, "user-server", "[::1]:8082"), &c->services[1]);
+    ck_assert_ptr_eq(config_find_service(c, "echo", "localhost:50051"), &c->services[3]);
     ck_assert_ptr_null(config_find_service(c, "echo", "10.0.0.5:8082"));
     ck_assert_ptr_null(config_find_service(c, "nope", "localhost:50051"));
     ck_assert_ptr_null(config_find_service(c, NULL, "localhost:50051"));
@@ -466,7 +460,7 @@ START_TEST(conf_d_order)
     struct config *c;
 
     ck_assert_msg(config_load(path, &c, err, sizeof(err)) == 0, "%s", err);
-    ck_assert_int_eq(c->log_level, 3);  /* error */
+    ck_assert_int_eq(c->log_level, 3); /* error */
     ck_assert_uint_eq(c->n_services, 4);
     ck_assert_str_eq(c->services[0].address, "127.0.0.1:50051");
     ck_assert_str_eq(c->services[0].file, path);
@@ -490,17 +484,17 @@ START_TEST(flow_style_and_bom)
     char err[CONFIG_ERR_MAX];
     struct config *c;
 
-    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/flow-style.yaml",
-                                 &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(
+        config_load(TEST_DATA_DIR "/config-valid/flow-style.yaml", &c, err, sizeof(err)), 0);
     ck_assert_uint_eq(c->socket_mode, 0660);
     ck_assert_uint_eq(c->n_services, 1);
     ck_assert_int_eq(c->services[0].weight, 3);
     ck_assert_str_eq(meta(&c->services[0], "v"), "1");
     config_free(c);
 
-    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/bom-crlf.yaml",
-                                 &c, err, sizeof(err)), 0);
-    ck_assert_int_eq(c->log_level, 2);  /* warn */
+    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/bom-crlf.yaml", &c, err, sizeof(err)),
+                     0);
+    ck_assert_int_eq(c->log_level, 2); /* warn */
     ck_assert_uint_eq(c->n_services, 1);
     ck_assert_int_eq(c->services[0].line, 4);
     ck_assert_int_eq(c->services[0].column, 5);
@@ -515,8 +509,7 @@ START_TEST(example_config)
     char err[CONFIG_ERR_MAX];
     struct config *c;
 
-    ck_assert_msg(config_load(CONF_DIR "/agent.yaml", &c, err, sizeof(err))
-                  == 0, "%s", err);
+    ck_assert_msg(config_load(CONF_DIR "/agent.yaml", &c, err, sizeof(err)) == 0, "%s", err);
     assert_defaults(c);
     ck_assert_uint_eq(c->n_services, 0);
     config_free(c);
@@ -530,16 +523,16 @@ START_TEST(example_config_names_every_key)
     size_t n_check_keys;
     const char *const *check_keys = check_spec_keys(&n_check_keys);
     const char *const *lists[] = {
-        top_keys, etcd_keys, tls_keys, session_keys, socket_keys,
-        cache_keys, log_keys, service_keys, xds_keys, check_keys,
-        checks_keys,
+        top_keys, etcd_keys,    tls_keys, session_keys, socket_keys, cache_keys,
+        log_keys, service_keys, xds_keys, check_keys,   checks_keys,
     };
     const size_t sizes[] = {
-        ARRAY_SIZE(top_keys), ARRAY_SIZE(etcd_keys), ARRAY_SIZE(tls_keys),
-        ARRAY_SIZE(session_keys), ARRAY_SIZE(socket_keys),
-        ARRAY_SIZE(cache_keys), ARRAY_SIZE(log_keys),
-        ARRAY_SIZE(service_keys), ARRAY_SIZE(xds_keys),
-        n_check_keys, ARRAY_SIZE(checks_keys),
+        ARRAY_SIZE(top_keys),    ARRAY_SIZE(etcd_keys),
+        ARRAY_SIZE(tls_keys),    ARRAY_SIZE(session_keys),
+        ARRAY_SIZE(socket_keys), ARRAY_SIZE(cache_keys),
+        ARRAY_SIZE(log_keys),    ARRAY_SIZE(service_keys),
+        ARRAY_SIZE(xds_keys),    n_check_keys,
+        ARRAY_SIZE(checks_keys),
     };
 
     for (size_t l = 0; l < ARRAY_SIZE(lists); l++) {
@@ -547,8 +540,8 @@ START_TEST(example_config_names_every_key)
             char want[64];
 
             snprintf(want, sizeof(want), "%s:", lists[l][k]);
-            ck_assert_msg(strstr(text, want) != NULL,
-                          "conf/agent.yaml does not mention '%s'", want);
+            ck_assert_msg(strstr(text, want) != NULL, "conf/agent.yaml does not mention '%s'",
+                          want);
         }
     }
     free(text);
@@ -562,8 +555,8 @@ START_TEST(xds_section)
     char err[CONFIG_ERR_MAX];
     struct config *c;
 
-    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/empty.yaml", &c,
-                                 err, sizeof(err)), 0);
+    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/empty.yaml", &c, err, sizeof(err)),
+                     0);
     ck_assert_int_eq(c->xds_enabled, 1);
     ck_assert_str_eq(c->xds_path, "/run/discovery-agent/xds.sock");
     ck_assert_uint_eq(c->xds_mode, 0660);
@@ -573,8 +566,7 @@ START_TEST(xds_section)
     ck_assert_int_eq(c->xds_test_host_names, 0);
     config_free(c);
 
-    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/xds.yaml", &c,
-                                 err, sizeof(err)), 0);
+    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/xds.yaml", &c, err, sizeof(err)), 0);
     ck_assert_int_eq(c->xds_enabled, 0);
     ck_assert_str_eq(c->xds_path, "/tmp/discovery-agent-test/xds.sock");
     ck_assert_uint_eq(c->xds_mode, 0666);
@@ -584,17 +576,17 @@ START_TEST(xds_section)
     ck_assert_int_eq(c->xds_test_host_names, 1);
     config_free(c);
 
-    ck_assert_int_eq(config_load(TEST_DATA_DIR
-                                 "/config-valid/xds-follows-socket.yaml", &c,
-                                 err, sizeof(err)), 0);
+    ck_assert_int_eq(
+        config_load(TEST_DATA_DIR "/config-valid/xds-follows-socket.yaml", &c, err, sizeof(err)),
+        0);
     ck_assert_str_eq(c->xds_path, "/tmp/discovery-agent-test/xds.sock");
     ck_assert_uint_eq(c->xds_mode, 0600);
     ck_assert_str_eq(c->xds_tcp, "localhost:18001");
     config_free(c);
 
-    ck_assert_int_eq(config_load(TEST_DATA_DIR
-                                 "/config-valid/xds-relative-socket.yaml", &c,
-                                 err, sizeof(err)), 0);
+    ck_assert_int_eq(
+        config_load(TEST_DATA_DIR "/config-valid/xds-relative-socket.yaml", &c, err, sizeof(err)),
+        0);
     ck_assert_str_eq(c->xds_path, "xds.sock");
     ck_assert_int_eq(c->xds_enabled, 1);
     ck_assert_str_eq(c->xds_tcp, "127.1.2.3:18002");
@@ -608,8 +600,8 @@ START_TEST(dns_section)
     char err[CONFIG_ERR_MAX];
     struct config *c;
 
-    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/empty.yaml", &c,
-                                 err, sizeof(err)), 0);
+    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/empty.yaml", &c, err, sizeof(err)),
+                     0);
     ck_assert_int_eq(c->dns_enabled, 1);
     ck_assert_uint_eq(c->n_dns_listen, 1);
     ck_assert_str_eq(c->dns_listen[0], "127.0.0.1:8600");
@@ -619,8 +611,7 @@ START_TEST(dns_section)
     ck_assert_uint_eq(c->n_dns_recursors, 0);
     config_free(c);
 
-    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/dns.yaml", &c,
-                                 err, sizeof(err)), 0);
+    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/dns.yaml", &c, err, sizeof(err)), 0);
     ck_assert_int_eq(c->dns_enabled, 0);
     ck_assert_uint_eq(c->n_dns_listen, 2);
     ck_assert_str_eq(c->dns_listen[1], "[::1]:5353");
@@ -643,7 +634,8 @@ START_TEST(traffic_section)
     struct config *c;
     const struct policy_outlier *o;
 
-    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/empty.yaml", &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(config_load(TEST_DATA_DIR "/config-valid/empty.yaml", &c, err, sizeof(err)),
+                     0);
     ck_assert_ptr_null(c->traffic.zone);
     ck_assert(c->traffic.overprovisioning == 1.4);
     ck_assert(c->traffic.protection.enabled && c->traffic.protection.max_drop == 0.5);
@@ -651,7 +643,8 @@ START_TEST(traffic_section)
     ck_assert_ptr_null(policy_outlier_of(&c->traffic, "echo"));
     config_free(c);
 
-    ck_assert_msg(config_load(TEST_DATA_DIR "/config-valid/traffic.yaml", &c, err, sizeof(err)) == 0,
+    ck_assert_msg(config_load(TEST_DATA_DIR "/config-valid/traffic.yaml", &c, err, sizeof(err)) ==
+                      0,
                   "%s", err);
     ck_assert_str_eq(c->traffic.zone, "eu-west-1a");
     ck_assert_str_eq(c->traffic.region, "eu-west-1");
@@ -690,8 +683,7 @@ START_TEST(demo_config)
     struct config *c;
     const struct config_service *s;
 
-    ck_assert_msg(config_load(CONF_DIR "/demo.yaml", &c, err, sizeof(err))
-                  == 0, "%s", err);
+    ck_assert_msg(config_load(CONF_DIR "/demo.yaml", &c, err, sizeof(err)) == 0, "%s", err);
     ck_assert_uint_eq(c->n_endpoints, 1);
     ck_assert_str_eq(c->endpoints[0], "http://127.0.0.1:2379");
     ck_assert_str_eq(c->socket_path, "build/run/agent.sock");
@@ -751,16 +743,17 @@ START_TEST(file_size_cap)
     write_file(p, big, CONFIG_FILE_MAX + 1);
     ck_assert_int_eq(config_load(p, &c, err, sizeof(err)), -EFBIG);
     ck_assert_ptr_null(c);
-    snprintf(want, sizeof(want), "%s: file too large: a configuration file "
-             "may hold at most 1 MiB", p);
+    snprintf(want, sizeof(want),
+             "%s: file too large: a configuration file "
+             "may hold at most 1 MiB",
+             p);
     ck_assert_str_eq(err, want);
 
     /* The cap holds for conf.d files too. */
     write_text(tmp_path(p, "agent.yaml"), "");
     mkdir(tmp_path(p, "conf.d"), 0700);
     write_file(tmp_path(p, "conf.d/10-big.yaml"), big, CONFIG_FILE_MAX + 1);
-    ck_assert_int_eq(config_load(tmp_path(p, "agent.yaml"), &c, err,
-                                 sizeof(err)), -EFBIG);
+    ck_assert_int_eq(config_load(tmp_path(p, "agent.yaml"), &c, err, sizeof(err)), -EFBIG);
     free(big);
 }
 END_TEST
@@ -770,39 +763,40 @@ START_TEST(password_file)
     static const struct {
         const char *content;
         size_t len;
-        const char *password;   /* NULL: refused */
+        const char *password; /* NULL: refused */
         const char *message;
     } cases[] = {
-        { "s3cret\n", 7, "s3cret", NULL },
-        { "s3cret", 6, "s3cret", NULL },
-        { "s3cret\r\n", 8, "s3cret", NULL },
-        { "s3cret\n\n", 8, "s3cret\n", NULL },
-        { " two words ", 11, " two words ", NULL },
-        { "", 0, NULL, "is empty: write the password into it" },
-        { "\n", 1, NULL, "is empty: write the password into it" },
-        { "a\0b\n", 4, NULL, "contains a NUL byte: write the password as "
-                             "text" },
+        {"s3cret\n", 7, "s3cret", NULL},
+        {"s3cret", 6, "s3cret", NULL},
+        {"s3cret\r\n", 8, "s3cret", NULL},
+        {"s3cret\n\n", 8, "s3cret\n", NULL},
+        {" two words ", 11, " two words ", NULL},
+        {"", 0, NULL, "is empty: write the password into it"},
+        {"\n", 1, NULL, "is empty: write the password into it"},
+        {"a\0b\n", 4, NULL,
+         "contains a NUL byte: write the password as "
+         "text"},
     };
     char pw[PATH_MAX], text[2 * PATH_MAX];
     char err[CONFIG_ERR_MAX], want[PATH_MAX + 128];
     struct config *c;
 
     tmp_path(pw, "etcd.password");
-    snprintf(text, sizeof(text), "etcd:\n  username: agent\n"
-             "  password_file: %s\n", pw);
+    snprintf(text, sizeof(text),
+             "etcd:\n  username: agent\n"
+             "  password_file: %s\n",
+             pw);
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
         write_file(pw, cases[i].content, cases[i].len);
         if (cases[i].password != NULL) {
-            ck_assert_msg(load_text(text, &c, err, sizeof(err)) == 0, "%s",
-                          err);
+            ck_assert_msg(load_text(text, &c, err, sizeof(err)) == 0, "%s", err);
             ck_assert_str_eq(c->username, "agent");
             ck_assert_str_eq(c->password_file, pw);
             ck_assert_str_eq(c->password, cases[i].password);
             config_free(c);
         } else {
             ck_assert_int_eq(load_text(text, &c, err, sizeof(err)), -EINVAL);
-            snprintf(want, sizeof(want), "3:3: etcd.password_file '%s' %s",
-                     pw, cases[i].message);
+            snprintf(want, sizeof(want), "3:3: etcd.password_file '%s' %s", pw, cases[i].message);
             ck_assert_str_eq(msg_after_file(err), want);
         }
     }
@@ -828,8 +822,10 @@ START_TEST(password_file)
         write_text(pw, "s3cret\n");
         chmod(pw, 0);
         ck_assert_int_eq(load_text(text, &c, err, sizeof(err)), -EINVAL);
-        snprintf(want, sizeof(want), "3:3: cannot read etcd.password_file "
-                 "'%s': Permission denied", pw);
+        snprintf(want, sizeof(want),
+                 "3:3: cannot read etcd.password_file "
+                 "'%s': Permission denied",
+                 pw);
         ck_assert_str_eq(msg_after_file(err), want);
     }
 }
@@ -844,7 +840,8 @@ START_TEST(tls_files)
     write_text(tmp_path(ca, "ca.pem"), "ca\n");
     write_text(tmp_path(cert, "client.pem"), "cert\n");
     write_text(tmp_path(key, "client.key"), "key\n");
-    snprintf(text, sizeof(text), "etcd:\n"
+    snprintf(text, sizeof(text),
+             "etcd:\n"
              "  endpoints: [https://10.0.0.1:2379, http://10.0.0.2:2379]\n"
              "  tls:\n    ca_file: %s\n    cert_file: %s\n    key_file: %s\n",
              ca, cert, key);
@@ -855,18 +852,24 @@ START_TEST(tls_files)
     config_free(c);
 
     /* Only a CA: the server is checked, the client shows no certificate. */
-    snprintf(text, sizeof(text), "etcd:\n  endpoints: [https://10.0.0.1]\n"
-             "  tls: {ca_file: %s}\n", ca);
+    snprintf(text, sizeof(text),
+             "etcd:\n  endpoints: [https://10.0.0.1]\n"
+             "  tls: {ca_file: %s}\n",
+             ca);
     ck_assert_msg(load_text(text, &c, err, sizeof(err)) == 0, "%s", err);
     ck_assert_ptr_null(c->tls_cert_file);
     config_free(c);
 
     /* A key file that is gone is reported at its key. */
-    snprintf(text, sizeof(text), "etcd:\n  endpoints: [https://10.0.0.1]\n"
-             "  tls:\n    cert_file: %s\n    key_file: %s.gone\n", cert, key);
+    snprintf(text, sizeof(text),
+             "etcd:\n  endpoints: [https://10.0.0.1]\n"
+             "  tls:\n    cert_file: %s\n    key_file: %s.gone\n",
+             cert, key);
     ck_assert_int_eq(load_text(text, &c, err, sizeof(err)), -EINVAL);
-    snprintf(want, sizeof(want), "5:5: cannot read etcd.tls.key_file "
-             "'%s.gone': No such file or directory", key);
+    snprintf(want, sizeof(want),
+             "5:5: cannot read etcd.tls.key_file "
+             "'%s.gone': No such file or directory",
+             key);
     ck_assert_str_eq(msg_after_file(err), want);
 }
 END_TEST
@@ -877,7 +880,7 @@ START_TEST(conf_d_unreadable)
     struct config *c;
 
     if (geteuid() == 0)
-        return;  /* root reads files whatever their mode */
+        return; /* root reads files whatever their mode */
     mkdir(tmp_path(p, "conf.d"), 0700);
     write_text(tmp_path(p, "conf.d/10-x.yaml"), "services: []\n");
     chmod(p, 0);
@@ -902,16 +905,14 @@ START_TEST(conf_d_beside_relative_path)
      * folder, and messages name the files as the caller would. */
     ck_assert_ptr_nonnull(getcwd(cwd, sizeof(cwd)));
     mkdir(tmp_path(p, "conf.d"), 0700);
-    write_text(tmp_path(p, "conf.d/10-x.yaml"),
-               "services:\n  - {name: x, address: '127.0.0.1:1'}\n"
-               "  - {name: x, address: '127.0.0.1:1'}\n");
+    write_text(tmp_path(p, "conf.d/10-x.yaml"), "services:\n  - {name: x, address: '127.0.0.1:1'}\n"
+                                                "  - {name: x, address: '127.0.0.1:1'}\n");
     write_text(tmp_path(p, "agent.yaml"), "");
     ck_assert_int_eq(chdir(tmp_dir), 0);
-    ck_assert_int_eq(config_load("agent.yaml", &c, err, sizeof(err)),
-                     -EINVAL);
+    ck_assert_int_eq(config_load("agent.yaml", &c, err, sizeof(err)), -EINVAL);
     ck_assert_str_eq(err, "conf.d/10-x.yaml:3:5: duplicate service instance "
-                     "x 127.0.0.1:1 (first at conf.d/10-x.yaml:2:5): remove "
-                     "one of them");
+                          "x 127.0.0.1:1 (first at conf.d/10-x.yaml:2:5): remove "
+                          "one of them");
     ck_assert_int_eq(chdir(cwd), 0);
 }
 END_TEST
@@ -934,8 +935,8 @@ START_TEST(socket_path_length)
     snprintf(text, sizeof(text), "socket: {path: %s}\n", path);
     ck_assert_int_eq(load_text(text, &c, err, sizeof(err)), -EINVAL);
     ck_assert_str_eq(msg_after_file(err), "1:16: socket.path is 108 bytes "
-                     "long, but a unix socket path holds at most 107: "
-                     "choose a shorter path");
+                                          "long, but a unix socket path holds at most 107: "
+                                          "choose a shorter path");
 }
 END_TEST
 
@@ -945,17 +946,15 @@ START_TEST(socket_modes)
         const char *text;
         unsigned mode;
     } modes[] = {
-        { "0660", 0660 }, { "\"0660\"", 0660 }, { "'0600'", 0600 },
-        { "0o640", 0640 }, { "0", 0 }, { "0000", 0 }, { "0777", 0777 },
-        { "00644", 0644 },
+        {"0660", 0660}, {"\"0660\"", 0660}, {"'0600'", 0600}, {"0o640", 0640},
+        {"0", 0},       {"0000", 0},        {"0777", 0777},   {"00644", 0644},
     };
     char text[128], err[CONFIG_ERR_MAX];
     struct config *c;
 
     for (size_t i = 0; i < ARRAY_SIZE(modes); i++) {
         snprintf(text, sizeof(text), "socket:\n  mode: %s\n", modes[i].text);
-        ck_assert_msg(load_text(text, &c, err, sizeof(err)) == 0, "%s: %s",
-                      modes[i].text, err);
+        ck_assert_msg(load_text(text, &c, err, sizeof(err)) == 0, "%s: %s", modes[i].text, err);
         ck_assert_uint_eq(c->socket_mode, modes[i].mode);
         config_free(c);
     }
@@ -968,13 +967,13 @@ START_TEST(values_that_load)
     char err[CONFIG_ERR_MAX];
     struct config *c;
 
-    ck_assert_int_eq(load_text("etcd: {prefix: '/a/b///'}\n", &c, err,
-                               sizeof(err)), 0);
+    ck_assert_int_eq(load_text("etcd: {prefix: '/a/b///'}\n", &c, err, sizeof(err)), 0);
     ck_assert_str_eq(c->prefix, "/a/b");
     config_free(c);
     ck_assert_int_eq(load_text("session: {ttl: 2s}\ncache: {idle: 1ms}\n"
-                               "etcd: {timeout: 1h}\n", &c, err,
-                               sizeof(err)), 0);
+                               "etcd: {timeout: 1h}\n",
+                               &c, err, sizeof(err)),
+                     0);
     ck_assert_uint_eq(c->session_ttl_ms, 2000);
     ck_assert_uint_eq(c->cache_idle_ms, 1);
     ck_assert_uint_eq(c->timeout_ms, 3600000);
@@ -982,28 +981,27 @@ START_TEST(values_that_load)
     ck_assert_int_eq(load_text("xds: {idle: 500ms}\n", &c, err, sizeof(err)), 0);
     ck_assert_uint_eq(c->xds_idle_ms, 500);
     config_free(c);
-    ck_assert_int_eq(load_text(
-        "services:\n"
-        "  - {name: a, address: 'h:1', weight: -2147483648}\n"
-        "  - {name: a, address: '[::ffff:1.2.3.4]:65535'}\n"
-        "  - {name: 'ü', address: 'a_b.c-d:80', group: ~x}\n",
-        &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(load_text("services:\n"
+                               "  - {name: a, address: 'h:1', weight: -2147483648}\n"
+                               "  - {name: a, address: '[::ffff:1.2.3.4]:65535'}\n"
+                               "  - {name: 'ü', address: 'a_b.c-d:80', group: ~x}\n",
+                               &c, err, sizeof(err)),
+                     0);
     ck_assert_int_eq(c->services[0].weight, INT32_MIN);
     ck_assert_int_eq(c->services[1].weight, 1);
     ck_assert_str_eq(c->services[2].name, "ü");
     ck_assert_str_eq(c->services[2].group, "~x");
     config_free(c);
-    ck_assert_int_eq(load_text("log: {level: warn}\n", &c, err, sizeof(err)),
-                     0);
-    ck_assert_int_eq(c->log_level, 2);  /* warn */
+    ck_assert_int_eq(load_text("log: {level: warn}\n", &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(c->log_level, 2); /* warn */
     config_free(c);
     /* A check's timeout may equal its interval (issue 13). */
-    ck_assert_int_eq(load_text(
-        "services:\n"
-        "  - name: a\n"
-        "    address: 127.0.0.1:1\n"
-        "    check: {type: tcp, interval: 1s, timeout: 1s}\n",
-        &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(load_text("services:\n"
+                               "  - name: a\n"
+                               "    address: 127.0.0.1:1\n"
+                               "    check: {type: tcp, interval: 1s, timeout: 1s}\n",
+                               &c, err, sizeof(err)),
+                     0);
     ck_assert_int_eq(c->services[0].check.type, CHECK_TCP);
     ck_assert_uint_eq(c->services[0].check.interval_ms, 1000);
     ck_assert_uint_eq(c->services[0].check.timeout_ms, 1000);
@@ -1021,28 +1019,30 @@ START_TEST(many_entries)
     struct config *c;
 
     ck_assert_ptr_nonnull(text);
-    off += (size_t)snprintf(text + off, cap - off, "services:\n"
+    off += (size_t)snprintf(text + off, cap - off,
+                            "services:\n"
                             "  - name: big\n    address: h:1\n"
                             "    metadata:\n");
     for (int i = 0; i < 5000; i++)
         off += (size_t)snprintf(text + off, cap - off, "      k%d: v\n", i);
-    off += (size_t)snprintf(text + off, cap - off, "      k4999: again\n"
+    off += (size_t)snprintf(text + off, cap - off,
+                            "      k4999: again\n"
                             "      k10: again\n");
     ck_assert_int_eq(load_text(text, &c, err, sizeof(err)), -EINVAL);
     ck_assert_str_eq(msg_after_file(err), "5005:7: metadata key 'k4999' "
-                     "given twice for service big (first at 5004:7): keep "
-                     "only one");
+                                          "given twice for service big (first at 5004:7): keep "
+                                          "only one");
 
     off = (size_t)snprintf(text, cap, "services:\n");
     for (int i = 0; i < 20000; i++)
-        off += (size_t)snprintf(text + off, cap - off,
-                                "  - {name: s, address: 'h:%d'}\n",
-                                20000 - i);
+        off +=
+            (size_t)snprintf(text + off, cap - off, "  - {name: s, address: 'h:%d'}\n", 20000 - i);
     off += (size_t)snprintf(text + off, cap - off,
                             "  - {name: s, address: 'h:7'}\n"
                             "  - {name: s, address: 'h:3'}\n");
     ck_assert_int_eq(load_text(text, &c, err, sizeof(err)), -EINVAL);
-    snprintf(want, sizeof(want), "20002:5: duplicate service instance s h:7 "
+    snprintf(want, sizeof(want),
+             "20002:5: duplicate service instance s h:7 "
              "(first at %s:19995:5): remove one of them",
              tmp_path(p, "agent.yaml"));
     ck_assert_str_eq(msg_after_file(err), want);
@@ -1080,19 +1080,19 @@ START_TEST(endpoints)
         int want;
         size_t keep;
     } cases[] = {
-        { "http://127.0.0.1:2379", VALIDATE_OK, 21 },
-        { "https://etcd:2379/", VALIDATE_OK, 17 },
-        { "http://etcd//", VALIDATE_OK, 11 },
-        { "http://etcd/gateway/", VALIDATE_OK, 19 },
-        { "http://[::1]", VALIDATE_OK, 12 },
-        { "HTTP://etcd", VALIDATE_BAD, 0 },
-        { "http://", VALIDATE_BAD, 0 },
-        { "http://etcd:", VALIDATE_BAD, 0 },
-        { "http://etcd:0", VALIDATE_PORT_RANGE, 0 },
-        { "http://u@etcd", VALIDATE_BAD, 0 },
-        { "http://etcd#x", VALIDATE_BAD, 0 },
-        { "http://et cd", VALIDATE_BAD, 0 },
-        { "unix:///run/etcd.sock", VALIDATE_BAD, 0 },
+        {"http://127.0.0.1:2379", VALIDATE_OK, 21},
+        {"https://etcd:2379/", VALIDATE_OK, 17},
+        {"http://etcd//", VALIDATE_OK, 11},
+        {"http://etcd/gateway/", VALIDATE_OK, 19},
+        {"http://[::1]", VALIDATE_OK, 12},
+        {"HTTP://etcd", VALIDATE_BAD, 0},
+        {"http://", VALIDATE_BAD, 0},
+        {"http://etcd:", VALIDATE_BAD, 0},
+        {"http://etcd:0", VALIDATE_PORT_RANGE, 0},
+        {"http://u@etcd", VALIDATE_BAD, 0},
+        {"http://etcd#x", VALIDATE_BAD, 0},
+        {"http://et cd", VALIDATE_BAD, 0},
+        {"unix:///run/etcd.sock", VALIDATE_BAD, 0},
     };
 
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
@@ -1100,8 +1100,7 @@ START_TEST(endpoints)
         size_t keep = 0;
         int r = check_endpoint(cases[i].url, why, sizeof(why), &keep);
 
-        ck_assert_msg(r == cases[i].want, "%s: got %d (%s)", cases[i].url, r,
-                      why);
+        ck_assert_msg(r == cases[i].want, "%s: got %d (%s)", cases[i].url, r, why);
         if (r == VALIDATE_OK)
             ck_assert_uint_eq(keep, cases[i].keep);
     }
@@ -1178,10 +1177,12 @@ START_TEST(out_of_memory)
     chaos(TEST_DATA_DIR "/config-valid/with-conf-d/agent.yaml");
     write_text(tmp_path(pw, "pw"), "secret\n");
     write_text(tmp_path(ca, "ca.pem"), "ca\n");
-    snprintf(text, sizeof(text), "etcd:\n  endpoints: [https://h]\n"
+    snprintf(text, sizeof(text),
+             "etcd:\n  endpoints: [https://h]\n"
              "  username: u\n  password_file: %s\n  tls: {ca_file: %s}\n"
              "services:\n  - {name: a, address: 'h:1', group: g,"
-             " metadata: {k: v}}\n", pw, ca);
+             " metadata: {k: v}}\n",
+             pw, ca);
     write_text(tmp_path(pw, "agent.yaml"), text);
     chaos(pw);
 }

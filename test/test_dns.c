@@ -330,7 +330,7 @@ START_TEST(test_aaaa_srv_txt)
     bool clamped = false;
     for (size_t k = 0; k < 2; k++) {
         rd = answer_rdata(p, KNOT_RRTYPE_SRV, k);
-        ck_assert_uint_eq(knot_wire_read_u16(rd->data), 0);      /* priority */
+        ck_assert_uint_eq(knot_wire_read_u16(rd->data), 0);       /* priority */
         ck_assert_uint_eq(knot_wire_read_u16(rd->data + 4), 443); /* port */
         if (knot_wire_read_u16(rd->data + 2) == 65535)
             clamped = true;
@@ -898,10 +898,11 @@ START_TEST(test_server_udp_tcp)
     json_t *st = dns_status(f.dns);
     ck_assert_int_ge(json_integer_value(json_object_get(st, "queries")), 6);
     ck_assert_int_ge(json_integer_value(json_object_get(st, "tcp_refused")), 1);
-    ck_assert_int_ge(json_integer_value(
-                         json_object_get(json_object_get(st, "rcodes"), "NXDOMAIN")), 1);
-    ck_assert_str_eq(json_string_value(json_object_get(
-                         json_object_get(st, "last_nxdomain"), "reason")), "no instances");
+    ck_assert_int_ge(json_integer_value(json_object_get(json_object_get(st, "rcodes"), "NXDOMAIN")),
+                     1);
+    ck_assert_str_eq(
+        json_string_value(json_object_get(json_object_get(st, "last_nxdomain"), "reason")),
+        "no instances");
     json_decref(st);
     fx_stop(&f);
 }
@@ -1264,9 +1265,8 @@ static void cx_start(struct cx *x, const char *services_yaml)
     x->port = free_port();
     snprintf(yaml, sizeof yaml, "dns:\n  listen: [127.0.0.1:%d]\n%s", x->port,
              services_yaml ? services_yaml : "");
-    ck_assert_int_eq(agentp_config(&x->agent, x->dir, etcd_member_url(x->cluster, 0), 5, 2000,
-                                   yaml),
-                     0);
+    ck_assert_int_eq(
+        agentp_config(&x->agent, x->dir, etcd_member_url(x->cluster, 0), 5, 2000, yaml), 0);
     ck_assert_int_eq(agentp_start(&x->agent), 0);
 }
 
@@ -1281,8 +1281,8 @@ static int dig(struct cx *x, char *out, size_t len, const char *a1, const char *
                const char *a4)
 {
     char port[16];
-    const char *argv[] = {"dig", "@127.0.0.1", "-p", port, "+time=5", "+tries=1", a1, a2, a3, a4,
-                          NULL};
+    const char *argv[] = {"dig", "@127.0.0.1", "-p", port, "+time=5", "+tries=1",
+                          a1,    a2,           a3,   a4,   NULL};
 
     snprintf(port, sizeof port, "%d", x->port);
     return proc_run(out, len, 20000, argv);
@@ -1414,22 +1414,22 @@ START_TEST(test_dig_forward)
     int dport = free_port(), hport = free_port(), k = 0;
     bool ok = false;
 
-    snprintf(extra, sizeof extra,
-             "  recursors: [127.0.0.1:%d]\nhttp:\n  listen: [127.0.0.1:%d]\n", dport, hport);
+    snprintf(extra, sizeof extra, "  recursors: [127.0.0.1:%d]\nhttp:\n  listen: [127.0.0.1:%d]\n",
+             dport, hport);
     cx_start(&x, extra);
     snprintf(dm_log, sizeof dm_log, "%s/dnsmasq.log", x.dir);
     snprintf(dm_logf, sizeof dm_logf, "--log-facility=%s", dm_log);
     snprintf(dm_port, sizeof dm_port, "--port=%d", dport);
-    const char *fixed[] = {"dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
-                           "--bind-interfaces", "--listen-address=127.0.0.1", dm_port,
-                           "--user=root", "--pid-file=", dm_logf, "--log-queries",
-                           "--address=/outside.example/10.9.8.7"};
+    const char *fixed[] = {
+        "dnsmasq",    "--keep-in-foreground", "--no-resolv",
+        "--no-hosts", "--bind-interfaces",    "--listen-address=127.0.0.1",
+        dm_port,      "--user=root",          "--pid-file=",
+        dm_logf,      "--log-queries",        "--address=/outside.example/10.9.8.7"};
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
         dm_argv[k++] = fixed[i];
     for (int i = 0; i < 12; i++) {
         snprintf(txt[i], sizeof txt[i],
-                 "--txt-record=big.example,record %d of a set that needs more than 512 bytes",
-                 i);
+                 "--txt-record=big.example,record %d of a set that needs more than 512 bytes", i);
         dm_argv[k++] = txt[i];
     }
     dm_argv[k] = NULL;
@@ -1493,8 +1493,9 @@ START_TEST(test_dig_forward)
     ck_assert_int_eq(proc_run(out, sizeof out, 15000, curl), 0);
     ck_assert_msg(strstr(out, "discovery_agent_dns_forward_failures_total{reason=\"unanswered\"} "),
                   "%s", out);
-    ck_assert_msg(!strstr(out, "discovery_agent_dns_forward_failures_total{reason=\"unanswered\"} 0\n"),
-                  "%s", out);
+    ck_assert_msg(
+        !strstr(out, "discovery_agent_dns_forward_failures_total{reason=\"unanswered\"} 0\n"), "%s",
+        out);
     cx_stop(&x);
 }
 END_TEST
@@ -1645,9 +1646,19 @@ START_TEST(test_system_resolver)
     char listen[64], logf[640];
     snprintf(listen, sizeof listen, "--listen-address=%s", ip);
     snprintf(logf, sizeof logf, "--log-facility=%s", dm_log);
-    const char *dm_argv[] = {"dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
-                             "--bind-interfaces", listen, "--port=53", server, "--user=root",
-                             "--pid-file=", logf, "--log-queries", NULL};
+    const char *dm_argv[] = {"dnsmasq",
+                             "--keep-in-foreground",
+                             "--no-resolv",
+                             "--no-hosts",
+                             "--bind-interfaces",
+                             listen,
+                             "--port=53",
+                             server,
+                             "--user=root",
+                             "--pid-file=",
+                             logf,
+                             "--log-queries",
+                             NULL};
     struct proc *dm = proc_spawn(dm_argv, NULL, NULL);
     ck_assert_ptr_nonnull(dm);
     f = fopen(resolv, "w");
@@ -1658,8 +1669,8 @@ START_TEST(test_system_resolver)
     /* A real HTTP server, registered as "web". */
     hport = free_port();
     snprintf(http_port, sizeof http_port, "%d", hport);
-    const char *http_argv[] = {"python3", "-m", "http.server", http_port, "--bind", "127.0.0.1",
-                               "--directory", x.dir, NULL};
+    const char *http_argv[] = {"python3",   "-m",          "http.server", http_port, "--bind",
+                               "127.0.0.1", "--directory", x.dir,         NULL};
     struct proc *http = proc_spawn(http_argv, NULL, NULL);
     ck_assert_ptr_nonnull(http);
     snprintf(addr, sizeof addr, "127.0.0.1:%d", hport);

@@ -184,8 +184,8 @@ START_TEST(test_txn_compare_and_put)
 
     fx_start(&f, 1, 0);
     /* Create only if absent: first succeeds, second fails and reads back. */
-    struct etcd_cmp absent = {.key = "/t/x", .klen = 4, .target = ETCD_CMP_MOD,
-                              .op = ETCD_CMP_EQUAL, .number = 0};
+    struct etcd_cmp absent = {
+        .key = "/t/x", .klen = 4, .target = ETCD_CMP_MOD, .op = ETCD_CMP_EQUAL, .number = 0};
     struct etcd_op put = {.type = ETCD_OP_PUT, .key = "/t/x", .klen = 4, .value = "one", .vlen = 3};
     struct etcd_op get = {.type = ETCD_OP_RANGE, .key = "/t/x", .klen = 4};
     ck_assert_int_eq(etcd_txn(f.etcd, &absent, 1, &put, 1, &get, 1, res_cb, &s, NULL), 0);
@@ -204,8 +204,12 @@ START_TEST(test_txn_compare_and_put)
 
     /* Compare on value. */
     memset(&s, 0, sizeof s);
-    struct etcd_cmp is_one = {.key = "/t/x", .klen = 4, .target = ETCD_CMP_VALUE,
-                              .op = ETCD_CMP_EQUAL, .value = "one", .vlen = 3};
+    struct etcd_cmp is_one = {.key = "/t/x",
+                              .klen = 4,
+                              .target = ETCD_CMP_VALUE,
+                              .op = ETCD_CMP_EQUAL,
+                              .value = "one",
+                              .vlen = 3};
     ck_assert_int_eq(etcd_txn(f.etcd, &is_one, 1, &put, 1, NULL, 0, res_cb, &s, NULL), 0);
     wait_res(&f, &s, 5000);
     ck_assert(s.succeeded);
@@ -373,8 +377,8 @@ static bool want_pred(void *arg)
 static void wait_view(struct fx *f, struct view *v, const char *key, const char *val, int ms)
 {
     struct want w = {v, key, val};
-    ck_assert_msg(loop_until_fn(&f->loop, want_pred, &w, ms), "watch never saw %s=%s (log %s)",
-                  key, val ? val : "(deleted)", v->log);
+    ck_assert_msg(loop_until_fn(&f->loop, want_pred, &w, ms), "watch never saw %s=%s (log %s)", key,
+                  val ? val : "(deleted)", v->log);
 }
 
 static etcd_watch *watch_prefix(struct fx *f, const char *prefix, struct view *v, int64_t rev)
@@ -383,9 +387,8 @@ static etcd_watch *watch_prefix(struct fx *f, const char *prefix, struct view *v
     size_t elen = etcd_prefix_end(prefix, strlen(prefix), end);
     etcd_watch *w = NULL;
 
-    ck_assert_int_eq(etcd_watch_start(f->etcd, prefix, strlen(prefix), end, elen, rev, view_cb,
-                                      v, &w),
-                     0);
+    ck_assert_int_eq(
+        etcd_watch_start(f->etcd, prefix, strlen(prefix), end, elen, rev, view_cb, v, &w), 0);
     return w;
 }
 
@@ -423,7 +426,8 @@ static int connections_to(const char *url)
         unsigned rport, st;
         unsigned long inode;
         if (sscanf(line, " %*d: %*x:%*x %*x:%x %x %*x:%*x %*x:%*x %*x %*u %*u %lu", &rport, &st,
-                   &inode) != 3 || rport != port || st != 1 /* ESTABLISHED */)
+                   &inode) != 3 ||
+            rport != port || st != 1 /* ESTABLISHED */)
             continue;
         for (size_t i = 0; i < n_inodes; i++)
             if (inodes[i] == inode)
@@ -789,13 +793,13 @@ static int request_with(const char *reply, long timeout_ms, size_t max_reply)
 
 START_TEST(test_bad_replies)
 {
-    ck_assert_int_eq(request_with(HDR200 "Connection: close\r\nContent-Length: 100\r\n\r\n{\"header\":{",
+    ck_assert_int_eq(request_with(HDR200
+                                  "Connection: close\r\nContent-Length: 100\r\n\r\n{\"header\":{",
                                   2000, 4096),
                      DA_ETRANSPORT);
     ck_assert_int_eq(request_with(HDR200 "Content-Length: 9\r\n\r\n{\"kvs\":1}", 2000, 4096),
                      DA_EPROTO);
-    ck_assert_int_eq(request_with(HDR200 "Content-Length: 5\r\n\r\nhello", 2000, 4096),
-                     DA_EPROTO);
+    ck_assert_int_eq(request_with(HDR200 "Content-Length: 5\r\n\r\nhello", 2000, 4096), DA_EPROTO);
     ck_assert_int_eq(request_with(HDR200 "Content-Length: 33\r\n\r\n"
                                          "{\"kvs\":[{\"key\":\"!!not base64!!\"}]}",
                                   2000, 4096),
@@ -804,8 +808,7 @@ START_TEST(test_bad_replies)
                                          "{\"header\":{\"revision\":\"12x\"},\"kvs\":[]}  ",
                                   2000, 4096),
                      DA_EPROTO);
-    ck_assert_int_eq(request_with(HDR200 "Content-Length: 5000\r\n\r\n", 2000, 1024),
-                     DA_EMSGSIZE);
+    ck_assert_int_eq(request_with(HDR200 "Content-Length: 5000\r\n\r\n", 2000, 1024), DA_EMSGSIZE);
     /* Without a length, the cap is met while reading. */
     static char big[8192];
     snprintf(big, sizeof big, "%s", HDR200 "Connection: close\r\n\r\n{\"kvs\":[");
@@ -813,9 +816,9 @@ START_TEST(test_bad_replies)
     ck_assert_int_eq(request_with(big, 2000, 1024), DA_EMSGSIZE);
     ck_assert_int_eq(request_with("@HANG", 300, 4096), DA_ETIMEDOUT);
     ck_assert_int_eq(request_with("@CLOSE", 2000, 4096), DA_ETRANSPORT);
-    ck_assert_int_eq(request_with("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
-                                  2000, 4096),
-                     DA_ENOLEADER);
+    ck_assert_int_eq(
+        request_with("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n", 2000, 4096),
+        DA_ENOLEADER);
     ck_assert_int_eq(request_with("HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nno", 2000, 4096),
                      DA_EHTTP);
     ck_assert_int_eq(request_with(HDR200 "Content-Length: 2\r\n\r\n{}", 2000, 4096), 0);

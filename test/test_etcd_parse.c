@@ -175,7 +175,8 @@ START_TEST(test_watch_lines)
     ck_assert_int_eq(m.events[1].kv.mod_revision, 3);
     etcd_watch_msg_clear(&m);
 
-    const char *cancel = "{\"result\":{\"header\":{},\"canceled\":true,\"compact_revision\":\"6\"}}";
+    const char *cancel =
+        "{\"result\":{\"header\":{},\"canceled\":true,\"compact_revision\":\"6\"}}";
     ck_assert_int_eq(etcd_parse_watch_line(cancel, strlen(cancel), &m, &e), 0);
     ck_assert(m.canceled);
     ck_assert_int_eq(m.compact_revision, 6);
@@ -191,8 +192,8 @@ END_TEST
 START_TEST(test_b64)
 {
     static const char *const plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
-    static const char *const enc[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=",
-                                      "Zm9vYmFy"};
+    static const char *const enc[] = {"",         "Zg==",     "Zm8=",    "Zm9v",
+                                      "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
     char buf[64], *out;
     size_t len;
 

@@ -117,7 +117,7 @@ struct keymon {
     long long absent_since; /* start of the absent run under way, or 0 */
     long long longest_gap;  /* ms from the first absent sample to the next present one */
     long long first_absent, last_absent, last_present;
-    char lease[32];         /* of the last present sample (decimal) */
+    char lease[32];                     /* of the last present sample (decimal) */
     long long mark, present_after_mark; /* first present sample at or after mark */
     int lease_changes;
     /* the agent's log: when a line with pattern was first written after
@@ -217,8 +217,7 @@ static void *km_main(void *arg)
     return NULL;
 }
 
-static void km_start(struct keymon *m, struct etcd_cluster *c, const char *key,
-                     const char *logpath)
+static void km_start(struct keymon *m, struct etcd_cluster *c, const char *key, const char *logpath)
 {
     memset(m, 0, sizeof *m);
     pthread_mutex_init(&m->mu, NULL);
@@ -292,8 +291,8 @@ struct upd {
     long long t;
     long long rev;
     int stale;
-    int reply; /* the watch reply (a list), not an update line */
-    int conn;  /* which watch reply it follows: 1 for the first connection's */
+    int reply;  /* the watch reply (a list), not an update line */
+    int conn;   /* which watch reply it follows: 1 for the first connection's */
     char *list; /* "addr/weight,..." in the agent's order */
 };
 
@@ -379,8 +378,8 @@ static void wr_line(struct wreader *w, const char *line, size_t len, int conn)
             wr_fail(w, "revision went backwards: %lld after %lld (line %zu, connection %d%s)",
                     u.rev, p->rev, w->n, conn, u.reply ? ", watch reply" : "");
         if (!u.reply && p->conn == u.conn && u.stale == p->stale && !strcmp(u.list, p->list))
-            wr_fail(w, "update line %zu repeats the one before (revision %lld, %s)", w->n,
-                    u.rev, u.list);
+            wr_fail(w, "update line %zu repeats the one before (revision %lld, %s)", w->n, u.rev,
+                    u.list);
     }
     if (w->n == w->cap) {
         w->cap = w->cap ? w->cap * 2 : 64;
@@ -459,11 +458,9 @@ static void wr_start(struct wreader *w, const char *sock, const char *service, c
     snprintf(w->sock, sizeof w->sock, "%s", sock);
     if (group)
         snprintf(w->req, sizeof w->req,
-                 "{\"op\":\"watch\",\"id\":1,\"service\":\"%s\",\"group\":\"%s\"}", service,
-                 group);
+                 "{\"op\":\"watch\",\"id\":1,\"service\":\"%s\",\"group\":\"%s\"}", service, group);
     else
-        snprintf(w->req, sizeof w->req, "{\"op\":\"watch\",\"id\":1,\"service\":\"%s\"}",
-                 service);
+        snprintf(w->req, sizeof w->req, "{\"op\":\"watch\",\"id\":1,\"service\":\"%s\"}", service);
     w->reconnect = reconnect;
     ck_assert_int_eq(pthread_create(&w->th, NULL, wr_main, w), 0);
 }
@@ -471,8 +468,7 @@ static void wr_start(struct wreader *w, const char *sock, const char *service, c
 /* Waits until the newest line has list want (NULL: any) and staleness
  * stale (-1: any), and at least conns connections got their reply. Returns
  * the ms waited, or -1 after timeout_ms. */
-static long long wr_wait(struct wreader *w, const char *want, int stale, int conns,
-                         int timeout_ms)
+static long long wr_wait(struct wreader *w, const char *want, int stale, int conns, int timeout_ms)
 {
     long long start = now_ms(), r = -1;
 
@@ -692,8 +688,8 @@ static long long ctl_put(struct fx *f, const char *svc, const char *addr, int we
     snprintf(key, sizeof key, "/micro/%s/%s", svc, addr);
     web_value(val, sizeof val, addr, weight);
     if (strcmp(svc, "web"))
-        snprintf(val, sizeof val, "{\"Name\":\"%s\",\"Address\":\"%s\",\"Weight\":%d}", svc,
-                 addr, weight);
+        snprintf(val, sizeof val, "{\"Name\":\"%s\",\"Address\":\"%s\",\"Weight\":%d}", svc, addr,
+                 weight);
     const char *args[] = {"put", key, val, "-w", "fields", NULL};
     ctl(f, out, sizeof out, args);
     long long rev = field_num(out, "Revision");
@@ -1052,8 +1048,7 @@ static void outage(enum outage kind, const char *name)
 
     fx_cluster(&f, members);
     ctl_put(&f, "web", "10.2.0.1:80", 1);
-    fx_agent(&f, kind == CUT_OFF ? etcd_member_url(f.c, 0) : etcd_cluster_urls(f.c), 3,
-             self_yaml);
+    fx_agent(&f, kind == CUT_OFF ? etcd_member_url(f.c, 0) : etcd_cluster_urls(f.c), 3, self_yaml);
     ck_assert_int_ge(ctl_wait_key(&f, self_key, 1, 10000), 0);
     st = status(&f);
     long long lease = st_lease(st);
@@ -1094,8 +1089,8 @@ static void outage(enum outage kind, const char *name)
 
     /* A put right after the restart is seen; the watch is live again. */
     long long rev2 = ctl_put(&f, "web", "10.2.0.2:80", 1);
-    const char *want =
-        kind == CUT_OFF ? "10.2.0.1:80/1,10.2.0.2:80/1,10.2.0.3:80/1" : "10.2.0.1:80/1,10.2.0.2:80/1";
+    const char *want = kind == CUT_OFF ? "10.2.0.1:80/1,10.2.0.2:80/1,10.2.0.3:80/1"
+                                       : "10.2.0.1:80/1,10.2.0.2:80/1";
     long long t_watch = wr_wait(&wr, want, 0, 1, 20000);
     ck_assert_msg(t_watch >= 0, "the watch did not resume after etcd came back");
     long long r;
@@ -1131,15 +1126,13 @@ static void outage(enum outage kind, const char *name)
             "was back (confirmed under the agent's lease at %lld ms); lease %s (%llx -> %llx)\n",
             name, t_stale, t_back - t0, t_watch,
             km.present_after_mark ? km.present_after_mark - t_back : -1, t_key,
-            cur == lease ? "kept" : "replaced", (unsigned long long)lease,
-            (unsigned long long)cur);
+            cur == lease ? "kept" : "replaced", (unsigned long long)lease, (unsigned long long)cur);
     if (getenv("FAULTS_DUMP"))
         wr_dump(&wr, name);
     ck_assert_msg(!wr.err[0], "watcher: %s", wr.err);
     /* Bound: any absence ends within TTL + a few seconds of etcd's return. */
     ck_assert_msg(km.absent == 0 || km.last_absent <= t_back + f.ttl * 1000 + 5000,
-                  "our key was still absent %lld ms after etcd came back",
-                  km.last_absent - t_back);
+                  "our key was still absent %lld ms after etcd came back", km.last_absent - t_back);
     ck_assert_int_gt(km.present, 0);
     if (kind == CUT_OFF) {
         /* The lease did expire in the cluster, so this was a real loss. */
@@ -1382,8 +1375,8 @@ START_TEST(test_agent_frozen_past_ttl)
                   t_back);
     /* The key was gone only while the agent was frozen, plus the bound. */
     ck_assert_int_gt(km.absent, 0);
-    ck_assert_msg(km.last_absent <= t_cont + f.ttl * 1000 + 5000, "absent until %lld ms after SIGCONT",
-                  km.last_absent - t_cont);
+    ck_assert_msg(km.last_absent <= t_cont + f.ttl * 1000 + 5000,
+                  "absent until %lld ms after SIGCONT", km.last_absent - t_cont);
     (void)t0;
     char *l = resolve(&f, "self", &stale, NULL);
     char *truth = ctl_list(&f, "self", NULL);
@@ -1732,9 +1725,8 @@ START_TEST(test_burst)
             "faults: burst: %d puts, %d deletes, %d overwrites in %lld ms (%d retried); "
             "watchers converged %lld/%lld/%lld ms after the burst; %zu/%zu/%zu lines; "
             "slowest ping %lld ms (sent %lld ms after the burst began)\n",
-            BURST_N, BURST_N / 2, BURST_N / 10, t_burst, bw[0].failures + bw[1].failures,
-            t_conv[0], t_conv[1], t_conv[2], wr[0].n, wr[1].n, wr[2].n, pg.worst,
-            pg.worst_at - t0);
+            BURST_N, BURST_N / 2, BURST_N / 10, t_burst, bw[0].failures + bw[1].failures, t_conv[0],
+            t_conv[1], t_conv[2], wr[0].n, wr[1].n, wr[2].n, pg.worst, pg.worst_at - t0);
     for (int i = 0; i < 3; i++)
         if (wr[i].err[0])
             fprintf(stderr, "faults: burst: watcher %d: %s\n", i, wr[i].err);

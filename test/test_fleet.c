@@ -193,11 +193,11 @@ static void w_line(struct watcher *w, const char *line, size_t len)
     /* Every service of the fleet always has instances: an empty list would
      * be a lie the agent told its clients. */
     if (!list[0] && !w->err[0])
-        snprintf(w->err, sizeof w->err, "%s: an empty list (line %u, revision %lld)",
-                 w->service, w->lines + 1, rev);
+        snprintf(w->err, sizeof w->err, "%s: an empty list (line %u, revision %lld)", w->service,
+                 w->lines + 1, rev);
     if (rev < w->rev && !w->err[0])
-        snprintf(w->err, sizeof w->err, "%s: revision went backwards: %lld after %lld",
-                 w->service, rev, w->rev);
+        snprintf(w->err, sizeof w->err, "%s: revision went backwards: %lld after %lld", w->service,
+                 rev, w->rev);
     snprintf(w->list, sizeof w->list, "%s", list);
     w->rev = rev;
     w->lines++;
@@ -270,8 +270,8 @@ static void ctl_list(struct fleet *f, const char *svc, char *list, size_t len)
      * agent does. */
     for (char *save = NULL, *k = strtok_r(out, "\n", &save); k; k = strtok_r(NULL, "\n", &save))
         if (!strncmp(k, prefix, strlen(prefix)))
-            off += (size_t)snprintf(list + off, off < len ? len - off : 0, "%s%s",
-                                    off ? "," : "", k + strlen(prefix));
+            off += (size_t)snprintf(list + off, off < len ? len - off : 0, "%s%s", off ? "," : "",
+                                    k + strlen(prefix));
 }
 
 /* Keys under /micro/fleet-; with every agent's own key among them. */
@@ -334,18 +334,17 @@ static void wait_attached(struct fleet *f, int not, unsigned per[MEMBERS])
     while (i < AGENTS) {
         int m;
         long long lease;
-        if (attached(f, i, &m, &lease) && m != not) {
+        if (attached(f, i, &m, &lease) && m != not ) {
             if (f->lease[i])
                 ck_assert_msg(lease == f->lease[i],
-                              "agent %d changed lease (%llx -> %llx): it was lost", i,
-                              f->lease[i], lease);
+                              "agent %d changed lease (%llx -> %llx): it was lost", i, f->lease[i],
+                              lease);
             f->lease[i] = lease;
             per[m]++;
             i++;
             continue;
         }
-        ck_assert_msg(now_ms() < end, "agent %d did not attach%s", i,
-                      not >= 0 ? " elsewhere" : "");
+        ck_assert_msg(now_ms() < end, "agent %d did not attach%s", i, not >= 0 ? " elsewhere" : "");
         pump(f, 100);
     }
 }
@@ -362,8 +361,8 @@ static void wait_lists(struct fleet *f)
         const struct watcher *w = &f->w[i];
         const char *expect = want[(i + 1) % SERVICES];
         while (strcmp(w->list, expect)) {
-            ck_assert_msg(now_ms() < end, "agent %d's watcher of %s has %s, etcd %s", i,
-                          w->service, w->list, expect);
+            ck_assert_msg(now_ms() < end, "agent %d's watcher of %s has %s, etcd %s", i, w->service,
+                          w->list, expect);
             pump(f, 100);
         }
     }
@@ -401,11 +400,10 @@ static void fleet_up(struct fleet *f)
         ck_assert_int_eq(mkdir(dir, 0755), 0);
         /* One instance per agent, five per service; every agent lists the
          * same members in the same order, as a fleet's config does. */
-        snprintf(yaml, sizeof yaml,
-                 "services:\n  - name: %s\n    address: 10.14.0.%d:8080\n", service_of(i), i + 1);
-        ck_assert_int_eq(agentp_config(&f->a[i], dir, etcd_cluster_urls(f->c), TTL_S,
-                                       TIMEOUT_MS, yaml),
-                         0);
+        snprintf(yaml, sizeof yaml, "services:\n  - name: %s\n    address: 10.14.0.%d:8080\n",
+                 service_of(i), i + 1);
+        ck_assert_int_eq(
+            agentp_config(&f->a[i], dir, etcd_cluster_urls(f->c), TTL_S, TIMEOUT_MS, yaml), 0);
         ck_assert_int_eq(agentp_start(&f->a[i]), 0);
     }
     /* A watcher per agent, of the service after its own: the lists must
@@ -500,8 +498,7 @@ START_TEST(test_fleet_member_killed)
     }
     ck_assert_int_eq(etcd_cluster_wait_healthy(f.c, WAIT_MS), 0);
     wait_attached(&f, -1, after);
-    fprintf(stderr, "fleet: after the cluster's outage: %u %u %u\n", after[0], after[1],
-            after[2]);
+    fprintf(stderr, "fleet: after the cluster's outage: %u %u %u\n", after[0], after[1], after[2]);
     for (int s = 0; s < SERVICES; s++)
         put_other(&f, service_of(s), "10.14.1.3:9090");
     ck_assert_int_eq(count_keys(&f), AGENTS + 3 * SERVICES);

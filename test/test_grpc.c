@@ -67,8 +67,8 @@ static void fx_up(struct fx *f)
     ck_assert_ptr_nonnull(f->cluster);
     snprintf(f->dir, sizeof f->dir, "%s/agent", etcd_cluster_dir(f->cluster));
     mkdir(f->dir, 0755);
-    ck_assert_int_eq(
-        agentp_config(&f->agent, f->dir, etcd_cluster_urls(f->cluster), 10, 1000, ""), 0);
+    ck_assert_int_eq(agentp_config(&f->agent, f->dir, etcd_cluster_urls(f->cluster), 10, 1000, ""),
+                     0);
     ck_assert_int_eq(agentp_start(&f->agent), 0);
 }
 
@@ -223,8 +223,7 @@ static int server_start_on(struct fx *f, const char *name, const char *listen, i
     for (int t = 0; t < 1000; t++) {
         if (server_address(s, name))
             return i;
-        ck_assert_msg(proc_alive(s->p), "echo-server %s %s exited; see %s", name, listen,
-                      s->log);
+        ck_assert_msg(proc_alive(s->p), "echo-server %s %s exited; see %s", name, listen, s->log);
         sleep_ms(10);
     }
     ck_abort_msg("echo-server %s %s did not register within 10 s; see %s", name, listen, s->log);
@@ -293,7 +292,8 @@ static void parse_output(const char *text, struct result *r)
             json_error_t err;
             json_t *o = json_loadb(line, len, 0, &err);
             ck_assert_msg(o != NULL, "echo-client printed bad JSON: %.*s", (int)len, line);
-            ck_assert_msg(json_object_size(o) == 2 && json_is_object(json_object_get(o, "counts")) &&
+            ck_assert_msg(json_object_size(o) == 2 &&
+                              json_is_object(json_object_get(o, "counts")) &&
                               json_is_integer(json_object_get(o, "failed")),
                           "unexpected JSON: %.*s", (int)len, line);
             json_decref(r->counts);
@@ -347,8 +347,7 @@ struct bg {
     char log[700];
 };
 
-static void client_spawn(struct fx *f, struct bg *b, const char *target,
-                         const char *const extra[])
+static void client_spawn(struct fx *f, struct bg *b, const char *target, const char *const extra[])
 {
     const char *argv[32];
     static int n;
@@ -422,8 +421,8 @@ START_TEST(test_three_servers_all_reached)
 
     /* The text form: "ADDR N" sorted by address, then "failed N". */
     {
-        const char *argv[] = {ECHO_CLIENT, "registry:///echo", "--calls", "30", "-s",
-                              f.agent.sock, NULL};
+        const char *argv[] = {ECHO_CLIENT, "registry:///echo", "--calls", "30",
+                              "-s",        f.agent.sock,       NULL};
         char out[1024], addr[128];
         const char *a[3] = {f.srv[s[0]].addr, f.srv[s[1]].addr, f.srv[s[2]].addr};
         const char *line = out;
@@ -485,8 +484,8 @@ START_TEST(test_weights_3_to_1)
     struct result r;
     int heavy, light;
     double share;
-    const char *const extra[] = {"--calls", "4000", "--concurrency", "8",
-                                 "--ready-timeout-ms", "5000", NULL};
+    const char *const extra[] = {"--calls", "4000", "--concurrency", "8", "--ready-timeout-ms",
+                                 "5000",    NULL};
 
     fx_up(&f);
     heavy = server_start(&f, 3, NULL);
@@ -514,10 +513,10 @@ START_TEST(test_xds_mode)
     struct result r;
     int heavy, light, grouped;
     double share;
-    const char *const extra[] = {"--xds", "--calls", "4000", "--concurrency", "8",
-                                 "--ready-timeout-ms", "5000", NULL};
-    const char *const in_b[] = {"--xds", "--group", "B", "--calls", "300",
-                                "--ready-timeout-ms", "5000", NULL};
+    const char *const extra[] = {
+        "--xds", "--calls", "4000", "--concurrency", "8", "--ready-timeout-ms", "5000", NULL};
+    const char *const in_b[] = {"--xds", "--group", "B", "--calls", "300", "--ready-timeout-ms",
+                                "5000",  NULL};
 
     fx_up(&f);
     heavy = server_start(&f, 3, NULL);
@@ -544,8 +543,8 @@ START_TEST(test_groups)
     struct fx f;
     struct result r;
     int a1, a2, b, none;
-    const char *const per_call_a[] = {"--calls", "400", "--group", "A",
-                                      "--ready-timeout-ms", "5000", NULL};
+    const char *const per_call_a[] = {"--calls", "400", "--group", "A", "--ready-timeout-ms",
+                                      "5000",    NULL};
     const char *const plain[] = {"--calls", "400", "--ready-timeout-ms", "5000", NULL};
     const char *const per_call_none[] = {"--calls", "50", "--group", "C", NULL};
 
@@ -600,8 +599,8 @@ START_TEST(test_killed_server_leaves_split)
     struct bg bg;
     int s[3];
     long long t_kill, t_gone;
-    const char *const extra[] = {"--duration-ms", "5000", "--concurrency", "4",
-                                 "--ready-timeout-ms", "5000", NULL};
+    const char *const extra[] = {
+        "--duration-ms", "5000", "--concurrency", "4", "--ready-timeout-ms", "5000", NULL};
 
     fx_up(&f);
     for (int i = 0; i < 3; i++)
@@ -639,8 +638,8 @@ START_TEST(test_added_server_joins)
     struct bg bg;
     int s0, s1, s2;
     long long t_start;
-    const char *const extra[] = {"--duration-ms", "4000", "--concurrency", "4",
-                                 "--ready-timeout-ms", "5000", NULL};
+    const char *const extra[] = {
+        "--duration-ms", "4000", "--concurrency", "4", "--ready-timeout-ms", "5000", NULL};
     const char *const after[] = {"--calls", "3000", "--ready-timeout-ms", "5000", NULL};
 
     fx_up(&f);
@@ -681,8 +680,8 @@ START_TEST(test_no_failure_during_swaps)
     struct result r;
     struct bg bg;
     int s[3], added[4];
-    const char *const extra[] = {"--duration-ms", "7000", "--concurrency", "8",
-                                 "--ready-timeout-ms", "5000", NULL};
+    const char *const extra[] = {
+        "--duration-ms", "7000", "--concurrency", "8", "--ready-timeout-ms", "5000", NULL};
 
     fx_up(&f);
     for (int i = 0; i < 3; i++)
@@ -726,8 +725,8 @@ START_TEST(test_agent_restart_under_client)
     struct bg bg;
     int s0, s1, s2, status;
     long long t_stop, t_back, t_rereg, t0, t1;
-    const char *const extra[] = {"--duration-ms", "9000", "--concurrency", "4",
-                                 "--ready-timeout-ms", "5000", NULL};
+    const char *const extra[] = {
+        "--duration-ms", "9000", "--concurrency", "4", "--ready-timeout-ms", "5000", NULL};
 
     fx_up(&f);
     s0 = server_start(&f, 0, NULL);
@@ -746,15 +745,17 @@ START_TEST(test_agent_restart_under_client)
     ck_assert_int_ge(t0, 0);
     ck_assert_int_ge(t1, 0);
     t_rereg = now_ms();
-    fprintf(stderr, "  agent restart: down %lld ms; servers registered again %lld ms after "
-                    "it was back\n",
+    fprintf(stderr,
+            "  agent restart: down %lld ms; servers registered again %lld ms after "
+            "it was back\n",
             t_back - t_stop, t_rereg - t_back);
     s2 = server_start(&f, 0, NULL);
     client_wait(&bg, &r, 30000);
     show("client across an agent restart", &r);
     if (r.failed)
-        fprintf(stderr, "  agent restart: %ld call(s) failed, from +%lld to +%lld ms after "
-                        "the stop (servers back at +%lld)\n",
+        fprintf(stderr,
+                "  agent restart: %ld call(s) failed, from +%lld to +%lld ms after "
+                "the stop (servers back at +%lld)\n",
                 r.failed, r.first_fail - t_stop, r.last_fail - t_stop, t_rereg - t_stop);
     ck_assert_int_gt(count_of(&r, f.srv[s0].addr), 0);
     ck_assert_int_gt(count_of(&r, f.srv[s1].addr), 0);
@@ -782,8 +783,7 @@ START_TEST(test_registration_in_etcd)
     d = server_start(&f, 0, NULL);
     snprintf(key, sizeof key, "/micro/echo/%s", f.srv[s].addr);
     snprintf(want, sizeof want,
-             "{\"Name\":\"echo\",\"Address\":\"%s\",\"Weight\":2,\"Group\":\"G\"}",
-             f.srv[s].addr);
+             "{\"Name\":\"echo\",\"Address\":\"%s\",\"Weight\":2,\"Group\":\"G\"}", f.srv[s].addr);
     ck_assert_str_eq(etcd_get(&f, key, out, sizeof out), want);
     {
         const char *args[] = {"get", key, "-w", "json", NULL};
@@ -793,8 +793,8 @@ START_TEST(test_registration_in_etcd)
     }
     /* The defaults: weight 1, no group. */
     snprintf(key, sizeof key, "/micro/echo/%s", f.srv[d].addr);
-    snprintf(want, sizeof want, "{\"Name\":\"echo\",\"Address\":\"%s\",\"Weight\":1,\"Group\":\"\"}",
-             f.srv[d].addr);
+    snprintf(want, sizeof want,
+             "{\"Name\":\"echo\",\"Address\":\"%s\",\"Weight\":1,\"Group\":\"\"}", f.srv[d].addr);
     ck_assert_str_eq(etcd_get(&f, key, out, sizeof out), want);
 
     /* SIGTERM: deregistered first, while the server still serves (it

@@ -28,14 +28,14 @@
 
 START_TEST(test_proc_run)
 {
-    static const char *const echo[] = { "echo", "hello", NULL };
-    static const char *const exit3[] = { "sh", "-c", "exit 3", NULL };
-    static const char *const killed[] = { "sh", "-c", "kill -9 $$", NULL };
-    static const char *const missing[] = { "no-such-command-here", NULL };
-    static const char *const slow[] = { "sleep", "5", NULL };
-    static const char *const big[] = { "sh", "-c", "seq 1 100000", NULL };
-    static const char *const env[] = { "sh", "-c", "printf %s \"$HARNESS_X\"", NULL };
-    static const char *const add[] = { "HARNESS_X=replaced", NULL };
+    static const char *const echo[] = {"echo", "hello", NULL};
+    static const char *const exit3[] = {"sh", "-c", "exit 3", NULL};
+    static const char *const killed[] = {"sh", "-c", "kill -9 $$", NULL};
+    static const char *const missing[] = {"no-such-command-here", NULL};
+    static const char *const slow[] = {"sleep", "5", NULL};
+    static const char *const big[] = {"sh", "-c", "seq 1 100000", NULL};
+    static const char *const env[] = {"sh", "-c", "printf %s \"$HARNESS_X\"", NULL};
+    static const char *const add[] = {"HARNESS_X=replaced", NULL};
     char out[64];
     long long t0;
 
@@ -59,10 +59,13 @@ END_TEST
 START_TEST(test_proc_spawn)
 {
     static const char *const talk[] = {
-        "sh", "-c", "echo \"out $HARNESS_Y\"; echo err >&2", NULL,
+        "sh",
+        "-c",
+        "echo \"out $HARNESS_Y\"; echo err >&2",
+        NULL,
     };
-    static const char *const add[] = { "HARNESS_Y=yes", NULL };
-    static const char *const sleeper[] = { "sleep", "30", NULL };
+    static const char *const add[] = {"HARNESS_Y=yes", NULL};
+    static const char *const sleeper[] = {"sleep", "30", NULL};
     char log[] = "/tmp/harness-proc-XXXXXX";
     char text[128] = "";
     struct proc *p;
@@ -102,11 +105,11 @@ END_TEST
 /* ---- responder -------------------------------------------------------- */
 
 /* Runs curl with any proxy from the environment turned off. */
-static int curl(char *out, size_t outlen, const char *a1, const char *a2,
-                const char *a3, const char *a4, const char *a5)
+static int curl(char *out, size_t outlen, const char *a1, const char *a2, const char *a3,
+                const char *a4, const char *a5)
 {
-    const char *argv[16] = { "curl", "-s", "--noproxy", "*", "--max-time", "5" };
-    const char *extra[] = { a1, a2, a3, a4, a5 };
+    const char *argv[16] = {"curl", "-s", "--noproxy", "*", "--max-time", "5"};
+    const char *extra[] = {a1, a2, a3, a4, a5};
     int k = 6;
     size_t i;
 
@@ -118,7 +121,7 @@ static int curl(char *out, size_t outlen, const char *a1, const char *a2,
 
 static int connect_to(int port)
 {
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port) };
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -140,7 +143,7 @@ static ssize_t recv_all(int fd, char *buf, size_t len, int timeout_ms)
 
     buf[0] = '\0';
     while (got < len - 1) {
-        struct pollfd p = { .fd = fd, .events = POLLIN };
+        struct pollfd p = {.fd = fd, .events = POLLIN};
         long long left = deadline - now_ms();
         ssize_t n;
 
@@ -201,8 +204,7 @@ START_TEST(test_responder_curl)
     ck_assert_int_lt(now_ms() - t0, 300 + 900);
     ck_assert_int_eq(responder_requests(r), 5);
     ck_assert_ptr_nonnull(strstr(responder_request(r, 4), "bbbb"));
-    ck_assert_uint_eq(strlen(strstr(responder_request(r, 4), "\r\n\r\n") + 4),
-                      sizeof(big) - 1);
+    ck_assert_uint_eq(strlen(strstr(responder_request(r, 4), "\r\n\r\n") + 4), sizeof(big) - 1);
     ck_assert_ptr_null(responder_request(r, 5));
     responder_stop(r);
 }
@@ -268,7 +270,7 @@ END_TEST
 
 START_TEST(test_responder_bad_script)
 {
-    static const char *const bad[] = { "@SLOW:abc:x" };
+    static const char *const bad[] = {"@SLOW:abc:x"};
 
     ck_assert_ptr_null(responder_start(bad, 1));
     ck_assert_ptr_null(responder_start(bad, 0));
@@ -278,25 +280,25 @@ END_TEST
 /* ---- etcd ------------------------------------------------------------- */
 
 /* etcdctl with up to four arguments; returns its exit status. */
-static int ctl(struct etcd_cluster *c, char *out, size_t outlen, const char *a1,
-               const char *a2, const char *a3, const char *a4)
+static int ctl(struct etcd_cluster *c, char *out, size_t outlen, const char *a1, const char *a2,
+               const char *a3, const char *a4)
 {
-    const char *const args[] = { a1, a2, a3, a4, NULL };
+    const char *const args[] = {a1, a2, a3, a4, NULL};
 
     return etcdctl(c, out, outlen, args);
 }
 
-static int ctl_as(struct etcd_cluster *c, const char *user, char *out,
-                  size_t outlen, const char *a1, const char *a2, const char *a3)
+static int ctl_as(struct etcd_cluster *c, const char *user, char *out, size_t outlen,
+                  const char *a1, const char *a2, const char *a3)
 {
-    const char *const args[] = { a1, a2, a3, NULL };
+    const char *const args[] = {a1, a2, a3, NULL};
 
     return etcdctl_as(c, user, out, outlen, args);
 }
 
 START_TEST(test_etcd_single)
 {
-    struct etcd_cluster_opts opts = { .members = 1 };
+    struct etcd_cluster_opts opts = {.members = 1};
     struct etcd_cluster *c;
     struct stat st;
     char out[4096], health[256], url[128];
@@ -353,7 +355,7 @@ END_TEST
 
 START_TEST(test_etcd_three)
 {
-    struct etcd_cluster_opts opts = { .members = 3 };
+    struct etcd_cluster_opts opts = {.members = 3};
     struct etcd_cluster *c;
     char out[4096];
     long long t0 = now_ms();
@@ -373,8 +375,7 @@ START_TEST(test_etcd_three)
     ck_assert_int_eq(etcd_member_kill(c, leader), 0);
     t0 = now_ms();
     next = etcd_cluster_leader(c);
-    fprintf(stderr, "harness: new leader %d (was %d) after %lld ms\n", next, leader,
-            now_ms() - t0);
+    fprintf(stderr, "harness: new leader %d (was %d) after %lld ms\n", next, leader, now_ms() - t0);
     ck_assert_int_ge(next, 0);
     ck_assert_int_ne(next, leader);
     ck_assert_int_eq(ctl(c, out, sizeof(out), "put", "k", "v2", NULL), 0);
@@ -404,7 +405,7 @@ END_TEST
 
 START_TEST(test_etcd_auth)
 {
-    struct etcd_cluster_opts opts = { .members = 1, .auth = 1 };
+    struct etcd_cluster_opts opts = {.members = 1, .auth = 1};
     struct etcd_cluster *c;
     char out[4096];
 
@@ -413,8 +414,8 @@ START_TEST(test_etcd_auth)
     ck_assert_int_eq(ctl(c, out, sizeof(out), "put", "k", "v", NULL), 0);
     ck_assert_int_ne(ctl_as(c, NULL, out, sizeof(out), "put", "k", "x"), 0);
     ck_assert_int_ne(ctl_as(c, "root:wrong", out, sizeof(out), "get", "k", NULL), 0);
-    ck_assert_int_eq(ctl_as(c, "root:rootpw", out, sizeof(out), "get", "k",
-                            "--print-value-only"), 0);
+    ck_assert_int_eq(ctl_as(c, "root:rootpw", out, sizeof(out), "get", "k", "--print-value-only"),
+                     0);
     ck_assert_str_eq(out, "v\n");
     ck_assert_int_eq(ctl(c, out, sizeof(out), "user", "list", NULL, NULL), 0);
     ck_assert_str_eq(out, "root\n");
@@ -430,15 +431,14 @@ END_TEST
 
 START_TEST(test_etcd_tls)
 {
-    struct etcd_cluster_opts opts = { .members = 1, .tls = 1 };
+    struct etcd_cluster_opts opts = {.members = 1, .tls = 1};
     struct etcd_cluster *c;
     char out[4096], url[128];
     long long t0 = now_ms();
 
     c = etcd_cluster_start(&opts);
     ck_assert_ptr_nonnull(c);
-    fprintf(stderr, "harness: tls member up in %lld ms (with certificates)\n",
-            now_ms() - t0);
+    fprintf(stderr, "harness: tls member up in %lld ms (with certificates)\n", now_ms() - t0);
     ck_assert(strncmp(etcd_member_url(c, 0), "https://127.0.0.1:", 18) == 0);
     ck_assert_ptr_nonnull(etcd_cluster_ca_file(c));
     ck_assert_int_eq(access(etcd_cluster_client_cert(c), R_OK), 0);
@@ -450,14 +450,17 @@ START_TEST(test_etcd_tls)
     snprintf(url, sizeof(url), "%s/health", etcd_member_url(c, 0));
     {
         const char *const with[] = {
-            "curl", "-s", "--noproxy", "*", "--max-time", "5",
-            "--cacert", etcd_cluster_ca_file(c),
-            "--cert", etcd_cluster_client_cert(c),
-            "--key", etcd_cluster_client_key(c), url, NULL,
+            "curl",       "-s",
+            "--noproxy",  "*",
+            "--max-time", "5",
+            "--cacert",   etcd_cluster_ca_file(c),
+            "--cert",     etcd_cluster_client_cert(c),
+            "--key",      etcd_cluster_client_key(c),
+            url,          NULL,
         };
         const char *const without[] = {
-            "curl", "-s", "--noproxy", "*", "--max-time", "5",
-            "--cacert", etcd_cluster_ca_file(c), url, NULL,
+            "curl", "-s", "--noproxy", "*", "--max-time", "5", "--cacert", etcd_cluster_ca_file(c),
+            url,    NULL,
         };
 
         ck_assert_int_eq(proc_run(out, sizeof(out), 10000, with), 0);
@@ -475,7 +478,7 @@ END_TEST
 
 START_TEST(test_etcd_bad_opts)
 {
-    struct etcd_cluster_opts opts = { .members = 2 };
+    struct etcd_cluster_opts opts = {.members = 2};
 
     ck_assert_ptr_null(etcd_cluster_start(&opts));
 }

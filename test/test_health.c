@@ -35,9 +35,8 @@ static void fx_up(struct fx *f, const char *yaml)
     ck_assert_ptr_nonnull(f->cluster);
     snprintf(f->dir, sizeof f->dir, "%s/agent", etcd_cluster_dir(f->cluster));
     mkdir(f->dir, 0755);
-    ck_assert_int_eq(agentp_config(&f->agent, f->dir, etcd_cluster_urls(f->cluster), 10, 1000,
-                                   yaml),
-                     0);
+    ck_assert_int_eq(
+        agentp_config(&f->agent, f->dir, etcd_cluster_urls(f->cluster), 10, 1000, yaml), 0);
     ck_assert_int_eq(agentp_start(&f->agent), 0);
 }
 
@@ -138,9 +137,8 @@ START_TEST(test_tcp_check_gates_registration)
     json_t *r = agent_call(f.agent.sock, "{\"op\":\"checks\"}", 5000);
     json_t *inst = json_array_get(json_object_get(r, "instances"), 0);
     ck_assert(json_is_false(json_object_get(inst, "healthy")));
-    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(json_object_get(inst, "check"),
-                                                                   "output")),
-                                 "refused"));
+    ck_assert_ptr_nonnull(strstr(
+        json_string_value(json_object_get(json_object_get(inst, "check"), "output")), "refused"));
     json_decref(r);
 
     /* It starts answering: registered after rise (2) probes. */
@@ -190,26 +188,22 @@ START_TEST(test_ttl_check_and_report)
     fx_up(&f, "services:\n  - name: batch\n    address: 127.0.0.1:7000\n"
               "    check: {type: ttl, ttl: 500ms, rise: 1, fall: 1}\n");
     ck_assert(stays(&f, key, false, 800));
-    ck_assert_int_eq(ctl(&f, (const char *const[]){"check", "pass", "batch", "127.0.0.1:7000",
-                                                   NULL}),
-                     0);
+    ck_assert_int_eq(
+        ctl(&f, (const char *const[]){"check", "pass", "batch", "127.0.0.1:7000", NULL}), 0);
     ck_assert_int_ge(wait_present(&f, key, true, 3000), 0);
     /* No report for a ttl: it expires and leaves. */
     ck_assert_int_ge(wait_present(&f, key, false, 3000), 0);
     /* Reports keep it in. */
     for (int i = 0; i < 6; i++) {
-        ck_assert_int_eq(ctl(&f, (const char *const[]){"check", "pass", "batch",
-                                                       "127.0.0.1:7000", NULL}),
-                         0);
+        ck_assert_int_eq(
+            ctl(&f, (const char *const[]){"check", "pass", "batch", "127.0.0.1:7000", NULL}), 0);
         usleep(200000);
     }
     ck_assert(present(&f, key));
     /* Wrong uses say so. */
-    ck_assert_int_eq(ctl(&f, (const char *const[]){"check", "maybe", "batch", "127.0.0.1:7000",
-                                                   NULL}),
-                     2);
-    ck_assert_int_eq(ctl(&f, (const char *const[]){"check", "pass", "nope", "127.0.0.1:1",
-                                                   NULL}),
+    ck_assert_int_eq(
+        ctl(&f, (const char *const[]){"check", "maybe", "batch", "127.0.0.1:7000", NULL}), 2);
+    ck_assert_int_eq(ctl(&f, (const char *const[]){"check", "pass", "nope", "127.0.0.1:1", NULL}),
                      1);
     fx_down(&f);
 }
@@ -231,14 +225,12 @@ START_TEST(test_drain_and_maint)
     /* A reload keeps the drain. */
     proc_signal(f.agent.p, SIGHUP);
     ck_assert(stays(&f, a, false, 1000));
-    ck_assert_int_eq(ctl(&f, (const char *const[]){"undrain", "svc", "127.0.0.1:8001", NULL}),
-                     0);
+    ck_assert_int_eq(ctl(&f, (const char *const[]){"undrain", "svc", "127.0.0.1:8001", NULL}), 0);
     ck_assert_int_ge(wait_present(&f, a, true, 3000), 0);
 
     /* Maintenance: everything out, with the reason shown, then back. */
-    ck_assert_int_eq(ctl(&f, (const char *const[]){"maint", "on", "--reason", "kernel update",
-                                                   NULL}),
-                     0);
+    ck_assert_int_eq(
+        ctl(&f, (const char *const[]){"maint", "on", "--reason", "kernel update", NULL}), 0);
     ck_assert_int_ge(wait_present(&f, a, false, 3000), 0);
     ck_assert_int_ge(wait_present(&f, b, false, 3000), 0);
     json_t *r = agent_call(f.agent.sock, "{\"op\":\"status\"}", 5000);
@@ -327,8 +319,8 @@ START_TEST(test_grpc_check_follows_serving)
 
     fx_up(&f, "");
     snprintf(log, sizeof log, "%s/echo.log", f.dir);
-    const char *argv[] = {BUILD_DIR "/echo-server", "echo", "127.0.0.1:0", "-s", f.agent.sock,
-                          NULL};
+    const char *argv[] = {
+        BUILD_DIR "/echo-server", "echo", "127.0.0.1:0", "-s", f.agent.sock, NULL};
     echo = proc_spawn(argv, NULL, log);
     ck_assert_ptr_nonnull(echo);
     ck_assert(echo_address(log, addr, sizeof addr));
@@ -338,8 +330,7 @@ START_TEST(test_grpc_check_follows_serving)
              "services:\n  - name: hc\n    address: %s\n"
              "    check: {type: grpc, interval: 200ms, timeout: 150ms, rise: 2, fall: 2}\n",
              addr);
-    ck_assert_int_eq(agentp_config(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 1000,
-                                   yaml),
+    ck_assert_int_eq(agentp_config(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 1000, yaml),
                      0);
     proc_signal(f.agent.p, SIGHUP);
     snprintf(key, sizeof key, "/micro/hc/%s", addr);

@@ -384,8 +384,8 @@ START_TEST(test_restart_under_clients)
     snprintf(benv, sizeof benv, "GRPC_XDS_BOOTSTRAP=%s", boot);
     snprintf(py_out, sizeof py_out, "%s/client.out", dir);
     const char *penv[] = {benv, "GRPC_VERBOSITY=ERROR", NULL};
-    const char *pargv[] = {PYTHON, PY_CLIENT, "xds:///echo", "--duration", "12",
-                           "--interval-ms", "20", NULL};
+    const char *pargv[] = {PYTHON, PY_CLIENT,       "xds:///echo", "--duration",
+                           "12",   "--interval-ms", "20",          NULL};
     struct proc *py = proc_spawn(pargv, penv, py_out);
     ck_assert_ptr_nonnull(py);
     for (long long until = real_ms() + 3000; real_ms() < until;)

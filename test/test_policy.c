@@ -51,7 +51,7 @@ START_TEST(ranks_by_zone_then_region)
     ck_assert_int_eq(policy_rank(&p, &zone_only), 0);
     ck_assert_int_eq(policy_rank(&p, &region), 1);
     ck_assert_int_eq(policy_rank(&p, &far), 2);
-    ck_assert_int_eq(policy_rank(&p, &none), 2); /* the Go design's: unknown, last */
+    ck_assert_int_eq(policy_rank(&p, &none), 2);    /* the Go design's: unknown, last */
     ck_assert_int_eq(policy_rank(&p, &other_a), 2); /* zone "a" of another region */
     /* An agent without a zone ranks everything alike. */
     struct policy_config nz = cfg(NULL, NULL);
@@ -148,10 +148,10 @@ START_TEST(plan_remembers_recent_size)
     ck_assert(plan.prio[0] == 0 && plan.prio[1] == 0 && plan.prio[2] == 1);
     ck_assert(policy_plan_decaying(&plan));
     policy_weights(&plan, v + 2, NULL, w);
-    ck_assert_uint_eq(w[0], 467);                 /* 10.0.0.3: all of rank 0 */
-    ck_assert_uint_eq(w[1], 267);                 /* half of 0.533 each */
+    ck_assert_uint_eq(w[0], 467); /* 10.0.0.3: all of rank 0 */
+    ck_assert_uint_eq(w[1], 267); /* half of 0.533 each */
     ck_assert_uint_eq(w[2], 267);
-    ck_assert_uint_eq(w[3], 0);                   /* zone c: standby */
+    ck_assert_uint_eq(w[3], 0); /* zone c: standby */
 
     /* Only the region's group: the subset gives the region everything. */
     bool sel[4] = {false, true, true, false};

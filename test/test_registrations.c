@@ -42,9 +42,8 @@ static void fx_up(struct fx *f, int timeout_ms, const char *yaml)
     ck_assert_ptr_nonnull(f->cluster);
     snprintf(f->dir, sizeof f->dir, "%s/agent", etcd_cluster_dir(f->cluster));
     mkdir(f->dir, 0755);
-    ck_assert_int_eq(agentp_config(&f->agent, f->dir, etcd_cluster_urls(f->cluster), 10,
-                                   timeout_ms, yaml),
-                     0);
+    ck_assert_int_eq(
+        agentp_config(&f->agent, f->dir, etcd_cluster_urls(f->cluster), 10, timeout_ms, yaml), 0);
     ck_assert_int_eq(agentp_start(&f->agent), 0);
 }
 
@@ -95,8 +94,7 @@ static int status_registered(struct fx *f, const char *name)
 
     ck_assert_ptr_nonnull(st);
     regs = json_object_get(st, "registrations");
-    json_array_foreach(regs, i, r)
-    {
+    json_array_foreach(regs, i, r) {
         if (strcmp(json_string_value(json_object_get(r, "name")), name))
             continue;
         if (!strcmp(json_string_value(json_object_get(r, "state")), "registered"))
@@ -184,8 +182,8 @@ static void churn_round(struct fx *f)
     }
     ck_assert_int_eq(status_registered(f, "churn"), CHURN_CLIENTS);
     n = settle_keys(f, "/micro/churn/", CHURN_CLIENTS, 15000);
-    ck_assert_msg(n == CHURN_CLIENTS, "%d of %d registrations in etcd, while status says all",
-                  n, CHURN_CLIENTS);
+    ck_assert_msg(n == CHURN_CLIENTS, "%d of %d registrations in etcd, while status says all", n,
+                  CHURN_CLIENTS);
     ck_assert_int_eq(status_registered(f, "churn"), CHURN_CLIENTS);
     /* The same process registering again is a takeover, never refused. */
     for (int i = 0; i < CHURN_CLIENTS; i++)
@@ -324,8 +322,8 @@ START_TEST(test_reload_storm_kept)
     ck_assert_int_eq(settle_keys(&f, "/micro/reloaded/", 20, 15000), 20);
     for (int round = 0; round < 10; round++) {
         for (int pass = 0; pass < 2; pass++) {
-            ck_assert_int_eq(agentp_config(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10,
-                                           5000, pass ? full : none),
+            ck_assert_int_eq(agentp_config(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 5000,
+                                           pass ? full : none),
                              0);
             proc_signal(f.agent.p, SIGHUP);
             usleep(5000); /* time to read the file; not to finish the writes */
@@ -347,8 +345,7 @@ START_TEST(test_wiped_etcd_reads_answered)
 
     /* A long etcd.timeout: a read that waits for a floor etcd will never
      * reach again would take all of it. */
-    fx_up(&f, 60000,
-          "services:\n  - name: floor\n    address: 10.5.0.1:80\n");
+    fx_up(&f, 60000, "services:\n  - name: floor\n    address: 10.5.0.1:80\n");
     ck_assert_int_eq(settle_keys(&f, "/micro/floor/", 1, 15000), 1);
     /* Raise the floor well above where a fresh etcd starts. */
     fd = sock_open(f.agent.sock);

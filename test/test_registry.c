@@ -36,7 +36,7 @@ struct fx {
     etcd_client *etcd;  /* the registry's, and the test's own reads */
     etcd_client *cetcd; /* the cache's: etcd itself, or a second responder */
     cache *cache;
-    session *session;   /* never started: see the file's comment */
+    session *session; /* never started: see the file's comment */
     registry *reg;
     struct etcd_cluster *cluster;
     struct responder *resp, *cresp;
@@ -141,8 +141,8 @@ static void res_cb(int err, const struct etcd_result *r, void *arg)
     s->ttl = r->ttl;
     s->found = r->n_kvs > 0;
     if (s->found) {
-        s->value_len = r->kvs[0].value_len < sizeof s->value - 1 ? r->kvs[0].value_len
-                                                                 : sizeof s->value - 1;
+        s->value_len =
+            r->kvs[0].value_len < sizeof s->value - 1 ? r->kvs[0].value_len : sizeof s->value - 1;
         memcpy(s->value, r->kvs[0].value, s->value_len);
         s->value[s->value_len] = '\0';
         s->lease = r->kvs[0].lease;
@@ -243,13 +243,12 @@ static void done_cb(int err, void *arg)
 static struct instance inst_of(const char *name, const char *address, int32_t weight,
                                const char *group)
 {
-    struct instance i = {.name = (char *)name, .address = (char *)address, .weight = weight,
-                         .group = (char *)group};
+    struct instance i = {
+        .name = (char *)name, .address = (char *)address, .weight = weight, .group = (char *)group};
     return i;
 }
 
-static int add(struct fx *f, const struct instance *inst, uint64_t owner, pid_t pid,
-               struct done *d)
+static int add(struct fx *f, const struct instance *inst, uint64_t owner, pid_t pid, struct done *d)
 {
     char err[256] = "";
 
@@ -357,8 +356,7 @@ START_TEST(test_remove_deletes)
     ck_assert(loop_until(&f.loop, &d.called, 10000));
     ck_assert_int_eq(d.err, 0);
     ck_assert(!get_key(&f, key).found);
-    ck_assert_int_eq(registry_remove(f.reg, "user", "10.0.0.2:80", 1, 100, NULL, NULL),
-                     DA_ENOENT);
+    ck_assert_int_eq(registry_remove(f.reg, "user", "10.0.0.2:80", 1, 100, NULL, NULL), DA_ENOENT);
     fx_stop(&f);
 }
 END_TEST
@@ -399,12 +397,13 @@ END_TEST
 /* ---- a put waits for the delete of its key ----------------------------- */
 
 #define HDR200 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-#define ETCD_HEADER(rev) \
-    "\"header\":{\"cluster_id\":\"7\",\"member_id\":\"1\",\"revision\":\"" rev "\",\"raft_term\":\"2\"}"
+#define ETCD_HEADER(rev)                                                                           \
+    "\"header\":{\"cluster_id\":\"7\",\"member_id\":\"1\",\"revision\":\"" rev                     \
+    "\",\"raft_term\":\"2\"}"
 #define PUT_BODY(rev) "{" ETCD_HEADER(rev) "}"
-#define TXN_BODY(rev)                                                                           \
-    "{" ETCD_HEADER(rev) ",\"succeeded\":true,\"responses\":[{\"response_delete_range\":{"      \
-        ETCD_HEADER(rev) ",\"deleted\":\"1\"}}]}"
+#define TXN_BODY(rev)                                                                              \
+    "{" ETCD_HEADER(rev) ",\"succeeded\":true,\"responses\":[{\"response_delete_range\":"          \
+                         "{" ETCD_HEADER(rev) ",\"deleted\":\"1\"}}]}"
 
 /* A raw 200 reply with body, its length counted here rather than by hand. */
 static void reply_of(char *buf, size_t len, const char *body)
@@ -493,8 +492,7 @@ START_TEST(test_ownership)
     ck_assert_int_eq(add(&f, &a, 7, 100, NULL), 0);
     ck_assert_int_eq(add(&f, &a, 8, 100, NULL), 0);
     ck_assert_uint_eq(info(&f, a.address).ri.owner, 8);
-    ck_assert_int_eq(registry_add(f.reg, &a, 9, 200, NULL, NULL, NULL, err, sizeof err),
-                     DA_EACCES);
+    ck_assert_int_eq(registry_add(f.reg, &a, 9, 200, NULL, NULL, NULL, err, sizeof err), DA_EACCES);
     ck_assert_ptr_nonnull(strstr(err, "pid 100"));
     ck_assert_int_eq(add(&f, &a, 10, 0, NULL), DA_EACCES);
     ck_assert_int_eq(registry_remove(f.reg, "user", a.address, 9, 200, NULL, NULL), DA_EACCES);
@@ -506,8 +504,7 @@ START_TEST(test_ownership)
     /* The configuration's cannot be taken or removed by any connection. */
     ck_assert_int_eq(add(&f, &b, REG_OWNER_CONFIG, 0, NULL), 0);
     err[0] = '\0';
-    ck_assert_int_eq(registry_add(f.reg, &b, 8, 100, NULL, NULL, NULL, err, sizeof err),
-                     DA_EACCES);
+    ck_assert_int_eq(registry_add(f.reg, &b, 8, 100, NULL, NULL, NULL, err, sizeof err), DA_EACCES);
     ck_assert_ptr_nonnull(strstr(err, "configuration"));
     ck_assert_int_eq(registry_remove(f.reg, "user", b.address, 8, 100, NULL, NULL), DA_EACCES);
     ck_assert_uint_eq(info(&f, b.address).ri.owner, REG_OWNER_CONFIG);
@@ -521,8 +518,7 @@ START_TEST(test_ownership)
     ck_assert_uint_eq(registry_count(f.reg), 3);
     registry_remove_owner(f.reg, 8);
     ck_assert(!info(&f, a.address).found);
-    ck_assert_int_eq(registry_remove(f.reg, "user", b.address, REG_OWNER_CONFIG, 0, NULL, NULL),
-                     0);
+    ck_assert_int_eq(registry_remove(f.reg, "user", b.address, REG_OWNER_CONFIG, 0, NULL, NULL), 0);
     ck_assert_uint_eq(registry_count(f.reg), 1);
     fx_stop(&f);
 }

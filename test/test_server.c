@@ -66,7 +66,8 @@ static char *chaos_strdup(const char *str)
 #undef strdup
 
 #define SUN_PATH_SIZE sizeof(((struct sockaddr_un *)0)->sun_path)
-#define TOO_LONG_REPLY "{\"ok\":false,\"error\":{\"code\":\"too_long\",\"message\":\"line too long\"}}\n"
+#define TOO_LONG_REPLY                                                                             \
+    "{\"ok\":false,\"error\":{\"code\":\"too_long\",\"message\":\"line too long\"}}\n"
 
 /* ---- fixture ----------------------------------------------------------- */
 
@@ -119,9 +120,9 @@ static void on_line(server *s, server_conn *c, char *line, size_t len, void *arg
     if (strcmp(line, "quit") == 0) {
         size_t before = f->closes;
         server_conn_close(c);
-        server_conn_close(c); /* twice is harmless */
+        server_conn_close(c);                             /* twice is harmless */
         ck_assert_int_eq(server_send(c, "late\n", 5), 0); /* discarded */
-        ck_assert_uint_eq(f->closes, before); /* on_close comes from the loop */
+        ck_assert_uint_eq(f->closes, before);             /* on_close comes from the loop */
     } else if (strcmp(line, "shutdown") == 0) {
         server_close(s);
         f->s = NULL;

@@ -137,9 +137,8 @@ static struct res lease_ttl(struct fx *f, int64_t lease)
         s.ttl = -1;
     } else {
         ck_assert_msg((p = strstr(out, "TTL(")) != NULL, "etcdctl said: %s", out);
-        ck_assert_int_eq(sscanf(p, "TTL(%" SCNd64 "s), remaining(%" SCNd64 "s)", &s.granted_ttl,
-                                &s.ttl),
-                         2);
+        ck_assert_int_eq(
+            sscanf(p, "TTL(%" SCNd64 "s), remaining(%" SCNd64 "s)", &s.granted_ttl, &s.ttl), 2);
     }
     return s;
 }
@@ -207,9 +206,9 @@ START_TEST(test_revoked_lease_replaced)
     session_start(f.s);
     ck_assert(wait_calls(&f, 1, 10000));
     lease_hex(hex, sizeof hex, f.calls[0]);
-    ck_assert_int_eq(etcdctl(f.cluster, out, sizeof out,
-                             (const char *const[]){"lease", "revoke", hex, NULL}),
-                     0);
+    ck_assert_int_eq(
+        etcdctl(f.cluster, out, sizeof out, (const char *const[]){"lease", "revoke", hex, NULL}),
+        0);
     ck_assert_msg(wait_calls(&f, 3, 10000), "the revoked lease was not replaced (%d calls)",
                   f.n_calls);
     ck_assert_int_eq(f.n_calls, 3);
@@ -295,7 +294,7 @@ END_TEST
 /* ---- scripted --------------------------------------------------------------- */
 
 #define HDR200 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-#define ETCD_HEADER \
+#define ETCD_HEADER                                                                                \
     "\"header\":{\"cluster_id\":\"7\",\"member_id\":\"1\",\"revision\":\"5\",\"raft_term\":\"2\"}"
 
 static void reply_of(char *buf, size_t len, const char *body)

@@ -202,7 +202,8 @@ static void fx_down(struct fx *f)
 static json_t *py_calls_every(struct fx *f, int calls, int interval_ms, const char *tag)
 {
     char out[700], n[16], iv[16], env[700], line[8192];
-    const char *argv[] = {PYTHON, PY_CLIENT, "xds:///echo", "--calls", n, "--interval-ms", iv, NULL};
+    const char *argv[] = {PYTHON,          PY_CLIENT, "xds:///echo", "--calls", n,
+                          "--interval-ms", iv,        NULL};
     const char *envv[] = {env, "GRPC_VERBOSITY=ERROR", NULL};
     struct proc *p;
     json_t *r = NULL;
@@ -355,8 +356,7 @@ START_TEST(test_zone_failover)
     {
         char out[8192];
         ctl(&f, "resolve echo --prefer-zone", out, sizeof out);
-        ck_assert_msg(strstr(out, "loads          zone 70.0%, region 30.0%, rest 0.0%"), "%s",
-                      out);
+        ck_assert_msg(strstr(out, "loads          zone 70.0%, region 30.0%, rest 0.0%"), "%s", out);
         ck_assert_msg(strstr(out, "standby") && strstr(out, "in use"), "%s", out);
         ctl(&f, "status", out, sizeof out);
         ck_assert_msg(strstr(out, "70%/30%/0%"), "%s", out);

@@ -27,45 +27,45 @@ START_TEST(host_and_port)
         const char *s;
         int want;
     } cases[] = {
-        { "10.0.0.5:8082", VALIDATE_OK },
-        { "[::1]:50051", VALIDATE_OK },
-        { "[fe80::1:2:3:4]:1", VALIDATE_OK },
-        { "localhost:65535", VALIDATE_OK },
-        { "a.b-c.d_e:80", VALIDATE_OK },
-        { "1a.example:80", VALIDATE_OK },
-        { "x:0", VALIDATE_PORT_RANGE },
-        { "x:65536", VALIDATE_PORT_RANGE },
-        { "x:99999999999999999999999", VALIDATE_PORT_RANGE },
-        { "x:", VALIDATE_BAD },
-        { ":80", VALIDATE_BAD },
-        { "x", VALIDATE_BAD },
-        { "x:-1", VALIDATE_BAD },
-        { "x:+1", VALIDATE_BAD },
-        { "x: 1", VALIDATE_BAD },
-        { "x:01", VALIDATE_BAD },
-        { "::1:80", VALIDATE_BAD },
-        { "[::1]", VALIDATE_BAD },
-        { "[::1]80", VALIDATE_BAD },
-        { "[::1:80", VALIDATE_BAD },
-        { "[]:80", VALIDATE_BAD },
-        { "[10.0.0.1]:80", VALIDATE_BAD },
-        { "[fe80::1%eth0]:80", VALIDATE_BAD },
-        { "1.2.3:80", VALIDATE_BAD },
-        { "1.2.3.4.5:80", VALIDATE_BAD },
-        { "01.2.3.4:80", VALIDATE_BAD },
-        { "-a.b:80", VALIDATE_BAD },
-        { "a-.b:80", VALIDATE_BAD },
-        { "a..b:80", VALIDATE_BAD },
-        { "a.:80", VALIDATE_BAD },
-        { ".a:80", VALIDATE_BAD },
-        { "a b:80", VALIDATE_BAD },
-        { "a/b:80", VALIDATE_BAD },
-        { "\xc3\xbc.example:80", VALIDATE_BAD },
+        {"10.0.0.5:8082", VALIDATE_OK},
+        {"[::1]:50051", VALIDATE_OK},
+        {"[fe80::1:2:3:4]:1", VALIDATE_OK},
+        {"localhost:65535", VALIDATE_OK},
+        {"a.b-c.d_e:80", VALIDATE_OK},
+        {"1a.example:80", VALIDATE_OK},
+        {"x:0", VALIDATE_PORT_RANGE},
+        {"x:65536", VALIDATE_PORT_RANGE},
+        {"x:99999999999999999999999", VALIDATE_PORT_RANGE},
+        {"x:", VALIDATE_BAD},
+        {":80", VALIDATE_BAD},
+        {"x", VALIDATE_BAD},
+        {"x:-1", VALIDATE_BAD},
+        {"x:+1", VALIDATE_BAD},
+        {"x: 1", VALIDATE_BAD},
+        {"x:01", VALIDATE_BAD},
+        {"::1:80", VALIDATE_BAD},
+        {"[::1]", VALIDATE_BAD},
+        {"[::1]80", VALIDATE_BAD},
+        {"[::1:80", VALIDATE_BAD},
+        {"[]:80", VALIDATE_BAD},
+        {"[10.0.0.1]:80", VALIDATE_BAD},
+        {"[fe80::1%eth0]:80", VALIDATE_BAD},
+        {"1.2.3:80", VALIDATE_BAD},
+        {"1.2.3.4.5:80", VALIDATE_BAD},
+        {"01.2.3.4:80", VALIDATE_BAD},
+        {"-a.b:80", VALIDATE_BAD},
+        {"a-.b:80", VALIDATE_BAD},
+        {"a..b:80", VALIDATE_BAD},
+        {"a.:80", VALIDATE_BAD},
+        {".a:80", VALIDATE_BAD},
+        {"a b:80", VALIDATE_BAD},
+        {"a/b:80", VALIDATE_BAD},
+        {"\xc3\xbc.example:80", VALIDATE_BAD},
         /* Issue 12 item 6: the socket took these, the config did not. */
-        { "1.2.3.4:05", VALIDATE_BAD },
-        { "-:5", VALIDATE_BAD },
-        { "..:5", VALIDATE_BAD },
-        { ".:5", VALIDATE_BAD },
+        {"1.2.3.4:05", VALIDATE_BAD},
+        {"-:5", VALIDATE_BAD},
+        {"..:5", VALIDATE_BAD},
+        {".:5", VALIDATE_BAD},
     };
     char label[80];
     struct validate_hostport hp;
@@ -74,8 +74,8 @@ START_TEST(host_and_port)
         char why[160] = "";
         int r = validate_hostport(cases[i].s, strlen(cases[i].s), 0, &hp, why, sizeof why);
 
-        ck_assert_msg(r == cases[i].want, "%s: got %d, want %d (%s)", cases[i].s, r,
-                      cases[i].want, why);
+        ck_assert_msg(r == cases[i].want, "%s: got %d, want %d (%s)", cases[i].s, r, cases[i].want,
+                      why);
         ck_assert_msg(r == VALIDATE_OK || why[0], "%s: no reason", cases[i].s);
         ck_assert_int_eq(validate_address(cases[i].s, NULL, 0), r == VALIDATE_OK);
     }
@@ -100,8 +100,7 @@ START_TEST(host_and_port_parts)
     ck_assert_uint_eq(hp.host_len, 5);
     ck_assert_uint_eq(hp.port, 50051);
     ck_assert_uint_eq(hp.port_at, 6);
-    ck_assert_int_eq(validate_hostport("x:70000", 7, 0, &hp, why, sizeof why),
-                     VALIDATE_PORT_RANGE);
+    ck_assert_int_eq(validate_hostport("x:70000", 7, 0, &hp, why, sizeof why), VALIDATE_PORT_RANGE);
     ck_assert_uint_eq(hp.port_at, 2);
     /* Only len bytes are read: a URL's authority, say. */
     ck_assert_int_eq(validate_hostport("etcd:2379/v3", 9, 0, &hp, NULL, 0), VALIDATE_OK);
@@ -118,8 +117,7 @@ START_TEST(host_and_port_parts)
     ck_assert_str_eq(hp.host, "");
     ck_assert_int_eq(validate_hostport("[::]:0", 6, VALIDATE_LISTEN, &hp, NULL, 0), VALIDATE_OK);
     ck_assert_str_eq(hp.host, "::");
-    ck_assert_int_eq(validate_hostport("0.0.0.0:0", 9, VALIDATE_LISTEN, &hp, NULL, 0),
-                     VALIDATE_OK);
+    ck_assert_int_eq(validate_hostport("0.0.0.0:0", 9, VALIDATE_LISTEN, &hp, NULL, 0), VALIDATE_OK);
     ck_assert_int_eq(validate_hostport("x:05", 4, VALIDATE_LISTEN, &hp, NULL, 0), VALIDATE_BAD);
     ck_assert(!validate_address(":50051", NULL, 0));
     ck_assert(!validate_address("localhost:0", NULL, 0));
@@ -158,22 +156,12 @@ START_TEST(names)
         const char *s;
         bool ok;
     } cases[] = {
-        { "user-server", true },
-        { "a", true },
-        { "x.y_z:1", true },
-        { "caf\xc3\xa9", true },
-        { "...", true },
-        { "", false },
-        { ".", false },
-        { "..", false },
-        { "a/b", false },
-        { "a b", false },
-        { "a\tb", false },
-        { "a\x7f", false },
-        { "\xff", false },
-        { "\xc3", false },
-        { "\xed\xa0\x80", false }, /* a surrogate */
-        { "\xc0\xaf", false },     /* an overlong '/' */
+        {"user-server", true}, {"a", true},     {"x.y_z:1", true},
+        {"caf\xc3\xa9", true}, {"...", true},   {"", false},
+        {".", false},          {"..", false},   {"a/b", false},
+        {"a b", false},        {"a\tb", false}, {"a\x7f", false},
+        {"\xff", false},       {"\xc3", false}, {"\xed\xa0\x80", false}, /* a surrogate */
+        {"\xc0\xaf", false},                                             /* an overlong '/' */
     };
     char why[160];
     char *s;

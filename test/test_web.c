@@ -68,8 +68,9 @@ static int http(const char *base, const char *method, const char *path, bool hea
                 size_t len)
 {
     char url[256];
-    const char *argv[] = {"curl", "-s", "-m", "10", "-X", method, headers ? "-i" : "-s",
-                          "-w", "\n%{http_code}", url, NULL};
+    const char *argv[] = {
+        "curl",           "-s", "-m", "10", "-X", method, headers ? "-i" : "-s", "-w",
+        "\n%{http_code}", url,  NULL};
     const char *argv_head[] = {"curl", "-s", "-m", "10", "-I", "-w", "\n%{http_code}", url, NULL};
     char *nl;
     int code;
@@ -252,8 +253,8 @@ START_TEST(metrics_promtool_counters_secrets)
     r = sock_call(fd, "{\"op\":\"watch\",\"service\":\"web-test\"}", 5000);
     ck_assert_ptr_nonnull(r);
     json_decref(r);
-    ck_assert(metric_reaches(&f, "discovery_agent_registrations{state=\"registered\"}", 2,
-                             5000) == 2);
+    ck_assert(metric_reaches(&f, "discovery_agent_registrations{state=\"registered\"}", 2, 5000) ==
+              2);
     ck_assert(metric(&f, "discovery_agent_etcd_requests_total{op=\"txn\",result=\"ok\"}") +
                   metric(&f, "discovery_agent_etcd_requests_total{op=\"put\",result=\"ok\"}") >
               puts);
@@ -267,9 +268,8 @@ START_TEST(metrics_promtool_counters_secrets)
                          "{\"Name\":\"web-test\",\"Address\":\"127.0.0.1:9399\",\"Weight\":1,"
                          "\"Group\":\"\"}",
                          NULL};
-    ck_assert_int_eq(etcdctl_as(f.cluster, ETCD_ROOT_USER ":" ETCD_ROOT_PASSWORD, out,
-                                sizeof out, put),
-                     0);
+    ck_assert_int_eq(
+        etcdctl_as(f.cluster, ETCD_ROOT_USER ":" ETCD_ROOT_PASSWORD, out, sizeof out, put), 0);
     ck_assert(metric_reaches(&f, "discovery_agent_socket_update_lines_total", 1, 5000) >= 1);
     ck_assert(metric(&f, "discovery_agent_etcd_watch_events_total") >= 1);
     ck_assert(metric(&f, "discovery_agent_watch_delivery_delay_seconds_count") >= 1);
@@ -343,8 +343,8 @@ START_TEST(only_get_and_head)
         for (size_t m = 0; m < sizeof methods / sizeof *methods; m++) {
             int code = http(f.base, methods[m], paths[i], true, out, sizeof out);
             ck_assert_msg(code == 405, "%s %s: %d", methods[m], paths[i], code);
-            ck_assert_msg(strcasestr(out, "Allow: GET, HEAD"), "%s %s: %s", methods[m],
-                          paths[i], out);
+            ck_assert_msg(strcasestr(out, "Allow: GET, HEAD"), "%s %s: %s", methods[m], paths[i],
+                          out);
         }
         ck_assert_int_eq(http(f.base, "HEAD", paths[i], false, out, sizeof out), 200);
         ck_assert_int_eq(http(f.base, "GET", paths[i], false, out, sizeof out), 200);
@@ -472,9 +472,17 @@ START_TEST(status_page_in_chromium)
     snprintf(profile, sizeof profile, "%s/chromium", etcd_cluster_dir(f.cluster));
     snprintf(profarg, sizeof profarg, "--user-data-dir=%s", profile);
     snprintf(errlog, sizeof errlog, "%s/chromium.err", etcd_cluster_dir(f.cluster));
-    const char *argv[] = {"chromium", "--headless", "--disable-gpu", "--no-sandbox", profarg,
-                          "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
-                          "--dump-dom", url, NULL};
+    const char *argv[] = {"chromium",
+                          "--headless",
+                          "--disable-gpu",
+                          "--no-sandbox",
+                          profarg,
+                          "--enable-logging=stderr",
+                          "--v=0",
+                          "--virtual-time-budget=5000",
+                          "--dump-dom",
+                          url,
+                          NULL};
     ck_assert_int_eq(proc_run_full(dom, sizeof dom, 90000, argv, NULL, errlog), 0);
     ck_assert_msg(strstr(dom, "<td>web-test</td>"), "no web-test in the page: %.2000s", dom);
     ck_assert_msg(strstr(dom, "<td>page-rt</td>"), "no page-rt in the page");
@@ -487,9 +495,17 @@ START_TEST(status_page_in_chromium)
     if (shot && *shot) {
         char shotarg[800];
         snprintf(shotarg, sizeof shotarg, "--screenshot=%s", shot);
-        const char *sargv[] = {"chromium", "--headless", "--disable-gpu", "--no-sandbox",
-                               profarg, "--hide-scrollbars", "--window-size=1280,1000",
-                               "--virtual-time-budget=5000", shotarg, url, NULL};
+        const char *sargv[] = {"chromium",
+                               "--headless",
+                               "--disable-gpu",
+                               "--no-sandbox",
+                               profarg,
+                               "--hide-scrollbars",
+                               "--window-size=1280,1000",
+                               "--virtual-time-budget=5000",
+                               shotarg,
+                               url,
+                               NULL};
         ck_assert_int_eq(proc_run_full(dom, sizeof dom, 90000, sargv, NULL, errlog), 0);
     }
     close(fd);

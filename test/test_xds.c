@@ -102,11 +102,11 @@ static char *dumps(json_t *j)
 START_TEST(test_model_dedup_weights_groups)
 {
     struct instance in[] = {
-        mk("10.0.0.1:80", 3, "A"),     mk("10.0.0.2:80", 0, ""),
-        mk("[::1]:81", -5, "B"),       mk("[0:0::1]:81", 7, "B"),   /* same as [::1]:81 */
-        mk("name.test:82", 2, "A"),    mk("gone.test:83", 1, ""),
-        mk("not-an-address", 1, ""),   mk("10.0.0.1:80", 9, "Z"),   /* duplicate */
-        mk("10.9.9.9:82", 1, ""),                                    /* = name.test:82 */
+        mk("10.0.0.1:80", 3, "A"),   mk("10.0.0.2:80", 0, ""),
+        mk("[::1]:81", -5, "B"),     mk("[0:0::1]:81", 7, "B"), /* same as [::1]:81 */
+        mk("name.test:82", 2, "A"),  mk("gone.test:83", 1, ""),
+        mk("not-an-address", 1, ""), mk("10.0.0.1:80", 9, "Z"), /* duplicate */
+        mk("10.9.9.9:82", 1, ""),                               /* = name.test:82 */
     };
     const struct instance *v[sizeof in / sizeof *in];
     struct xds_model m;
@@ -170,8 +170,8 @@ START_TEST(test_resources_shapes)
     /* The group route first, then the catch-all, whose "" prefix is
      * written (it is in a oneof). */
     j = res_json(XDS_RDS, &m, "echo");
-    json_t *routes = json_object_get(
-        json_array_get(json_object_get(j, "virtual_hosts"), 0), "routes");
+    json_t *routes =
+        json_object_get(json_array_get(json_object_get(j, "virtual_hosts"), 0), "routes");
     ck_assert_uint_eq(json_array_size(routes), 2);
     s = dumps(json_array_get(routes, 0));
     ck_assert_str_eq(s, "{\"match\":{\"headers\":[{\"exact_match\":\"A\",\"name\":\"x-group\"}],"
@@ -195,16 +195,15 @@ START_TEST(test_resources_shapes)
     j = res_json(XDS_EDS, &m, "echo");
     json_t *locs = json_object_get(j, "endpoints");
     ck_assert_uint_eq(json_array_size(locs), 2);
-    ck_assert_int_eq(json_integer_value(json_object_get(
-                         json_object_get(json_array_get(locs, 0), "load_balancing_weight"),
-                         "value")),
-                     2);
-    ck_assert_int_eq(json_integer_value(json_object_get(
-                         json_object_get(json_array_get(locs, 1), "load_balancing_weight"),
-                         "value")),
-                     6);
-    ck_assert_uint_eq(json_array_size(json_object_get(json_array_get(locs, 1), "lb_endpoints")),
-                      2);
+    ck_assert_int_eq(
+        json_integer_value(json_object_get(
+            json_object_get(json_array_get(locs, 0), "load_balancing_weight"), "value")),
+        2);
+    ck_assert_int_eq(
+        json_integer_value(json_object_get(
+            json_object_get(json_array_get(locs, 1), "load_balancing_weight"), "value")),
+        6);
+    ck_assert_uint_eq(json_array_size(json_object_get(json_array_get(locs, 1), "lb_endpoints")), 2);
     json_decref(j);
     /* Group A: 10.0.0.1 (3) and 10.0.0.3 (1). */
     j = res_json(XDS_EDS, &m, "echo/A");
@@ -429,8 +428,8 @@ static void put_as(struct fx *f, const char *host, int port, int weight, const c
 
     snprintf(key, sizeof key, "/micro/echo/%s:%d", host, port);
     snprintf(value, sizeof value,
-             "{\"Name\":\"echo\",\"Address\":\"%s:%d\",\"Weight\":%d,\"Group\":\"%s\"}", host,
-             port, weight, group);
+             "{\"Name\":\"echo\",\"Address\":\"%s:%d\",\"Weight\":%d,\"Group\":\"%s\"}", host, port,
+             weight, group);
     b64_encode(key, strlen(key), k64);
     b64_encode(value, strlen(value), v64);
     snprintf(body, sizeof body, "{\"key\":\"%s\",\"value\":\"%s\"}", k64, v64);
@@ -612,8 +611,8 @@ struct ads {
 static void ads_pluck_at(struct ads *a, void *tag, const char *what)
 {
     grpc_event ev = grpc_completion_queue_pluck(
-        a->cq, tag, gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_seconds(10, GPR_TIMESPAN)),
-        NULL);
+        a->cq, tag,
+        gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_seconds(10, GPR_TIMESPAN)), NULL);
     ck_assert_msg(ev.type == GRPC_OP_COMPLETE, "%s did not complete", what);
 }
 #define ads_pluck(a, tag) ads_pluck_at((a), (tag), #tag)
@@ -827,8 +826,9 @@ START_TEST(test_ads_protocol)
     fx_up(&f, 0, NULL);
     put(&f, 20001, 1, "");
     snprintf(target, sizeof target, "unix:%s/xds.sock", f.dir);
-    ads_open(&a, target, "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
-                         "StreamAggregatedResources");
+    ads_open(&a, target,
+             "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
+             "StreamAggregatedResources");
     for (int t = 0; t < XDS_NTYPES; t++) {
         ads_send(&a, (enum xds_type)t, "", "", NULL, t ? NULL : "raw-node", echo, 1);
         r = ads_recv_type(&a, (enum xds_type)t);
@@ -915,11 +915,9 @@ START_TEST(test_reaches_all_and_weights)
         double share = (double)count_of(r[k], addr(&f, 0)) / 4000.0;
         printf("xds-measure: %s weights 3:1 over 4000 calls: %lld / %lld (%.1f%% / %.1f%%), first "
                "call %.1f ms after channel creation\n",
-               kind_name[k], count_of(r[k], addr(&f, 0)), count_of(r[k], addr(&f, 1)),
-               100 * share, 100 * (1 - share),
-               json_number_value(json_object_get(r[k], "first_call_ms")));
-        ck_assert_msg(share > 0.72 && share < 0.78, "%s: weight-3 share %.3f", kind_name[k],
-                      share);
+               kind_name[k], count_of(r[k], addr(&f, 0)), count_of(r[k], addr(&f, 1)), 100 * share,
+               100 * (1 - share), json_number_value(json_object_get(r[k], "first_call_ms")));
+        ck_assert_msg(share > 0.72 && share < 0.78, "%s: weight-3 share %.3f", kind_name[k], share);
         json_decref(r[k]);
     }
     /* Three instances of equal weight: each gets a third. */
@@ -1324,8 +1322,7 @@ START_TEST(test_disabled_and_in_use)
     mkdir(dir, 0755);
     snprintf(yaml, sizeof yaml, "xds:\n  path: %s/xds.sock\n", f.dir);
     memset(&other, 0, sizeof other);
-    ck_assert_int_eq(
-        agentp_config(&other, dir, etcd_cluster_urls(f.cluster), 10, 1000, yaml), 0);
+    ck_assert_int_eq(agentp_config(&other, dir, etcd_cluster_urls(f.cluster), 10, 1000, yaml), 0);
     ck_assert_int_eq(agentp_spawn(&other), 0);
     ck_assert_int_eq(proc_wait(other.p, 10000, &st), 0);
     ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1);
@@ -1337,10 +1334,9 @@ START_TEST(test_disabled_and_in_use)
 
     ck_assert_int_eq(agentp_stop(&f.agent, 10000), 0);
     ck_assert_int_ne(access(path, F_OK), 0); /* removed at stop */
-    ck_assert_int_eq(
-        agentp_config(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 1000,
-                      "xds:\n  enabled: false\n"),
-        0);
+    ck_assert_int_eq(agentp_config(&f.agent, f.dir, etcd_cluster_urls(f.cluster), 10, 1000,
+                                   "xds:\n  enabled: false\n"),
+                     0);
     f.agent.p = proc_free(f.agent.p);
     unlink(f.bootstrap);
     ck_assert_int_eq(agentp_start(&f.agent), 0);
@@ -1441,8 +1437,8 @@ START_TEST(test_grpc_only_while_used)
     ck_assert(json_is_true(json_object_get(x, "grpc_running")));
     ck_assert_int_eq(json_integer_value(json_object_get(x, "grpc_starts")), 1);
     ck_assert_int_eq(json_array_size(json_object_get(x, "clients")), 1);
-    ck_assert_str_eq(json_string_value(json_object_get(
-                         json_array_get(json_object_get(x, "clients"), 0), "peer")),
+    ck_assert_str_eq(json_string_value(
+                         json_object_get(json_array_get(json_object_get(x, "clients"), 0), "peer")),
                      "unix:");
     json_decref(x);
     r = client_wait(&c, 30000);

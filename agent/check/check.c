@@ -235,8 +235,8 @@ static void tick_cb(uv_timer_t *t)
     if (k->probe) {
         /* Only an exec probe whose killed process has not exited yet can
          * still be here: never run two at once. */
-        log_debug("check: %s %s: previous probe still running; skipped",
-                  k->label ? k->label : "-", k->address ? k->address : "-");
+        log_debug("check: %s %s: previous probe still running; skipped", k->label ? k->label : "-",
+                  k->address ? k->address : "-");
         return;
     }
     k->reported = false;

@@ -79,8 +79,9 @@ void checker_fail(checker *k, const char *why);
 
 struct check_state {
     bool healthy;
-    int passes, failures;   /* consecutive */
-    char output[256];       /* last probe's result: "SERVING", "HTTP 500", "connect: Connection refused", "exit 1: <first line of output>", "timed out after 2000 ms", "ttl expired" */
+    int passes, failures; /* consecutive */
+    char output
+        [256]; /* last probe's result: "SERVING", "HTTP 500", "connect: Connection refused", "exit 1: <first line of output>", "timed out after 2000 ms", "ttl expired" */
     uint64_t changed_at_ms; /* uv_now of the last health change (0: never) */
     uint64_t last_run_ms;   /* uv_now when the last probe's result came (0: none yet) */
     uint64_t probes;        /* results counted so far (passes and failures) */

@@ -110,8 +110,8 @@ static void exited(uv_process_t *proc, int64_t status, int term_signal)
         check__report(&p->base, false, "killed by signal %d%s%s", term_signal, *line ? ": " : "",
                       line);
     else
-        check__report(&p->base, status == 0, "exit %lld%s%s", (long long)status,
-                      *line ? ": " : "", line);
+        check__report(&p->base, status == 0, "exit %lld%s%s", (long long)status, *line ? ": " : "",
+                      line);
     close_all(p);
 }
 

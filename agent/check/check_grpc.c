@@ -104,8 +104,8 @@ static int grpc_init_k(checker *k, char *err, size_t errlen)
 {
     char target[CHECK_ADDRESS_MAX + 32];
     gm_hchan *c;
-    int backoff_max = k->spec.interval_ms < MAX_BACKOFF_MS ? (int)k->spec.interval_ms
-                                                           : MAX_BACKOFF_MS;
+    int backoff_max =
+        k->spec.interval_ms < MAX_BACKOFF_MS ? (int)k->spec.interval_ms : MAX_BACKOFF_MS;
     int backoff_initial = backoff_max < INITIAL_BACKOFF_MS ? backoff_max : INITIAL_BACKOFF_MS;
     int rc;
 

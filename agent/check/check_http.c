@@ -75,8 +75,7 @@ static int got_chunk(http_req *req, const char *data, size_t len, void *arg)
     return 0; /* read on to the end: a reply cut short is not a reply */
 }
 
-static void http_done(http_req *req, int err, long status, const char *body, size_t len,
-                      void *arg)
+static void http_done(http_req *req, int err, long status, const char *body, size_t len, void *arg)
 {
     struct http_probe *p = arg;
     char line[CHECK_OUTPUT_MAX];
@@ -101,8 +100,7 @@ static struct check__probe *http_start(checker *k)
 {
     struct http_priv *h = k->priv;
     struct http_probe *p = calloc(1, sizeof *p);
-    static const char *const headers[] = {"Accept: */*", "User-Agent: discovery-agent-check",
-                                          NULL};
+    static const char *const headers[] = {"Accept: */*", "User-Agent: discovery-agent-check", NULL};
     struct http_req_opts o = {
         .url = h->url,
         .headers = headers,

@@ -17,12 +17,11 @@
 
 #include "check.h"
 
-#define check__container_of(ptr, type, member) \
-    ((type *)((char *)(ptr)-offsetof(type, member)))
+#define check__container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 /* Bounds on what outside input can make us keep. */
-#define CHECK_OUTPUT_MAX 256     /* == sizeof(struct check_state.output) */
-#define CHECK_ADDRESS_MAX 300    /* "[v6]:port" or a 253-byte name + ":port" */
+#define CHECK_OUTPUT_MAX 256  /* == sizeof(struct check_state.output) */
+#define CHECK_ADDRESS_MAX 300 /* "[v6]:port" or a 253-byte name + ":port" */
 
 struct check__probe;
 
@@ -51,8 +50,8 @@ struct check_ctx {
     uv_loop_t *loop;
     http_client *http;
     bool exec_enabled;
-    checker *checkers;         /* every live checker (for check_ctx_free) */
-    struct check__grpc *grpc;  /* the gRPC thread, started on first use */
+    checker *checkers;        /* every live checker (for check_ctx_free) */
+    struct check__grpc *grpc; /* the gRPC thread, started on first use */
 };
 
 struct checker {

@@ -42,9 +42,8 @@ int check_type_parse(const char *s, enum check_type *out)
 
 /* In enum check_key order. The name ends in _keys[] because test/check-man
  * finds the configuration's keys by that shape. */
-static const char *const check_keys[] = {
-    "type", "interval", "timeout", "rise", "fall", "service", "url", "command", "ttl"
-};
+static const char *const check_keys[] = {"type",    "interval", "timeout", "rise", "fall",
+                                         "service", "url",      "command", "ttl"};
 
 const char *const *check_spec_keys(size_t *n)
 {
@@ -157,8 +156,9 @@ int check_spec_normalize(struct check_spec *s, bool exec_enabled, char *err, siz
      * "interval: 1s, timeout: 1s" means: the checker counts the late probe
      * as failed when the next one is due, and starts that one. */
     if (s->timeout_ms > s->interval_ms)
-        return fail(err, errlen, "%s check: timeout (%llu ms) must not be longer than interval (%llu ms)",
-                    t, (unsigned long long)s->timeout_ms, (unsigned long long)s->interval_ms);
+        return fail(err, errlen,
+                    "%s check: timeout (%llu ms) must not be longer than interval (%llu ms)", t,
+                    (unsigned long long)s->timeout_ms, (unsigned long long)s->interval_ms);
     /* libuv timers and libcurl take longs of milliseconds. */
     if (s->interval_ms > (uint64_t)LONG_MAX / 2)
         return fail(err, errlen, "%s check: interval too long", t);
@@ -170,7 +170,8 @@ int check_spec_normalize(struct check_spec *s, bool exec_enabled, char *err, siz
                         CHECK_SERVICE_MAX);
         break;
     case CHECK_HTTP:
-        if (s->http_url && strncmp(s->http_url, "http://", 7) && strncmp(s->http_url, "https://", 8))
+        if (s->http_url && strncmp(s->http_url, "http://", 7) &&
+            strncmp(s->http_url, "https://", 8))
             return fail(err, errlen, "http check: url must start with http:// or https://");
         if (s->http_url && strlen(s->http_url) > CHECK_URL_MAX)
             return fail(err, errlen, "http check: url longer than %d bytes", CHECK_URL_MAX);
@@ -292,8 +293,9 @@ static int read_duration(const struct check_input *in, enum check_key k, uint64_
     struct shown a;
 
     if (text && duration_parse(text, ms) < 0)
-        return refuse(why, k, SIZE_MAX, DA_EINVAL, "bad duration '%s' for check.%s: use 500ms, 10s, 2m",
-                      show(&a, text), check_keys[k]);
+        return refuse(why, k, SIZE_MAX, DA_EINVAL,
+                      "bad duration '%s' for check.%s: use 500ms, 10s, 2m", show(&a, text),
+                      check_keys[k]);
     return 0;
 }
 
@@ -312,8 +314,9 @@ static int read_count(const struct check_input *in, enum check_key k, int *out,
     errno = 0;
     v = strtol(text, &end, 10);
     if (in->value[k].quoted || errno || *end || end == text || v < 1 || v > CHECK_RISE_FALL_MAX)
-        return refuse(why, k, SIZE_MAX, DA_EINVAL, "check.%s must be a whole number from 1 to %d, not '%s'",
-                      check_keys[k], CHECK_RISE_FALL_MAX, show(&a, text));
+        return refuse(why, k, SIZE_MAX, DA_EINVAL,
+                      "check.%s must be a whole number from 1 to %d, not '%s'", check_keys[k],
+                      CHECK_RISE_FALL_MAX, show(&a, text));
     *out = (int)v;
     return 0;
 }
@@ -328,7 +331,8 @@ static int read_strings(struct check_spec *s, const struct check_input *in, stru
         return nomem(why);
     if (url) {
         if (!*url)
-            return refuse(why, CHECK_KEY_URL, SIZE_MAX, DA_EINVAL, "check.url is empty: give a value");
+            return refuse(why, CHECK_KEY_URL, SIZE_MAX, DA_EINVAL,
+                          "check.url is empty: give a value");
         if (strncmp(url, "http://", 7) && strncmp(url, "https://", 8))
             return refuse(why, CHECK_KEY_URL, SIZE_MAX, DA_EINVAL,
                           "check.url '%s' must start with http:// or https://", show(&a, url));
@@ -345,8 +349,9 @@ static int read_command(struct check_spec *s, const struct check_input *in, stru
     if (!in->has_command)
         return 0;
     if (!n)
-        return refuse(why, CHECK_KEY_COMMAND, SIZE_MAX, DA_EINVAL,
-                      "check.command must be a list of strings, the program first: [/bin/check, arg]");
+        return refuse(
+            why, CHECK_KEY_COMMAND, SIZE_MAX, DA_EINVAL,
+            "check.command must be a list of strings, the program first: [/bin/check, arg]");
     /* Refused before anything is allocated for it. */
     if (n > CHECK_ARGV_MAX)
         return refuse(why, CHECK_KEY_COMMAND, SIZE_MAX, DA_EINVAL,
@@ -378,17 +383,18 @@ static int build(struct check_spec *s, const struct check_input *in, bool exec_e
                       "the check%s%s has no type: add 'type: grpc' (or tcp, http, exec, ttl)", of,
                       owner);
     if (!*type)
-        return refuse(why, CHECK_KEY_TYPE, SIZE_MAX, DA_EINVAL, "check type is empty: give a value");
+        return refuse(why, CHECK_KEY_TYPE, SIZE_MAX, DA_EINVAL,
+                      "check type is empty: give a value");
     if (check_type_parse(type, &s->type) < 0 || s->type == CHECK_NONE)
         return refuse(why, CHECK_KEY_TYPE, SIZE_MAX, DA_EINVAL,
-                      "unknown check type '%s'%s%s: use grpc, tcp, http, exec or ttl", show(&a, type),
-                      for_, owner);
+                      "unknown check type '%s'%s%s: use grpc, tcp, http, exec or ttl",
+                      show(&a, type), for_, owner);
     if ((rc = read_duration(in, CHECK_KEY_INTERVAL, &s->interval_ms, why)) ||
         (rc = read_duration(in, CHECK_KEY_TIMEOUT, &s->timeout_ms, why)) ||
         (rc = read_duration(in, CHECK_KEY_TTL, &s->ttl_ms, why)) ||
         (rc = read_count(in, CHECK_KEY_RISE, &s->rise, why)) ||
-        (rc = read_count(in, CHECK_KEY_FALL, &s->fall, why)) ||
-        (rc = read_strings(s, in, why)) || (rc = read_command(s, in, why)))
+        (rc = read_count(in, CHECK_KEY_FALL, &s->fall, why)) || (rc = read_strings(s, in, why)) ||
+        (rc = read_command(s, in, why)))
         return rc;
     if (check_spec_normalize(s, exec_enabled, msg, sizeof msg) < 0)
         return refuse(why, CHECK_KEY_COUNT, SIZE_MAX, DA_EINVAL, "%s%s%s%s%s",

@@ -40,10 +40,11 @@ struct check_spec {
     uint64_t timeout_ms;  /* default 2s, and <= interval */
     int rise;             /* consecutive passes to become healthy; default 2 */
     int fall;             /* consecutive failures to become unhealthy; default 3 */
-    char *grpc_service;   /* grpc: the service name asked in HealthCheckRequest; NULL/"" = server overall */
-    char *http_url;       /* http: full URL; NULL = http://<address>/health */
-    char **exec_argv;     /* exec: argv, NULL-terminated (run without a shell) */
-    uint64_t ttl_ms;      /* ttl: the application must report pass at least this often */
+    char *
+        grpc_service; /* grpc: the service name asked in HealthCheckRequest; NULL/"" = server overall */
+    char *http_url;   /* http: full URL; NULL = http://<address>/health */
+    char **exec_argv; /* exec: argv, NULL-terminated (run without a shell) */
+    uint64_t ttl_ms;  /* ttl: the application must report pass at least this often */
 };
 
 /* Helpers for owners of specs (configuration, registry). A spec filled by
@@ -101,8 +102,8 @@ struct check_value {
  * check_spec_build(). Everything is borrowed. */
 struct check_input {
     struct check_value value[CHECK_KEY_COUNT]; /* text NULL: key absent; command's is unused */
-    bool has_command;                           /* command was given, with: */
-    const char *const *command;                 /* its n_command items */
+    bool has_command;                          /* command was given, with: */
+    const char *const *command;                /* its n_command items */
     size_t n_command;
     const char *owner; /* for messages: "service NAME", or NULL */
 };

@@ -22,8 +22,7 @@
  * negative errno of open() or read(), DA_ENOMEM, or DA_EFBIG when the file holds
  * more than cap bytes. A secret is read into one buffer allocated up front,
  * so that no copy of it is left behind by realloc(); the caller wipes it. */
-int config__read_all(const char *path, size_t cap, bool secret, char **out,
-                    size_t *outlen)
+int config__read_all(const char *path, size_t cap, bool secret, char **out, size_t *outlen)
 {
     size_t len = 0, alloc = secret ? cap + 2 : 0;
     char *buf = NULL;
@@ -118,7 +117,7 @@ int config__check_readable(const char *path)
  * freed once that file is done. */
 static int load_file(struct loader *ld, const char *file, bool is_main)
 {
-    struct tree t = { NULL, NULL };
+    struct tree t = {NULL, NULL};
     char *buf = NULL;
     size_t len;
     int r;
@@ -126,8 +125,9 @@ static int load_file(struct loader *ld, const char *file, bool is_main)
     ld->file = file;
     r = config__read_all(file, CONFIG_FILE_MAX, false, &buf, &len);
     if (r == DA_EFBIG)
-        r = config__fail_at(ld, file, 0, 0, r, "file too large: a configuration "
-                    "file may hold at most 1 MiB");
+        r = config__fail_at(ld, file, 0, 0, r,
+                            "file too large: a configuration "
+                            "file may hold at most 1 MiB");
     else if (r == DA_ENOMEM)
         r = config__fail_oom(ld);
     else if (r < 0)
@@ -167,8 +167,7 @@ static int load_conf_d(struct loader *ld)
     memcpy(dir + dir_len, "conf.d", sizeof("conf.d"));
     d = opendir(dir);
     if (!d) {
-        r = errno == ENOENT ? 0 : config__fail_at(ld, dir, 0, 0, -errno, "%s",
-                                          strerror(errno));
+        r = errno == ENOENT ? 0 : config__fail_at(ld, dir, 0, 0, -errno, "%s", strerror(errno));
         free(dir);
         return r;
     }
@@ -185,8 +184,7 @@ static int load_conf_d(struct loader *ld)
         len = strlen(de->d_name);
         /* Hidden files are skipped as a shell's "*.yaml" would, which also
          * keeps editors' swap and backup files out. */
-        if (de->d_name[0] == '.' || len <= 5 ||
-            strcmp(de->d_name + len - 5, ".yaml"))
+        if (de->d_name[0] == '.' || len <= 5 || strcmp(de->d_name + len - 5, ".yaml"))
             continue;
         if (n == cap) {
             size_t nc = cap == 0 ? 16 : cap * 2;
@@ -204,8 +202,7 @@ static int load_conf_d(struct loader *ld)
             r = config__fail_oom(ld);
             break;
         }
-        snprintf(names[n], strlen(dir) + 1 + len + 1, "%s/%s", dir,
-                 de->d_name);
+        snprintf(names[n], strlen(dir) + 1 + len + 1, "%s/%s", dir, de->d_name);
         n++;
     }
     closedir(d);
@@ -231,7 +228,7 @@ static int set_defaults(struct loader *ld, const char *path)
     c->socket_mode = DA_DEFAULT_SOCKET_MODE;
     c->cache_idle_ms = DA_DEFAULT_CACHE_IDLE_MS;
     c->xds_enabled = DA_DEFAULT_XDS_ENABLED;
-    c->xds_mode = UINT_MAX;  /* unset: socket.mode's, see config__default_xds_path() */
+    c->xds_mode = UINT_MAX; /* unset: socket.mode's, see config__default_xds_path() */
     c->xds_idle_ms = DA_DEFAULT_XDS_IDLE_MS;
     c->log_level = DA_DEFAULT_LOG_LEVEL;
     c->log_format = DA_DEFAULT_LOG_FORMAT;
@@ -268,10 +265,9 @@ static int default_endpoints(struct loader *ld)
     return !c->endpoints[0] ? DA_ENOMEM : 0;
 }
 
-int config_load(const char *path, struct config **out, char *err,
-                size_t errlen)
+int config_load(const char *path, struct config **out, char *err, size_t errlen)
 {
-    struct loader ld = { .err = err, .errlen = errlen };
+    struct loader ld = {.err = err, .errlen = errlen};
     int r;
 
     if (err && errlen > 0)
@@ -279,8 +275,7 @@ int config_load(const char *path, struct config **out, char *err,
     if (!out || !path || path[0] == '\0') {
         if (out)
             *out = NULL;
-        return config__fail_at(&ld, "(none)", 0, 0, DA_EINVAL,
-                       "no configuration file given");
+        return config__fail_at(&ld, "(none)", 0, 0, DA_EINVAL, "no configuration file given");
     }
     *out = NULL;
     ld.file = path;
@@ -367,17 +362,14 @@ struct config *config_free(struct config *c)
     return NULL;
 }
 
-const struct config_service *config_find_service(const struct config *c,
-                                                 const char *name,
+const struct config_service *config_find_service(const struct config *c, const char *name,
                                                  const char *address)
 {
     if (!c || !name || !address)
         return NULL;
     for (size_t i = 0; i < c->n_services; i++) {
-        if (!strcmp(c->services[i].name, name) &&
-            !strcmp(c->services[i].address, address))
+        if (!strcmp(c->services[i].name, name) && !strcmp(c->services[i].address, address))
             return &c->services[i];
     }
     return NULL;
 }
-

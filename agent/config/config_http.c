@@ -15,16 +15,13 @@
 /* The most addresses http.listen may list. */
 #define HTTP_LISTEN_MAX 16
 
-static const char *const http_keys[] = {
-    "enabled", "listen", "max_connections", "max_request_bytes", "timeout"
-};
-enum { HTTP_ENABLED, HTTP_LISTEN, HTTP_MAX_CONNECTIONS, HTTP_MAX_REQUEST,
-       HTTP_TIMEOUT };
+static const char *const http_keys[] = {"enabled", "listen", "max_connections", "max_request_bytes",
+                                        "timeout"};
+enum { HTTP_ENABLED, HTTP_LISTEN, HTTP_MAX_CONNECTIONS, HTTP_MAX_REQUEST, HTTP_TIMEOUT };
 
 /* A whole number in [lo, hi] for what. */
-static int load_number(struct loader *ld, const char *what,
-                       const struct node *key, const struct node *val,
-                       long lo, long hi, long *out)
+static int load_number(struct loader *ld, const char *what, const struct node *key,
+                       const struct node *val, long lo, long hi, long *out)
 {
     struct shown a;
     const char *text;
@@ -37,17 +34,17 @@ static int load_number(struct loader *ld, const char *what,
     errno = 0;
     v = strtol(text, &end, 10);
     if (!val->plain || errno || *end || end == text || v < lo || v > hi)
-        return config__fail_node(ld, val, "%s must be a whole number from %ld "
-                                 "to %ld, not '%s'", what, lo, hi,
-                                 config__show(&a, text));
+        return config__fail_node(ld, val,
+                                 "%s must be a whole number from %ld "
+                                 "to %ld, not '%s'",
+                                 what, lo, hi, config__show(&a, text));
     *out = v;
     return 0;
 }
 
 /* http.listen: IP literals only (the listener binds them; a name would be
  * resolved at every start to who knows what), each once. */
-static int load_listen(struct loader *ld, const struct node *key,
-                       const struct node *val)
+static int load_listen(struct loader *ld, const struct node *key, const struct node *val)
 {
     struct config *c = ld->cfg;
     struct shown a;
@@ -56,14 +53,15 @@ static int load_listen(struct loader *ld, const struct node *key,
     if (r < 0)
         return r;
     if (r == 1 || !val->n_items)
-        return config__fail_node(ld, key, "http.listen is empty: list at "
-                                 "least one address, e.g. ["
-                                 DA_DEFAULT_HTTP_LISTEN "], or set "
+        return config__fail_node(ld, key,
+                                 "http.listen is empty: list at "
+                                 "least one address, e.g. [" DA_DEFAULT_HTTP_LISTEN "], or set "
                                  "http.enabled: false");
     if (val->n_items > HTTP_LISTEN_MAX)
-        return config__fail_node(ld, val, "http.listen lists %zu addresses: "
-                                 "at most %d are supported", val->n_items,
-                                 HTTP_LISTEN_MAX);
+        return config__fail_node(ld, val,
+                                 "http.listen lists %zu addresses: "
+                                 "at most %d are supported",
+                                 val->n_items, HTTP_LISTEN_MAX);
     if (!(c->http_listen = calloc(val->n_items, sizeof(*c->http_listen))))
         return config__fail_oom(ld);
     c->n_http_listen = val->n_items;
@@ -77,17 +75,18 @@ static int load_listen(struct loader *ld, const struct node *key,
         r = config__want_nonempty(ld, "an http.listen entry", item, item, &text);
         if (r < 0)
             return r;
-        r = validate_hostport(text, strlen(text), VALIDATE_LISTEN, &hp, why,
-                              sizeof(why));
+        r = validate_hostport(text, strlen(text), VALIDATE_LISTEN, &hp, why, sizeof(why));
         if (r == VALIDATE_PORT_RANGE)
-            return config__fail_node(ld, item, "port out of range in "
+            return config__fail_node(ld, item,
+                                     "port out of range in "
                                      "http.listen '%s': use 1..65535",
                                      config__show(&a, text));
         if (r != VALIDATE_OK)
-            return config__fail_node(ld, item, "bad http.listen '%s': %s",
-                                     config__show(&a, text), why);
+            return config__fail_node(ld, item, "bad http.listen '%s': %s", config__show(&a, text),
+                                     why);
         if (inet_pton(hp.ipv6 ? AF_INET6 : AF_INET, hp.host, ip) != 1)
-            return config__fail_node(ld, item, "bad http.listen '%s': give an "
+            return config__fail_node(ld, item,
+                                     "bad http.listen '%s': give an "
                                      "IP address and a port, e.g. "
                                      "127.0.0.1:8608 or [::1]:8608",
                                      config__show(&a, text));
@@ -95,7 +94,8 @@ static int load_listen(struct loader *ld, const struct node *key,
             return DA_ENOMEM;
         for (size_t j = 0; j < i; j++) {
             if (!strcmp(c->http_listen[j], text))
-                return config__fail_node(ld, item, "'%s' is listed twice in "
+                return config__fail_node(ld, item,
+                                         "'%s' is listed twice in "
                                          "http.listen: keep only one",
                                          config__show(&a, text));
         }
@@ -105,11 +105,9 @@ static int load_listen(struct loader *ld, const struct node *key,
 
 int config__load_http(struct loader *ld, const struct node *val)
 {
-    static const char *const what[] = {
-        "http.enabled", "http.listen", "http.max_connections",
-        "http.max_request_bytes", "http.timeout"
-    };
-    const struct node *seen[ARRAY_SIZE(http_keys)] = { NULL };
+    static const char *const what[] = {"http.enabled", "http.listen", "http.max_connections",
+                                       "http.max_request_bytes", "http.timeout"};
+    const struct node *seen[ARRAY_SIZE(http_keys)] = {NULL};
     struct config *c = ld->cfg;
     int r = config__want_map(ld, "http", val);
 
@@ -120,8 +118,8 @@ int config__load_http(struct loader *ld, const struct node *val)
         const char *text;
         struct shown a;
         long n = 0;
-        int key = config__section_key(ld, val, i, http_keys,
-                                      ARRAY_SIZE(http_keys), seen, "in http");
+        int key =
+            config__section_key(ld, val, i, http_keys, ARRAY_SIZE(http_keys), seen, "in http");
 
         if (key < 0)
             return key;
@@ -129,7 +127,8 @@ int config__load_http(struct loader *ld, const struct node *val)
         case HTTP_ENABLED:
             r = config__want_nonempty(ld, what[key], k, v, &text);
             if (r == 0 && config__parse_bool(v, &c->http_enabled) < 0)
-                r = config__fail_node(ld, v, "bad http.enabled '%s': write true "
+                r = config__fail_node(ld, v,
+                                      "bad http.enabled '%s': write true "
                                       "or false, without quotes",
                                       config__show(&a, text));
             break;
@@ -146,9 +145,9 @@ int config__load_http(struct loader *ld, const struct node *val)
             break;
         case HTTP_TIMEOUT:
             r = config__load_duration(ld, what[key], k, v, &c->http_timeout_ms);
-            if (r == 0 && (c->http_timeout_ms < 1000 ||
-                           c->http_timeout_ms % 1000))
-                r = config__fail_node(ld, v, "http.timeout must be whole "
+            if (r == 0 && (c->http_timeout_ms < 1000 || c->http_timeout_ms % 1000))
+                r = config__fail_node(ld, v,
+                                      "http.timeout must be whole "
                                       "seconds, at least 1s, e.g. 10s");
             break;
         }

@@ -50,7 +50,7 @@ struct node {
 };
 
 struct tree {
-    struct node *root;         /* NULL for a file without a document */
+    struct node *root; /* NULL for a file without a document */
     struct node *all;
 };
 
@@ -58,18 +58,17 @@ struct tree {
 
 struct loader {
     struct config *cfg;
-    const char *file;          /* the file being read, for messages */
+    const char *file; /* the file being read, for messages */
     char *err;
     size_t errlen;
-    bool failed;               /* the first message wins */
+    bool failed; /* the first message wins */
     size_t cap_services;
 };
 
 /* Parses buf (len bytes, the text of ld->file) into *t, which the caller
  * frees with config__tree_free() whatever the result. Returns 0 or a
  * DA_E* code with the message reported. */
-int config__build_tree(struct loader *ld, const char *buf, size_t len,
-                       struct tree *t);
+int config__build_tree(struct loader *ld, const char *buf, size_t len, struct tree *t);
 void config__tree_free(struct tree *t);
 
 /* ---- Messages (config_read.c) ---------------------------------------- */
@@ -88,11 +87,9 @@ const char *config__show(struct shown *b, const char *s);
  * is 0) into the loader's buffer unless a message is already there, and
  * returns code: DA_EINVAL for content (config__fail_node), DA_ENOMEM
  * (config__fail_oom). */
-int config__fail_at(struct loader *ld, const char *file, int line, int column,
-                    int code, const char *fmt, ...)
-    __attribute__((format(printf, 6, 7)));
-int config__fail_node(struct loader *ld, const struct node *n,
-                      const char *fmt, ...)
+int config__fail_at(struct loader *ld, const char *file, int line, int column, int code,
+                    const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+int config__fail_node(struct loader *ld, const struct node *n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 int config__fail_oom(struct loader *ld);
 
@@ -111,23 +108,18 @@ const char *config__kind_name(const struct node *n);
 /* Each returns 0 if val is of the kind, 1 if it is empty (which counts as
  * an empty mapping or sequence), or an error. what names the value in
  * messages ("etcd.tls"). */
-int config__want_map(struct loader *ld, const char *what,
-                     const struct node *val);
-int config__want_seq(struct loader *ld, const char *what,
-                     const struct node *val);
+int config__want_map(struct loader *ld, const char *what, const struct node *val);
+int config__want_seq(struct loader *ld, const char *what, const struct node *val);
 /* Gets the text of a single value into *text (borrowed from val); an empty
  * value is an error reported at key, because an empty value's own mark
  * points past the line. config__want_nonempty also refuses "". */
-int config__want_text(struct loader *ld, const char *what,
-                      const struct node *key, const struct node *val,
-                      const char **text);
-int config__want_nonempty(struct loader *ld, const char *what,
-                          const struct node *key, const struct node *val,
-                          const char **text);
+int config__want_text(struct loader *ld, const char *what, const struct node *key,
+                      const struct node *val, const char **text);
+int config__want_nonempty(struct loader *ld, const char *what, const struct node *key,
+                          const struct node *val, const char **text);
 /* A duration ("500ms", "10s", "2m") into *ms. */
-int config__load_duration(struct loader *ld, const char *what,
-                          const struct node *key, const struct node *val,
-                          uint64_t *ms);
+int config__load_duration(struct loader *ld, const char *what, const struct node *key,
+                          const struct node *val, uint64_t *ms);
 /* YAML 1.2's core booleans, written without quotes. Returns 0 and sets *b,
  * or -1 (nothing reported: the caller names the key). */
 int config__parse_bool(const struct node *v, bool *b);
@@ -138,8 +130,8 @@ int config__parse_bool(const struct node *v, bool *b);
  * in this mapping (seen[] holds the earlier key nodes). where completes
  * "unknown key 'x' ...", e.g. "in etcd". */
 int config__section_key(struct loader *ld, const struct node *map, size_t i,
-                        const char *const *keys, size_t n_keys,
-                        const struct node **seen, const char *where);
+                        const char *const *keys, size_t n_keys, const struct node **seen,
+                        const char *where);
 
 /* ---- Files (config.c) ------------------------------------------------- */
 
@@ -148,8 +140,7 @@ int config__section_key(struct loader *ld, const struct node *map, size_t i,
  * holds more than cap bytes. A secret is read into one buffer allocated up
  * front, so that no copy of it is left behind by realloc(); the caller
  * wipes it. Reports nothing. */
-int config__read_all(const char *path, size_t cap, bool secret, char **out,
-                     size_t *outlen);
+int config__read_all(const char *path, size_t cap, bool secret, char **out, size_t *outlen);
 /* Whether a file named in the configuration can be opened for reading now.
  * Returns 0 or a negative errno. */
 int config__check_readable(const char *path);
@@ -158,8 +149,7 @@ int config__check_readable(const char *path);
 
 /* Reads one file's top level; conf.d files (!is_main) may set only
  * services. */
-int config__load_root(struct loader *ld, const struct node *root,
-                      bool is_main);
+int config__load_root(struct loader *ld, const struct node *root, bool is_main);
 /* Gives xds.path and xds.mode their defaults, which follow socket.path and
  * socket.mode, once every file is read. */
 int config__default_xds_path(struct loader *ld);

@@ -37,15 +37,14 @@ const char *config__show(struct shown *b, const char *s)
     return b->s;
 }
 
-static int vfail(struct loader *ld, const char *file, int line, int column,
-                 int code, const char *fmt, va_list ap)
+static int vfail(struct loader *ld, const char *file, int line, int column, int code,
+                 const char *fmt, va_list ap)
 {
     if (!ld->failed && ld->err && ld->errlen > 0) {
         int n;
 
         if (line > 0)
-            n = snprintf(ld->err, ld->errlen, "%s:%d:%d: ", file, line,
-                         column);
+            n = snprintf(ld->err, ld->errlen, "%s:%d:%d: ", file, line, column);
         else
             n = snprintf(ld->err, ld->errlen, "%s: ", file);
         if (n >= 0 && (size_t)n < ld->errlen)
@@ -55,8 +54,8 @@ static int vfail(struct loader *ld, const char *file, int line, int column,
     return code;
 }
 
-int config__fail_at(struct loader *ld, const char *file, int line, int column,
-                   int code, const char *fmt, ...)
+int config__fail_at(struct loader *ld, const char *file, int line, int column, int code,
+                    const char *fmt, ...)
 {
     va_list ap;
     int r;
@@ -68,8 +67,7 @@ int config__fail_at(struct loader *ld, const char *file, int line, int column,
 }
 
 /* Reports a content error at a node of the file being read. */
-int config__fail_node(struct loader *ld, const struct node *n,
-                     const char *fmt, ...)
+int config__fail_node(struct loader *ld, const struct node *n, const char *fmt, ...)
 {
     va_list ap;
     int r;
@@ -110,9 +108,8 @@ int config__set_str(struct loader *ld, char **dst, const char *s)
 bool config__is_null(const struct node *n)
 {
     return n->kind == NODE_SCALAR && n->plain &&
-           (n->text[0] == '\0' || !strcmp(n->text, "~") ||
-            !strcmp(n->text, "null") || !strcmp(n->text, "Null") ||
-            !strcmp(n->text, "NULL"));
+           (n->text[0] == '\0' || !strcmp(n->text, "~") || !strcmp(n->text, "null") ||
+            !strcmp(n->text, "Null") || !strcmp(n->text, "NULL"));
 }
 
 const char *config__kind_name(const struct node *n)
@@ -126,50 +123,52 @@ const char *config__kind_name(const struct node *n)
 
 /* Returns 0 if val is a mapping, 1 if it is empty (which counts as an empty
  * mapping), or an error. */
-int config__want_map(struct loader *ld, const char *what,
-                    const struct node *val)
+int config__want_map(struct loader *ld, const char *what, const struct node *val)
 {
     if (val->kind == NODE_MAP)
         return 0;
     if (config__is_null(val))
         return 1;
-    return config__fail_node(ld, val, "%s must be a mapping (indented 'key: value' "
-                     "lines), not %s", what, config__kind_name(val));
+    return config__fail_node(ld, val,
+                             "%s must be a mapping (indented 'key: value' "
+                             "lines), not %s",
+                             what, config__kind_name(val));
 }
 
 /* Like config__want_map(), for sequences. */
-int config__want_seq(struct loader *ld, const char *what,
-                    const struct node *val)
+int config__want_seq(struct loader *ld, const char *what, const struct node *val)
 {
     if (val->kind == NODE_SEQ)
         return 0;
     if (config__is_null(val))
         return 1;
-    return config__fail_node(ld, val, "%s must be a sequence (indented '- item' "
-                     "lines, or [a, b]), not %s", what, config__kind_name(val));
+    return config__fail_node(ld, val,
+                             "%s must be a sequence (indented '- item' "
+                             "lines, or [a, b]), not %s",
+                             what, config__kind_name(val));
 }
 
 /* Gets the text of a single value; an empty value is an error reported at
  * key, because an empty value's own mark points past the line. */
-int config__want_text(struct loader *ld, const char *what,
-                     const struct node *key, const struct node *val,
-                     const char **text)
+int config__want_text(struct loader *ld, const char *what, const struct node *key,
+                      const struct node *val, const char **text)
 {
     *text = "";
     if (val->kind != NODE_SCALAR)
         return config__fail_node(ld, val, "%s must be a single value, not %s", what,
-                         config__kind_name(val));
+                                 config__kind_name(val));
     if (config__is_null(val))
-        return config__fail_node(ld, key, "%s has no value: write one after the "
-                         "':'", what);
+        return config__fail_node(ld, key,
+                                 "%s has no value: write one after the "
+                                 "':'",
+                                 what);
     *text = val->text;
     return 0;
 }
 
 /* Like config__want_text(), and the text may not be "". */
-int config__want_nonempty(struct loader *ld, const char *what,
-                         const struct node *key, const struct node *val,
-                         const char **text)
+int config__want_nonempty(struct loader *ld, const char *what, const struct node *key,
+                          const struct node *val, const char **text)
 {
     int r = config__want_text(ld, what, key, val, text);
 
@@ -200,8 +199,8 @@ static size_t edit_distance(const char *a, const char *b)
                 v = d[i][j - 1] + 1;
             if (d[i - 1][j - 1] + cost < v)
                 v = d[i - 1][j - 1] + cost;
-            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] &&
-                a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < v)
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < v)
                 v = d[i - 2][j - 2] + 1;
             d[i][j] = v;
         }
@@ -210,15 +209,13 @@ static size_t edit_distance(const char *a, const char *b)
 }
 
 /* Writes "a, b, c" into buf, cut short if it does not fit. */
-static void join_keys(char *buf, size_t size, const char *const *keys,
-                      size_t n_keys)
+static void join_keys(char *buf, size_t size, const char *const *keys, size_t n_keys)
 {
     size_t off = 0;
 
     buf[0] = '\0';
     for (size_t k = 0; k < n_keys && off < size; k++) {
-        int w = snprintf(buf + off, size - off, "%s%s", k ? ", " : "",
-                         keys[k]);
+        int w = snprintf(buf + off, size - off, "%s%s", k ? ", " : "", keys[k]);
         if (w < 0)
             break;
         off += (size_t)w;
@@ -230,8 +227,8 @@ static void join_keys(char *buf, size_t size, const char *const *keys,
  * or was given before in this mapping (seen[] holds the earlier key nodes).
  * where completes "unknown key 'x' ...", e.g. "in etcd". */
 int config__section_key(struct loader *ld, const struct node *map, size_t i,
-                       const char *const *keys, size_t n_keys,
-                       const struct node **seen, const char *where)
+                        const char *const *keys, size_t n_keys, const struct node **seen,
+                        const char *where)
 {
     const struct node *key = map->items[2 * i];
     struct shown a;
@@ -240,15 +237,16 @@ int config__section_key(struct loader *ld, const struct node *map, size_t i,
 
     if (key->kind != NODE_SCALAR)
         return config__fail_node(ld, key, "keys must be plain names, not %s",
-                         config__kind_name(key));
+                                 config__kind_name(key));
     for (size_t k = 0; k < n_keys; k++) {
         size_t d;
 
         if (!strcmp(key->text, keys[k])) {
             if (seen[k])
-                return config__fail_node(ld, key, "key '%s' given twice %s (first "
-                                 "at %d:%d): keep only one", keys[k], where,
-                                 seen[k]->line, seen[k]->column);
+                return config__fail_node(ld, key,
+                                         "key '%s' given twice %s (first "
+                                         "at %d:%d): keep only one",
+                                         keys[k], where, seen[k]->line, seen[k]->column);
             seen[k] = key;
             return (int)k;
         }
@@ -260,17 +258,16 @@ int config__section_key(struct loader *ld, const struct node *map, size_t i,
     }
     if (best_d <= 2 && best_d < strlen(keys[best]))
         return config__fail_node(ld, key, "unknown key '%s' %s (did you mean '%s'?)",
-                         config__show(&a, key->text), where, keys[best]);
+                                 config__show(&a, key->text), where, keys[best]);
     /* Without a close match, listing the known keys tells the reader what
      * may go here. */
     join_keys(list, sizeof(list), keys, n_keys);
     return config__fail_node(ld, key, "unknown key '%s' %s (known keys: %s)",
-                     config__show(&a, key->text), where, list);
+                             config__show(&a, key->text), where, list);
 }
 
-int config__load_duration(struct loader *ld, const char *what,
-                         const struct node *key, const struct node *val,
-                         uint64_t *ms)
+int config__load_duration(struct loader *ld, const char *what, const struct node *key,
+                          const struct node *val, uint64_t *ms)
 {
     struct shown a;
     const char *text;
@@ -279,15 +276,17 @@ int config__load_duration(struct loader *ld, const char *what,
     if (r < 0)
         return r;
     if (duration_parse(text, ms) < 0)
-        return config__fail_node(ld, val, "bad duration '%s' for %s: use 500ms, "
-                         "10s, 2m", config__show(&a, text), what);
+        return config__fail_node(ld, val,
+                                 "bad duration '%s' for %s: use 500ms, "
+                                 "10s, 2m",
+                                 config__show(&a, text), what);
     return 0;
 }
 
 int config__parse_bool(const struct node *v, bool *b)
 {
-    static const char *const yes[] = { "true", "True", "TRUE" };
-    static const char *const no[] = { "false", "False", "FALSE" };
+    static const char *const yes[] = {"true", "True", "TRUE"};
+    static const char *const no[] = {"false", "False", "FALSE"};
 
     if (v->kind != NODE_SCALAR || !v->plain)
         return -1;
@@ -303,4 +302,3 @@ int config__parse_bool(const struct node *v, bool *b)
     }
     return -1;
 }
-

@@ -49,8 +49,7 @@ static int fail_why(char *buf, size_t len, const char *why)
 
 /* Checks an etcd endpoint URL; on success *keep is the length without
  * trailing slashes. The reason for a refusal goes into why. */
-static int check_endpoint(const char *url, char *why, size_t whylen,
-                          size_t *keep)
+static int check_endpoint(const char *url, char *why, size_t whylen, size_t *keep)
 {
     size_t len = strlen(url), skip, auth;
     int r;
@@ -58,7 +57,8 @@ static int check_endpoint(const char *url, char *why, size_t whylen,
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)url[i];
         if (c <= 0x20 || c == 0x7f)
-            return fail_why(why, whylen, "it may not contain spaces or "
+            return fail_why(why, whylen,
+                            "it may not contain spaces or "
                             "control characters");
     }
     if (!strncmp(url, "http://", 7))
@@ -66,17 +66,19 @@ static int check_endpoint(const char *url, char *why, size_t whylen,
     else if (!strncmp(url, "https://", 8))
         skip = 8;
     else
-        return fail_why(why, whylen, "it must start with http:// or "
+        return fail_why(why, whylen,
+                        "it must start with http:// or "
                         "https://");
     if (strpbrk(url, "?#"))
-        return fail_why(why, whylen, "it may not have a query or fragment "
+        return fail_why(why, whylen,
+                        "it may not have a query or fragment "
                         "('?' or '#')");
     auth = strcspn(url + skip, "/");
     if (memchr(url + skip, '@', auth))
-        return fail_why(why, whylen, "put the user in etcd.username and the "
+        return fail_why(why, whylen,
+                        "put the user in etcd.username and the "
                         "password in etcd.password_file, not in the URL");
-    r = validate_hostport(url + skip, auth, VALIDATE_PORT_OPTIONAL, NULL,
-                          why, whylen);
+    r = validate_hostport(url + skip, auth, VALIDATE_PORT_OPTIONAL, NULL, why, whylen);
     if (r != VALIDATE_OK)
         return r;
     while (len > skip + auth && url[len - 1] == '/')
@@ -85,8 +87,7 @@ static int check_endpoint(const char *url, char *why, size_t whylen,
     return VALIDATE_OK;
 }
 
-static int load_endpoints(struct loader *ld, const struct node *key,
-                          const struct node *val)
+static int load_endpoints(struct loader *ld, const struct node *key, const struct node *val)
 {
     struct config *c = ld->cfg;
     struct shown a;
@@ -95,11 +96,14 @@ static int load_endpoints(struct loader *ld, const struct node *key,
     if (r < 0)
         return r;
     if (r == 1 || val->n_items == 0)
-        return config__fail_node(ld, key, "etcd.endpoints is empty: list at least "
-                         "one etcd member, e.g. [" DA_DEFAULT_ETCD_ENDPOINT "]");
+        return config__fail_node(ld, key,
+                                 "etcd.endpoints is empty: list at least "
+                                 "one etcd member, e.g. [" DA_DEFAULT_ETCD_ENDPOINT "]");
     if (val->n_items > MAX_ENDPOINTS)
-        return config__fail_node(ld, val, "etcd.endpoints lists %zu URLs: at most %d "
-                         "are supported", val->n_items, MAX_ENDPOINTS);
+        return config__fail_node(ld, val,
+                                 "etcd.endpoints lists %zu URLs: at most %d "
+                                 "are supported",
+                                 val->n_items, MAX_ENDPOINTS);
     c->endpoints = calloc(val->n_items, sizeof(*c->endpoints));
     if (!c->endpoints)
         return config__fail_oom(ld);
@@ -115,27 +119,32 @@ static int load_endpoints(struct loader *ld, const struct node *key,
             return r;
         r = check_endpoint(text, why, sizeof(why), &keep);
         if (r == VALIDATE_PORT_RANGE)
-            return config__fail_node(ld, item, "port out of range in endpoint '%s': "
-                             "use 1..65535", config__show(&a, text));
+            return config__fail_node(ld, item,
+                                     "port out of range in endpoint '%s': "
+                                     "use 1..65535",
+                                     config__show(&a, text));
         if (r != VALIDATE_OK)
-            return config__fail_node(ld, item, "bad endpoint URL '%s' in "
-                             "etcd.endpoints: %s", config__show(&a, text), why);
+            return config__fail_node(ld, item,
+                                     "bad endpoint URL '%s' in "
+                                     "etcd.endpoints: %s",
+                                     config__show(&a, text), why);
         c->endpoints[i] = strndup(text, keep);
         if (!c->endpoints[i])
             return config__fail_oom(ld);
         for (size_t j = 0; j < i; j++) {
             if (!strcmp(c->endpoints[j], c->endpoints[i]))
-                return config__fail_node(ld, item, "endpoint '%s' is listed twice "
-                                 "in etcd.endpoints (first at %d:%d): keep "
-                                 "only one", config__show(&a, text),
-                                 val->items[j]->line, val->items[j]->column);
+                return config__fail_node(ld, item,
+                                         "endpoint '%s' is listed twice "
+                                         "in etcd.endpoints (first at %d:%d): keep "
+                                         "only one",
+                                         config__show(&a, text), val->items[j]->line,
+                                         val->items[j]->column);
         }
     }
     return 0;
 }
 
-static int load_prefix(struct loader *ld, const struct node *key,
-                       const struct node *val)
+static int load_prefix(struct loader *ld, const struct node *key, const struct node *val)
 {
     struct shown a;
     const char *text;
@@ -148,24 +157,32 @@ static int load_prefix(struct loader *ld, const struct node *key,
     while (len > 1 && text[len - 1] == '/')
         len--;
     if (text[0] != '/')
-        return config__fail_node(ld, val, "bad etcd.prefix '%s': it must start "
-                         "with '/', e.g. " DA_DEFAULT_ETCD_PREFIX, config__show(&a, text));
+        return config__fail_node(ld, val,
+                                 "bad etcd.prefix '%s': it must start "
+                                 "with '/', e.g. " DA_DEFAULT_ETCD_PREFIX,
+                                 config__show(&a, text));
     if (len == 1)
-        return config__fail_node(ld, val, "bad etcd.prefix '%s': it needs a name "
-                         "after '/', e.g. " DA_DEFAULT_ETCD_PREFIX, config__show(&a, text));
+        return config__fail_node(ld, val,
+                                 "bad etcd.prefix '%s': it needs a name "
+                                 "after '/', e.g. " DA_DEFAULT_ETCD_PREFIX,
+                                 config__show(&a, text));
     if (len > VALIDATE_PREFIX_MAX)
-        return config__fail_node(ld, val, "etcd.prefix is %zu bytes long: at most %d "
-                         "fit in the keys of every service", len,
-                         VALIDATE_PREFIX_MAX);
+        return config__fail_node(ld, val,
+                                 "etcd.prefix is %zu bytes long: at most %d "
+                                 "fit in the keys of every service",
+                                 len, VALIDATE_PREFIX_MAX);
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)text[i];
         if (ch <= 0x20 || ch == 0x7f)
-            return config__fail_node(ld, val, "bad etcd.prefix '%s': it may not "
-                             "contain spaces or control characters",
-                             config__show(&a, text));
+            return config__fail_node(ld, val,
+                                     "bad etcd.prefix '%s': it may not "
+                                     "contain spaces or control characters",
+                                     config__show(&a, text));
         if (ch == '/' && i > 0 && text[i - 1] == '/')
-            return config__fail_node(ld, val, "bad etcd.prefix '%s': it may not "
-                             "contain '//'", config__show(&a, text));
+            return config__fail_node(ld, val,
+                                     "bad etcd.prefix '%s': it may not "
+                                     "contain '//'",
+                                     config__show(&a, text));
     }
     free(ld->cfg->prefix);
     ld->cfg->prefix = strndup(text, len);
@@ -182,18 +199,18 @@ static int load_password(struct loader *ld, const struct node *key)
     struct shown a;
     char *buf;
     size_t len;
-    int r = config__read_all(c->password_file, CONFIG_PASSWORD_MAX, true, &buf,
-                             &len);
+    int r = config__read_all(c->password_file, CONFIG_PASSWORD_MAX, true, &buf, &len);
 
     if (r == DA_ENOMEM)
         return config__fail_oom(ld);
     if (r == DA_EFBIG)
-        return config__fail_node(ld, key, "etcd.password_file '%s' is larger than "
-                         "%d bytes: it must hold only the password",
-                         config__show(&a, c->password_file), CONFIG_PASSWORD_MAX);
+        return config__fail_node(ld, key,
+                                 "etcd.password_file '%s' is larger than "
+                                 "%d bytes: it must hold only the password",
+                                 config__show(&a, c->password_file), CONFIG_PASSWORD_MAX);
     if (r < 0)
         return config__fail_node(ld, key, "cannot read etcd.password_file '%s': %s",
-                         config__show(&a, c->password_file), strerror(-r));
+                                 config__show(&a, c->password_file), strerror(-r));
     /* One trailing newline is what an editor or "echo" leaves; a second one
      * would be part of the password. */
     if (len > 0 && buf[len - 1] == '\n') {
@@ -202,12 +219,15 @@ static int load_password(struct loader *ld, const struct node *key)
             buf[--len] = '\0';
     }
     if (len == 0)
-        r = config__fail_node(ld, key, "etcd.password_file '%s' is empty: write the "
-                      "password into it", config__show(&a, c->password_file));
+        r = config__fail_node(ld, key,
+                              "etcd.password_file '%s' is empty: write the "
+                              "password into it",
+                              config__show(&a, c->password_file));
     else if (strlen(buf) != len)
-        r = config__fail_node(ld, key, "etcd.password_file '%s' contains a NUL "
-                      "byte: write the password as text",
-                      config__show(&a, c->password_file));
+        r = config__fail_node(ld, key,
+                              "etcd.password_file '%s' contains a NUL "
+                              "byte: write the password as text",
+                              config__show(&a, c->password_file));
     if (r < 0) {
         explicit_bzero(buf, len);
         free(buf);
@@ -217,17 +237,15 @@ static int load_password(struct loader *ld, const struct node *key)
     return 0;
 }
 
-static const char *const tls_keys[] = { "ca_file", "cert_file", "key_file" };
+static const char *const tls_keys[] = {"ca_file", "cert_file", "key_file"};
 enum { TLS_CA, TLS_CERT, TLS_KEY };
 
-static int load_tls(struct loader *ld, const struct node *val,
-                    const struct node **seen)
+static int load_tls(struct loader *ld, const struct node *val, const struct node **seen)
 {
-    static const char *const what[] = {
-        "etcd.tls.ca_file", "etcd.tls.cert_file", "etcd.tls.key_file"
-    };
+    static const char *const what[] = {"etcd.tls.ca_file", "etcd.tls.cert_file",
+                                       "etcd.tls.key_file"};
     struct config *c = ld->cfg;
-    char **dst[] = { &c->tls_ca_file, &c->tls_cert_file, &c->tls_key_file };
+    char **dst[] = {&c->tls_ca_file, &c->tls_cert_file, &c->tls_key_file};
     int r = config__want_map(ld, "etcd.tls", val);
 
     if (r != 0)
@@ -235,8 +253,8 @@ static int load_tls(struct loader *ld, const struct node *val,
     for (size_t i = 0; i < val->n_items / 2; i++) {
         const struct node *v = val->items[2 * i + 1];
         const char *text;
-        int k = config__section_key(ld, val, i, tls_keys, ARRAY_SIZE(tls_keys), seen,
-                            "in etcd.tls");
+        int k =
+            config__section_key(ld, val, i, tls_keys, ARRAY_SIZE(tls_keys), seen, "in etcd.tls");
 
         if (k < 0)
             return k;
@@ -249,10 +267,10 @@ static int load_tls(struct loader *ld, const struct node *val,
     if ((!seen[TLS_CERT]) != (!seen[TLS_KEY])) {
         bool has_cert = seen[TLS_CERT];
         return config__fail_node(ld, has_cert ? seen[TLS_CERT] : seen[TLS_KEY],
-                         "%s is set without %s: a client certificate needs "
-                         "its key, so give both or neither",
-                         what[has_cert ? TLS_CERT : TLS_KEY],
-                         what[has_cert ? TLS_KEY : TLS_CERT]);
+                                 "%s is set without %s: a client certificate needs "
+                                 "its key, so give both or neither",
+                                 what[has_cert ? TLS_CERT : TLS_KEY],
+                                 what[has_cert ? TLS_KEY : TLS_CERT]);
     }
     for (size_t k = 0; k < ARRAY_SIZE(tls_keys); k++) {
         struct shown a;
@@ -262,21 +280,19 @@ static int load_tls(struct loader *ld, const struct node *val,
         r = config__check_readable(*dst[k]);
         if (r < 0)
             return config__fail_node(ld, seen[k], "cannot read %s '%s': %s", what[k],
-                             config__show(&a, *dst[k]), strerror(-r));
+                                     config__show(&a, *dst[k]), strerror(-r));
     }
     return 0;
 }
 
-static const char *const etcd_keys[] = {
-    "endpoints", "prefix", "timeout", "username", "password_file", "tls"
-};
-enum { ETCD_ENDPOINTS, ETCD_PREFIX, ETCD_TIMEOUT, ETCD_USERNAME,
-       ETCD_PASSWORD_FILE, ETCD_TLS };
+static const char *const etcd_keys[] = {"endpoints", "prefix",        "timeout",
+                                        "username",  "password_file", "tls"};
+enum { ETCD_ENDPOINTS, ETCD_PREFIX, ETCD_TIMEOUT, ETCD_USERNAME, ETCD_PASSWORD_FILE, ETCD_TLS };
 
 static int load_etcd(struct loader *ld, const struct node *val)
 {
-    const struct node *seen[ARRAY_SIZE(etcd_keys)] = { NULL };
-    const struct node *tls_seen[ARRAY_SIZE(tls_keys)] = { NULL };
+    const struct node *seen[ARRAY_SIZE(etcd_keys)] = {NULL};
+    const struct node *tls_seen[ARRAY_SIZE(tls_keys)] = {NULL};
     struct config *c = ld->cfg;
     int r = config__want_map(ld, "etcd", val);
 
@@ -285,8 +301,8 @@ static int load_etcd(struct loader *ld, const struct node *val)
     for (size_t i = 0; i < val->n_items / 2 && r == 0; i++) {
         const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
         const char *text;
-        int key = config__section_key(ld, val, i, etcd_keys, ARRAY_SIZE(etcd_keys),
-                              seen, "in etcd");
+        int key =
+            config__section_key(ld, val, i, etcd_keys, ARRAY_SIZE(etcd_keys), seen, "in etcd");
 
         switch (key) {
         case ETCD_ENDPOINTS:
@@ -298,11 +314,13 @@ static int load_etcd(struct loader *ld, const struct node *val)
         case ETCD_TIMEOUT:
             r = config__load_duration(ld, "etcd.timeout", k, v, &c->timeout_ms);
             if (r == 0 && c->timeout_ms == 0)
-                r = config__fail_node(ld, v, "etcd.timeout must be more than 0, "
-                              "e.g. 5s");
+                r = config__fail_node(ld, v,
+                                      "etcd.timeout must be more than 0, "
+                                      "e.g. 5s");
             if (r == 0 && c->timeout_ms > TIMEOUT_MAX_MS)
-                r = config__fail_node(ld, v, "etcd.timeout is longer than 1h: it "
-                              "bounds a single request, e.g. 5s");
+                r = config__fail_node(ld, v,
+                                      "etcd.timeout is longer than 1h: it "
+                                      "bounds a single request, e.g. 5s");
             break;
         case ETCD_USERNAME:
             r = config__want_nonempty(ld, "etcd.username", k, v, &text);
@@ -318,7 +336,7 @@ static int load_etcd(struct loader *ld, const struct node *val)
             r = load_tls(ld, v, tls_seen);
             break;
         default:
-            r = key;  /* config__section_key() has reported it */
+            r = key; /* config__section_key() has reported it */
             break;
         }
     }
@@ -329,12 +347,14 @@ static int load_etcd(struct loader *ld, const struct node *val)
      * is known. */
     if ((!seen[ETCD_USERNAME]) != (!seen[ETCD_PASSWORD_FILE])) {
         if (seen[ETCD_USERNAME])
-            return config__fail_node(ld, seen[ETCD_USERNAME], "etcd.username is set "
-                             "without etcd.password_file: give both or "
-                             "neither");
-        return config__fail_node(ld, seen[ETCD_PASSWORD_FILE], "etcd.password_file "
-                         "is set without etcd.username: give both or "
-                         "neither");
+            return config__fail_node(ld, seen[ETCD_USERNAME],
+                                     "etcd.username is set "
+                                     "without etcd.password_file: give both or "
+                                     "neither");
+        return config__fail_node(ld, seen[ETCD_PASSWORD_FILE],
+                                 "etcd.password_file "
+                                 "is set without etcd.username: give both or "
+                                 "neither");
     }
     if (tls_seen[TLS_CA] || tls_seen[TLS_CERT]) {
         bool https = false;
@@ -342,9 +362,10 @@ static int load_etcd(struct loader *ld, const struct node *val)
         for (size_t i = 0; i < c->n_endpoints; i++)
             https |= !strncmp(c->endpoints[i], "https://", 8);
         if (!https)
-            return config__fail_node(ld, seen[ETCD_TLS], "etcd.tls is set but no "
-                             "endpoint in etcd.endpoints uses https://: "
-                             "change the endpoints or remove etcd.tls");
+            return config__fail_node(ld, seen[ETCD_TLS],
+                                     "etcd.tls is set but no "
+                                     "endpoint in etcd.endpoints uses https://: "
+                                     "change the endpoints or remove etcd.tls");
     }
     if (c->password_file)
         return load_password(ld, seen[ETCD_PASSWORD_FILE]);
@@ -353,11 +374,11 @@ static int load_etcd(struct loader *ld, const struct node *val)
 
 /* ---- session ----------------------------------------------------- */
 
-static const char *const session_keys[] = { "ttl" };
+static const char *const session_keys[] = {"ttl"};
 
 static int load_session(struct loader *ld, const struct node *val)
 {
-    const struct node *seen[ARRAY_SIZE(session_keys)] = { NULL };
+    const struct node *seen[ARRAY_SIZE(session_keys)] = {NULL};
     struct config *c = ld->cfg;
     int r = config__want_map(ld, "session", val);
 
@@ -365,8 +386,8 @@ static int load_session(struct loader *ld, const struct node *val)
         return r < 0 ? r : 0;
     for (size_t i = 0; i < val->n_items / 2; i++) {
         const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
-        int key = config__section_key(ld, val, i, session_keys,
-                              ARRAY_SIZE(session_keys), seen, "in session");
+        int key = config__section_key(ld, val, i, session_keys, ARRAY_SIZE(session_keys), seen,
+                                      "in session");
 
         if (key < 0)
             return key;
@@ -374,16 +395,20 @@ static int load_session(struct loader *ld, const struct node *val)
         if (r < 0)
             return r;
         if (c->session_ttl_ms % 1000 != 0)
-            return config__fail_node(ld, v, "session.ttl must be a whole number of "
-                             "seconds, because etcd leases count seconds: "
-                             "e.g. 10s");
+            return config__fail_node(ld, v,
+                                     "session.ttl must be a whole number of "
+                                     "seconds, because etcd leases count seconds: "
+                                     "e.g. 10s");
         if (c->session_ttl_ms < TTL_MIN_MS)
-            return config__fail_node(ld, v, "session.ttl must be at least 2s, so "
-                             "that the lease can be renewed in time: e.g. "
-                             "10s");
+            return config__fail_node(ld, v,
+                                     "session.ttl must be at least 2s, so "
+                                     "that the lease can be renewed in time: e.g. "
+                                     "10s");
         if (c->session_ttl_ms / 1000 > TTL_MAX_S)
-            return config__fail_node(ld, v, "session.ttl is longer than etcd allows "
-                             "(%llus): e.g. 10s", TTL_MAX_S);
+            return config__fail_node(ld, v,
+                                     "session.ttl is longer than etcd allows "
+                                     "(%llus): e.g. 10s",
+                                     TTL_MAX_S);
     }
     return 0;
 }
@@ -405,7 +430,7 @@ static int parse_mode(const char *text, unsigned *mode)
     if (p[1] == 'o' || p[1] == 'O')
         p += 2;
     if (*p == '\0' && p != text + 1)
-        return -1;  /* "0o" with no digits */
+        return -1; /* "0o" with no digits */
     for (const char *q = p; *q != '\0'; q++) {
         if (*q < '0' || *q > '7')
             return -1;
@@ -418,14 +443,12 @@ static int parse_mode(const char *text, unsigned *mode)
     return 0;
 }
 
-static const char *const socket_keys[] = {
-    "path", "mode", "register_users", "register_groups"
-};
+static const char *const socket_keys[] = {"path", "mode", "register_users", "register_groups"};
 
 /* A list of user or group names (or numeric ids), resolved now, so that a
  * typo is refused at load rather than locking everyone out at run time. */
-static int load_ids(struct loader *ld, const char *what, const struct node *v,
-                    int groups, unsigned **out, size_t *n_out)
+static int load_ids(struct loader *ld, const char *what, const struct node *v, int groups,
+                    unsigned **out, size_t *n_out)
 {
     struct shown a;
     int r = config__want_seq(ld, what, v);
@@ -443,8 +466,7 @@ static int load_ids(struct loader *ld, const char *what, const struct node *v,
         unsigned long id;
 
         /* The item is its own key: an empty item has no key to point at. */
-        if ((r = config__want_nonempty(ld, what, v->items[i], v->items[i],
-                                       &text)) < 0)
+        if ((r = config__want_nonempty(ld, what, v->items[i], v->items[i], &text)) < 0)
             return r;
         errno = 0;
         id = strtoul(text, &end, 10);
@@ -456,13 +478,13 @@ static int load_ids(struct loader *ld, const char *what, const struct node *v,
             struct group *g = getgrnam(text);
             if (!g)
                 return config__fail_node(ld, v->items[i], "unknown group '%s' in %s",
-                                 config__show(&a, text), what);
+                                         config__show(&a, text), what);
             (*out)[(*n_out)++] = (unsigned)g->gr_gid;
         } else {
             struct passwd *p = getpwnam(text);
             if (!p)
                 return config__fail_node(ld, v->items[i], "unknown user '%s' in %s",
-                                 config__show(&a, text), what);
+                                         config__show(&a, text), what);
             (*out)[(*n_out)++] = (unsigned)p->pw_uid;
         }
     }
@@ -471,7 +493,7 @@ static int load_ids(struct loader *ld, const char *what, const struct node *v,
 
 static int load_socket(struct loader *ld, const struct node *val)
 {
-    const struct node *seen[ARRAY_SIZE(socket_keys)] = { NULL };
+    const struct node *seen[ARRAY_SIZE(socket_keys)] = {NULL};
     struct config *c = ld->cfg;
     int r = config__want_map(ld, "socket", val);
 
@@ -481,45 +503,48 @@ static int load_socket(struct loader *ld, const struct node *val)
         const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
         const char *text;
         struct shown a;
-        int key = config__section_key(ld, val, i, socket_keys,
-                              ARRAY_SIZE(socket_keys), seen, "in socket");
+        int key = config__section_key(ld, val, i, socket_keys, ARRAY_SIZE(socket_keys), seen,
+                                      "in socket");
 
         if (key < 0)
             return key;
         if (key == 2 || key == 3) {
-            r = load_ids(ld, key == 2 ? "socket.register_users"
-                                      : "socket.register_groups", v, key == 3,
-                         key == 2 ? &c->register_uids : &c->register_gids,
+            r = load_ids(ld, key == 2 ? "socket.register_users" : "socket.register_groups", v,
+                         key == 3, key == 2 ? &c->register_uids : &c->register_gids,
                          key == 2 ? &c->n_register_uids : &c->n_register_gids);
             if (r < 0)
                 return r;
             c->register_limited = true;
             continue;
         }
-        r = config__want_nonempty(ld, key == 0 ? "socket.path" : "socket.mode", k, v,
-                          &text);
+        r = config__want_nonempty(ld, key == 0 ? "socket.path" : "socket.mode", k, v, &text);
         if (r < 0)
             return r;
         if (key == 0) {
             size_t len = strlen(text);
 
             if (len > SUN_PATH_MAX)
-                return config__fail_node(ld, v, "socket.path is %zu bytes long, but "
-                                 "a unix socket path holds at most %zu: "
-                                 "choose a shorter path", len, SUN_PATH_MAX);
+                return config__fail_node(ld, v,
+                                         "socket.path is %zu bytes long, but "
+                                         "a unix socket path holds at most %zu: "
+                                         "choose a shorter path",
+                                         len, SUN_PATH_MAX);
             r = config__set_str(ld, &c->socket_path, text);
             if (r < 0)
                 return r;
         } else {
             r = parse_mode(text, &c->socket_mode);
             if (r == -2)
-                return config__fail_node(ld, v, "bad socket.mode '%s': it is above "
-                                 "0777; give permission bits only, e.g. "
-                                 "\"0660\"", config__show(&a, text));
+                return config__fail_node(ld, v,
+                                         "bad socket.mode '%s': it is above "
+                                         "0777; give permission bits only, e.g. "
+                                         "\"0660\"",
+                                         config__show(&a, text));
             if (r < 0)
-                return config__fail_node(ld, v, "bad socket.mode '%s': write it in "
-                                 "octal with a leading 0, e.g. \"0660\"",
-                                 config__show(&a, text));
+                return config__fail_node(ld, v,
+                                         "bad socket.mode '%s': write it in "
+                                         "octal with a leading 0, e.g. \"0660\"",
+                                         config__show(&a, text));
         }
     }
     return 0;
@@ -527,11 +552,11 @@ static int load_socket(struct loader *ld, const struct node *val)
 
 /* ---- cache ------------------------------------------------------- */
 
-static const char *const cache_keys[] = { "dir", "idle" };
+static const char *const cache_keys[] = {"dir", "idle"};
 
 static int load_cache(struct loader *ld, const struct node *val)
 {
-    const struct node *seen[ARRAY_SIZE(cache_keys)] = { NULL };
+    const struct node *seen[ARRAY_SIZE(cache_keys)] = {NULL};
     struct config *c = ld->cfg;
     int r = config__want_map(ld, "cache", val);
 
@@ -540,8 +565,8 @@ static int load_cache(struct loader *ld, const struct node *val)
     for (size_t i = 0; i < val->n_items / 2; i++) {
         const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
         const char *text;
-        int key = config__section_key(ld, val, i, cache_keys, ARRAY_SIZE(cache_keys),
-                              seen, "in cache");
+        int key =
+            config__section_key(ld, val, i, cache_keys, ARRAY_SIZE(cache_keys), seen, "in cache");
 
         if (key < 0)
             return key;
@@ -552,8 +577,9 @@ static int load_cache(struct loader *ld, const struct node *val)
         } else {
             r = config__load_duration(ld, "cache.idle", k, v, &c->cache_idle_ms);
             if (r == 0 && c->cache_idle_ms == 0)
-                r = config__fail_node(ld, v, "cache.idle must be more than 0, e.g. "
-                              "10m");
+                r = config__fail_node(ld, v,
+                                      "cache.idle must be more than 0, e.g. "
+                                      "10m");
         }
         if (r < 0)
             return r;
@@ -563,15 +589,15 @@ static int load_cache(struct loader *ld, const struct node *val)
 
 /* ---- log --------------------------------------------------------- */
 
-static const char *const log_keys[] = { "level", "format" };
+static const char *const log_keys[] = {"level", "format"};
 /* In the order of their numbers in struct config's log_level. */
-static const char *const log_levels[] = { "debug", "info", "warn", "error" };
+static const char *const log_levels[] = {"debug", "info", "warn", "error"};
 /* In the order of their numbers in struct config's log_format. */
-static const char *const log_formats[] = { "text", "json" };
+static const char *const log_formats[] = {"text", "json"};
 
 static int load_log(struct loader *ld, const struct node *val)
 {
-    const struct node *seen[ARRAY_SIZE(log_keys)] = { NULL };
+    const struct node *seen[ARRAY_SIZE(log_keys)] = {NULL};
     int r = config__want_map(ld, "log", val);
 
     if (r != 0)
@@ -580,8 +606,7 @@ static int load_log(struct loader *ld, const struct node *val)
         const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
         const char *text;
         struct shown a;
-        int key = config__section_key(ld, val, i, log_keys, ARRAY_SIZE(log_keys),
-                              seen, "in log");
+        int key = config__section_key(ld, val, i, log_keys, ARRAY_SIZE(log_keys), seen, "in log");
         size_t l;
 
         if (key < 0)
@@ -595,8 +620,10 @@ static int load_log(struct loader *ld, const struct node *val)
                     break;
             }
             if (l == ARRAY_SIZE(log_formats))
-                return config__fail_node(ld, v, "bad log.format '%s': use text or "
-                                 "json", config__show(&a, text));
+                return config__fail_node(ld, v,
+                                         "bad log.format '%s': use text or "
+                                         "json",
+                                         config__show(&a, text));
             ld->cfg->log_format = (int)l;
             continue;
         }
@@ -608,8 +635,10 @@ static int load_log(struct loader *ld, const struct node *val)
                 break;
         }
         if (l == ARRAY_SIZE(log_levels))
-            return config__fail_node(ld, v, "bad log level '%s' for log.level: use "
-                             "debug, info, warn or error", config__show(&a, text));
+            return config__fail_node(ld, v,
+                                     "bad log level '%s' for log.level: use "
+                                     "debug, info, warn or error",
+                                     config__show(&a, text));
         ld->cfg->log_level = (int)l;
     }
     return 0;
@@ -617,11 +646,11 @@ static int load_log(struct loader *ld, const struct node *val)
 
 /* ---- checks ------------------------------------------------------ */
 
-static const char *const checks_keys[] = { "exec" };
+static const char *const checks_keys[] = {"exec"};
 
 static int load_checks(struct loader *ld, const struct node *val)
 {
-    const struct node *seen[ARRAY_SIZE(checks_keys)] = { NULL };
+    const struct node *seen[ARRAY_SIZE(checks_keys)] = {NULL};
     struct shown a;
     const char *text;
     int r = config__want_map(ld, "checks", val);
@@ -630,8 +659,8 @@ static int load_checks(struct loader *ld, const struct node *val)
         return r < 0 ? r : 0;
     for (size_t i = 0; i < val->n_items / 2; i++) {
         const struct node *v = val->items[2 * i + 1];
-        int k = config__section_key(ld, val, i, checks_keys, ARRAY_SIZE(checks_keys),
-                            seen, "in checks");
+        int k = config__section_key(ld, val, i, checks_keys, ARRAY_SIZE(checks_keys), seen,
+                                    "in checks");
         if (k < 0)
             return k;
         if ((r = config__want_text(ld, "checks.exec", seen[k], v, &text)) < 0)
@@ -641,8 +670,10 @@ static int load_checks(struct loader *ld, const struct node *val)
         else if (!strcmp(text, "false"))
             ld->cfg->checks_exec = false;
         else
-            return config__fail_node(ld, v, "checks.exec must be true or false, not "
-                             "'%s'", config__show(&a, text));
+            return config__fail_node(ld, v,
+                                     "checks.exec must be true or false, not "
+                                     "'%s'",
+                                     config__show(&a, text));
     }
     return 0;
 }
@@ -664,8 +695,7 @@ static bool is_loopback_host(const char *s, size_t len)
         return false;
     memcpy(tmp, s, len);
     tmp[len] = '\0';
-    return inet_pton(AF_INET, tmp, &a4) == 1 &&
-           (ntohl(a4.s_addr) >> 24) == 127;
+    return inet_pton(AF_INET, tmp, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
 }
 
 /* A header name gRPC can match: lower case (gRPC lower-cases the names it
@@ -686,27 +716,26 @@ static const char *check_header_name(const char *s)
 
         if (c >= 'A' && c <= 'Z')
             return "write it in lower case";
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_' || c == '.'))
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
             return "use letters, digits, '-', '_' and '.' only";
     }
     return NULL;
 }
 
 static const char *const xds_keys[] = {
-    "enabled", "path", "mode", "tcp", "group_header", "idle",
-    "test_send_host_names"
-};
-enum { XDS_ENABLED, XDS_PATH, XDS_MODE, XDS_TCP, XDS_GROUP_HEADER, XDS_IDLE,
-       XDS_TEST_HOST_NAMES };
+    "enabled", "path", "mode", "tcp", "group_header", "idle", "test_send_host_names"};
+enum { XDS_ENABLED, XDS_PATH, XDS_MODE, XDS_TCP, XDS_GROUP_HEADER, XDS_IDLE, XDS_TEST_HOST_NAMES };
 
 static int load_xds(struct loader *ld, const struct node *val)
 {
-    static const char *const what[] = {
-        "xds.enabled", "xds.path", "xds.mode", "xds.tcp", "xds.group_header",
-        "xds.idle", "xds.test_send_host_names"
-    };
-    const struct node *seen[ARRAY_SIZE(xds_keys)] = { NULL };
+    static const char *const what[] = {"xds.enabled",
+                                       "xds.path",
+                                       "xds.mode",
+                                       "xds.tcp",
+                                       "xds.group_header",
+                                       "xds.idle",
+                                       "xds.test_send_host_names"};
+    const struct node *seen[ARRAY_SIZE(xds_keys)] = {NULL};
     struct config *c = ld->cfg;
     int r = config__want_map(ld, "xds", val);
 
@@ -718,8 +747,7 @@ static int load_xds(struct loader *ld, const struct node *val)
         char reason[160];
         struct validate_hostport hp;
         struct shown a;
-        int key = config__section_key(ld, val, i, xds_keys, ARRAY_SIZE(xds_keys),
-                              seen, "in xds");
+        int key = config__section_key(ld, val, i, xds_keys, ARRAY_SIZE(xds_keys), seen, "in xds");
 
         if (key < 0)
             return key;
@@ -730,56 +758,67 @@ static int load_xds(struct loader *ld, const struct node *val)
         case XDS_ENABLED:
         case XDS_TEST_HOST_NAMES:
             if (config__parse_bool(v, key == XDS_ENABLED ? &c->xds_enabled
-                                                 : &c->xds_test_host_names) < 0)
-                return config__fail_node(ld, v, "bad %s '%s': write true or false, "
-                                 "without quotes", what[key], config__show(&a, text));
+                                                         : &c->xds_test_host_names) < 0)
+                return config__fail_node(ld, v,
+                                         "bad %s '%s': write true or false, "
+                                         "without quotes",
+                                         what[key], config__show(&a, text));
             break;
         case XDS_PATH:
             if (strlen(text) > SUN_PATH_MAX)
-                return config__fail_node(ld, v, "xds.path is %zu bytes long, but a "
-                                 "unix socket path holds at most %zu: choose "
-                                 "a shorter path", strlen(text), SUN_PATH_MAX);
+                return config__fail_node(ld, v,
+                                         "xds.path is %zu bytes long, but a "
+                                         "unix socket path holds at most %zu: choose "
+                                         "a shorter path",
+                                         strlen(text), SUN_PATH_MAX);
             r = config__set_str(ld, &c->xds_path, text);
             break;
         case XDS_MODE:
             r = parse_mode(text, &c->xds_mode);
             if (r == -2)
-                return config__fail_node(ld, v, "bad xds.mode '%s': it is above "
-                                 "0777; give permission bits only, e.g. "
-                                 "\"0660\"", config__show(&a, text));
+                return config__fail_node(ld, v,
+                                         "bad xds.mode '%s': it is above "
+                                         "0777; give permission bits only, e.g. "
+                                         "\"0660\"",
+                                         config__show(&a, text));
             if (r < 0)
-                return config__fail_node(ld, v, "bad xds.mode '%s': write it in "
-                                 "octal with a leading 0, e.g. \"0660\"",
-                                 config__show(&a, text));
+                return config__fail_node(ld, v,
+                                         "bad xds.mode '%s': write it in "
+                                         "octal with a leading 0, e.g. \"0660\"",
+                                         config__show(&a, text));
             break;
         case XDS_TCP:
-            r = validate_hostport(text, strlen(text), 0, &hp, reason,
-                                  sizeof(reason));
+            r = validate_hostport(text, strlen(text), 0, &hp, reason, sizeof(reason));
             if (r == VALIDATE_PORT_RANGE)
-                return config__fail_node(ld, v, "port %s out of range in xds.tcp: use "
-                                 "1..65535", config__show(&a, text + hp.port_at));
+                return config__fail_node(ld, v,
+                                         "port %s out of range in xds.tcp: use "
+                                         "1..65535",
+                                         config__show(&a, text + hp.port_at));
             if (r != VALIDATE_OK)
                 return config__fail_node(ld, v, "bad xds.tcp '%s': %s", config__show(&a, text),
-                                 reason);
+                                         reason);
             if (!is_loopback_host(text, hp.host_len))
-                return config__fail_node(ld, v, "xds.tcp '%s' is not a loopback "
-                                 "address: the xDS server has no "
-                                 "authentication, so use 127.0.0.1, [::1] or "
-                                 "localhost", config__show(&a, text));
+                return config__fail_node(ld, v,
+                                         "xds.tcp '%s' is not a loopback "
+                                         "address: the xDS server has no "
+                                         "authentication, so use 127.0.0.1, [::1] or "
+                                         "localhost",
+                                         config__show(&a, text));
             r = config__set_str(ld, &c->xds_tcp, text);
             break;
         case XDS_GROUP_HEADER:
             why = check_header_name(text);
             if (why)
                 return config__fail_node(ld, v, "bad xds.group_header '%s': %s",
-                                 config__show(&a, text), why);
+                                         config__show(&a, text), why);
             r = config__set_str(ld, &c->xds_group_header, text);
             break;
         case XDS_IDLE:
             r = config__load_duration(ld, what[key], k, v, &c->xds_idle_ms);
             if (r == 0 && c->xds_idle_ms == 0)
-                r = config__fail_node(ld, v, "xds.idle must be more than 0, e.g. "
-                              "60s");
+                r = config__fail_node(ld, v,
+                                      "xds.idle must be more than 0, e.g. "
+                                      "60s");
             break;
         }
         if (r < 0)
@@ -805,24 +844,23 @@ int config__default_xds_path(struct loader *ld)
     if (c->xds_path)
         return 0;
     if (len > SUN_PATH_MAX)
-        return config__fail_at(ld, c->path, 0, 0, DA_EINVAL, "the xDS socket beside "
-                       "socket.path would be %zu bytes long, but a unix "
-                       "socket path holds at most %zu: set xds.path", len,
-                       SUN_PATH_MAX);
+        return config__fail_at(ld, c->path, 0, 0, DA_EINVAL,
+                               "the xDS socket beside "
+                               "socket.path would be %zu bytes long, but a unix "
+                               "socket path holds at most %zu: set xds.path",
+                               len, SUN_PATH_MAX);
     c->xds_path = malloc(len + 1);
     if (!c->xds_path)
         return config__fail_oom(ld);
     memcpy(c->xds_path, c->socket_path, dir_len);
-    memcpy(c->xds_path + dir_len, DA_DEFAULT_XDS_SOCKET_NAME,
-           sizeof(DA_DEFAULT_XDS_SOCKET_NAME));
+    memcpy(c->xds_path + dir_len, DA_DEFAULT_XDS_SOCKET_NAME, sizeof(DA_DEFAULT_XDS_SOCKET_NAME));
     return 0;
 }
 
 /* ---- dns: the DNS server (docs/dns.md) -------------------------------- */
 
-static const char *const dns_keys[] = {
-    "enabled", "listen", "domain", "ttl", "max_answers", "recursors"
-};
+static const char *const dns_keys[] = {"enabled", "listen",      "domain",
+                                       "ttl",     "max_answers", "recursors"};
 enum { DNS_ENABLED, DNS_LISTEN, DNS_DOMAIN, DNS_TTL, DNS_MAX_ANSWERS, DNS_RECURSORS };
 
 static int load_dns_listen(struct loader *ld, const struct node *key, const struct node *val)
@@ -834,7 +872,8 @@ static int load_dns_listen(struct loader *ld, const struct node *key, const stru
     if (r < 0)
         return r;
     if (r == 1 || val->n_items == 0)
-        return config__fail_node(ld, key, "dns.listen is empty: list at least one "
+        return config__fail_node(ld, key,
+                                 "dns.listen is empty: list at least one "
                                  "address, e.g. [" DNS_DEFAULT_LISTEN "], or set "
                                  "dns.enabled: false");
     if (val->n_items > DNS_MAX_LISTEN)
@@ -862,16 +901,20 @@ static int load_dns_listen(struct loader *ld, const struct node *key, const stru
             return config__fail_node(ld, item, "bad dns.listen '%s': %s", config__show(&a, text),
                                      why);
         if (inet_pton(hp.ipv6 ? AF_INET6 : AF_INET, hp.host, ip) != 1)
-            return config__fail_node(ld, item, "bad dns.listen '%s': give an IP address, such as "
-                                     DNS_DEFAULT_LISTEN " or [::1]:8600",
-                                     config__show(&a, text));
+            return config__fail_node(
+                ld, item,
+                "bad dns.listen '%s': give an IP address, such as " DNS_DEFAULT_LISTEN
+                " or [::1]:8600",
+                config__show(&a, text));
         c->dns_listen[i] = strdup(text);
         if (!c->dns_listen[i])
             return config__fail_oom(ld);
         for (size_t j = 0; j < i; j++)
             if (!strcmp(c->dns_listen[j], text))
-                return config__fail_node(ld, item, "'%s' is listed twice in dns.listen: keep "
-                                         "only one", config__show(&a, text));
+                return config__fail_node(ld, item,
+                                         "'%s' is listed twice in dns.listen: keep "
+                                         "only one",
+                                         config__show(&a, text));
     }
     return 0;
 }
@@ -889,8 +932,10 @@ static int load_dns_recursors(struct loader *ld, const struct node *val)
     if (r == 1 || val->n_items == 0)
         return 0;
     if (val->n_items > DNS_MAX_RECURSORS)
-        return config__fail_node(ld, val, "dns.recursors lists %zu addresses: at most %d, "
-                                 "asked in turn", val->n_items, DNS_MAX_RECURSORS);
+        return config__fail_node(ld, val,
+                                 "dns.recursors lists %zu addresses: at most %d, "
+                                 "asked in turn",
+                                 val->n_items, DNS_MAX_RECURSORS);
     c->dns_recursors = calloc(val->n_items, sizeof(*c->dns_recursors));
     if (!c->dns_recursors)
         return config__fail_oom(ld);
@@ -907,13 +952,16 @@ static int load_dns_recursors(struct loader *ld, const struct node *val)
             return r;
         r = validate_hostport(text, strlen(text), VALIDATE_PORT_OPTIONAL, &hp, why, sizeof(why));
         if (r == VALIDATE_PORT_RANGE)
-            return config__fail_node(ld, item, "port out of range in dns.recursors '%s': use "
-                                     "1..65535, or none for 53", config__show(&a, text));
+            return config__fail_node(ld, item,
+                                     "port out of range in dns.recursors '%s': use "
+                                     "1..65535, or none for 53",
+                                     config__show(&a, text));
         if (r != VALIDATE_OK)
-            return config__fail_node(ld, item, "bad dns.recursors '%s': %s",
-                                     config__show(&a, text), why);
+            return config__fail_node(ld, item, "bad dns.recursors '%s': %s", config__show(&a, text),
+                                     why);
         if (inet_pton(hp.ipv6 ? AF_INET6 : AF_INET, hp.host, ip) != 1)
-            return config__fail_node(ld, item, "bad dns.recursors '%s': give an IP address, "
+            return config__fail_node(ld, item,
+                                     "bad dns.recursors '%s': give an IP address, "
                                      "such as 10.0.0.2, 127.0.0.53:53 or [::1]:53",
                                      config__show(&a, text));
         c->dns_recursors[i] = strdup(text);
@@ -921,8 +969,10 @@ static int load_dns_recursors(struct loader *ld, const struct node *val)
             return config__fail_oom(ld);
         for (size_t j = 0; j < i; j++)
             if (!strcmp(c->dns_recursors[j], text))
-                return config__fail_node(ld, item, "'%s' is listed twice in dns.recursors: "
-                                         "keep only one", config__show(&a, text));
+                return config__fail_node(ld, item,
+                                         "'%s' is listed twice in dns.recursors: "
+                                         "keep only one",
+                                         config__show(&a, text));
     }
     return 0;
 }
@@ -947,7 +997,8 @@ static int check_dns_recursors(struct loader *ld, const struct node *recursors)
         for (size_t j = 0; j < n_listen; j++)
             if (dns_addr_parse(listen[j], 0, &lis, why, sizeof(why)) == 0 &&
                 dns_recursor_loops(&rec, &lis))
-                return config__fail_node(ld, recursors->items[i], "dns.recursors '%s' is the "
+                return config__fail_node(ld, recursors->items[i],
+                                         "dns.recursors '%s' is the "
                                          "agent's own dns.listen %s: queries would come back "
                                          "to the agent; give another resolver",
                                          config__show(&a, c->dns_recursors[i]),
@@ -958,10 +1009,9 @@ static int check_dns_recursors(struct loader *ld, const struct node *recursors)
 
 static int load_dns(struct loader *ld, const struct node *val)
 {
-    static const char *const what[] = {
-        "dns.enabled", "dns.listen", "dns.domain", "dns.ttl", "dns.max_answers", "dns.recursors"
-    };
-    const struct node *seen[ARRAY_SIZE(dns_keys)] = { NULL }, *recursors = NULL;
+    static const char *const what[] = {"dns.enabled", "dns.listen",      "dns.domain",
+                                       "dns.ttl",     "dns.max_answers", "dns.recursors"};
+    const struct node *seen[ARRAY_SIZE(dns_keys)] = {NULL}, *recursors = NULL;
     struct config *c = ld->cfg;
     int r = config__want_map(ld, "dns", val);
 
@@ -995,8 +1045,10 @@ static int load_dns(struct loader *ld, const struct node *val)
         switch (key) {
         case DNS_ENABLED:
             if (config__parse_bool(v, &c->dns_enabled) < 0)
-                return config__fail_node(ld, v, "bad dns.enabled '%s': write true or false, "
-                                         "without quotes", config__show(&a, text));
+                return config__fail_node(ld, v,
+                                         "bad dns.enabled '%s': write true or false, "
+                                         "without quotes",
+                                         config__show(&a, text));
             break;
         case DNS_DOMAIN:
             if (!dns_domain_valid(text, why, sizeof(why)))
@@ -1006,7 +1058,8 @@ static int load_dns(struct loader *ld, const struct node *val)
         case DNS_TTL:
             r = config__load_duration(ld, what[key], k, v, &ms);
             if (r == 0 && (ms % 1000 != 0 || ms / 1000 > DNS_MAX_TTL))
-                return config__fail_node(ld, v, "bad dns.ttl '%s': DNS counts whole seconds, "
+                return config__fail_node(ld, v,
+                                         "bad dns.ttl '%s': DNS counts whole seconds, "
                                          "at most a day, e.g. 0s or 5s",
                                          config__show(&a, text));
             if (r == 0)
@@ -1017,9 +1070,10 @@ static int load_dns(struct loader *ld, const struct node *val)
             n = strtoull(text, &end, 10);
             if (*text < '0' || *text > '9' || *end != '\0' || errno || n < 1 ||
                 n > DNS_MAX_ANSWERS_LIMIT)
-                return config__fail_node(ld, v, "bad dns.max_answers '%s': give a number from 1 "
-                                         "to %d", config__show(&a, text),
-                                         DNS_MAX_ANSWERS_LIMIT);
+                return config__fail_node(ld, v,
+                                         "bad dns.max_answers '%s': give a number from 1 "
+                                         "to %d",
+                                         config__show(&a, text), DNS_MAX_ANSWERS_LIMIT);
             c->dns_max_answers = (size_t)n;
             break;
         }
@@ -1046,36 +1100,48 @@ int config__default_dns_listen(struct loader *ld)
 
 /* ---- the top level ----------------------------------------------- */
 
-static const char *const top_keys[] = {
-    "etcd", "session", "socket", "cache", "log", "services", "xds", "checks", "dns",
-    "http", "locality", "traffic"
+static const char *const top_keys[] = {"etcd", "session", "socket", "cache", "log",      "services",
+                                       "xds",  "checks",  "dns",    "http",  "locality", "traffic"};
+enum {
+    TOP_ETCD,
+    TOP_SESSION,
+    TOP_SOCKET,
+    TOP_CACHE,
+    TOP_LOG,
+    TOP_SERVICES,
+    TOP_XDS,
+    TOP_CHECKS,
+    TOP_DNS,
+    TOP_HTTP,
+    TOP_LOCALITY,
+    TOP_TRAFFIC
 };
-enum { TOP_ETCD, TOP_SESSION, TOP_SOCKET, TOP_CACHE, TOP_LOG, TOP_SERVICES,
-       TOP_XDS, TOP_CHECKS, TOP_DNS, TOP_HTTP, TOP_LOCALITY, TOP_TRAFFIC };
 
 int config__load_root(struct loader *ld, const struct node *root, bool is_main)
 {
-    const struct node *seen[ARRAY_SIZE(top_keys)] = { NULL };
+    const struct node *seen[ARRAY_SIZE(top_keys)] = {NULL};
     int r = 0;
 
     /* A file with no document, or with only "---", means all defaults. */
     if (!root || config__is_null(root))
         return 0;
     if (root->kind != NODE_MAP)
-        return config__fail_node(ld, root, "the top level must be a mapping of "
-                         "sections such as 'etcd:' and 'services:', not %s",
-                         config__kind_name(root));
+        return config__fail_node(ld, root,
+                                 "the top level must be a mapping of "
+                                 "sections such as 'etcd:' and 'services:', not %s",
+                                 config__kind_name(root));
     for (size_t i = 0; i < root->n_items / 2 && r == 0; i++) {
         const struct node *k = root->items[2 * i];
         const struct node *v = root->items[2 * i + 1];
         int key;
 
-        if (!is_main && (k->kind != NODE_SCALAR ||
-                         strcmp(k->text, "services")))
-            return config__fail_node(ld, k, "only 'services' may be set in conf.d "
-                             "files: move this to %s", ld->cfg->path);
+        if (!is_main && (k->kind != NODE_SCALAR || strcmp(k->text, "services")))
+            return config__fail_node(ld, k,
+                                     "only 'services' may be set in conf.d "
+                                     "files: move this to %s",
+                                     ld->cfg->path);
         key = config__section_key(ld, root, i, top_keys, ARRAY_SIZE(top_keys), seen,
-                          "at the top level");
+                                  "at the top level");
         switch (key) {
         case TOP_ETCD:
             r = load_etcd(ld, v);
@@ -1120,4 +1186,3 @@ int config__load_root(struct loader *ld, const struct node *root, bool is_main)
     }
     return r;
 }
-

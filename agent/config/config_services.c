@@ -26,8 +26,7 @@ static int cmp_key_nodes(const void *a, const void *b)
     return (x->column > y->column) - (x->column < y->column);
 }
 
-static int load_metadata(struct loader *ld, struct config_service *s,
-                         const struct node *val)
+static int load_metadata(struct loader *ld, struct config_service *s, const struct node *val)
 {
     struct shown a, b;
     const struct node **keys = NULL;
@@ -42,30 +41,35 @@ static int load_metadata(struct loader *ld, struct config_service *s,
         const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
 
         if (k->kind != NODE_SCALAR)
-            return config__fail_node(ld, k, "metadata keys of service %s must be "
-                             "text, not %s", config__show(&a, s->name),
-                             config__kind_name(k));
+            return config__fail_node(ld, k,
+                                     "metadata keys of service %s must be "
+                                     "text, not %s",
+                                     config__show(&a, s->name), config__kind_name(k));
         if (config__is_null(k) || k->text[0] == '\0')
-            return config__fail_node(ld, k, "a metadata key of service %s is empty: "
-                             "give it a name", config__show(&a, s->name));
+            return config__fail_node(ld, k,
+                                     "a metadata key of service %s is empty: "
+                                     "give it a name",
+                                     config__show(&a, s->name));
         if (v->kind != NODE_SCALAR)
-            return config__fail_node(ld, v, "metadata '%s' of service %s must be a "
-                             "single value (text or a number), not %s",
-                             config__show(&a, k->text), config__show(&b, s->name),
-                             config__kind_name(v));
+            return config__fail_node(ld, v,
+                                     "metadata '%s' of service %s must be a "
+                                     "single value (text or a number), not %s",
+                                     config__show(&a, k->text), config__show(&b, s->name),
+                                     config__kind_name(v));
         if (config__is_null(v))
-            return config__fail_node(ld, k, "metadata '%s' of service %s has no "
-                             "value: give one, or write \"\" for empty text",
-                             config__show(&a, k->text), config__show(&b, s->name));
+            return config__fail_node(ld, k,
+                                     "metadata '%s' of service %s has no "
+                                     "value: give one, or write \"\" for empty text",
+                                     config__show(&a, k->text), config__show(&b, s->name));
         if (!validate_meta_key(k->text, why, sizeof(why)) ||
             !validate_meta_value(v->text, strlen(v->text), why, sizeof(why)))
             return config__fail_node(ld, k, "bad metadata '%s' of service %s: %s",
-                             config__show(&a, k->text), config__show(&b, s->name), why);
+                                     config__show(&a, k->text), config__show(&b, s->name), why);
         total += strlen(k->text) + strlen(v->text);
     }
     if (!validate_meta_size(total, why, sizeof(why)))
         return config__fail_node(ld, val, "metadata of service %s is too large: %s",
-                         config__show(&a, s->name), why);
+                                 config__show(&a, s->name), why);
     /* Metadata may be long, so duplicates are found by sorting rather
      * than by comparing every pair; the one reported is the earliest
      * repeat in the file. */
@@ -86,10 +90,11 @@ static int load_metadata(struct loader *ld, struct config_service *s,
     }
     free(keys);
     if (dup)
-        return config__fail_node(ld, dup, "metadata key '%s' given twice for service "
-                         "%s (first at %d:%d): keep only one",
-                         config__show(&a, dup->text), config__show(&b, s->name), first->line,
-                         first->column);
+        return config__fail_node(ld, dup,
+                                 "metadata key '%s' given twice for service "
+                                 "%s (first at %d:%d): keep only one",
+                                 config__show(&a, dup->text), config__show(&b, s->name),
+                                 first->line, first->column);
     s->meta = calloc(n, sizeof(*s->meta));
     if (!s->meta)
         return config__fail_oom(ld);
@@ -128,15 +133,14 @@ static int parse_weight(const char *text, int32_t *weight)
  * check_spec_build(), which the socket's JSON reader calls too. Exec being
  * allowed is checked once every file is read (checks.exec may come later
  * in the file). */
-static int load_check(struct loader *ld, struct config_service *s,
-                      const struct node *map)
+static int load_check(struct loader *ld, struct config_service *s, const struct node *map)
 {
     size_t n_keys;
     const char *const *keys = check_spec_keys(&n_keys);
-    const struct node *seen[CHECK_KEY_COUNT] = { NULL };
-    const struct node *vals[CHECK_KEY_COUNT] = { NULL };
+    const struct node *seen[CHECK_KEY_COUNT] = {NULL};
+    const struct node *vals[CHECK_KEY_COUNT] = {NULL};
     const char *argv[CHECK_ARGV_MAX];
-    struct check_input in = { .owner = NULL };
+    struct check_input in = {.owner = NULL};
     struct check_error why;
     const struct node *at;
     char owner[96];
@@ -169,8 +173,8 @@ static int load_check(struct loader *ld, struct config_service *s,
             /* A longer list is refused by check_spec_build() by its
              * length alone. */
             for (size_t i = 0; i < in.n_command && i < CHECK_ARGV_MAX; i++) {
-                if ((r = config__want_text(ld, "each check.command item",
-                                   v->items[i], v->items[i], &argv[i])) < 0)
+                if ((r = config__want_text(ld, "each check.command item", v->items[i], v->items[i],
+                                           &argv[i])) < 0)
                     return r;
             }
             continue;
@@ -203,23 +207,22 @@ int config__check_exec_allowed(struct loader *ld)
     for (size_t i = 0; i < ld->cfg->n_services; i++) {
         const struct config_service *s = &ld->cfg->services[i];
         if (s->check.type == CHECK_EXEC && !ld->cfg->checks_exec)
-            return config__fail_at(ld, s->file, s->check_line, s->check_column,
-                           DA_EINVAL, "service %s has an exec check, but exec "
-                           "checks are off: set 'checks: {exec: true}' in %s",
-                           s->name, ld->cfg->path);
+            return config__fail_at(ld, s->file, s->check_line, s->check_column, DA_EINVAL,
+                                   "service %s has an exec check, but exec "
+                                   "checks are off: set 'checks: {exec: true}' in %s",
+                                   s->name, ld->cfg->path);
     }
     return 0;
 }
 
-static const char *const service_keys[] = {
-    "name", "address", "weight", "group", "metadata", "check"
-};
+static const char *const service_keys[] = {"name",  "address",  "weight",
+                                           "group", "metadata", "check"};
 enum { SVC_NAME, SVC_ADDRESS, SVC_WEIGHT, SVC_GROUP, SVC_METADATA, SVC_CHECK };
 
 static int load_service(struct loader *ld, const struct node *entry)
 {
-    const struct node *seen[ARRAY_SIZE(service_keys)] = { NULL };
-    const struct node *vals[ARRAY_SIZE(service_keys)] = { NULL };
+    const struct node *seen[ARRAY_SIZE(service_keys)] = {NULL};
+    const struct node *vals[ARRAY_SIZE(service_keys)] = {NULL};
     struct config *c = ld->cfg;
     struct config_service *s;
     struct validate_hostport hp;
@@ -229,9 +232,10 @@ static int load_service(struct loader *ld, const struct node *entry)
     int r;
 
     if (entry->kind != NODE_MAP)
-        return config__fail_node(ld, entry, "each services entry must be a mapping "
-                         "with at least name: and address:, not %s",
-                         config__kind_name(entry));
+        return config__fail_node(ld, entry,
+                                 "each services entry must be a mapping "
+                                 "with at least name: and address:, not %s",
+                                 config__kind_name(entry));
     if (c->n_services == ld->cap_services) {
         size_t nc = ld->cap_services == 0 ? 8 : ld->cap_services * 2;
         struct config_service *ns = realloc(c->services, nc * sizeof(*ns));
@@ -254,42 +258,45 @@ static int load_service(struct loader *ld, const struct node *entry)
     /* Keys are checked first and values afterwards in a fixed order, so
      * that every message about a value can name the service. */
     for (size_t i = 0; i < entry->n_items / 2; i++) {
-        int k = config__section_key(ld, entry, i, service_keys,
-                            ARRAY_SIZE(service_keys), seen,
-                            "in a services entry");
+        int k = config__section_key(ld, entry, i, service_keys, ARRAY_SIZE(service_keys), seen,
+                                    "in a services entry");
         if (k < 0)
             return k;
         vals[k] = entry->items[2 * i + 1];
     }
     if (!vals[SVC_NAME])
-        return config__fail_node(ld, entry, "services entry has no name: add "
-                         "'name: SERVICE'");
-    r = config__want_nonempty(ld, "the service name", seen[SVC_NAME], vals[SVC_NAME],
-                      &text);
+        return config__fail_node(ld, entry,
+                                 "services entry has no name: add "
+                                 "'name: SERVICE'");
+    r = config__want_nonempty(ld, "the service name", seen[SVC_NAME], vals[SVC_NAME], &text);
     if (r < 0)
         return r;
     if (!validate_name(text, why, sizeof(why)))
         return config__fail_node(ld, vals[SVC_NAME], "bad service name '%s': %s",
-                         config__show(&a, text), why);
+                                 config__show(&a, text), why);
     if (!(s->name = config__dup_str(ld, text)))
         return DA_ENOMEM;
 
     if (!vals[SVC_ADDRESS])
-        return config__fail_node(ld, entry, "service %s has no address: add "
-                         "'address: HOST:PORT'", config__show(&a, s->name));
-    r = config__want_nonempty(ld, "the service address", seen[SVC_ADDRESS],
-                      vals[SVC_ADDRESS], &text);
+        return config__fail_node(ld, entry,
+                                 "service %s has no address: add "
+                                 "'address: HOST:PORT'",
+                                 config__show(&a, s->name));
+    r = config__want_nonempty(ld, "the service address", seen[SVC_ADDRESS], vals[SVC_ADDRESS],
+                              &text);
     if (r < 0)
         return r;
     r = validate_hostport(text, strlen(text), 0, &hp, why, sizeof(why));
     if (r == VALIDATE_PORT_RANGE)
-        return config__fail_node(ld, vals[SVC_ADDRESS], "port %s out of range in "
-                         "address of service %s: use 1..65535",
-                         config__show(&a, text + hp.port_at), config__show(&b, s->name));
+        return config__fail_node(ld, vals[SVC_ADDRESS],
+                                 "port %s out of range in "
+                                 "address of service %s: use 1..65535",
+                                 config__show(&a, text + hp.port_at), config__show(&b, s->name));
     if (r != VALIDATE_OK)
-        return config__fail_node(ld, vals[SVC_ADDRESS], "bad address '%s' for "
-                         "service %s: %s", config__show(&a, text), config__show(&b, s->name),
-                         why);
+        return config__fail_node(ld, vals[SVC_ADDRESS],
+                                 "bad address '%s' for "
+                                 "service %s: %s",
+                                 config__show(&a, text), config__show(&b, s->name), why);
     if (!(s->address = config__dup_str(ld, text)))
         return DA_ENOMEM;
 
@@ -301,31 +308,33 @@ static int load_service(struct loader *ld, const struct node *entry)
             return r;
         r = v->plain ? parse_weight(text, &s->weight) : -1;
         if (r == -2)
-            return config__fail_node(ld, v, "weight %s of service %s is out of "
-                             "range: use at most 2147483647",
-                             config__show(&a, text), config__show(&b, s->name));
+            return config__fail_node(ld, v,
+                                     "weight %s of service %s is out of "
+                                     "range: use at most 2147483647",
+                                     config__show(&a, text), config__show(&b, s->name));
         if (r < 0)
-            return config__fail_node(ld, v, "weight '%s' of service %s is not an "
-                             "integer: write a whole number without quotes, "
-                             "e.g. 10", config__show(&a, text), config__show(&b, s->name));
+            return config__fail_node(ld, v,
+                                     "weight '%s' of service %s is not an "
+                                     "integer: write a whole number without quotes, "
+                                     "e.g. 10",
+                                     config__show(&a, text), config__show(&b, s->name));
     }
 
     text = "";
     if (vals[SVC_GROUP]) {
-        r = config__want_text(ld, "the service group", seen[SVC_GROUP],
-                      vals[SVC_GROUP], &text);
+        r = config__want_text(ld, "the service group", seen[SVC_GROUP], vals[SVC_GROUP], &text);
         if (r < 0)
             return r;
         if (!validate_group(text, why, sizeof(why)))
-            return config__fail_node(ld, vals[SVC_GROUP], "bad group '%s' for "
-                             "service %s: %s", config__show(&a, text),
-                             config__show(&b, s->name), why);
+            return config__fail_node(ld, vals[SVC_GROUP],
+                                     "bad group '%s' for "
+                                     "service %s: %s",
+                                     config__show(&a, text), config__show(&b, s->name), why);
     }
     if (!(s->group = config__dup_str(ld, text)))
         return DA_ENOMEM;
 
-    if (vals[SVC_METADATA] &&
-        (r = load_metadata(ld, s, vals[SVC_METADATA])) < 0)
+    if (vals[SVC_METADATA] && (r = load_metadata(ld, s, vals[SVC_METADATA])) < 0)
         return r;
     if (vals[SVC_CHECK])
         return load_check(ld, s, vals[SVC_CHECK]);
@@ -355,7 +364,7 @@ static int cmp_services(const void *a, const void *b)
     if (r == 0)
         r = strcmp(x->address, y->address);
     if (r == 0)
-        r = (x > y) - (x < y);  /* file order: one array, main file first */
+        r = (x > y) - (x < y); /* file order: one array, main file first */
     return r;
 }
 
@@ -377,8 +386,7 @@ int config__check_duplicates(struct loader *ld)
         v[i] = &c->services[i];
     qsort(v, c->n_services, sizeof(*v), cmp_services);
     for (size_t i = 1; i < c->n_services; i++) {
-        if (!strcmp(v[i - 1]->name, v[i]->name) &&
-            !strcmp(v[i - 1]->address, v[i]->address) &&
+        if (!strcmp(v[i - 1]->name, v[i]->name) && !strcmp(v[i - 1]->address, v[i]->address) &&
             (i < 2 || strcmp(v[i - 2]->name, v[i]->name) ||
              strcmp(v[i - 2]->address, v[i]->address)) &&
             (!dup || v[i] < dup)) {
@@ -390,9 +398,8 @@ int config__check_duplicates(struct loader *ld)
     if (!dup)
         return 0;
     return config__fail_at(ld, dup->file, dup->line, dup->column, DA_EINVAL,
-                   "duplicate service instance %s %s (first at %s:%d:%d): "
-                   "remove one of them", config__show(&a, dup->name),
-                   config__show(&b, dup->address), first->file, first->line,
-                   first->column);
+                           "duplicate service instance %s %s (first at %s:%d:%d): "
+                           "remove one of them",
+                           config__show(&a, dup->name), config__show(&b, dup->address), first->file,
+                           first->line, first->column);
 }
-

@@ -51,7 +51,8 @@ int config__load_locality(struct loader *ld, const struct node *val)
         if (r < 0)
             return r;
         if (!locality_valid(text))
-            return config__fail_node(ld, v, "bad locality.%s '%s': use 1 to %d letters, digits, "
+            return config__fail_node(ld, v,
+                                     "bad locality.%s '%s': use 1 to %d letters, digits, "
                                      "'-', '_' or '.', e.g. eu-west-1a",
                                      locality_keys[key], config__show(&a, text),
                                      POLICY_LOCALITY_MAX);
@@ -137,8 +138,8 @@ static int load_protection(struct loader *ld, const char *where, const struct no
     snprintf(in, sizeof in, "in %s", where);
     for (size_t i = 0; i < val->n_items / 2; i++) {
         const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
-        int key = config__section_key(ld, val, i, protection_keys, ARRAY_SIZE(protection_keys),
-                                      seen, in);
+        int key =
+            config__section_key(ld, val, i, protection_keys, ARRAY_SIZE(protection_keys), seen, in);
 
         if (key < 0)
             return key;
@@ -216,9 +217,9 @@ static int load_ejection(struct loader *ld, const char *where, const struct node
     return 0;
 }
 
-static const char *const outlier_keys[] = {"interval",           "base_ejection_time",
-                                           "max_ejection_time",  "max_ejection_percent",
-                                           "success_rate",       "failure_percentage"};
+static const char *const outlier_keys[] = {"interval",          "base_ejection_time",
+                                           "max_ejection_time", "max_ejection_percent",
+                                           "success_rate",      "failure_percentage"};
 
 static int load_outlier(struct loader *ld, const char *where, const struct node *val,
                         struct policy_outlier *o)
@@ -234,8 +235,7 @@ static int load_outlier(struct loader *ld, const char *where, const struct node 
     snprintf(in, sizeof in, "in %s", where);
     for (size_t i = 0; r == 0 && i < val->n_items / 2; i++) {
         const struct node *k = val->items[2 * i], *v = val->items[2 * i + 1];
-        int key = config__section_key(ld, val, i, outlier_keys, ARRAY_SIZE(outlier_keys), seen,
-                                      in);
+        int key = config__section_key(ld, val, i, outlier_keys, ARRAY_SIZE(outlier_keys), seen, in);
 
         if (key < 0)
             return key;
@@ -266,8 +266,10 @@ static int load_outlier(struct loader *ld, const char *where, const struct node 
         o->success_rate = true;
     policy_outlier_defaults(o);
     if (o->max_ejection_ms < o->base_ejection_ms)
-        return config__fail_node(ld, val, "%s.max_ejection_time is shorter than its "
-                                 "base_ejection_time", where);
+        return config__fail_node(ld, val,
+                                 "%s.max_ejection_time is shorter than its "
+                                 "base_ejection_time",
+                                 where);
     return 0;
 }
 
@@ -313,8 +315,8 @@ static int load_traffic_services(struct loader *ld, const struct node *val)
         for (size_t j = 0; j < v->n_items / 2; j++) {
             const struct node *sv = v->items[2 * j + 1];
             char what[240];
-            int key = config__section_key(ld, v, j, traffic_service_keys, ARRAY_SIZE(traffic_service_keys), seen,
-                                          in);
+            int key = config__section_key(ld, v, j, traffic_service_keys,
+                                          ARRAY_SIZE(traffic_service_keys), seen, in);
             if (key < 0)
                 return key;
             snprintf(what, sizeof what, "%s.%s", where, traffic_service_keys[key]);

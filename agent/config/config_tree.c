@@ -42,8 +42,7 @@ static int add_item(struct node *parent, struct node *child)
     return 0;
 }
 
-static int syntax_error(struct loader *ld, const yaml_parser_t *p,
-                        const char *buf, size_t len)
+static int syntax_error(struct loader *ld, const yaml_parser_t *p, const char *buf, size_t len)
 {
     const char *problem = p->problem ? p->problem : "unknown problem";
 
@@ -64,28 +63,26 @@ static int syntax_error(struct loader *ld, const yaml_parser_t *p,
         }
         if (p->problem_value != -1)
             return config__fail_at(ld, ld->file, line, column, DA_EINVAL,
-                           "%s (#x%X): the file must be UTF-8 text without "
-                           "control characters", problem,
-                           (unsigned)p->problem_value);
+                                   "%s (#x%X): the file must be UTF-8 text without "
+                                   "control characters",
+                                   problem, (unsigned)p->problem_value);
         return config__fail_at(ld, ld->file, line, column, DA_EINVAL,
-                       "%s: the file must be UTF-8 text", problem);
+                               "%s: the file must be UTF-8 text", problem);
     }
     if (p->context)
         return config__fail_at(ld, ld->file, (int)p->problem_mark.line + 1,
-                       (int)p->problem_mark.column + 1, DA_EINVAL,
-                       "YAML syntax error: %s (%s at %d:%d)", problem,
-                       p->context, (int)p->context_mark.line + 1,
-                       (int)p->context_mark.column + 1);
+                               (int)p->problem_mark.column + 1, DA_EINVAL,
+                               "YAML syntax error: %s (%s at %d:%d)", problem, p->context,
+                               (int)p->context_mark.line + 1, (int)p->context_mark.column + 1);
     return config__fail_at(ld, ld->file, (int)p->problem_mark.line + 1,
-                   (int)p->problem_mark.column + 1, DA_EINVAL,
-                   "YAML syntax error: %s", problem);
+                           (int)p->problem_mark.column + 1, DA_EINVAL, "YAML syntax error: %s",
+                           problem);
 }
 
 /* Handles one event: a new node joins its parent (or becomes the root) and
  * collections are pushed and popped. */
-static int tree_event(struct loader *ld, struct tree *t,
-                      const yaml_event_t *ev, struct node **stack,
-                      int *depth, int *docs)
+static int tree_event(struct loader *ld, struct tree *t, const yaml_event_t *ev,
+                      struct node **stack, int *depth, int *docs)
 {
     struct shown a;
     const yaml_char_t *anchor = NULL, *tag = NULL;
@@ -97,15 +94,15 @@ static int tree_event(struct loader *ld, struct tree *t,
     case YAML_DOCUMENT_START_EVENT:
         if (++*docs > 1)
             return config__fail_at(ld, ld->file, line, column, DA_EINVAL,
-                           "a second YAML document starts here: a "
-                           "configuration file holds one; move it to a "
-                           "file of its own");
+                                   "a second YAML document starts here: a "
+                                   "configuration file holds one; move it to a "
+                                   "file of its own");
         return 0;
     case YAML_ALIAS_EVENT:
         return config__fail_at(ld, ld->file, line, column, DA_EINVAL,
-                       "aliases ('*%s') are not supported: write the value "
-                       "out in full",
-                       config__show(&a, (const char *)ev->data.alias.anchor));
+                               "aliases ('*%s') are not supported: write the value "
+                               "out in full",
+                               config__show(&a, (const char *)ev->data.alias.anchor));
     case YAML_SEQUENCE_END_EVENT:
     case YAML_MAPPING_END_EVENT:
         --*depth;
@@ -128,22 +125,23 @@ static int tree_event(struct loader *ld, struct tree *t,
 
     if (anchor)
         return config__fail_at(ld, ld->file, line, column, DA_EINVAL,
-                       "anchors ('&%s') and aliases are not supported: "
-                       "write each value out in full",
-                       config__show(&a, (const char *)anchor));
+                               "anchors ('&%s') and aliases are not supported: "
+                               "write each value out in full",
+                               config__show(&a, (const char *)anchor));
     if (tag)
         return config__fail_at(ld, ld->file, line, column, DA_EINVAL,
-                       "tags ('%s') are not supported: remove the tag, and "
-                       "quote the value if it must be text",
-                       config__show(&a, (const char *)tag));
+                               "tags ('%s') are not supported: remove the tag, and "
+                               "quote the value if it must be text",
+                               config__show(&a, (const char *)tag));
     if (ev->type == YAML_SCALAR_EVENT &&
         memchr(ev->data.scalar.value, '\0', ev->data.scalar.length))
         return config__fail_at(ld, ld->file, line, column, DA_EINVAL,
-                       "a value holds a NUL character (\\0): remove it");
+                               "a value holds a NUL character (\\0): remove it");
     if (ev->type != YAML_SCALAR_EVENT && *depth >= MAX_DEPTH)
         return config__fail_at(ld, ld->file, line, column, DA_EINVAL,
-                       "values are nested more than %d levels deep: the "
-                       "configuration needs at most four", MAX_DEPTH);
+                               "values are nested more than %d levels deep: the "
+                               "configuration needs at most four",
+                               MAX_DEPTH);
 
     n = calloc(1, sizeof(*n));
     if (!n)
@@ -155,8 +153,7 @@ static int tree_event(struct loader *ld, struct tree *t,
     if (ev->type == YAML_SCALAR_EVENT) {
         n->kind = NODE_SCALAR;
         n->plain = ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
-        n->text = strndup((const char *)ev->data.scalar.value,
-                          ev->data.scalar.length);
+        n->text = strndup((const char *)ev->data.scalar.value, ev->data.scalar.length);
         if (!n->text)
             return config__fail_oom(ld);
     } else {
@@ -171,8 +168,7 @@ static int tree_event(struct loader *ld, struct tree *t,
     return 0;
 }
 
-int config__build_tree(struct loader *ld, const char *buf, size_t len,
-                      struct tree *t)
+int config__build_tree(struct loader *ld, const char *buf, size_t len, struct tree *t)
 {
     struct node *stack[MAX_DEPTH];
     yaml_parser_t p;
@@ -196,4 +192,3 @@ int config__build_tree(struct loader *ld, const char *buf, size_t len,
     yaml_parser_delete(&p);
     return r;
 }
-

@@ -36,26 +36,26 @@ typedef struct dns_server dns_server;
 struct dns_options {
     const char *const *listen; /* "host:port" each, UDP and TCP */
     size_t n_listen;
-    const char *domain;        /* "disc"; NULL: the default */
-    uint32_t ttl;              /* seconds, answers and negative answers */
-    size_t max_answers;        /* A/AAAA records per answer; 0: the default */
+    const char *domain;           /* "disc"; NULL: the default */
+    uint32_t ttl;                 /* seconds, answers and negative answers */
+    size_t max_answers;           /* A/AAAA records per answer; 0: the default */
     const char *const *recursors; /* dns.recursors: "IP:port" or "IP" (port
                                    * 53), at most DNS_MAX_RECURSORS; none:
                                    * names outside the domain are REFUSED */
     size_t n_recursors;
-    uint64_t wait_ms;          /* 0: DNS_WAIT_MS */
-    uint64_t forward_ms;       /* each recursor's time; 0: DNS_FORWARD_MS */
-    size_t max_forwards;       /* in flight; 0: DNS_MAX_FORWARDS */
-    uint64_t tcp_idle_ms;      /* 0: DNS_TCP_IDLE_MS (tests shorten it) */
-    size_t tcp_max_conns;      /* 0: DNS_TCP_MAX_CONNS */
+    uint64_t wait_ms;     /* 0: DNS_WAIT_MS */
+    uint64_t forward_ms;  /* each recursor's time; 0: DNS_FORWARD_MS */
+    size_t max_forwards;  /* in flight; 0: DNS_MAX_FORWARDS */
+    uint64_t tcp_idle_ms; /* 0: DNS_TCP_IDLE_MS (tests shorten it) */
+    size_t tcp_max_conns; /* 0: DNS_TCP_MAX_CONNS */
 };
 
 /* Creates the server's state; nothing listens yet. Strings are copied; c
  * is borrowed and must outlive d. 0, DA_EINVAL with the reason in err (a
  * bad domain, listen or recursor address, a recursor that is one of the
  * listen addresses), or DA_ENOMEM. */
-int dns_new(dns_server **out, uv_loop_t *loop, cache *c, const struct dns_options *o,
-            char *err, size_t errlen);
+int dns_new(dns_server **out, uv_loop_t *loop, cache *c, const struct dns_options *o, char *err,
+            size_t errlen);
 
 /* Binds every listen address, UDP and TCP, and opens the forwarder's
  * sockets when there are recursors. 0, or a negative code with the

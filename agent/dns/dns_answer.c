@@ -24,7 +24,7 @@
 
 struct dns_engine {
     knot_pkt_t *q, *r;
-    knot_rrset_t opt;            /* ours: payload, DO and extended rcode */
+    knot_rrset_t opt; /* ours: payload, DO and extended rcode */
     size_t opt_size;
     const struct instance **sel; /* the instances an answer is made of */
     struct dns_target *tgt;      /* and their addresses */
@@ -33,8 +33,8 @@ struct dns_engine {
     uint32_t *pw;                /* per selected instance: the policy's weight */
     int *pp;                     /* and the SRV priority */
     size_t cap;
-    bool *mask;                  /* per listed instance: selected */
-    uint32_t *wall;              /* per listed instance: the policy's weight */
+    bool *mask;     /* per listed instance: selected */
+    uint32_t *wall; /* per listed instance: the policy's weight */
     size_t cap_all;
     uint8_t qbuf[DNS_MAX_QUERY];
     uint8_t rbuf[DNS_MAX_REPLY];
@@ -127,8 +127,8 @@ static bool room_for(dns_engine *e, size_t n)
 /* One record as its own RRset, so that records go in in our order and a
  * full packet keeps every record that fit. knot_pkt_put() writes the wire
  * at once; the rrset and its rdata may go when it returns. */
-static int put(dns_engine *e, const knot_dname_t *owner, uint16_t hint, uint16_t type,
-               uint32_t ttl, const uint8_t *rdata, size_t len, uint16_t flags)
+static int put(dns_engine *e, const knot_dname_t *owner, uint16_t hint, uint16_t type, uint32_t ttl,
+               const uint8_t *rdata, size_t len, uint16_t flags)
 {
     union {
         knot_rdata_t rd;
@@ -177,8 +177,8 @@ static void put_soa(dns_engine *e, const struct dns_zone *z)
  * addresses; n = how many. */
 static size_t select_instances(dns_engine *e, const struct dns_name *nm, const struct dns_svc *s)
 {
-    const struct policy_plan *plan = s->plan && s->plan->zoned && s->plan->n == s->n ? s->plan
-                                                                                     : NULL;
+    const struct policy_plan *plan =
+        s->plan && s->plan->zoned && s->plan->n == s->n ? s->plan : NULL;
     double load[POLICY_RANKS];
     int prio[POLICY_RANKS];
     size_t k = 0;
@@ -263,8 +263,8 @@ static size_t put_addresses(dns_engine *e, const struct dns_zone *z, size_t n, s
             e->ix[j] = t;
             e->w[j] = w;
         }
-        if (put(e, knot_pkt_qname(e->q), KNOT_COMPR_HINT_QNAME, type, z->ttl,
-                e->tgt[e->ix[k]].ip, iplen, 0) != KNOT_EOK)
+        if (put(e, knot_pkt_qname(e->q), KNOT_COMPR_HINT_QNAME, type, z->ttl, e->tgt[e->ix[k]].ip,
+                iplen, 0) != KNOT_EOK)
             break;
         written++;
     }
@@ -425,8 +425,8 @@ static uint16_t answer_service(dns_engine *e, const struct dns_zone *z, const st
 
 /* The question is parsed and the reply started: fills in the sections and
  * returns the rcode. */
-static uint16_t answer_question(dns_engine *e, const struct dns_zone *z, bool waited,
-                                uint64_t *rng, struct dns_result *res)
+static uint16_t answer_question(dns_engine *e, const struct dns_zone *z, bool waited, uint64_t *rng,
+                                struct dns_result *res)
 {
     uint16_t qtype = knot_pkt_qtype(e->q), rcode = KNOT_RCODE_NOERROR;
     struct dns_name nm;
@@ -467,8 +467,8 @@ static uint16_t answer_question(dns_engine *e, const struct dns_zone *z, bool wa
         if ((qtype == KNOT_RRTYPE_A || qtype == KNOT_RRTYPE_ANY) && nm.family == AF_INET)
             put(e, knot_pkt_qname(e->q), KNOT_COMPR_HINT_QNAME, KNOT_RRTYPE_A, z->ttl, nm.ip, 4, 0);
         else if ((qtype == KNOT_RRTYPE_AAAA || qtype == KNOT_RRTYPE_ANY) && nm.family == AF_INET6)
-            put(e, knot_pkt_qname(e->q), KNOT_COMPR_HINT_QNAME, KNOT_RRTYPE_AAAA, z->ttl, nm.ip,
-                16, 0);
+            put(e, knot_pkt_qname(e->q), KNOT_COMPR_HINT_QNAME, KNOT_RRTYPE_AAAA, z->ttl, nm.ip, 16,
+                0);
         else
             nodata = true;
         break;
@@ -575,8 +575,8 @@ static void answer(dns_engine *e, const struct dns_zone *z, uint16_t forced, con
     *rlen = r->size;
 }
 
-void dns_answer(dns_engine *e, const struct dns_zone *z, const uint8_t *query, size_t len,
-                bool tcp, bool waited, uint64_t *rng, const uint8_t **reply, size_t *rlen,
+void dns_answer(dns_engine *e, const struct dns_zone *z, const uint8_t *query, size_t len, bool tcp,
+                bool waited, uint64_t *rng, const uint8_t **reply, size_t *rlen,
                 struct dns_result *res)
 {
     answer(e, z, 0, query, len, tcp, waited, rng, reply, rlen, res);

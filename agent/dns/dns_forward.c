@@ -123,16 +123,16 @@ struct fwd_query {
     dns_fwd *f;
     struct fwd_query *prev, *next; /* in the order of their deadlines */
     uint64_t deadline;
-    size_t tried;                  /* recursors asked; the last is tried - 1 */
+    size_t tried; /* recursors asked; the last is tried - 1 */
     uint16_t id, client_id;
     bool tcp;
     dns_fwd_cb cb;
     void *arg;
-    struct fwd_tcp *conn;          /* TCP: the connection of the last try */
-    knot_dname_storage_t qname;    /* lower case */
+    struct fwd_tcp *conn;       /* TCP: the connection of the last try */
+    knot_dname_storage_t qname; /* lower case */
     uint16_t qtype, qclass;
     size_t len;
-    uint8_t query[];               /* under our ID */
+    uint8_t query[]; /* under our ID */
 };
 
 /* One connection to a recursor for one query; it may outlive the query
@@ -144,10 +144,10 @@ struct fwd_tcp {
     uv_connect_t connect;
     uv_write_t write;
     bool closing;
-    uint8_t *buf;        /* the reply: its length, then the message */
+    uint8_t *buf; /* the reply: its length, then the message */
     size_t have, cap;
     size_t len;
-    uint8_t frame[];     /* the query with its length in front */
+    uint8_t frame[]; /* the query with its length in front */
 };
 
 struct dns_fwd {
@@ -559,8 +559,7 @@ size_t dns_fwd_in_flight(const dns_fwd *f)
     return f ? f->in_flight : 0;
 }
 
-int dns_fwd_query(dns_fwd *f, const uint8_t *query, size_t len, bool tcp, dns_fwd_cb cb,
-                  void *arg)
+int dns_fwd_query(dns_fwd *f, const uint8_t *query, size_t len, bool tcp, dns_fwd_cb cb, void *arg)
 {
     struct fwd_query *q;
     int rc;

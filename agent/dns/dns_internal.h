@@ -70,7 +70,7 @@ struct dns_zone {
     uint32_t ttl;
     size_t max_answers;
     uint32_t serial;
-    bool forward;        /* outside the domain: DNS_FORWARD, not REFUSED */
+    bool forward; /* outside the domain: DNS_FORWARD, not REFUSED */
     dns_lookup_fn lookup;
     void *arg;
 };
@@ -92,7 +92,7 @@ struct dns_name {
     char service[DNS_LABEL_MAX + 1];
     char group[DNS_LABEL_MAX + 1];
     bool has_group;
-    int family;       /* DNS_NAME_ADDR: AF_INET or AF_INET6 */
+    int family; /* DNS_NAME_ADDR: AF_INET or AF_INET6 */
     uint8_t ip[16];
     const char *reason; /* DNS_NAME_NONE: why, for status */
 };
@@ -137,12 +137,12 @@ enum dns_outcome {
 
 struct dns_result {
     enum dns_outcome outcome;
-    uint16_t rcode;     /* with the extended bits (BADVERS is 16) */
+    uint16_t rcode; /* with the extended bits (BADVERS is 16) */
     bool truncated;
-    uint16_t id;        /* the query's */
+    uint16_t id;                     /* the query's */
     char service[DNS_LABEL_MAX + 1]; /* DNS_WAIT: the service */
-    const char *reason; /* NXDOMAIN: why, for status */
-    const knot_dname_t *qname; /* lower case; owned by the engine until
+    const char *reason;              /* NXDOMAIN: why, for status */
+    const knot_dname_t *qname;       /* lower case; owned by the engine until
                                 * its next call; NULL if not parsed */
 };
 
@@ -160,8 +160,8 @@ dns_engine *dns_engine_free(dns_engine *e); /* NULL-safe; returns NULL */
  * rather than DNS_WAIT. rng: the state for the weighted order. On
  * DNS_REPLY, *reply (owned by e, valid until its next call) holds *rlen
  * bytes. */
-void dns_answer(dns_engine *e, const struct dns_zone *z, const uint8_t *query, size_t len,
-                bool tcp, bool waited, uint64_t *rng, const uint8_t **reply, size_t *rlen,
+void dns_answer(dns_engine *e, const struct dns_zone *z, const uint8_t *query, size_t len, bool tcp,
+                bool waited, uint64_t *rng, const uint8_t **reply, size_t *rlen,
                 struct dns_result *res);
 
 /* The same header and question as the query, and its OPT when it had one,
@@ -199,8 +199,7 @@ bool dns_fwd_full(const dns_fwd *f, bool tcp);
  * first recursor over UDP or TCP, as it came from the client. 0, and cb
  * gets the end later; or a negative code when it could not be sent at all
  * (past the caps: DA_ENOMEM too), and cb is never called. */
-int dns_fwd_query(dns_fwd *f, const uint8_t *query, size_t len, bool tcp, dns_fwd_cb cb,
-                  void *arg);
+int dns_fwd_query(dns_fwd *f, const uint8_t *query, size_t len, bool tcp, dns_fwd_cb cb, void *arg);
 
 /* Queries in flight. */
 size_t dns_fwd_in_flight(const dns_fwd *f);

@@ -41,7 +41,7 @@ struct dns_conn {
     uv_timer_t idle;
     uint8_t *buf;
     size_t have, cap;
-    size_t waiting; /* its queries held for a first list */
+    size_t waiting;  /* its queries held for a first list */
     size_t relaying; /* and held for a recursor */
     bool reading, closing;
     int open_handles;
@@ -71,7 +71,7 @@ struct dns_wait {
     cache_sub *sub;
     struct dns_listener *l; /* UDP: the socket and the peer */
     struct sockaddr_storage peer;
-    struct dns_conn *conn;  /* TCP; NULL once it closed */
+    struct dns_conn *conn; /* TCP; NULL once it closed */
     bool tcp;
     size_t len;
     uint8_t query[];
@@ -83,10 +83,10 @@ struct dns_relay {
     struct dns_relay *prev, *next;
     struct dns_listener *l; /* UDP: the socket and the peer */
     struct sockaddr_storage peer;
-    struct dns_conn *conn;  /* TCP; NULL once it closed */
+    struct dns_conn *conn; /* TCP; NULL once it closed */
     bool tcp;
     size_t len;
-    uint8_t query[];        /* for the SERVFAIL if no recursor answers */
+    uint8_t query[]; /* for the SERVFAIL if no recursor answers */
 };
 
 struct dns_server {
@@ -131,8 +131,8 @@ static const char *rcode_name(unsigned r)
 {
     static const char *const names[RCODES] = {
         "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
-        "NXRRSET", "NOTAUTH", "NOTZONE", NULL,       NULL,       NULL,     NULL,     NULL,
-        "BADVERS", NULL,      NULL,       NULL,       NULL,       NULL,    NULL,     NULL};
+        "NXRRSET", "NOTAUTH", "NOTZONE",  NULL,       NULL,     NULL,      NULL,       NULL,
+        "BADVERS", NULL,      NULL,       NULL,       NULL,     NULL,      NULL,       NULL};
     return r < RCODES && names[r] ? names[r] : "OTHER";
 }
 
@@ -393,9 +393,8 @@ static void hold(dns_server *d, const struct dns_result *res, const uint8_t *que
 /* ---- queries forwarded to a recursor ------------------------------------ */
 
 /* SERVFAIL for a query no recursor answers (or that none was asked). */
-static void forward_failed(dns_server *d, const uint8_t *query, size_t len,
-                           struct dns_listener *l, const struct sockaddr *peer,
-                           struct dns_conn *c)
+static void forward_failed(dns_server *d, const uint8_t *query, size_t len, struct dns_listener *l,
+                           const struct sockaddr *peer, struct dns_conn *c)
 {
     struct dns_result res;
     const uint8_t *reply;
@@ -459,8 +458,7 @@ static void forward(dns_server *d, const uint8_t *query, size_t len, struct dns_
 
     /* Past the caps, SERVFAIL: the query is one the agent forwards, and
      * another server (or a later try) may well answer it. */
-    if (!d->fwd || dns_fwd_full(d->fwd, c != NULL) ||
-        (c && c->relaying >= DNS_TCP_MAX_WAITING)) {
+    if (!d->fwd || dns_fwd_full(d->fwd, c != NULL) || (c && c->relaying >= DNS_TCP_MAX_WAITING)) {
         d->forward_busy++;
         forward_failed(d, query, len, l, peer, c);
         return;
@@ -942,8 +940,8 @@ json_t *dns_status(const dns_server *d)
     json_object_set_new(o, "forward_busy", json_integer((json_int_t)d->forward_busy));
     json_object_set_new(o, "forwarding", json_integer((json_int_t)dns_fwd_in_flight(d->fwd)));
     if (d->last_nx_reason)
-        json_object_set_new(o, "last_nxdomain",
-                            json_pack("{s:s, s:s}", "name", d->last_nx_name, "reason",
-                                      d->last_nx_reason));
+        json_object_set_new(
+            o, "last_nxdomain",
+            json_pack("{s:s, s:s}", "name", d->last_nx_name, "reason", d->last_nx_reason));
     return o;
 }

@@ -338,8 +338,7 @@ static void auth_done(int err, const struct etcd_result *r, void *arg)
     etcd__watches_token(c, err);
 }
 
-static void http_done(http_req *req, int err, long status, const char *body, size_t len,
-                      void *arg)
+static void http_done(http_req *req, int err, long status, const char *body, size_t len, void *arg)
 {
     struct etcd_call *call = arg;
     etcd_client *c = call->c;
@@ -509,8 +508,8 @@ static json_t *range_body(const char *key, size_t klen, const char *end, size_t 
     return o;
 }
 
-int etcd_range(etcd_client *c, const char *key, size_t klen, const char *range_end,
-               size_t relen, int flags, int64_t limit, etcd_cb cb, void *arg, etcd_call **out)
+int etcd_range(etcd_client *c, const char *key, size_t klen, const char *range_end, size_t relen,
+               int flags, int64_t limit, etcd_cb cb, void *arg, etcd_call **out)
 {
     json_t *o = range_body(key, klen, range_end, relen);
 

@@ -30,9 +30,9 @@ struct etcd_options {
     const char *password;
     struct http_tls tls;
     /* TCP keep-alive on watch connections: idle, interval, count. */
-    int watch_keepalive_idle_s; /* default 2 */
+    int watch_keepalive_idle_s;  /* default 2 */
     int watch_keepalive_intvl_s; /* default 1 */
-    int watch_keepalive_cnt;    /* default 3 */
+    int watch_keepalive_cnt;     /* default 3 */
 };
 
 struct etcd_kv {
@@ -58,10 +58,10 @@ struct etcd_result {
     bool more;
     bool succeeded; /* txn */
     int64_t lease_id;
-    int64_t ttl;         /* lease grant, keepalive: -1 when gone */
-    uint64_t leader;     /* maintenance status */
-    char version[32];    /* maintenance status */
-    char *token;         /* authenticate */
+    int64_t ttl;      /* lease grant, keepalive: -1 when gone */
+    uint64_t leader;  /* maintenance status */
+    char version[32]; /* maintenance status */
+    char *token;      /* authenticate */
 };
 
 /* err is 0 or a DA_E* code; r is NULL when err != 0. When etcd itself
@@ -93,9 +93,8 @@ void etcd_call_cancel(etcd_call *call);
 
 /* KV. range_end NULL: the single key; see etcd_prefix_end() for a prefix.
  * Each returns 0 and calls cb later, or an error and never calls cb. */
-int etcd_range(etcd_client *c, const char *key, size_t klen, const char *range_end,
-               size_t relen, int flags, int64_t limit, etcd_cb cb, void *arg,
-               etcd_call **out);
+int etcd_range(etcd_client *c, const char *key, size_t klen, const char *range_end, size_t relen,
+               int flags, int64_t limit, etcd_cb cb, void *arg, etcd_call **out);
 int etcd_put(etcd_client *c, const char *key, size_t klen, const char *val, size_t vlen,
              int64_t lease, etcd_cb cb, void *arg, etcd_call **out);
 
@@ -159,8 +158,8 @@ enum etcd_watch_kind {
 
 struct etcd_watch_update {
     enum etcd_watch_kind kind;
-    int err;          /* ETCD_WATCH_DOWN */
-    int64_t revision; /* the revision the receiver is now current at */
+    int err;                   /* ETCD_WATCH_DOWN */
+    int64_t revision;          /* the revision the receiver is now current at */
     const struct etcd_kv *kvs; /* SNAPSHOT */
     size_t n_kvs;
     const struct etcd_event *events; /* EVENTS, in revision order */

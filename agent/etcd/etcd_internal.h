@@ -33,7 +33,7 @@ struct etcd_client {
     char last_error[256];
     size_t requests;
 
-    struct etcd_call *calls;    /* every call in flight or waiting */
+    struct etcd_call *calls; /* every call in flight or waiting */
     /* Range reads in flight (at most ETCD_MAX_READS), those queued behind
      * them, and whether the client is being freed (nothing more is sent). */
     size_t reads;

@@ -116,8 +116,7 @@ static int parse_kv(json_t *o, struct etcd_kv *kv)
         (rc = get_bytes(o, "value", &kv->value, &kv->value_len)) ||
         (rc = get_i64(o, "create_revision", &kv->create_revision)) ||
         (rc = get_i64(o, "mod_revision", &kv->mod_revision)) ||
-        (rc = get_i64(o, "version", &kv->version)) ||
-        (rc = get_i64(o, "lease", &kv->lease))) {
+        (rc = get_i64(o, "version", &kv->version)) || (rc = get_i64(o, "lease", &kv->lease))) {
         etcd_kv_clear(kv);
         return rc;
     }
@@ -358,7 +357,8 @@ static int parse_events(json_t *arr, struct etcd_watch_msg *m)
         if (!json_is_object(ev))
             return DA_EPROTO;
         type = json_object_get(ev, "type");
-        if (!type || json_is_null(type) || (json_is_string(type) && !strcmp(json_string_value(type), "PUT")))
+        if (!type || json_is_null(type) ||
+            (json_is_string(type) && !strcmp(json_string_value(type), "PUT")))
             m->events[i].type = ETCD_EVENT_PUT;
         else if (json_is_string(type) && !strcmp(json_string_value(type), "DELETE"))
             m->events[i].type = ETCD_EVENT_DELETE;

@@ -11,7 +11,7 @@
 
 /* What etcd said when it refused a request. */
 struct etcd_error {
-    int code;          /* gRPC code (5 not found, 9 failed precondition, 14 unavailable, 16 unauthenticated) */
+    int code; /* gRPC code (5 not found, 9 failed precondition, 14 unavailable, 16 unauthenticated) */
     char message[256]; /* etcd's text, cut to fit */
 };
 

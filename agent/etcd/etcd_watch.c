@@ -22,7 +22,6 @@
 #include "log.h"
 #include "metrics.h"
 
-
 struct etcd_watch {
     etcd_client *c;
     char *key, *end;
@@ -30,14 +29,14 @@ struct etcd_watch {
     etcd_watch_cb cb;
     void *arg;
 
-    int64_t next_rev;   /* first revision not yet delivered */
+    int64_t next_rev;    /* first revision not yet delivered */
     uint64_t cluster_id; /* of the etcd cluster the receiver's view is from */
-    int64_t id;         /* watch_id of its create on the stream; 0: none */
-    bool need_snapshot; /* the next step is a range read */
-    bool on_stream;     /* its create was sent on the open stream */
-    bool want_stream;   /* waits for the stream to open */
-    bool live;          /* the stream said "created" */
-    bool down;          /* DOWN was reported and UP not yet */
+    int64_t id;          /* watch_id of its create on the stream; 0: none */
+    bool need_snapshot;  /* the next step is a range read */
+    bool on_stream;      /* its create was sent on the open stream */
+    bool want_stream;    /* waits for the stream to open */
+    bool live;           /* the stream said "created" */
+    bool down;           /* DOWN was reported and UP not yet */
     bool stopped;
     struct backoff backoff;
 
@@ -163,8 +162,7 @@ static void send_cancel(etcd_watch *w)
     char line[96];
 
     if (w->on_stream && etcd__ws_is_open(w->c)) {
-        snprintf(line, sizeof line, "{\"cancel_request\":{\"watch_id\":\"%" PRId64 "\"}}\n",
-                 w->id);
+        snprintf(line, sizeof line, "{\"cancel_request\":{\"watch_id\":\"%" PRId64 "\"}}\n", w->id);
         etcd__ws_send(w->c, line, strlen(line));
     }
     w->on_stream = false;
@@ -268,8 +266,8 @@ static void step(etcd_watch *w)
         return;
     uv_timer_stop(&w->timer);
     if (w->need_snapshot) {
-        rc = etcd_range(w->c, w->key, w->klen, w->elen ? w->end : NULL, w->elen, 0, 0,
-                        range_done, w, &w->range);
+        rc = etcd_range(w->c, w->key, w->klen, w->elen ? w->end : NULL, w->elen, 0, 0, range_done,
+                        w, &w->range);
         if (rc < 0) {
             w->range = NULL;
             report_down(w, rc);

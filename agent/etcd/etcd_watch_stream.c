@@ -40,21 +40,21 @@
 
 struct etcd_wstream {
     etcd_client *c;
-    http_req *req;      /* the open request, or NULL */
-    size_t endpoint;    /* where it went */
-    bool waiting_auth;  /* opens once a token comes */
-    bool restart_now;   /* ended on purpose: open again at once */
-    int last_err;       /* why the stream ended, when it ended itself */
+    http_req *req;     /* the open request, or NULL */
+    size_t endpoint;   /* where it went */
+    bool waiting_auth; /* opens once a token comes */
+    bool restart_now;  /* ended on purpose: open again at once */
+    int last_err;      /* why the stream ended, when it ended itself */
     struct backoff backoff;
-    uv_timer_t timer;   /* backoff */
-    uv_timer_t pump;    /* progress_requests until the first reply */
-    int pumps;          /* sent on this stream */
-    uint64_t opened;    /* uv_now when it was opened */
-    bool answered;      /* a line came back on this stream */
-    int handles;        /* timers not yet closed; freed at 0 */
-    char *line;         /* a line not yet complete */
+    uv_timer_t timer; /* backoff */
+    uv_timer_t pump;  /* progress_requests until the first reply */
+    int pumps;        /* sent on this stream */
+    uint64_t opened;  /* uv_now when it was opened */
+    bool answered;    /* a line came back on this stream */
+    int handles;      /* timers not yet closed; freed at 0 */
+    char *line;       /* a line not yet complete */
     size_t len, cap;
-    unsigned gen;       /* counts streams closed: a callback may close one */
+    unsigned gen; /* counts streams closed: a callback may close one */
 };
 
 static void ws_open(struct etcd_wstream *ws);
@@ -85,8 +85,7 @@ static int handle_line(struct etcd_wstream *ws, const char *line, size_t len)
             etcd__endpoint_failed(c, ws->endpoint, rc, e.message);
         else if (rc == DA_EAUTH)
             etcd__token_invalid(c);
-        log_warn("etcd: watch stream: %s",
-                 rc == DA_EPROTO ? "malformed watch line" : e.message);
+        log_warn("etcd: watch stream: %s", rc == DA_EPROTO ? "malformed watch line" : e.message);
         ws->last_err = rc;
         return 1;
     }
@@ -162,8 +161,7 @@ static int on_chunk(http_req *req, const char *data, size_t len, void *arg)
 
 /* ---- the request -------------------------------------------------------- */
 
-static void ws_done(http_req *req, int err, long status, const char *body, size_t len,
-                        void *arg)
+static void ws_done(http_req *req, int err, long status, const char *body, size_t len, void *arg)
 {
     struct etcd_wstream *ws = arg;
     etcd_client *c = ws->c;

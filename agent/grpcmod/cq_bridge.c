@@ -117,8 +117,7 @@ static void on_async(uv_async_t *h)
     gm__bridge_run(h->data);
 }
 
-int gm__bridge_new(struct gm__bridge **out, uv_loop_t *loop, void (*on_end)(void *arg),
-                   void *arg)
+int gm__bridge_new(struct gm__bridge **out, uv_loop_t *loop, void (*on_end)(void *arg), void *arg)
 {
     struct gm__bridge *b = calloc(1, sizeof *b);
     sigset_t all, old;

@@ -22,10 +22,10 @@ extern const struct da_grpc_host *gm__host;
 
 enum { GM_LOG_DEBUG = 0, GM_LOG_INFO = 1, GM_LOG_WARN = 2, GM_LOG_ERROR = 3 };
 
-#define GM_LOG(level, ...)                                                   \
-    do {                                                                     \
-        if ((level) >= *gm__host->log_level)                                 \
-            gm__host->log_write((level), __VA_ARGS__);                       \
+#define GM_LOG(level, ...)                                                                         \
+    do {                                                                                           \
+        if ((level) >= *gm__host->log_level)                                                       \
+            gm__host->log_write((level), __VA_ARGS__);                                             \
     } while (0)
 #define log_debug(...) GM_LOG(GM_LOG_DEBUG, __VA_ARGS__)
 #define log_info(...) GM_LOG(GM_LOG_INFO, __VA_ARGS__)
@@ -45,8 +45,8 @@ enum { GM_LOG_DEBUG = 0, GM_LOG_INFO = 1, GM_LOG_WARN = 2, GM_LOG_ERROR = 3 };
  * used again once its fn has run. */
 struct gm__tag {
     void (*fn)(struct gm__tag *t, bool ok);
-    bool ok;                /* the completion's success */
-    struct gm__tag *next;   /* on the hand-over list */
+    bool ok;              /* the completion's success */
+    struct gm__tag *next; /* on the hand-over list */
 };
 
 struct gm__bridge;
@@ -56,8 +56,7 @@ struct gm__bridge;
  * daemon's). on_end(arg) runs, on the loop, once the queue has been shut
  * down and every completion has run: destroy there what uses the queue
  * (a server registered on it). 0 or DA_ENOMEM, nothing left then. */
-int gm__bridge_new(struct gm__bridge **out, uv_loop_t *loop, void (*on_end)(void *arg),
-                   void *arg);
+int gm__bridge_new(struct gm__bridge **out, uv_loop_t *loop, void (*on_end)(void *arg), void *arg);
 grpc_completion_queue *gm__bridge_queue(const struct gm__bridge *b);
 /* Whether the queue has been shut down. From then on nothing may be
  * started on it (a call's batch, a connectivity watch, a server's
@@ -92,8 +91,8 @@ const char *gm__stream_peer(const xgrpc_stream *s);
 
 int gm__health_new(gm_health **out, uv_loop_t *loop);
 void gm__health_free(gm_health *h);
-int gm__health_channel_new(gm_hchan **out, gm_health *h, const char *target,
-                           const char *service, int backoff_initial_ms, int backoff_max_ms);
+int gm__health_channel_new(gm_hchan **out, gm_health *h, const char *target, const char *service,
+                           int backoff_initial_ms, int backoff_max_ms);
 void gm__health_channel_free(gm_hchan *c);
 gm_hprobe *gm__health_probe(gm_hchan *c, uint64_t timeout_ms, gm_probe_cb cb, void *arg);
 void gm__health_cancel(gm_hprobe *p);

@@ -52,7 +52,7 @@ struct gm_hchan {
 
 struct gm_hprobe {
     struct gm__tag tag;
-    gm_hchan *c;             /* NULL once cancelled */
+    gm_hchan *c; /* NULL once cancelled */
     gm_probe_cb cb;
     void *arg;
     grpc_call *call;
@@ -61,8 +61,8 @@ struct gm_hprobe {
     grpc_status_code status;
     grpc_slice details;
     uint64_t timeout_ms;
-    gpr_timespec deadline;   /* of the whole probe */
-    bool watching;           /* waiting for the channel to leave failure */
+    gpr_timespec deadline; /* of the whole probe */
+    bool watching;         /* waiting for the channel to leave failure */
 };
 
 static int start_call(gm_hprobe *p);
@@ -72,9 +72,22 @@ static int start_call(gm_hprobe *p);
 static const char *status_name(grpc_status_code c)
 {
     static const char *const names[] = {
-        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
         "UNAUTHENTICATED",
     };
     if ((unsigned)c < sizeof names / sizeof names[0])
@@ -211,8 +224,7 @@ static bool outcome(const gm_hprobe *p, bool ok, char *out, size_t outlen)
     if (p->status != GRPC_STATUS_OK) {
         first_line(details, sizeof details, (const char *)GRPC_SLICE_START_PTR(p->details),
                    GRPC_SLICE_LENGTH(p->details));
-        snprintf(out, outlen, "rpc: %s%s%s", status_name(p->status), *details ? ": " : "",
-                 details);
+        snprintf(out, outlen, "rpc: %s%s%s", status_name(p->status), *details ? ": " : "", details);
         return false;
     }
     if (!p->recv_buf) {
@@ -300,8 +312,8 @@ static grpc_slice encode_request(const char *service)
 
     if (!n)
         return grpc_empty_slice(); /* all fields default: an empty message */
-    buf[len++] = 0x0a; /* field 1, length-delimited */
-    for (size_t v = n; ; v >>= 7) {
+    buf[len++] = 0x0a;             /* field 1, length-delimited */
+    for (size_t v = n;; v >>= 7) {
         buf[len++] = (uint8_t)((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
         if (v < 0x80)
             break;
@@ -310,17 +322,20 @@ static grpc_slice encode_request(const char *service)
     return grpc_slice_from_copied_buffer((const char *)buf, len + n);
 }
 
-int gm__health_channel_new(gm_hchan **out, gm_health *h, const char *target,
-                           const char *service, int backoff_initial_ms, int backoff_max_ms)
+int gm__health_channel_new(gm_hchan **out, gm_health *h, const char *target, const char *service,
+                           int backoff_initial_ms, int backoff_max_ms)
 {
     gm_hchan *c = calloc(1, sizeof *c);
     grpc_channel_credentials *creds;
     grpc_arg args[] = {
-        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
          .value.integer = backoff_initial_ms},
-        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
          .value.integer = backoff_initial_ms},
-        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
          .value.integer = backoff_max_ms},
         /* A probe is one attempt: a retried call would hide a failure. */
         {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ENABLE_RETRIES, .value.integer = 0},
@@ -366,9 +381,9 @@ static int start_call(gm_hprobe *p)
      * the queue, so it may come as the queue ends. */
     if (gm__bridge_is_shut(c->h->b))
         return -1;
-    p->call = grpc_channel_create_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
-                                       gm__bridge_queue(c->h->b), c->method, NULL, p->deadline,
-                                       NULL);
+    p->call =
+        grpc_channel_create_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
+                                 gm__bridge_queue(c->h->b), c->method, NULL, p->deadline, NULL);
     p->send_buf = grpc_raw_byte_buffer_create(&c->request, 1);
     if (!p->call || !p->send_buf)
         return -1;

@@ -26,7 +26,8 @@
 #include "error.h"
 #include "grpcmod_internal.h"
 
-#define XGRPC_METHOD "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+#define XGRPC_METHOD                                                                               \
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 
 struct xgrpc_stream {
     gm_xds *c;
@@ -38,22 +39,22 @@ struct xgrpc_stream {
     grpc_byte_buffer *send_buf;
     grpc_slice status_details;
     int cancelled;
-    int pending;       /* batches in flight */
-    bool linked;       /* on c->streams */
-    bool open;         /* an ADS stream whose on_close has not run */
-    bool closed;       /* the call is over */
-    bool md_sent;      /* initial metadata went out */
+    int pending;  /* batches in flight */
+    bool linked;  /* on c->streams */
+    bool open;    /* an ADS stream whose on_close has not run */
+    bool closed;  /* the call is over */
+    bool md_sent; /* initial metadata went out */
     bool sending;
     bool finishing, status_started;
     int status_code;
-    char *peer;        /* ours (malloc) */
+    char *peer; /* ours (malloc) */
     void *data;
     xgrpc_stream *prev, *next;
 };
 
 struct gm_xds {
     struct gm__bridge *b;
-    grpc_completion_queue *cq;   /* the bridge's */
+    grpc_completion_queue *cq; /* the bridge's */
     grpc_server *server;
     grpc_server_credentials *creds;
     struct gm_xds_callbacks cb;
@@ -61,9 +62,9 @@ struct gm_xds {
     size_t max_streams, max_message;
     struct gm__tag t_shutdown;
     xgrpc_stream *streams;
-    size_t n_open;               /* ADS streams whose on_close has not run */
+    size_t n_open; /* ADS streams whose on_close has not run */
     bool stopping;
-    char **peers;                /* by fd: who is on a socket handed over */
+    char **peers; /* by fd: who is on a socket handed over */
     size_t n_peers;
 };
 
@@ -157,8 +158,8 @@ static bool batch(xgrpc_stream *st, const grpc_op *ops, size_t n, struct gm__tag
         return false;
     e = grpc_call_start_batch(st->call, ops, n, t, NULL);
     if (e != GRPC_CALL_OK) {
-        log_error("xds: cannot start a gRPC batch on stream %s: error %d",
-                  gm__stream_peer(st), (int)e);
+        log_error("xds: cannot start a gRPC batch on stream %s: error %d", gm__stream_peer(st),
+                  (int)e);
         grpc_call_cancel(st->call, NULL);
         return false;
     }

@@ -81,10 +81,9 @@ static void services_done(int err, const struct etcd_result *r, void *arg)
     o = proto__reply_new(p->id, true);
     arr = json_array();
     for (size_t i = 0; i < n; i++) {
-        json_array_append_new(
-            arr, json_pack("{s:s, s:I, s:b, s:b}", "name", v[i].name, "instances",
-                           (json_int_t)v[i].n, "watched", 0, "registered",
-                           json_object_get(regs, v[i].name) != NULL));
+        json_array_append_new(arr, json_pack("{s:s, s:I, s:b, s:b}", "name", v[i].name, "instances",
+                                             (json_int_t)v[i].n, "watched", 0, "registered",
+                                             json_object_get(regs, v[i].name) != NULL));
         free(v[i].name);
     }
     free(v);

@@ -28,10 +28,10 @@ static void add_health(json_t *o, const struct reg_info *ri, uint64_t now)
     json_object_set_new(
         o, "check",
         json_pack("{s:s, s:b, s:i, s:i, s:s, s:I, s:I}", "type",
-                  check_type_name(checker_spec(ri->check)->type), "healthy", st.healthy,
-                  "passes", st.passes, "failures", st.failures, "output", st.output,
-                  "changed_ms_ago", st.changed_at_ms ? (json_int_t)(now - st.changed_at_ms) : -1,
-                  "last_run_ms_ago", st.last_run_ms ? (json_int_t)(now - st.last_run_ms) : -1));
+                  check_type_name(checker_spec(ri->check)->type), "healthy", st.healthy, "passes",
+                  st.passes, "failures", st.failures, "output", st.output, "changed_ms_ago",
+                  st.changed_at_ms ? (json_int_t)(now - st.changed_at_ms) : -1, "last_run_ms_ago",
+                  st.last_run_ms ? (json_int_t)(now - st.last_run_ms) : -1));
 }
 
 /* ---- status ------------------------------------------------------------- */

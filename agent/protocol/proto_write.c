@@ -30,7 +30,8 @@ static int check_from_json(json_t *o, bool exec_enabled, struct check_spec *spec
 
     memset(spec, 0, sizeof *spec);
     if (!json_is_object(o)) {
-        snprintf(err, errlen, "check must be an object with \"type\": grpc, tcp, http, exec or ttl");
+        snprintf(err, errlen,
+                 "check must be an object with \"type\": grpc, tcp, http, exec or ttl");
         return DA_EINVAL;
     }
     for (size_t k = 0; k < n_keys; k++) {

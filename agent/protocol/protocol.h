@@ -46,18 +46,18 @@ struct proto_status_deps {
     const char *config_path;
     const char *const *endpoints; /* etcd.endpoints as configured */
     size_t n_endpoints;
-    uint64_t started; /* uv_now() when the agent started, for uptime */
-    dns_server *dns;  /* the DNS server's counters; NULL when it is off */
+    uint64_t started;                    /* uv_now() when the agent started, for uptime */
+    dns_server *dns;                     /* the DNS server's counters; NULL when it is off */
     const struct policy_config *traffic; /* locality: and traffic: */
 };
 
 struct proto_deps {
     uv_loop_t *loop;
-    cache *cache;       /* lists for resolve and watch */
-    registry *registry; /* register, deregister, checks, drain, maintenance */
-    etcd_client *etcd;  /* the services op, and the last error in replies */
-    xds *xds;           /* the xds and xds_bootstrap ops */
-    const char *prefix; /* etcd.prefix, for the services op */
+    cache *cache;        /* lists for resolve and watch */
+    registry *registry;  /* register, deregister, checks, drain, maintenance */
+    etcd_client *etcd;   /* the services op, and the last error in replies */
+    xds *xds;            /* the xds and xds_bootstrap ops */
+    const char *prefix;  /* etcd.prefix, for the services op */
     uint64_t timeout_ms; /* how long a request waits for etcd (etcd.timeout) */
     bool checks_exec;    /* a register may carry an exec check (checks.exec) */
     struct proto_access access;

@@ -30,8 +30,8 @@ struct conn_state {
     server *s; /* the server c belongs to, for status's client count */
     server_conn *c;
     uint64_t id;
-    bool dead; /* a send failed: on_close is coming */
-    bool eof;  /* the peer half-closed: end once everything is answered */
+    bool dead;      /* a send failed: on_close is coming */
+    bool eof;       /* the peer half-closed: end once everything is answered */
     int may_change; /* 0 not yet known, 1 yes, -1 no (peer credentials) */
     uint64_t next_watch;
     struct cwatch *watches;
@@ -50,8 +50,8 @@ struct pending {
     bool prefer_zone; /* P_RESOLVE/P_WATCH: the policy's choice (policy.h) */
     cache_sub *sub;
     etcd_call *call;
-    uint64_t watch; /* P_WATCH: the watch id to create */
-    int64_t min_rev; /* P_RESOLVE/P_WATCH: our own last write to show */
+    uint64_t watch;   /* P_WATCH: the watch id to create */
+    int64_t min_rev;  /* P_RESOLVE/P_WATCH: our own last write to show */
     bool in_registry; /* registry_forget() needed at the end */
     xds_query *xq;    /* P_XDS: waiting for the service's first list */
     /* Runs when the timer given to proto__pending_new() fires, and must
@@ -116,11 +116,11 @@ bool proto__seen_same(const struct seen *a, const struct seen *b);
  * every group rendered 20,000 instances once per watcher when groups
  * alternated. */
 struct render {
-    char *group; /* NULL: every group */
-    bool zoned;  /* the prefer_zone form */
-    char *list;  /* {"service",..,"revision",..,"stale",..,"instances":[..]} then '\n',
+    char *group;       /* NULL: every group */
+    bool zoned;        /* the prefer_zone form */
+    char *list;        /* {"service",..,"revision",..,"stale",..,"instances":[..]} then '\n',
                   * so that every line sent from it can end with its last bytes */
-    size_t len;  /* of the JSON text, without that '\n' */
+    size_t len;        /* of the JSON text, without that '\n' */
     struct seen *seen; /* the same without the revision: what a watcher sees change */
     struct render *next;
 };
@@ -142,7 +142,7 @@ void proto__send_rendered(struct conn_state *cs, const struct render *r, const c
 /* ---- the operations --------------------------------------------------------- */
 
 /* Each answers req (borrowed), whose "id" is id (borrowed, may be NULL). */
-void proto__op_resolve(struct conn_state *cs, json_t *req, json_t *id);  /* proto_list.c */
+void proto__op_resolve(struct conn_state *cs, json_t *req, json_t *id); /* proto_list.c */
 void proto__op_watch(struct conn_state *cs, json_t *req, json_t *id);
 void proto__op_unwatch(struct conn_state *cs, json_t *req, json_t *id);
 void proto__op_register(struct conn_state *cs, json_t *req, json_t *id); /* proto_write.c */

@@ -130,9 +130,9 @@ void web__buf_free(struct web_buf *b)
 
 /* The page's policy: its own inline script and style, fetches to itself,
  * nothing from anywhere else. */
-#define PAGE_CSP                                                                                  \
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "                \
-    "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "                   \
+#define PAGE_CSP                                                                                   \
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "                  \
+    "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "                     \
     "frame-ancestors 'none'"
 
 /* Queues a reply; body is copied unless mode says otherwise. */
@@ -161,8 +161,7 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
 
 static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, const char *text)
 {
-    return reply(c, status, "text/plain; charset=utf-8", text, strlen(text),
-                 MHD_RESPMEM_MUST_COPY);
+    return reply(c, status, "text/plain; charset=utf-8", text, strlen(text), MHD_RESPMEM_MUST_COPY);
 }
 
 static enum MHD_Result reply_buf(struct MHD_Connection *c, const char *type, struct web_buf *b)
@@ -208,8 +207,7 @@ static enum MHD_Result serve_readyz(struct web_listener *l, struct MHD_Connectio
     return reply_text(c, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, text);
 }
 
-static enum MHD_Result serve_page(struct web_listener *l, struct MHD_Connection *c,
-                                  void **req_cls)
+static enum MHD_Result serve_page(struct web_listener *l, struct MHD_Connection *c, void **req_cls)
 {
     (void)l;
     (void)req_cls;
@@ -297,17 +295,13 @@ static const struct route {
     const char *path;
     web_handler fn;
 } routes[] = {
-    {"/metrics", serve_metrics},
-    {"/healthz", serve_healthz},
-    {"/readyz", serve_readyz},
-    {"/", serve_page},
-    {"/status.json", serve_status},
+    {"/metrics", serve_metrics}, {"/healthz", serve_healthz},    {"/readyz", serve_readyz},
+    {"/", serve_page},           {"/status.json", serve_status},
 };
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **req_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **req_cls)
 {
     struct web_listener *l = cls;
     struct web_req *r = *req_cls;
@@ -432,8 +426,7 @@ static int listen_on(const char *addr, int *port, char *err, size_t errlen)
     }
     fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        snprintf(err, errlen, "http.listen '%s': cannot make a socket: %s", addr,
-                 strerror(errno));
+        snprintf(err, errlen, "http.listen '%s': cannot make a socket: %s", addr, strerror(errno));
         return -1;
     }
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -442,10 +435,9 @@ static int listen_on(const char *addr, int *port, char *err, size_t errlen)
     if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 64) < 0) {
         int e = errno;
         close(fd);
-        snprintf(err, errlen,
-                 "cannot listen on http.listen '%s': %s; %s", addr, strerror(e),
-                 e == EADDRINUSE ? "another program holds that port: pick another port in "
-                                   "http.listen, or set http.enabled: false"
+        snprintf(err, errlen, "cannot listen on http.listen '%s': %s; %s", addr, strerror(e),
+                 e == EADDRINUSE      ? "another program holds that port: pick another port in "
+                                        "http.listen, or set http.enabled: false"
                  : e == EADDRNOTAVAIL ? "no interface of this host has that address: fix "
                                         "http.listen"
                                       : "fix http.listen or set http.enabled: false");
@@ -455,7 +447,7 @@ static int listen_on(const char *addr, int *port, char *err, size_t errlen)
     *port = hp.port;
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
         *port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-                                               : ((struct sockaddr_in6 *)&ss)->sin6_port);
+                                              : ((struct sockaddr_in6 *)&ss)->sin6_port);
     return fd;
 }
 
@@ -471,13 +463,13 @@ static int listener_start(web *w, struct web_listener *l, const char *addr, char
         return DA_EINVAL;
     /* No thread: MHD_USE_EPOLL without MHD_USE_INTERNAL_POLLING_THREAD is
      * driven by MHD_run() from our loop. */
-    l->mhd = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_request, l,
-        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)w->o.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)w->o.timeout_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)w->o.max_request_bytes,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, l, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, l,
-        MHD_OPTION_END);
+    l->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL,
+                              NULL, on_request, l, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)w->o.max_connections,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)w->o.timeout_s,
+                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)w->o.max_request_bytes,
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, l,
+                              MHD_OPTION_EXTERNAL_LOGGER, mhd_log, l, MHD_OPTION_END);
     if (!l->mhd) {
         close(fd);
         snprintf(err, errlen, "cannot serve HTTP on http.listen '%s' (libmicrohttpd refused)",

@@ -32,9 +32,9 @@ typedef struct web web;
 struct web_options {
     const char *const *listen; /* "127.0.0.1:8608", "[::1]:8608": IP literals */
     size_t n_listen;
-    unsigned max_connections;  /* at once, over every address */
-    size_t max_request_bytes;  /* request line and headers of one request */
-    unsigned timeout_s;        /* a connection idle this long is closed */
+    unsigned max_connections; /* at once, over every address */
+    size_t max_request_bytes; /* request line and headers of one request */
+    unsigned timeout_s;       /* a connection idle this long is closed */
 };
 
 /* The readiness /readyz reports: true when ready; why says what the agent
@@ -48,8 +48,8 @@ struct web_deps {
     session *session;
     etcd_client *etcd;
     xds *xds;
-    proto *proto;   /* builds the status (proto_status_start) */
-    server *server; /* the socket, for its client count */
+    proto *proto;    /* builds the status (proto_status_start) */
+    server *server;  /* the socket, for its client count */
     dns_server *dns; /* NULL when DNS is off */
     web_ready_fn ready;
     void *ready_arg;

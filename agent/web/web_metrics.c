@@ -33,8 +33,7 @@ static void value(struct web_buf *b, double v)
         web__buf_printf(b, "%.17g\n", v);
 }
 
-static void one(struct web_buf *b, const char *name, const char *type, const char *help,
-                double v)
+static void one(struct web_buf *b, const char *name, const char *type, const char *help, double v)
 {
     head(b, name, type, help);
     web__buf_printf(b, P "%s ", name);
@@ -234,8 +233,7 @@ static void registry_metrics(web *w, struct web_buf *b)
          "etcd), failing (writes fail), withheld (kept out: unhealthy, drained or "
          "maintenance).");
     for (size_t i = 0; i < 4; i++)
-        web__buf_printf(b, P "registrations{state=\"%s\"} %" PRIu64 "\n", states[i],
-                        rc.state[i]);
+        web__buf_printf(b, P "registrations{state=\"%s\"} %" PRIu64 "\n", states[i], rc.state[i]);
     one(b, "registrations_unhealthy", "gauge", "Registrations whose health check fails.",
         (double)rc.unhealthy);
     one(b, "registrations_drained", "gauge", "Registrations drained by an operator.",

@@ -57,15 +57,15 @@ struct sent {
 };
 
 struct tstate {
-    bool requested;    /* the client asked for this type on this stream */
-    char **names;      /* subscribed: sorted, unique */
+    bool requested; /* the client asked for this type on this stream */
+    char **names;   /* subscribed: sorted, unique */
     size_t n_names;
     struct sent *sent; /* the resources of the last response */
     size_t n_sent;
     bool sent_any;
-    char nonce[24];    /* of the last response; "" before one */
+    char nonce[24]; /* of the last response; "" before one */
     char version[24];
-    char *acked;       /* the version the client last accepted */
+    char *acked; /* the version the client last accepted */
     uint64_t nacks;
     char *last_nack;
 };
@@ -732,8 +732,7 @@ static json_t *describe(xds *x, struct xsvc *s)
                 continue;
             snprintf(name, len, group ? "%s/%s" : "%s", s->name, group);
             if (!xds_resource(&s->model, (enum xds_type)t, name, x->group_header, &b)) {
-                json_array_append_new(arrs[t],
-                                      xds_resource_json((enum xds_type)t, b.data, b.len));
+                json_array_append_new(arrs[t], xds_resource_json((enum xds_type)t, b.data, b.len));
                 xds_blob_clear(&b);
             }
             free(name);
@@ -741,9 +740,9 @@ static json_t *describe(xds *x, struct xsvc *s)
         json_object_set_new(o, keys[t], arrs[t]);
     }
     for (size_t i = 0; i < s->model.n_dropped; i++)
-        json_array_append_new(dropped, json_pack("{s:s, s:s}", "address",
-                                                 s->model.dropped[i].address, "reason",
-                                                 s->model.dropped[i].reason));
+        json_array_append_new(dropped,
+                              json_pack("{s:s, s:s}", "address", s->model.dropped[i].address,
+                                        "reason", s->model.dropped[i].reason));
     json_object_set_new(o, "left_out", dropped);
     return o;
 }
@@ -770,7 +769,8 @@ static void query_done(struct xds_query *q)
     free(q);
 }
 
-int xds_describe(xds *x, const char *name, json_t **now, xds_query_cb cb, void *arg, xds_query **out)
+int xds_describe(xds *x, const char *name, json_t **now, xds_query_cb cb, void *arg,
+                 xds_query **out)
 {
     struct xsvc *s;
     struct xds_query *q;

@@ -35,19 +35,19 @@ typedef struct xds xds;
 typedef struct xds_query xds_query;
 
 struct xds_options {
-    bool enabled;              /* serve on path (and tcp) at xds_start() */
-    const char *path;          /* unix socket */
-    unsigned mode;             /* its permissions */
-    const char *tcp;           /* loopback "host:port", or NULL */
-    const char *group_header;  /* "x-group" */
-    bool send_host_names;      /* TEST ONLY: do not resolve host names */
+    bool enabled;                        /* serve on path (and tcp) at xds_start() */
+    const char *path;                    /* unix socket */
+    unsigned mode;                       /* its permissions */
+    const char *tcp;                     /* loopback "host:port", or NULL */
+    const char *group_header;            /* "x-group" */
+    bool send_host_names;                /* TEST ONLY: do not resolve host names */
     const struct policy_config *traffic; /* per-service outlier detection;
                                           * borrowed; NULL: none */
-    uint64_t hold_ms;          /* how long a listener or cluster response
+    uint64_t hold_ms;                    /* how long a listener or cluster response
                                 * waits for a service's first list; 0: 5 s */
-    uint64_t idle_ms;          /* gRPC stops after this long without an
+    uint64_t idle_ms;                    /* gRPC stops after this long without an
                                 * ADS stream; 0: 60 s (xds_grpc.h) */
-    int listen_fd;             /* > 0: path's socket, passed by systemd; stolen
+    int listen_fd;                       /* > 0: path's socket, passed by systemd; stolen
                                 * by xds_start (xds_grpc.h); 0: make it */
 };
 

@@ -64,7 +64,7 @@ struct listener {
     uv_poll_t poll;
     int fd;
     bool tcp;
-    bool polled;             /* poll is initialized: its close closes fd */
+    bool polled; /* poll is initialized: its close closes fd */
 };
 
 /* A connection accepted while no core runs, until it sends something: a
@@ -73,9 +73,9 @@ struct listener {
 struct pending {
     xgrpc *g;
     uv_poll_t poll;
-    int fd;                  /* -1 once handed to C-core */
+    int fd; /* -1 once handed to C-core */
     char *peer;
-    bool ready;              /* it has sent bytes: it wants gRPC */
+    bool ready; /* it has sent bytes: it wants gRPC */
     struct pending *prev, *next;
 };
 
@@ -87,21 +87,21 @@ struct xgrpc {
     uint64_t idle_ms;
     struct listener ls[1 + MAX_TCP];
     size_t n_ls;
-    uv_timer_t idle;         /* the linger: stops the core when it fires */
-    uv_timer_t retry;        /* listens again after running out of fds */
+    uv_timer_t idle;  /* the linger: stops the core when it fires */
+    uv_timer_t retry; /* listens again after running out of fds */
     uint64_t last_refuse_warn;
     size_t refused;          /* connections refused since the last warning */
     struct pending *pending; /* newest first */
     size_t n_pending;
     const struct da_grpc_module *m; /* loaded with the first core */
-    gm_xds *core;            /* running, or NULL */
-    gm_xds *stopping;        /* shutting down, or NULL */
-    size_t n_open;           /* ADS streams whose on_close has not run */
+    gm_xds *core;                   /* running, or NULL */
+    gm_xds *stopping;               /* shutting down, or NULL */
+    size_t n_open;                  /* ADS streams whose on_close has not run */
     uint64_t starts;
-    int handles;             /* uv handles whose close callback has not run */
+    int handles; /* uv handles whose close callback has not run */
     bool closing;
     char *path;
-    bool made;               /* the socket file at path is ours: dev, ino */
+    bool made; /* the socket file at path is ours: dev, ino */
     dev_t dev;
     ino_t ino;
     int tcp_port;
@@ -311,8 +311,7 @@ static void pending_serve(xgrpc *g)
                 pending_close(g->pending);
             return;
         }
-        log_info("xds: gRPC started for a connection from %s",
-                 ready->peer ? ready->peer : "?");
+        log_info("xds: gRPC started for a connection from %s", ready->peer ? ready->peer : "?");
     }
     while (g->pending) {
         int fd;

@@ -45,7 +45,8 @@
 typedef struct xgrpc xgrpc;
 typedef struct xgrpc_stream xgrpc_stream;
 
-#define XGRPC_METHOD "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+#define XGRPC_METHOD                                                                               \
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 
 struct xgrpc_options {
     const char *path;   /* unix socket path; fits in sun_path */

@@ -21,8 +21,7 @@ int xlisten_check_path(const char *path, char *err, size_t errlen)
     return unix_listen_prepare(path, err, errlen);
 }
 
-int xlisten_unix(const char *path, unsigned mode, dev_t *dev, ino_t *ino, char *err,
-                 size_t errlen)
+int xlisten_unix(const char *path, unsigned mode, dev_t *dev, ino_t *ino, char *err, size_t errlen)
 {
     struct unix_listener ul;
     int rc = unix_listen_open(path, mode, SOMAXCONN, &ul, err, errlen);

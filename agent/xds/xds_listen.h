@@ -16,8 +16,7 @@ int xlisten_check_path(const char *path, char *err, size_t errlen);
  * permissions. Returns the fd,
  * with the socket file's device and inode (so that only our own file is
  * removed later), or -errno with err filled. */
-int xlisten_unix(const char *path, unsigned mode, dev_t *dev, ino_t *ino, char *err,
-                 size_t errlen);
+int xlisten_unix(const char *path, unsigned mode, dev_t *dev, ino_t *ino, char *err, size_t errlen);
 
 /* "127.0.0.1:PORT", "[::1]:PORT" or "localhost:PORT" (config.c checked it):
  * listens (non-blocking) on every address it stands for, up to max, as gRPC

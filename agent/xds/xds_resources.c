@@ -56,7 +56,7 @@ typedef Envoy__Service__Discovery__V3__DiscoveryRequest DiscoveryRequest;
 typedef Envoy__Service__Discovery__V3__DiscoveryResponse DiscoveryResponse;
 
 #define URL_PREFIX "type.googleapis.com/"
-#define HCM_URL                                                                                   \
+#define HCM_URL                                                                                    \
     URL_PREFIX "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 #define ROUTER_URL URL_PREFIX "envoy.extensions.filters.http.router.v3.Router"
 #define ROUTER_FILTER "envoy.filters.http.router"
@@ -410,7 +410,8 @@ int xds_route(const struct xds_model *m, const char *group_header, struct xds_bl
         envoy__config__route__v3__route_action__init(&actions[i]);
         /* prefix sits in a oneof, so "" is written (protobuf-c writes a
          * oneof member whenever its case is set): it matches every path. */
-        matches[i].path_specifier_case = ENVOY__CONFIG__ROUTE__V3__ROUTE_MATCH__PATH_SPECIFIER_PREFIX;
+        matches[i].path_specifier_case =
+            ENVOY__CONFIG__ROUTE__V3__ROUTE_MATCH__PATH_SPECIFIER_PREFIX;
         matches[i].prefix = (char *)"";
         if (group) {
             envoy__config__route__v3__header_matcher__init(&hm[i]);
@@ -490,7 +491,8 @@ int xds_cluster_with(const char *cluster, const struct policy_outlier *od, struc
     cs.ads = &ads;
     eds.eds_config = &cs; /* service_name "": the assignment is named as the cluster */
     c.name = (char *)cluster;
-    c.cluster_discovery_type_case = ENVOY__CONFIG__CLUSTER__V3__CLUSTER__CLUSTER_DISCOVERY_TYPE_TYPE;
+    c.cluster_discovery_type_case =
+        ENVOY__CONFIG__CLUSTER__V3__CLUSTER__CLUSTER_DISCOVERY_TYPE_TYPE;
     c.type = ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__EDS;
     c.eds_cluster_config = &eds;
     c.lb_policy = ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__ROUND_ROBIN;
@@ -623,12 +625,14 @@ static int assignment_zoned(const struct xds_model *m, const char *cluster, cons
         envoy__config__core__v3__address__init(&addrs[i]);
         envoy__config__core__v3__socket_address__init(&sa[i]);
         sa[i].address = (char *)e->ip;
-        sa[i].port_specifier_case = ENVOY__CONFIG__CORE__V3__SOCKET_ADDRESS__PORT_SPECIFIER_PORT_VALUE;
+        sa[i].port_specifier_case =
+            ENVOY__CONFIG__CORE__V3__SOCKET_ADDRESS__PORT_SPECIFIER_PORT_VALUE;
         sa[i].port_value = e->port;
         addrs[i].address_case = ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS;
         addrs[i].socket_address = &sa[i];
         eps[i].address = &addrs[i];
-        lbe[i].host_identifier_case = ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT;
+        lbe[i].host_identifier_case =
+            ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT;
         lbe[i].endpoint = &eps[i];
         lbep[i] = &lbe[i];
         loc[nl - 1].n_lb_endpoints++;
@@ -715,7 +719,7 @@ int xds_assignment(const struct xds_model *m, const char *cluster, struct xds_bl
             /* Localities are told apart by name: one per weight. */
             snprintf(zone[nl], sizeof zone[nl], "weight-%u", (unsigned)e->weight);
             lty[nl].sub_zone = zone[nl];
-            l->locality = &lty[nl]; /* required, even empty */
+            l->locality = &lty[nl];             /* required, even empty */
             l->load_balancing_weight = &lw[nl]; /* without it, dropped */
             l->lb_endpoints = &lbep[i];
             locp[nl++] = l;
@@ -725,12 +729,14 @@ int xds_assignment(const struct xds_model *m, const char *cluster, struct xds_bl
         envoy__config__core__v3__address__init(&addrs[i]);
         envoy__config__core__v3__socket_address__init(&sa[i]);
         sa[i].address = (char *)e->ip;
-        sa[i].port_specifier_case = ENVOY__CONFIG__CORE__V3__SOCKET_ADDRESS__PORT_SPECIFIER_PORT_VALUE;
+        sa[i].port_specifier_case =
+            ENVOY__CONFIG__CORE__V3__SOCKET_ADDRESS__PORT_SPECIFIER_PORT_VALUE;
         sa[i].port_value = e->port;
         addrs[i].address_case = ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS;
         addrs[i].socket_address = &sa[i];
         eps[i].address = &addrs[i];
-        lbe[i].host_identifier_case = ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT;
+        lbe[i].host_identifier_case =
+            ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT;
         lbe[i].endpoint = &eps[i];
         lbep[i] = &lbe[i];
         loc[nl - 1].n_lb_endpoints++;
@@ -1082,7 +1088,8 @@ json_t *xds_resource_json(enum xds_type t, const uint8_t *data, size_t len)
     ProtobufCMessage *m;
     json_t *o, *w;
 
-    if ((unsigned)t >= XDS_NTYPES || !(m = protobuf_c_message_unpack(type_desc[t], NULL, len, data)))
+    if ((unsigned)t >= XDS_NTYPES ||
+        !(m = protobuf_c_message_unpack(type_desc[t], NULL, len, data)))
         return NULL;
     o = message_json(m);
     protobuf_c_message_free_unpacked(m, NULL);

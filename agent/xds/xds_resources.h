@@ -54,14 +54,14 @@ bool xds_blob_equal(const struct xds_blob *a, const struct xds_blob *b);
 #define XDS_HOST_MAX 256
 
 struct xds_endpoint {
-    char ip[XDS_HOST_MAX];     /* canonical IP literal, no brackets (a host
+    char ip[XDS_HOST_MAX]; /* canonical IP literal, no brackets (a host
                                 * name only under test_send_host_names) */
     uint16_t port;
-    uint32_t weight;           /* >= 1 */
-    char *group;               /* "" when none */
-    size_t index;              /* the instance's index in the list built from */
-    uint8_t rank;              /* policy rank (xds_model_set_policy) */
-    char *zone, *region;       /* its Metadata's, "" when none */
+    uint32_t weight;     /* >= 1 */
+    char *group;         /* "" when none */
+    size_t index;        /* the instance's index in the list built from */
+    uint8_t rank;        /* policy rank (xds_model_set_policy) */
+    char *zone, *region; /* its Metadata's, "" when none */
 };
 
 /* An instance that is not sent, and why. */
@@ -74,11 +74,11 @@ struct xds_model {
     char *name;
     struct xds_endpoint *eps; /* sorted by (ip, port), unique */
     size_t n_eps;
-    char **groups;            /* distinct non-empty groups, sorted */
+    char **groups; /* distinct non-empty groups, sorted */
     size_t n_groups;
     struct xds_dropped *dropped;
     size_t n_dropped;
-    bool uses_names;          /* some address had a host name */
+    bool uses_names; /* some address had a host name */
     /* The traffic policy (xds_model_set_policy): zoned, the service's
      * loads per rank; outlier.set when the cluster carries one. */
     bool zoned;

@@ -67,9 +67,9 @@ struct agent {
     char *buf;
     size_t len, cap;
     struct wstate w[WATCHES];
-    int member;       /* from status; -1: unknown */
-    long long lease;  /* from status at rest */
-    bool ok;          /* scratch for the recovery parts */
+    int member;      /* from status; -1: unknown */
+    long long lease; /* from status at rest */
+    bool ok;         /* scratch for the recovery parts */
     double cpu0;
 };
 
@@ -92,7 +92,7 @@ static struct {
     uint64_t prop_t0;
     int prop_pending;
     struct samples *prop_agent; /* per delivery, ms */
-    double *first_seen;          /* per agent, ms; <0: not yet */
+    double *first_seen;         /* per agent, ms; <0: not yet */
     struct direct *d;
     int nd;
     double *dfirst;
@@ -184,7 +184,10 @@ static void inst_addr(int j, char *buf, size_t len)
 
 static size_t sink(char *p, size_t s, size_t n, void *arg)
 {
-    struct { char *b; size_t len, cap; } *o = arg;
+    struct {
+        char *b;
+        size_t len, cap;
+    } *o = arg;
     size_t k = s * n;
 
     if (o->len + k + 1 > o->cap) {
@@ -203,13 +206,16 @@ static size_t sink(char *p, size_t s, size_t n, void *arg)
  * its keep-alives, a message per keep-alive): the one count that is the
  * same for both. -1 if the member does not answer. */
 #define METHODS 8
-static const char *const method_names[METHODS] = {"LeaseGrant", "LeaseKeepAlive", "Put", "Range",
-                                                  "Watch", "Txn", "DeleteRange", "Status"};
+static const char *const method_names[METHODS] = {
+    "LeaseGrant", "LeaseKeepAlive", "Put", "Range", "Watch", "Txn", "DeleteRange", "Status"};
 static double by_method[METHODS];
 
 static double member_requests(int i)
 {
-    struct { char *b; size_t len, cap; } o = {0};
+    struct {
+        char *b;
+        size_t len, cap;
+    } o = {0};
     char url[256];
     CURL *h;
     double total = -1;
@@ -561,7 +567,7 @@ static double wait_attached(int not, double limit_s, double *peak, double *mean)
             long long lease;
             if (F.a[i].ok)
                 continue;
-            if (agent_status(i, &m, &lease) && m != not) {
+            if (agent_status(i, &m, &lease) && m != not ) {
                 F.a[i].ok = true;
                 F.a[i].member = m;
                 continue;
@@ -766,7 +772,10 @@ struct tls_put {
 static void *tls_put_main(void *arg)
 {
     struct tls_put *t = arg;
-    struct { char *b; size_t len, cap; } o = {0};
+    struct {
+        char *b;
+        size_t len, cap;
+    } o = {0};
     CURL *h = curl_easy_init();
     struct curl_slist *hd = curl_slist_append(NULL, "Content-Type: application/json");
 
@@ -827,8 +836,8 @@ static void part_propagation(void)
             F.first_seen[i] = -1;
         for (int k = 0; k < F.nd; k++)
             F.dfirst[k] = -1;
-        snprintf(val, sizeof val,
-                 "{\"Name\":\"svc-000\",\"Address\":\"" PROBE "\",\"Weight\":%d}", c + 1);
+        snprintf(val, sizeof val, "{\"Name\":\"svc-000\",\"Address\":\"" PROBE "\",\"Weight\":%d}",
+                 c + 1);
         F.prop_pending = watching + F.nd;
         F.prop_on = true;
         F.prop_t0 = now_ns();

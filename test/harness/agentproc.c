@@ -91,8 +91,7 @@ int agentp_spawn_env(struct agentp *a, const char *const env[])
     const char *argv[] = {BUILD_DIR "/discovery-agent", "-c", a->conf, NULL};
     char nofile[64];
     /* prlimit(1) execs the agent, so the pid is the agent's. */
-    const char *limited[] = {"prlimit", nofile, BUILD_DIR "/discovery-agent", "-c", a->conf,
-                             NULL};
+    const char *limited[] = {"prlimit", nofile, BUILD_DIR "/discovery-agent", "-c", a->conf, NULL};
 
     snprintf(nofile, sizeof nofile, "--nofile=%ld:%ld", a->nofile, a->nofile);
     a->p = proc_spawn(a->nofile > 0 ? limited : argv, env, a->log);

@@ -130,8 +130,8 @@ static void print_log_tail(const char *path, int lines)
             break;
         start--;
     }
-    fprintf(stderr, "---- last lines of %s ----\n%s%s---- end of %s ----\n", path,
-            buf + start, (n > 0 && buf[n - 1] != '\n') ? "\n" : "", path);
+    fprintf(stderr, "---- last lines of %s ----\n%s%s---- end of %s ----\n", path, buf + start,
+            (n > 0 && buf[n - 1] != '\n') ? "\n" : "", path);
 }
 
 static void print_all_logs(struct etcd_cluster *c)
@@ -172,11 +172,10 @@ static void curl_init_once(void)
  * Sends one request to member i (a POST when post_body is set) and stores
  * the body in out.  Returns the HTTP status, or -1 if nothing answered.
  */
-static long member_http(struct etcd_cluster *c, int i, const char *path,
-                        const char *post_body, char *out, size_t outlen,
-                        int timeout_ms)
+static long member_http(struct etcd_cluster *c, int i, const char *path, const char *post_body,
+                        char *out, size_t outlen, int timeout_ms)
 {
-    struct body b = { out, 0, outlen };
+    struct body b = {out, 0, outlen};
     char url[URL_MAX + 64];
     long code = -1;
     CURL *h;
@@ -237,8 +236,8 @@ static int member_status(struct etcd_cluster *c, int i, struct member_status *st
     char body[2048];
 
     memset(st, 0, sizeof(*st));
-    if (member_http(c, i, "/v3/maintenance/status", "{}", body, sizeof(body),
-                    PROBE_TIMEOUT_MS) != 200)
+    if (member_http(c, i, "/v3/maintenance/status", "{}", body, sizeof(body), PROBE_TIMEOUT_MS) !=
+        200)
         return -1;
     /* A missing leader means 0: the gateway omits zero values. */
     json_u64(body, "leader", &st->leader);
@@ -250,8 +249,7 @@ static int member_healthy(struct etcd_cluster *c, int i)
 {
     char body[512];
 
-    return member_http(c, i, "/health", NULL, body, sizeof(body),
-                       PROBE_TIMEOUT_MS) == 200 &&
+    return member_http(c, i, "/health", NULL, body, sizeof(body), PROBE_TIMEOUT_MS) == 200 &&
            strstr(body, "\"health\":\"true\"") != NULL;
 }
 
@@ -270,8 +268,7 @@ static int leader_once(struct etcd_cluster *c)
 
         if (!member_live(c, i) || member_status(c, i, &st) < 0)
             continue;
-        if (st.leader != 0 && st.leader == st.id &&
-            (best < 0 || st.term > best_term)) {
+        if (st.leader != 0 && st.leader == st.id && (best < 0 || st.term > best_term)) {
             best = i;
             best_term = st.term;
         }
@@ -285,7 +282,7 @@ static int leader_once(struct etcd_cluster *c)
  */
 static int healthy_once(struct etcd_cluster *c)
 {
-    uint64_t leader = 0, ids[ETCD_MAX_MEMBERS] = { 0 };
+    uint64_t leader = 0, ids[ETCD_MAX_MEMBERS] = {0};
     int i, nlive = 0, leader_live = 0;
 
     for (i = 0; i < c->n; i++) {
@@ -357,7 +354,8 @@ static int write_file(const char *path, const char *text)
 /* snprintf into a fixed buffer that must not truncate. Not inlined: the
  * buffers and dir are fields of one struct, and once inlined GCC's
  * -Wrestrict (under -fsanitize) cannot tell that they do not overlap. */
-__attribute__((noinline)) static int path_join(char *buf, size_t len, const char *dir, const char *name)
+__attribute__((noinline)) static int path_join(char *buf, size_t len, const char *dir,
+                                               const char *name)
 {
     int n = snprintf(buf, len, "%s/%s", dir, name);
 
@@ -378,7 +376,7 @@ static int pick_ports(int *ports, int count)
     for (i = 0; i < count; i++)
         fds[i] = -1;
     for (i = 0; i < count && err == 0; i++) {
-        struct sockaddr_in sa = { .sin_family = AF_INET };
+        struct sockaddr_in sa = {.sin_family = AF_INET};
         socklen_t len = sizeof(sa);
 
         sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -407,8 +405,7 @@ static int run_openssl(struct etcd_cluster *c, const char *const argv[])
         return -ENAMETOOLONG;
     rc = proc_run_full(out, sizeof(out), OPENSSL_TIMEOUT_MS, argv, NULL, log);
     if (rc != 0) {
-        fprintf(stderr, "etcd_proc: openssl %s failed (%d) in %s\n", argv[1], rc,
-                c->dir);
+        fprintf(stderr, "etcd_proc: openssl %s failed (%d) in %s\n", argv[1], rc, c->dir);
         print_log_tail(log, LOG_TAIL_LINES);
         return -EIO;
     }
@@ -425,7 +422,8 @@ static int write_cnf(const char *path, const char *cn, const char *ext)
     char text[1024];
     int n = snprintf(text, sizeof(text),
                      "[req]\ndistinguished_name = dn\nprompt = no\n"
-                     "[dn]\nCN = %s\n[ext]\n%s\n", cn, ext);
+                     "[dn]\nCN = %s\n[ext]\n%s\n",
+                     cn, ext);
 
     if (n < 0 || (size_t)n >= sizeof(text))
         return -ENAMETOOLONG;
@@ -433,8 +431,8 @@ static int write_cnf(const char *path, const char *cn, const char *ext)
 }
 
 /* Makes a key and a certificate signed by the CA (ca_key NULL: self-signed). */
-static int make_cert(struct etcd_cluster *c, const char *stem, const char *cn,
-                     const char *ext, const char *ca_key, char *crt, char *key)
+static int make_cert(struct etcd_cluster *c, const char *stem, const char *cn, const char *ext,
+                     const char *ca_key, char *crt, char *key)
 {
     char cnf[PATH_MAX], csr[PATH_MAX], file[64];
     int err;
@@ -456,21 +454,40 @@ static int make_cert(struct etcd_cluster *c, const char *stem, const char *cn,
     /* P-256 keys are generated in milliseconds, unlike RSA. */
     if (ca_key == NULL) {
         const char *const argv[] = {
-            "openssl", "req", "-x509", "-config", cnf, "-extensions", "ext",
-            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", key, "-out", crt, "-days", "3650", NULL,
+            "openssl",
+            "req",
+            "-x509",
+            "-config",
+            cnf,
+            "-extensions",
+            "ext",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            crt,
+            "-days",
+            "3650",
+            NULL,
         };
         return run_openssl(c, argv);
     } else {
         const char *const req[] = {
-            "openssl", "req", "-new", "-config", cnf,
-            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", key, "-out", csr, NULL,
+            "openssl", "req",      "-new",
+            "-config", cnf,        "-newkey",
+            "ec",      "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes",  "-keyout",  key,
+            "-out",    csr,        NULL,
         };
         const char *const sign[] = {
-            "openssl", "x509", "-req", "-in", csr, "-CA", c->ca,
-            "-CAkey", ca_key, "-CAcreateserial", "-out", crt, "-days", "3650",
-            "-extfile", cnf, "-extensions", "ext", NULL,
+            "openssl", "x509",        "-req",   "-in",  csr,
+            "-CA",     c->ca,         "-CAkey", ca_key, "-CAcreateserial",
+            "-out",    crt,           "-days",  "3650", "-extfile",
+            cnf,       "-extensions", "ext",    NULL,
         };
 
         if ((err = run_openssl(c, req)) < 0)
@@ -558,8 +575,7 @@ static int spawn_member(struct etcd_cluster *c, int i, const char *state)
     if (m->proc == NULL) {
         int err = -errno;
 
-        fprintf(stderr, "etcd_proc: cannot start etcd %s: %s\n", m->name,
-                strerror(errno));
+        fprintf(stderr, "etcd_proc: cannot start etcd %s: %s\n", m->name, strerror(errno));
         return err;
     }
     return 0;
@@ -574,8 +590,8 @@ static int check_not_dead(struct etcd_cluster *c, int i)
     if (m->proc == NULL || proc_alive(m->proc))
         return 0;
     proc_wait(m->proc, 0, &status);
-    fprintf(stderr, "etcd_proc: etcd %s exited (wait status 0x%x) while starting\n",
-            m->name, (unsigned)status);
+    fprintf(stderr, "etcd_proc: etcd %s exited (wait status 0x%x) while starting\n", m->name,
+            (unsigned)status);
     print_log_tail(m->log, LOG_TAIL_LINES);
     m->proc = proc_free(m->proc);
     return -ECHILD;
@@ -584,10 +600,10 @@ static int check_not_dead(struct etcd_cluster *c, int i)
 static int setup_auth(struct etcd_cluster *c)
 {
     static const char *const steps[][5] = {
-        { "user", "add", ETCD_ROOT_USER ":" ETCD_ROOT_PASSWORD, NULL },
+        {"user", "add", ETCD_ROOT_USER ":" ETCD_ROOT_PASSWORD, NULL},
         /* auth enable refuses a root user without the root role. */
-        { "user", "grant-role", ETCD_ROOT_USER, "root", NULL },
-        { "auth", "enable", NULL },
+        {"user", "grant-role", ETCD_ROOT_USER, "root", NULL},
+        {"auth", "enable", NULL},
     };
     char out[512];
     size_t s;
@@ -596,8 +612,8 @@ static int setup_auth(struct etcd_cluster *c)
         int rc = etcdctl_as(c, NULL, out, sizeof(out), steps[s]);
 
         if (rc != 0) {
-            fprintf(stderr, "etcd_proc: etcdctl %s %s failed (%d): %s\n",
-                    steps[s][0], steps[s][1], rc, out);
+            fprintf(stderr, "etcd_proc: etcdctl %s %s failed (%d): %s\n", steps[s][0], steps[s][1],
+                    rc, out);
             return -EIO;
         }
     }
@@ -616,7 +632,7 @@ static int setup_auth(struct etcd_cluster *c)
  */
 static int start_janitor(struct etcd_cluster *c)
 {
-    const char *const argv[] = { "rm", "-rf", c->dir, NULL };
+    const char *const argv[] = {"rm", "-rf", c->dir, NULL};
     int fds[2];
     pid_t pid;
 
@@ -633,7 +649,7 @@ static int start_janitor(struct etcd_cluster *c)
         return err;
     }
     if (pid == 0) {
-        struct timespec settle = { 0, 300 * 1000000L };
+        struct timespec settle = {0, 300 * 1000000L};
         sigset_t none;
         ssize_t n;
         char b;
@@ -686,8 +702,7 @@ static int init_layout(struct etcd_cluster *c)
 
     if (tmp == NULL || tmp[0] == '\0')
         tmp = "/tmp";
-    if (snprintf(c->dir, sizeof(c->dir), "%s/etcd-test-XXXXXX", tmp) >=
-        (int)sizeof(c->dir))
+    if (snprintf(c->dir, sizeof(c->dir), "%s/etcd-test-XXXXXX", tmp) >= (int)sizeof(c->dir))
         return -ENAMETOOLONG;
     if (mkdtemp(c->dir) == NULL) {
         err = -errno;
@@ -699,8 +714,7 @@ static int init_layout(struct etcd_cluster *c)
         fprintf(stderr, "etcd_proc: cannot pick ports: %s\n", strerror(-err));
         return err;
     }
-    snprintf(c->token, sizeof(c->token), "etcd-test-%ld-%d", (long)getpid(),
-             c->generation);
+    snprintf(c->token, sizeof(c->token), "etcd-test-%ld-%d", (long)getpid(), c->generation);
     for (i = 0; i < c->n; i++) {
         struct member *m = &c->m[i];
         const char *scheme = c->opts.tls ? "https" : "http";
@@ -710,21 +724,18 @@ static int init_layout(struct etcd_cluster *c)
         snprintf(m->name, sizeof(m->name), "m%d", i);
         m->client_port = ports[2 * i];
         m->peer_port = ports[2 * i + 1];
-        snprintf(m->client_url, sizeof(m->client_url), "%s://127.0.0.1:%d", scheme,
-                 m->client_port);
-        snprintf(m->peer_url, sizeof(m->peer_url), "http://127.0.0.1:%d",
-                 m->peer_port);
+        snprintf(m->client_url, sizeof(m->client_url), "%s://127.0.0.1:%d", scheme, m->client_port);
+        snprintf(m->peer_url, sizeof(m->peer_url), "http://127.0.0.1:%d", m->peer_port);
         if ((err = path_join(m->data_dir, sizeof(m->data_dir), c->dir, m->name)) < 0)
             return err;
         snprintf(file, sizeof(file), "%s.log", m->name);
         if ((err = path_join(m->log, sizeof(m->log), c->dir, file)) < 0)
             return err;
         /* Both lists are sized for ETCD_MAX_MEMBERS entries of URL_MAX. */
-        n = snprintf(c->urls + used, sizeof(c->urls) - used, "%s%s",
-                     i ? "," : "", m->client_url);
+        n = snprintf(c->urls + used, sizeof(c->urls) - used, "%s%s", i ? "," : "", m->client_url);
         used += (size_t)n;
-        n = snprintf(c->initial_cluster + used_ic, sizeof(c->initial_cluster) - used_ic,
-                     "%s%s=%s", i ? "," : "", m->name, m->peer_url);
+        n = snprintf(c->initial_cluster + used_ic, sizeof(c->initial_cluster) - used_ic, "%s%s=%s",
+                     i ? "," : "", m->name, m->peer_url);
         used_ic += (size_t)n;
     }
     return 0;
@@ -743,8 +754,8 @@ static int wait_started(struct etcd_cluster *c, int timeout_ms)
         if (healthy_once(c) && live_count(c) == c->n)
             return 0;
         if (now_ms() >= deadline) {
-            fprintf(stderr, "etcd_proc: cluster in %s has no leader after %d ms\n",
-                    c->dir, timeout_ms);
+            fprintf(stderr, "etcd_proc: cluster in %s has no leader after %d ms\n", c->dir,
+                    timeout_ms);
             print_all_logs(c);
             return -ETIMEDOUT;
         }
@@ -786,8 +797,7 @@ struct etcd_cluster *etcd_cluster_start(const struct etcd_cluster_opts *opts)
         goto fail;
     return c;
 fail:
-    fprintf(stderr, "etcd_proc: cluster start failed%s%s\n",
-            c->dir[0] ? " in " : "", c->dir);
+    fprintf(stderr, "etcd_proc: cluster start failed%s%s\n", c->dir[0] ? " in " : "", c->dir);
     etcd_cluster_stop(c);
     return NULL;
 }
@@ -898,18 +908,16 @@ int etcd_member_start(struct etcd_cluster *c, int i)
         if (check_not_dead(c, i) < 0)
             return -ECHILD;
         if (!answered)
-            answered = member_http(c, i, "/health", NULL, body, sizeof(body),
-                                   PROBE_TIMEOUT_MS) > 0;
+            answered = member_http(c, i, "/health", NULL, body, sizeof(body), PROBE_TIMEOUT_MS) > 0;
         if (answered) {
             if (live_count(c) <= c->n / 2)
                 return 0;
-            if (member_status(c, i, &st) == 0 && st.leader != 0 &&
-                member_healthy(c, i))
+            if (member_status(c, i, &st) == 0 && st.leader != 0 && member_healthy(c, i))
                 return 0;
         }
         if (now_ms() >= deadline) {
-            fprintf(stderr, "etcd_proc: restarted %s is not ready after %d ms\n",
-                    c->m[i].name, START_TIMEOUT_MS);
+            fprintf(stderr, "etcd_proc: restarted %s is not ready after %d ms\n", c->m[i].name,
+                    START_TIMEOUT_MS);
             print_log_tail(c->m[i].log, LOG_TAIL_LINES);
             return -ETIMEDOUT;
         }
@@ -955,8 +963,7 @@ int etcd_member_wipe(struct etcd_cluster *c, int i)
     rm_rf(c->m[i].data_dir);
     /* A new token makes it a different cluster (new cluster and member ids). */
     c->generation++;
-    snprintf(c->token, sizeof(c->token), "etcd-test-%ld-%d", (long)getpid(),
-             c->generation);
+    snprintf(c->token, sizeof(c->token), "etcd-test-%ld-%d", (long)getpid(), c->generation);
     if ((err = spawn_member(c, i, "new")) < 0)
         return err;
     if ((err = wait_started(c, START_TIMEOUT_MS)) < 0)
@@ -966,10 +973,10 @@ int etcd_member_wipe(struct etcd_cluster *c, int i)
     return 0;
 }
 
-int etcdctl_as(struct etcd_cluster *c, const char *user, char *out,
-               size_t outlen, const char *const args[])
+int etcdctl_as(struct etcd_cluster *c, const char *user, char *out, size_t outlen,
+               const char *const args[])
 {
-    static const char *const env[] = { "ETCDCTL_API=3", NULL };
+    static const char *const env[] = {"ETCDCTL_API=3", NULL};
     char endpoints[sizeof(c->urls) + 16], user_flag[128];
     char cacert[PATH_MAX + 16], cert[PATH_MAX + 16], key[PATH_MAX + 16];
     const char *argv[64];
@@ -985,8 +992,8 @@ int etcdctl_as(struct etcd_cluster *c, const char *user, char *out,
     for (i = 0; i < c->n; i++) {
         if (!member_live(c, i))
             continue;
-        used += (size_t)snprintf(endpoints + used, sizeof(endpoints) - used,
-                                 "%s%s", any ? "," : "", c->m[i].client_url);
+        used += (size_t)snprintf(endpoints + used, sizeof(endpoints) - used, "%s%s", any ? "," : "",
+                                 c->m[i].client_url);
         any = 1;
     }
     if (!any)
@@ -994,8 +1001,7 @@ int etcdctl_as(struct etcd_cluster *c, const char *user, char *out,
     argv[k++] = "etcdctl";
     argv[k++] = endpoints;
     if (user != NULL) {
-        if (snprintf(user_flag, sizeof(user_flag), "--user=%s", user) >=
-            (int)sizeof(user_flag))
+        if (snprintf(user_flag, sizeof(user_flag), "--user=%s", user) >= (int)sizeof(user_flag))
             return -1;
         argv[k++] = user_flag;
     }
@@ -1016,11 +1022,9 @@ int etcdctl_as(struct etcd_cluster *c, const char *user, char *out,
     return proc_run_env(out, outlen, ETCDCTL_TIMEOUT_MS, argv, env);
 }
 
-int etcdctl(struct etcd_cluster *c, char *out, size_t outlen,
-            const char *const args[])
+int etcdctl(struct etcd_cluster *c, char *out, size_t outlen, const char *const args[])
 {
-    const char *user = c != NULL && c->opts.auth
-                           ? ETCD_ROOT_USER ":" ETCD_ROOT_PASSWORD : NULL;
+    const char *user = c != NULL && c->opts.auth ? ETCD_ROOT_USER ":" ETCD_ROOT_PASSWORD : NULL;
 
     return etcdctl_as(c, user, out, outlen, args);
 }

@@ -126,13 +126,12 @@ int etcd_cluster_wait_healthy(struct etcd_cluster *c, int timeout_ms);
  * out (see proc_run()), and returns the exit status, or -1 on timeout (20 s)
  * or failure to run.  stderr goes to the test's stderr.
  */
-int etcdctl(struct etcd_cluster *c, char *out, size_t outlen,
-            const char *const args[]);
+int etcdctl(struct etcd_cluster *c, char *out, size_t outlen, const char *const args[]);
 
 /* etcdctl() as the given "user:password", or with no user at all when user
  * is NULL, whatever opts.auth says. */
-int etcdctl_as(struct etcd_cluster *c, const char *user, char *out,
-               size_t outlen, const char *const args[]);
+int etcdctl_as(struct etcd_cluster *c, const char *user, char *out, size_t outlen,
+               const char *const args[]);
 
 /* Kills every member and removes the temp folder.  Accepts NULL. */
 void etcd_cluster_stop(struct etcd_cluster *c);

@@ -46,7 +46,7 @@ static int resolve_path(const char *name, char *buf, size_t buflen)
     path = getenv("PATH");
     if (path == NULL || path[0] == '\0')
         path = "/usr/local/bin:/usr/bin:/bin";
-    for (p = path;; ) {
+    for (p = path;;) {
         const char *end = strchr(p, ':');
         size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
 
@@ -92,8 +92,7 @@ static char **build_env(const char *const env_add[])
         int replaced = 0;
 
         for (j = 0; j < na && !replaced; j++)
-            replaced = name_len(env_add[j]) == len &&
-                       strncmp(env_add[j], environ[i], len) == 0;
+            replaced = name_len(env_add[j]) == len && strncmp(env_add[j], environ[i], len) == 0;
         if (!replaced)
             envp[k++] = environ[i];
     }
@@ -107,8 +106,8 @@ static char **build_env(const char *const env_add[])
  * Forks and execs path with the given stdio descriptors.  Returns the pid or
  * a negative errno.
  */
-static pid_t spawn_fds(const char *path, const char *const argv[], char **envp,
-                       int in_fd, int out_fd, int err_fd)
+static pid_t spawn_fds(const char *path, const char *const argv[], char **envp, int in_fd,
+                       int out_fd, int err_fd)
 {
     pid_t parent = getpid();
     pid_t pid = fork();
@@ -135,8 +134,8 @@ static pid_t spawn_fds(const char *path, const char *const argv[], char **envp,
         in_fd = fcntl(in_fd, F_DUPFD_CLOEXEC, 3);
         out_fd = fcntl(out_fd, F_DUPFD_CLOEXEC, 3);
         err_fd = fcntl(err_fd, F_DUPFD_CLOEXEC, 3);
-        if (in_fd < 0 || out_fd < 0 || err_fd < 0 ||
-            dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
+        if (in_fd < 0 || out_fd < 0 || err_fd < 0 || dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 ||
+            dup2(err_fd, 2) < 0)
             _exit(127);
         /* Nothing else of the test (sockets, Check's files) leaks into it. */
         close_range(3, ~0U, 0);
@@ -146,8 +145,8 @@ static pid_t spawn_fds(const char *path, const char *const argv[], char **envp,
     return pid;
 }
 
-static pid_t spawn_common(const char *const argv[], const char *const env_add[],
-                          int out_fd, int err_fd)
+static pid_t spawn_common(const char *const argv[], const char *const env_add[], int out_fd,
+                          int err_fd)
 {
     char path[PATH_MAX];
     char **envp;
@@ -174,8 +173,7 @@ static pid_t spawn_common(const char *const argv[], const char *const env_add[],
     return pid;
 }
 
-struct proc *proc_spawn(const char *const argv[], const char *const env_add[],
-                        const char *log_path)
+struct proc *proc_spawn(const char *const argv[], const char *const env_add[], const char *log_path)
 {
     struct proc *p;
     int fd;
@@ -274,8 +272,7 @@ int proc_wait_stopped(struct proc *p, int timeout_ms)
             return -ESRCH;
         memset(&si, 0, sizeof(si));
         /* WNOWAIT leaves an exit to be reaped by proc_wait() as usual. */
-        if (waitid(P_PID, (id_t)p->pid, &si,
-                   WSTOPPED | WEXITED | WNOHANG | WNOWAIT) < 0) {
+        if (waitid(P_PID, (id_t)p->pid, &si, WSTOPPED | WEXITED | WNOHANG | WNOWAIT) < 0) {
             if (errno == EINTR)
                 continue;
             return -errno;
@@ -325,11 +322,10 @@ struct proc *proc_free(struct proc *p)
     return NULL;
 }
 
-int proc_run_full(char *out, size_t outlen, int timeout_ms,
-                  const char *const argv[], const char *const env_add[],
-                  const char *err_path)
+int proc_run_full(char *out, size_t outlen, int timeout_ms, const char *const argv[],
+                  const char *const env_add[], const char *err_path)
 {
-    struct proc p = { 0 };
+    struct proc p = {0};
     long long deadline = now_ms() + timeout_ms;
     size_t used = 0;
     int fds[2], eof = 0, timed_out = 0, err_fd = STDERR_FILENO;
@@ -362,7 +358,7 @@ int proc_run_full(char *out, size_t outlen, int timeout_ms,
      * is already buffered.
      */
     while (!eof) {
-        struct pollfd pfd = { .fd = fds[0], .events = POLLIN };
+        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
         long long left = deadline - now_ms();
         int exited = try_reap(&p);
         char buf[4096];
@@ -418,8 +414,8 @@ int proc_run_full(char *out, size_t outlen, int timeout_ms,
     return -1;
 }
 
-int proc_run_env(char *out, size_t outlen, int timeout_ms,
-                 const char *const argv[], const char *const env_add[])
+int proc_run_env(char *out, size_t outlen, int timeout_ms, const char *const argv[],
+                 const char *const env_add[])
 {
     return proc_run_full(out, outlen, timeout_ms, argv, env_add, NULL);
 }

@@ -74,13 +74,12 @@ struct proc *proc_free(struct proc *p);
 int proc_run(char *out, size_t outlen, int timeout_ms, const char *const argv[]);
 
 /* proc_run() with environment additions, as in proc_spawn(). */
-int proc_run_env(char *out, size_t outlen, int timeout_ms,
-                 const char *const argv[], const char *const env_add[]);
+int proc_run_env(char *out, size_t outlen, int timeout_ms, const char *const argv[],
+                 const char *const env_add[]);
 
 /* proc_run_env() with stderr appended to err_path instead (NULL: inherit),
  * for tools that are chatty on success, like openssl. */
-int proc_run_full(char *out, size_t outlen, int timeout_ms,
-                  const char *const argv[], const char *const env_add[],
-                  const char *err_path);
+int proc_run_full(char *out, size_t outlen, int timeout_ms, const char *const argv[],
+                  const char *const env_add[], const char *err_path);
 
 #endif

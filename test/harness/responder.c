@@ -63,8 +63,8 @@ struct responder {
 static int wait_fd(struct responder *r, int fd, short events, int timeout_ms)
 {
     struct pollfd p[2] = {
-        { .fd = r->wake_fd, .events = POLLIN },
-        { .fd = fd, .events = events },
+        {.fd = r->wake_fd, .events = POLLIN},
+        {.fd = fd, .events = events},
     };
     long long deadline = now_ms() + timeout_ms;
 
@@ -150,8 +150,7 @@ static const char *find_crlf2(const char *s, size_t len)
  * with the request or status line) and copies its trimmed value into val.
  * Returns 1 if found.
  */
-static int header_value(const char *hdr, size_t len, const char *name,
-                        char *val, size_t vallen)
+static int header_value(const char *hdr, size_t len, const char *name, char *val, size_t vallen)
 {
     const char *end = hdr + len, *line = memchr(hdr, '\n', len);
     size_t nlen = strlen(name);
@@ -167,8 +166,7 @@ static int header_value(const char *hdr, size_t len, const char *name,
 
             while (v < stop && (*v == ' ' || *v == '\t'))
                 v++;
-            while (stop > v && (stop[-1] == '\r' || stop[-1] == ' ' ||
-                                stop[-1] == '\t'))
+            while (stop > v && (stop[-1] == '\r' || stop[-1] == ' ' || stop[-1] == '\t'))
                 stop--;
             vl = (size_t)(stop - v);
             if (vl >= vallen)
@@ -279,8 +277,7 @@ static char *read_request(struct conn *c)
             break;
         }
         /* curl waits up to a second for this before sending a big body. */
-        if (!sent_continue &&
-            header_value(c->buf, hlen, "Expect", val, sizeof(val)) &&
+        if (!sent_continue && header_value(c->buf, hlen, "Expect", val, sizeof(val)) &&
             contains_token(val, "100-continue")) {
             static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -337,8 +334,7 @@ static int reply_closes(const char *raw)
     size_t hlen = hend != NULL ? (size_t)(hend - raw) + 2 : strlen(raw);
     char val[128];
 
-    if (header_value(raw, hlen, "Connection", val, sizeof(val)) &&
-        contains_token(val, "close"))
+    if (header_value(raw, hlen, "Connection", val, sizeof(val)) && contains_token(val, "close"))
         return 1;
     return !header_value(raw, hlen, "Content-Length", val, sizeof(val)) &&
            !header_value(raw, hlen, "Transfer-Encoding", val, sizeof(val));
@@ -388,7 +384,7 @@ static void *conn_main(void *arg)
         }
         if (strcmp(reply, "@RESET") == 0) {
             /* A zero linger makes close() send a RST instead of a FIN. */
-            struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
 
             setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
             break;
@@ -465,13 +461,12 @@ static int valid_reply(const char *s)
         return 1;
     errno = 0;
     ms = strtol(s + 6, &endp, 10);
-    return errno == 0 && endp != s + 6 && *endp == ':' && ms >= 0 &&
-           ms <= 3600 * 1000;
+    return errno == 0 && endp != s + 6 && *endp == ':' && ms >= 0 && ms <= 3600 * 1000;
 }
 
 struct responder *responder_start(const char *const *replies, size_t n)
 {
-    struct sockaddr_in sa = { .sin_family = AF_INET };
+    struct sockaddr_in sa = {.sin_family = AF_INET};
     socklen_t salen = sizeof(sa);
     pthread_condattr_t ca;
     struct responder *r;
@@ -511,8 +506,7 @@ struct responder *responder_start(const char *const *replies, size_t n)
     if (r->wake_fd < 0 || r->lfd < 0)
         goto fail;
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(r->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-        listen(r->lfd, 64) < 0 ||
+    if (bind(r->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(r->lfd, 64) < 0 ||
         getsockname(r->lfd, (struct sockaddr *)&sa, &salen) < 0)
         goto fail;
     r->port = ntohs(sa.sin_port);

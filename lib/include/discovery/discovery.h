@@ -77,18 +77,18 @@ extern "C" {
 /* ---- errors --------------------------------------------------------------- */
 
 /* The codes, their names and their texts: one table (lib/error.c). */
-#define DISC_ERRNO_MAP(XX)                                                                  \
-    XX(EINVAL, -1, "invalid argument")                                                      \
-    XX(ENOMEM, -2, "out of memory")                                                         \
-    XX(ENOAGENT, -3, "no agent at the socket")                                              \
-    XX(EACCES, -4, "permission denied on the agent's socket")                               \
-    XX(ECLOSED, -5, "the connection to the agent closed before it answered")                \
-    XX(ETIMEDOUT, -6, "the agent did not answer in time")                                   \
-    XX(EPROTO, -7, "malformed line from the agent")                                         \
-    XX(EREFUSED, -8, "the agent refused the request")                                       \
-    XX(EINPROGRESS, -9, "accepted by the agent, not yet written to etcd")                   \
-    XX(EUNAVAIL, -10, "the agent has no list yet: etcd has not answered")                   \
-    XX(EINTR, -11, "interrupted by a signal")                                               \
+#define DISC_ERRNO_MAP(XX)                                                                         \
+    XX(EINVAL, -1, "invalid argument")                                                             \
+    XX(ENOMEM, -2, "out of memory")                                                                \
+    XX(ENOAGENT, -3, "no agent at the socket")                                                     \
+    XX(EACCES, -4, "permission denied on the agent's socket")                                      \
+    XX(ECLOSED, -5, "the connection to the agent closed before it answered")                       \
+    XX(ETIMEDOUT, -6, "the agent did not answer in time")                                          \
+    XX(EPROTO, -7, "malformed line from the agent")                                                \
+    XX(EREFUSED, -8, "the agent refused the request")                                              \
+    XX(EINPROGRESS, -9, "accepted by the agent, not yet written to etcd")                          \
+    XX(EUNAVAIL, -10, "the agent has no list yet: etcd has not answered")                          \
+    XX(EINTR, -11, "interrupted by a signal")                                                      \
     XX(ESYSTEM, -12, "a system call failed")
 
 enum disc_errno {
@@ -193,7 +193,7 @@ struct disc_registration {
     size_t n_meta;       /* n_meta keys and values, strings */
     const char *const *meta_keys;
     const char *const *meta_values;
-    bool persist;        /* stays in etcd after this client closes, until
+    bool persist; /* stays in etcd after this client closes, until
                           * deregistered or the agent stops */
 };
 
@@ -236,7 +236,6 @@ int disc_request_json(disc_client *c, const char *json_line, int timeout_ms, cha
  * typedef disc_watch would clash with the function disc_watch(). */
 struct disc_watch;
 
-
 /* Called with the list once the agent answers the watch, then after every
  * change (the list, its revision or its staleness), and again with the
  * current list after each reconnect. err is 0 with a list, or, with list
@@ -255,8 +254,8 @@ typedef void (*disc_watch_cb)(struct disc_watch *w, const struct disc_list *list
  * end it with disc_unwatch() or disc_client_close()). Returns 0,
  * DISC_EINVAL (bad service name) or DISC_ENOMEM; on error cb is never
  * called and *out is NULL. */
-int disc_watch(disc_client *c, const char *service, const char *group, disc_watch_cb cb,
-               void *arg, struct disc_watch **out);
+int disc_watch(disc_client *c, const char *service, const char *group, disc_watch_cb cb, void *arg,
+               struct disc_watch **out);
 
 /* disc_watch() with prefer_zone: the agent applies its zone policy
  * (docs/traffic.md) and the lists hold the instances to call now, each

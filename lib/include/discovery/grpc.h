@@ -30,7 +30,7 @@ extern "C" {
 typedef struct disc_channel disc_channel;
 
 struct disc_channel_options {
-    const char *socket_path;  /* NULL: $DISCOVERY_SOCKET, then the default */
+    const char *socket_path; /* NULL: $DISCOVERY_SOCKET, then the default */
     /* Extra channel arguments (copied); they are the same on every channel
      * the shim builds, so that unchanged backends keep their connections
      * across swaps. Must not set grpc.service_config or grpc.lb_policy_name. */
@@ -77,17 +77,16 @@ grpc_call *disc_channel_create_call(disc_channel *ch, const char *group, grpc_ca
 /* Waits until the group's channel reflects revision min_revision or later
  * and is READY (or timeout_ms passes). Returns 0 or DISC_ETIMEDOUT. For
  * tests and for programs that want to start only once connected. */
-int disc_channel_wait(disc_channel *ch, const char *group, int64_t min_revision,
-                      int timeout_ms);
+int disc_channel_wait(disc_channel *ch, const char *group, int64_t min_revision, int timeout_ms);
 
 struct disc_channel_info {
-    int64_t revision;   /* of the list the current channel was built from */
-    bool stale;         /* that list was marked stale by the agent */
-    int instances;      /* instances in it */
-    int addresses;      /* entries in the target after weighting */
-    uint64_t swaps;     /* channels swapped in so far */
-    int retired;        /* replaced channels not yet destroyed */
-    char target[256];   /* the current target, cut to fit */
+    int64_t revision; /* of the list the current channel was built from */
+    bool stale;       /* that list was marked stale by the agent */
+    int instances;    /* instances in it */
+    int addresses;    /* entries in the target after weighting */
+    uint64_t swaps;   /* channels swapped in so far */
+    int retired;      /* replaced channels not yet destroyed */
+    char target[256]; /* the current target, cut to fit */
 };
 /* Fills info for group (NULL as above); returns 0, or DISC_EINVAL when no
  * call or wait has asked for that group yet. */
@@ -106,9 +105,9 @@ void disc_channel_destroy(disc_channel *ch);
 typedef struct disc_server disc_server;
 
 struct disc_server_options {
-    const char *socket_path; /* NULL: $DISCOVERY_SOCKET, then the default */
-    int32_t weight;          /* 0: 1 */
-    const char *group;       /* NULL: none */
+    const char *socket_path;      /* NULL: $DISCOVERY_SOCKET, then the default */
+    int32_t weight;               /* 0: 1 */
+    const char *group;            /* NULL: none */
     const char *const *meta_keys; /* n_meta metadata pairs, copied */
     const char *const *meta_values;
     size_t n_meta;
