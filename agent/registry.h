@@ -65,7 +65,7 @@ void registry_set_locality(registry *r, const struct policy_config *p);
  *
  * Writes and deletes of one key are never in flight together, and a delete
  * compares the revision of our write, so no delete can remove a newer write
- * (proved by test_registrations). A name or an address that breaks the rules
+ * (proved by test_registry and test_registrations). A name or an address that breaks the rules
  * of validate.h is DA_EINVAL. */
 int registry_add(registry *r, const struct instance *inst, uint64_t owner, pid_t pid,
                  const struct check_spec *check, void (*done)(int err, void *arg), void *arg,
