@@ -46,61 +46,17 @@ static int load_number(struct loader *ld, const char *what, const struct node *k
  * resolved at every start to who knows what), each once. */
 static int load_listen(struct loader *ld, const struct node *key, const struct node *val)
 {
-    struct config *c = ld->cfg;
-    struct shown a;
-    int r = config__want_seq(ld, "http.listen", val);
+    static const struct config_ip_list spec = {
+        .what = "http.listen",
+        .flags = VALIDATE_LISTEN,
+        .max = HTTP_LISTEN_MAX,
+        .example = "127.0.0.1:8608 or [::1]:8608",
+        .empty = "http.listen is empty: list at least one address, e.g. [" DA_DEFAULT_HTTP_LISTEN
+                 "], or set http.enabled: false",
+    };
 
-    if (r < 0)
-        return r;
-    if (r == 1 || !val->n_items)
-        return config__fail_node(ld, key,
-                                 "http.listen is empty: list at "
-                                 "least one address, e.g. [" DA_DEFAULT_HTTP_LISTEN "], or set "
-                                 "http.enabled: false");
-    if (val->n_items > HTTP_LISTEN_MAX)
-        return config__fail_node(ld, val,
-                                 "http.listen lists %zu addresses: "
-                                 "at most %d are supported",
-                                 val->n_items, HTTP_LISTEN_MAX);
-    if (!(c->http_listen = calloc(val->n_items, sizeof(*c->http_listen))))
-        return config__fail_oom(ld);
-    c->n_http_listen = val->n_items;
-    for (size_t i = 0; i < val->n_items; i++) {
-        const struct node *item = val->items[i];
-        const char *text;
-        char why[160];
-        struct validate_hostport hp;
-        unsigned char ip[sizeof(struct in6_addr)];
-
-        r = config__want_nonempty(ld, "an http.listen entry", item, item, &text);
-        if (r < 0)
-            return r;
-        r = validate_hostport(text, strlen(text), VALIDATE_LISTEN, &hp, why, sizeof(why));
-        if (r == VALIDATE_PORT_RANGE)
-            return config__fail_node(ld, item,
-                                     "port out of range in "
-                                     "http.listen '%s': use 1..65535",
-                                     config__show(&a, text));
-        if (r != VALIDATE_OK)
-            return config__fail_node(ld, item, "bad http.listen '%s': %s", config__show(&a, text),
-                                     why);
-        if (inet_pton(hp.ipv6 ? AF_INET6 : AF_INET, hp.host, ip) != 1)
-            return config__fail_node(ld, item,
-                                     "bad http.listen '%s': give an "
-                                     "IP address and a port, e.g. "
-                                     "127.0.0.1:8608 or [::1]:8608",
-                                     config__show(&a, text));
-        if (!(c->http_listen[i] = config__dup_str(ld, text)))
-            return DA_ENOMEM;
-        for (size_t j = 0; j < i; j++) {
-            if (!strcmp(c->http_listen[j], text))
-                return config__fail_node(ld, item,
-                                         "'%s' is listed twice in "
-                                         "http.listen: keep only one",
-                                         config__show(&a, text));
-        }
-    }
-    return 0;
+    return config__load_ip_list(ld, &spec, key, val, &ld->cfg->http_listen,
+                                &ld->cfg->n_http_listen);
 }
 
 int config__load_http(struct loader *ld, const struct node *val)

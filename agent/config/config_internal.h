@@ -124,6 +124,23 @@ int config__load_duration(struct loader *ld, const char *what, const struct node
  * or -1 (nothing reported: the caller names the key). */
 int config__parse_bool(const struct node *v, bool *b);
 
+/* A list of IP[:port] addresses (dns.listen, dns.recursors, http.listen),
+ * the one reader of them: each entry is checked with validate_hostport()
+ * and must be an IP literal (a listener binds it; a name would resolve to
+ * who knows what at every start), none twice, at most max. On success
+ * *out (owned by the config) holds n copies; an empty list is an error
+ * with the text empty, or fine (*out NULL) when empty is NULL. */
+struct config_ip_list {
+    const char *what; /* the key: "dns.listen" */
+    unsigned flags;   /* validate_hostport()'s */
+    size_t max;
+    const char *example;   /* after "give an IP address, such as " */
+    const char *empty;     /* the error for an empty list, or NULL */
+    const char *port_hint; /* after "use 1..65535", or NULL */
+};
+int config__load_ip_list(struct loader *ld, const struct config_ip_list *spec,
+                         const struct node *key, const struct node *val, char ***out, size_t *n);
+
 /* Checks the i-th key of map against the section's known keys. Returns the
  * key's index, or an error for a key that is not a plain name, is unknown
  * (with a "did you mean" or the list of known keys), or was given before

@@ -5,6 +5,7 @@
  * with these. */
 #include "config_internal.h"
 
+#include <arpa/inet.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 
 #include "duration.h"
 #include "error.h"
+#include "validate.h"
 
 /* ---- Messages ---------------------------------------------------------- */
 
@@ -301,4 +303,52 @@ int config__parse_bool(const struct node *v, bool *b)
         }
     }
     return -1;
+}
+
+int config__load_ip_list(struct loader *ld, const struct config_ip_list *spec,
+                         const struct node *key, const struct node *val, char ***out, size_t *n)
+{
+    struct shown a;
+    char what[96];
+    int r = config__want_seq(ld, spec->what, val);
+
+    if (r < 0)
+        return r;
+    if (r == 1 || !val->n_items)
+        return spec->empty ? config__fail_node(ld, key, "%s", spec->empty) : 0;
+    if (val->n_items > spec->max)
+        return config__fail_node(ld, val, "%s lists %zu addresses: at most %zu", spec->what,
+                                 val->n_items, spec->max);
+    if (!(*out = calloc(val->n_items, sizeof(**out))))
+        return config__fail_oom(ld);
+    *n = val->n_items;
+    snprintf(what, sizeof what, "an entry of %s", spec->what);
+    for (size_t i = 0; i < val->n_items; i++) {
+        const struct node *item = val->items[i];
+        struct validate_hostport hp;
+        unsigned char ip[16];
+        const char *text;
+        char why[160];
+
+        if ((r = config__want_nonempty(ld, what, item, item, &text)) < 0)
+            return r;
+        r = validate_hostport(text, strlen(text), spec->flags, &hp, why, sizeof(why));
+        if (r == VALIDATE_PORT_RANGE)
+            return config__fail_node(ld, item, "port out of range in %s '%s': use 1..65535%s",
+                                     spec->what, config__show(&a, text),
+                                     spec->port_hint ? spec->port_hint : "");
+        if (r != VALIDATE_OK)
+            return config__fail_node(ld, item, "bad %s '%s': %s", spec->what,
+                                     config__show(&a, text), why);
+        if (inet_pton(hp.ipv6 ? AF_INET6 : AF_INET, hp.host, ip) != 1)
+            return config__fail_node(ld, item, "bad %s '%s': give an IP address, such as %s",
+                                     spec->what, config__show(&a, text), spec->example);
+        if (!((*out)[i] = config__dup_str(ld, text)))
+            return DA_ENOMEM;
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp((*out)[j], text))
+                return config__fail_node(ld, item, "'%s' is listed twice in %s: keep only one",
+                                         config__show(&a, text), spec->what);
+    }
+    return 0;
 }

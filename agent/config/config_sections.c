@@ -865,116 +865,31 @@ enum { DNS_ENABLED, DNS_LISTEN, DNS_DOMAIN, DNS_TTL, DNS_MAX_ANSWERS, DNS_RECURS
 
 static int load_dns_listen(struct loader *ld, const struct node *key, const struct node *val)
 {
-    struct config *c = ld->cfg;
-    struct shown a;
-    int r = config__want_seq(ld, "dns.listen", val);
+    static const struct config_ip_list spec = {
+        .what = "dns.listen",
+        .max = DNS_MAX_LISTEN,
+        .example = DNS_DEFAULT_LISTEN " or [::1]:8600",
+        .empty = "dns.listen is empty: list at least one address, e.g. [" DNS_DEFAULT_LISTEN
+                 "], or set dns.enabled: false",
+    };
 
-    if (r < 0)
-        return r;
-    if (r == 1 || val->n_items == 0)
-        return config__fail_node(ld, key,
-                                 "dns.listen is empty: list at least one "
-                                 "address, e.g. [" DNS_DEFAULT_LISTEN "], or set "
-                                 "dns.enabled: false");
-    if (val->n_items > DNS_MAX_LISTEN)
-        return config__fail_node(ld, val, "dns.listen lists %zu addresses: at most %d",
-                                 val->n_items, DNS_MAX_LISTEN);
-    c->dns_listen = calloc(val->n_items, sizeof(*c->dns_listen));
-    if (!c->dns_listen)
-        return config__fail_oom(ld);
-    c->n_dns_listen = val->n_items;
-    for (size_t i = 0; i < val->n_items; i++) {
-        const struct node *item = val->items[i];
-        struct validate_hostport hp;
-        unsigned char ip[16];
-        const char *text;
-        char why[160];
-
-        r = config__want_nonempty(ld, "a dns.listen entry", item, item, &text);
-        if (r < 0)
-            return r;
-        r = validate_hostport(text, strlen(text), 0, &hp, why, sizeof(why));
-        if (r == VALIDATE_PORT_RANGE)
-            return config__fail_node(ld, item, "port out of range in dns.listen '%s': use 1..65535",
-                                     config__show(&a, text));
-        if (r != VALIDATE_OK)
-            return config__fail_node(ld, item, "bad dns.listen '%s': %s", config__show(&a, text),
-                                     why);
-        if (inet_pton(hp.ipv6 ? AF_INET6 : AF_INET, hp.host, ip) != 1)
-            return config__fail_node(
-                ld, item,
-                "bad dns.listen '%s': give an IP address, such as " DNS_DEFAULT_LISTEN
-                " or [::1]:8600",
-                config__show(&a, text));
-        c->dns_listen[i] = strdup(text);
-        if (!c->dns_listen[i])
-            return config__fail_oom(ld);
-        for (size_t j = 0; j < i; j++)
-            if (!strcmp(c->dns_listen[j], text))
-                return config__fail_node(ld, item,
-                                         "'%s' is listed twice in dns.listen: keep "
-                                         "only one",
-                                         config__show(&a, text));
-    }
-    return 0;
+    return config__load_ip_list(ld, &spec, key, val, &ld->cfg->dns_listen, &ld->cfg->n_dns_listen);
 }
 
 /* dns.recursors: IP addresses, each with a port or port 53. An empty list
  * is the default: no forwarding. */
 static int load_dns_recursors(struct loader *ld, const struct node *val)
 {
-    struct config *c = ld->cfg;
-    struct shown a;
-    int r = config__want_seq(ld, "dns.recursors", val);
+    static const struct config_ip_list spec = {
+        .what = "dns.recursors",
+        .flags = VALIDATE_PORT_OPTIONAL,
+        .max = DNS_MAX_RECURSORS,
+        .example = "10.0.0.2, 127.0.0.53:53 or [::1]:53",
+        .port_hint = ", or none for 53",
+    };
 
-    if (r < 0)
-        return r;
-    if (r == 1 || val->n_items == 0)
-        return 0;
-    if (val->n_items > DNS_MAX_RECURSORS)
-        return config__fail_node(ld, val,
-                                 "dns.recursors lists %zu addresses: at most %d, "
-                                 "asked in turn",
-                                 val->n_items, DNS_MAX_RECURSORS);
-    c->dns_recursors = calloc(val->n_items, sizeof(*c->dns_recursors));
-    if (!c->dns_recursors)
-        return config__fail_oom(ld);
-    c->n_dns_recursors = val->n_items;
-    for (size_t i = 0; i < val->n_items; i++) {
-        const struct node *item = val->items[i];
-        struct validate_hostport hp;
-        unsigned char ip[16];
-        const char *text;
-        char why[160];
-
-        r = config__want_nonempty(ld, "a dns.recursors entry", item, item, &text);
-        if (r < 0)
-            return r;
-        r = validate_hostport(text, strlen(text), VALIDATE_PORT_OPTIONAL, &hp, why, sizeof(why));
-        if (r == VALIDATE_PORT_RANGE)
-            return config__fail_node(ld, item,
-                                     "port out of range in dns.recursors '%s': use "
-                                     "1..65535, or none for 53",
-                                     config__show(&a, text));
-        if (r != VALIDATE_OK)
-            return config__fail_node(ld, item, "bad dns.recursors '%s': %s", config__show(&a, text),
-                                     why);
-        if (inet_pton(hp.ipv6 ? AF_INET6 : AF_INET, hp.host, ip) != 1)
-            return config__fail_node(ld, item,
-                                     "bad dns.recursors '%s': give an IP address, "
-                                     "such as 10.0.0.2, 127.0.0.53:53 or [::1]:53",
-                                     config__show(&a, text));
-        c->dns_recursors[i] = strdup(text);
-        if (!c->dns_recursors[i])
-            return config__fail_oom(ld);
-        for (size_t j = 0; j < i; j++)
-            if (!strcmp(c->dns_recursors[j], text))
-                return config__fail_node(ld, item,
-                                         "'%s' is listed twice in dns.recursors: "
-                                         "keep only one",
-                                         config__show(&a, text));
-    }
-    return 0;
+    return config__load_ip_list(ld, &spec, val, val, &ld->cfg->dns_recursors,
+                                &ld->cfg->n_dns_recursors);
 }
 
 /* A recursor that is one of our own listeners would send every forwarded
