@@ -554,6 +554,26 @@ static int by_locality(const void *x, const void *y)
     return r ? r : by_weight(x, y);
 }
 
+/* One endpoint of an EDS locality: e's IP and port, in the four messages
+ * the caller owns (arrays of the assignment, so nothing is allocated). */
+static LbEndpoint *endpoint_fill(LbEndpoint *lbe, Endpoint *ep, Address *addr, SocketAddress *sa,
+                                 const struct xds_endpoint *e)
+{
+    envoy__config__endpoint__v3__lb_endpoint__init(lbe);
+    envoy__config__endpoint__v3__endpoint__init(ep);
+    envoy__config__core__v3__address__init(addr);
+    envoy__config__core__v3__socket_address__init(sa);
+    sa->address = (char *)e->ip;
+    sa->port_specifier_case = ENVOY__CONFIG__CORE__V3__SOCKET_ADDRESS__PORT_SPECIFIER_PORT_VALUE;
+    sa->port_value = e->port;
+    addr->address_case = ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS;
+    addr->socket_address = sa;
+    ep->address = addr;
+    lbe->host_identifier_case = ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT;
+    lbe->endpoint = ep;
+    return lbe;
+}
+
 static bool same_locality(const struct xds_endpoint *a, const struct xds_endpoint *b)
 {
     return a->rank == b->rank && a->weight == b->weight && str_same(a->region, b->region) &&
@@ -620,21 +640,7 @@ static int assignment_zoned(const struct xds_model *m, const char *cluster, cons
             lrank[nl] = e->rank;
             locp[nl++] = l;
         }
-        envoy__config__endpoint__v3__lb_endpoint__init(&lbe[i]);
-        envoy__config__endpoint__v3__endpoint__init(&eps[i]);
-        envoy__config__core__v3__address__init(&addrs[i]);
-        envoy__config__core__v3__socket_address__init(&sa[i]);
-        sa[i].address = (char *)e->ip;
-        sa[i].port_specifier_case =
-            ENVOY__CONFIG__CORE__V3__SOCKET_ADDRESS__PORT_SPECIFIER_PORT_VALUE;
-        sa[i].port_value = e->port;
-        addrs[i].address_case = ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS;
-        addrs[i].socket_address = &sa[i];
-        eps[i].address = &addrs[i];
-        lbe[i].host_identifier_case =
-            ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT;
-        lbe[i].endpoint = &eps[i];
-        lbep[i] = &lbe[i];
+        lbep[i] = endpoint_fill(&lbe[i], &eps[i], &addrs[i], &sa[i], e);
         loc[nl - 1].n_lb_endpoints++;
         raw[nl - 1] += e->weight;
         rank_raw[e->rank] += e->weight;
@@ -724,21 +730,7 @@ int xds_assignment(const struct xds_model *m, const char *cluster, struct xds_bl
             l->lb_endpoints = &lbep[i];
             locp[nl++] = l;
         }
-        envoy__config__endpoint__v3__lb_endpoint__init(&lbe[i]);
-        envoy__config__endpoint__v3__endpoint__init(&eps[i]);
-        envoy__config__core__v3__address__init(&addrs[i]);
-        envoy__config__core__v3__socket_address__init(&sa[i]);
-        sa[i].address = (char *)e->ip;
-        sa[i].port_specifier_case =
-            ENVOY__CONFIG__CORE__V3__SOCKET_ADDRESS__PORT_SPECIFIER_PORT_VALUE;
-        sa[i].port_value = e->port;
-        addrs[i].address_case = ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS;
-        addrs[i].socket_address = &sa[i];
-        eps[i].address = &addrs[i];
-        lbe[i].host_identifier_case =
-            ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT;
-        lbe[i].endpoint = &eps[i];
-        lbep[i] = &lbe[i];
+        lbep[i] = endpoint_fill(&lbe[i], &eps[i], &addrs[i], &sa[i], e);
         loc[nl - 1].n_lb_endpoints++;
         raw[nl - 1] += e->weight;
         total += e->weight;
